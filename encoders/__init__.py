@@ -1,0 +1,7 @@
+"""clinfuse.encoders: one encoder per modality; each turns a batch of one modality into named tokens."""
+
+from .base import ENCODERS, ModalityEncoder, create_encoder, list_encoders
+from .registry import Registry
+from .tokens import Tokens
+
+__all__ = ["ENCODERS", "ModalityEncoder", "Registry", "Tokens", "create_encoder", "list_encoders"]

@@ -1,0 +1,49 @@
+"""The ``clinfuse`` command line: demo, train, predict, explain."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version() -> str:
+    try:
+        return version("clinfuse")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clinfuse",
+        description="Multimodal clinical prediction with per-patient attention export.",
+    )
+    parser.add_argument("--version", action="version", version=f"clinfuse {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="train PersAM on the embedded synthetic cohort and write its outputs")
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    train = sub.add_parser("train", help="train a model from a YAML run config")
+    train.add_argument("--config", required=True, help="run.yaml: data, task and model keywords")
+    train.add_argument("--out", required=True, help="folder to save the model into")
+    for name, what in (("predict", "predictions"), ("explain", "attention tables and figures")):
+        p = sub.add_parser(name, help=f"write {what} for new data with a saved model")
+        p.add_argument("--model", required=True, help="folder of a saved model")
+        p.add_argument("--data", required=True, help="data.yaml naming the data to score")
+        p.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from . import commands  # heavy imports (torch, lightning) only when a command runs
+
+    return int(getattr(commands, f"run_{args.command}")(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""``AttentionRecord``: named attention tensors from one batch, the raw material of an AttentionReport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+ATTENTION_KINDS: tuple[str, ...] = (
+    "modality", "feature", "gene", "event", "patch", "class_wise", "exploratory", "explanatory", "phi",
+)
+
+
+@dataclass
+class AttentionRecord:
+    """Weights of one attention ``kind`` over one modality's tokens for a batch of B samples.
+
+    Attributes:
+        kind: one of :data:`ATTENTION_KINDS`.
+        modality: the modality whose tokens are weighed; ``"all"`` for ``kind == "modality"`` (then the
+            tokens are the modalities themselves).
+        value: float ``[B, C, T]``: normalised weights. For every kind but ``phi`` each ``value[b, c]``
+            sums to 1 over the real tokens ``mask[b]`` and is exactly 0 on padding; a sample whose mask is
+            all False has all zeros. ``phi`` is ``[B, C, 1]`` normalised over the C classes.
+            C = 1 for class-independent kinds (``class_names`` is None then).
+        raw: float ``[B, C, T]``: the unnormalised scores (logits or products) behind ``value``.
+        mask: bool ``[B, T]``, True = real token.
+        names: ``[B][T]`` token names ("" for padding).
+        class_names: the C class (or time-bin) names, or None for class-independent kinds.
+        meta: structured per-token columns for the report, e.g. ``{"x": Tensor[B, T], "y": ...,
+            "slide_id": [B][T], "position": Tensor[B, T]}`` for patches, ``{"code": [B][T], "time":
+            Tensor[B, T]}`` for events.
+    """
+
+    kind: str
+    modality: str
+    value: torch.Tensor
+    raw: torch.Tensor
+    mask: torch.Tensor
+    names: list[list[str]]
+    class_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.kind in ATTENTION_KINDS, f"unknown attention kind {self.kind!r}"
+        assert self.value.dim() == 3 and self.raw.shape == self.value.shape, "value/raw must be [B, C, T]"
+        if self.kind != "phi":
+            assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
+
+    def detach(self) -> AttentionRecord:
+        return AttentionRecord(
+            kind=self.kind, modality=self.modality, value=self.value.detach().float().cpu(),
+            raw=self.raw.detach().float().cpu(), mask=self.mask.detach().cpu(), names=self.names,
+            class_names=self.class_names,
+            meta={k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.meta.items()},
+        )
+
+
+def masked_normalise(scores: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``scores`` over the real tokens only, with exact zeros on padding.
+
+    Args:
+        scores: float ``[..., T]`` (or with T at ``dim``) raw scores (logits).
+        mask: bool broadcastable to ``scores``; True = real token.
+
+    Returns:
+        Weights of the same shape; sums to 1 over real tokens, all zeros where no token is real.
+        Numerically stable (max-subtracted), no NaN even for an all-False mask.
+    """
+    neg = torch.finfo(scores.dtype).min
+    masked = scores.masked_fill(~mask, neg)
+    peak = masked.amax(dim=dim, keepdim=True).detach()
+    expd = torch.exp(masked - peak) * mask
+    total = expd.sum(dim=dim, keepdim=True)
+    return expd / total.clamp_min(torch.finfo(scores.dtype).tiny)
+
+
+def normalise_nonnegative(weights: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
+    """Scale non-negative ``weights`` to sum 1 over real tokens (zeros on padding, all-zero if none)."""
+    w = weights.clamp_min(0) * mask
+    return w / w.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)

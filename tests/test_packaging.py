@@ -1,0 +1,66 @@
+"""Packaging: every subpackage is listed in pyproject (a missing one is silently left out of the wheel)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_FOLDERS = {"datasets": "clinfuse.datasets", "encoders": "clinfuse.encoders", "fusion": "clinfuse.fusion"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for folder, dotted in CODE_FOLDERS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([dotted, *rel.parts]))
+    return found
+
+
+def test_every_subpackage_on_disk_is_listed_in_pyproject():
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    on_disk = _packages_on_disk()
+    assert on_disk - listed == set(), f"add these to [tool.setuptools].packages: {sorted(on_disk - listed)}"
+    assert listed - on_disk == set(), f"listed but missing on disk: {sorted(listed - on_disk)}"
+
+
+def test_package_dir_maps_the_three_folders_under_the_clinfuse_namespace():
+    mapping = _pyproject()["tool"]["setuptools"]["package-dir"]
+    assert mapping == {v: k for k, v in CODE_FOLDERS.items()}
+    assert not (ROOT / "clinfuse" / "__init__.py").exists(), "clinfuse must stay a namespace package"
+
+
+@pytest.mark.parametrize("bare", ["datasets", "encoders", "fusion"])
+def test_bare_names_are_not_installed(bare):
+    # The test runs against the installed package with the repository root off sys.path
+    # (--import-mode=importlib), so a bare import must find nothing of ours.
+    code = f"import importlib.util, sys; s = importlib.util.find_spec({bare!r}); " \
+           "print('none' if s is None else s.origin)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
+    origin = out.stdout.strip()
+    assert origin == "none" or str(ROOT) not in origin, f"bare {bare!r} resolves to our folder: {origin}"
+
+
+def test_console_script_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("clinfuse "), out.stderr
+    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("demo", "train", "predict", "explain"):
+        assert command in out.stdout
+
+
+def test_no_torchvision_or_timm_in_core_dependencies():
+    deps = " ".join(_pyproject()["project"]["dependencies"]).lower()
+    assert "torchvision" not in deps and "timm" not in deps
