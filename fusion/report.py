@@ -1,0 +1,420 @@
+"""``AttentionReport``: the attention of many batches joined with token names into one tidy table.
+
+One row per (sample, modality, token, kind, class), the columns of API.md::
+
+    sample_id, patient_id, modality, token, kind, target_class, value, raw_value,
+    slide_id, position, x, y        (patch rows; NaN / NA elsewhere)
+    code, time                      (event rows: raw code, days before the prediction time)
+
+``value`` is normalised: for every kind but ``phi`` and ``shap``, the values of one kind for one sample and
+class sum to 1 over that sample's real tokens (padding never appears). ``modality`` rows list every modality
+of the model, an absent one with weight 0 (and it has no token rows). ``phi`` is normalised over classes.
+``raw_value`` keeps the unnormalised score. Class-independent kinds have ``target_class`` NA.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..datasets.atomic import atomic_path, write_text_atomic
+from ..datasets.batch import Batch
+from .records import ATTENTION_KINDS, AttentionRecord
+
+COLUMNS: tuple[str, ...] = (
+    "sample_id", "patient_id", "modality", "token", "kind", "target_class", "value", "raw_value",
+    "slide_id", "position", "x", "y", "code", "time",
+)
+ARROW_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("patient_id", pa.string()), ("modality", pa.string()), ("token", pa.string()),
+    ("kind", pa.string()), ("target_class", pa.string()), ("value", pa.float64()), ("raw_value", pa.float64()),
+    ("slide_id", pa.string()), ("position", pa.float64()), ("x", pa.float64()), ("y", pa.float64()),
+    ("code", pa.string()), ("time", pa.float64()),
+])
+_STRING_COLUMNS = [f.name for f in ARROW_SCHEMA if f.type == pa.string()]
+REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
+
+
+def _np(x: Any) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarray, t_idx: np.ndarray) -> dict:
+    """Structured columns (slide_id, position, x, y / code, time) of the selected tokens.
+
+    Taken from the record's own ``meta`` when the aggregator filled it, else from the batch when the
+    record's tokens are exactly the batch's tokens of that modality (same T); otherwise left empty.
+    """
+    n = len(b_idx)
+    out: dict[str, Any] = {}
+    meta = dict(record.meta)
+    source = batch.modalities.get(record.modality) if batch is not None else None
+    same_tokens = source is not None and source.n_tokens == record.mask.shape[1]
+    if record.modality == "images":
+        if same_tokens:
+            meta.setdefault("position", source.tensors.get("position"))
+            if "coords" in source.tensors:
+                meta.setdefault("coords", source.tensors["coords"])
+            meta.setdefault("slide_id", source.meta.get("slide_id"))
+        if meta.get("coords") is not None and "x" not in meta:
+            coords = _np(meta["coords"])
+            meta["x"], meta["y"] = coords[..., 0], coords[..., 1]
+        for key in ("position", "x", "y"):
+            if meta.get(key) is not None:
+                out[key] = _np(meta[key]).astype(float)[b_idx, t_idx]
+        if meta.get("slide_id") is not None:
+            out["slide_id"] = [meta["slide_id"][b][t] or None for b, t in zip(b_idx, t_idx)]
+    elif record.modality == "events":
+        if same_tokens:
+            meta.setdefault("time", source.tensors.get("times"))
+            meta.setdefault("code", source.meta.get("code"))
+        if meta.get("time") is None and meta.get("times") is not None:
+            meta["time"] = meta["times"]
+        if meta.get("time") is not None:
+            out["time"] = _np(meta["time"]).astype(float)[b_idx, t_idx]
+        if meta.get("code") is not None:
+            out["code"] = [meta["code"][b][t] or None for b, t in zip(b_idx, t_idx)]
+    return {k: v for k, v in out.items() if len(v) == n}
+
+
+def records_to_frame(
+    batch: Batch | None,
+    records: Sequence[AttentionRecord],
+    *,
+    sample_ids: Sequence[str] | None = None,
+    patient_ids: Sequence[str] | None = None,
+    kinds: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Tidy rows (columns :data:`COLUMNS`) for the records of one batch.
+
+    Args:
+        batch: the batch the records were computed on (ids and structured token columns), or None when
+            ``sample_ids`` is given.
+        records: the batch's attention records.
+        kinds: keep only these kinds (default: all).
+    """
+    sample_ids = list(batch.sample_ids if sample_ids is None else sample_ids)
+    patient_ids = list(batch.patient_ids if patient_ids is None and batch is not None else patient_ids or sample_ids)
+    keep = None if kinds is None else set(kinds)
+    sid, pid = np.asarray(sample_ids, dtype=object), np.asarray(patient_ids, dtype=object)
+    parts: list[pd.DataFrame] = []
+    for record in records:
+        if keep is not None and record.kind not in keep:
+            continue
+        value, raw, mask = _np(record.value), _np(record.raw), _np(record.mask).astype(bool)
+        n_classes = value.shape[1]
+        if record.kind == "phi":
+            # One row per class with token "clinical"; normalised over the classes, not over tokens.
+            b_idx = np.flatnonzero(value.sum(axis=(1, 2)) > 0)
+            t_idx = np.zeros_like(b_idx)
+            tokens = np.full(len(b_idx), "clinical", dtype=object)
+        else:
+            if record.kind == "modality":
+                # Every modality of the model is listed; an absent one keeps its exact 0 weight.
+                real = np.array([[bool(name) for name in row] for row in record.names], dtype=bool)
+            else:
+                real = mask
+            b_idx, t_idx = np.nonzero(real)
+            tokens = np.asarray([record.names[b][t] for b, t in zip(b_idx, t_idx)], dtype=object)
+        extra = _token_columns(record, batch, b_idx, t_idx) if record.kind != "phi" else {}
+        for c in range(n_classes):
+            cls = None if record.class_names is None else str(record.class_names[c])
+            frame = {
+                "sample_id": sid[b_idx], "patient_id": pid[b_idx], "modality": record.modality,
+                "token": tokens, "kind": record.kind, "target_class": cls,
+                "value": value[b_idx, c, t_idx].astype(float), "raw_value": raw[b_idx, c, t_idx].astype(float),
+                **extra,
+            }
+            parts.append(pd.DataFrame(frame))
+    return _conform(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(COLUMNS)))
+
+
+def _conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give ``frame`` exactly :data:`COLUMNS`, in order, with stable dtypes (strings nullable)."""
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None if column in _STRING_COLUMNS else np.nan
+    frame = frame[list(COLUMNS)]
+    for column in _STRING_COLUMNS:
+        frame[column] = frame[column].astype("string")
+    for column in set(COLUMNS) - set(_STRING_COLUMNS):
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
+class ParquetStream:
+    """Append tidy frames to one Parquet file batch by batch; the file appears only when ``close`` succeeds."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, ARROW_SCHEMA)
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(_conform(frame), schema=ARROW_SCHEMA, preserve_index=False)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def close(self) -> Path:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self, exc: BaseException) -> None:
+        self._writer.close()
+        try:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            pass  # atomic_path re-raises the original exception; the caller raises it itself.
+
+
+class AttentionReport:
+    """Per-sample attention in one tidy table (in memory, or backed by a Parquet file for large cohorts).
+
+    Args:
+        frame: the tidy table (columns :data:`COLUMNS`), or None with ``path``.
+        path: a Parquet file written by ``explain(..., out=path)``; read lazily on first use.
+        kinds: the kinds the model provides (for clear errors about kinds that are absent).
+        aggregator: the aggregator name, for messages.
+    """
+
+    def __init__(self, frame: pd.DataFrame | None = None, *, path: str | Path | None = None,
+                 kinds: Iterable[str] = (), aggregator: str | None = None) -> None:
+        if frame is None and path is None:
+            raise ValueError("AttentionReport needs a frame or the path of a Parquet file written by explain")
+        self._frame = None if frame is None else _conform(frame.copy())
+        self.path = None if path is None else Path(path)
+        self.available_kinds = tuple(kinds)
+        self.aggregator = aggregator
+
+    # ----------------------------------------------------------------------------------------- access
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = _conform(pq.read_table(self.path).to_pandas())
+        return self._frame
+
+    def to_frame(self, kinds: Iterable[str] | None = None) -> pd.DataFrame:
+        """A copy of the tidy table, optionally only the given kinds."""
+        frame = self.frame
+        if kinds is not None:
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            self._check_kinds(kinds)
+            frame = frame[frame["kind"].isin(kinds)]
+        return frame.reset_index(drop=True).copy()
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds present in this report."""
+        return sorted(self.frame["kind"].dropna().unique().tolist())
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["sample_id"].tolist()))
+
+    def _check_kinds(self, kinds: Iterable[str]) -> None:
+        unknown = [k for k in kinds if k not in REPORT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown attention kind(s) {unknown}; kinds are {list(REPORT_KINDS)}")
+        present = set(self.kinds)
+        absent = [k for k in kinds if k not in present]
+        if absent:
+            who = f"aggregator {self.aggregator!r}" if self.aggregator else "this model"
+            raise ValueError(
+                f"{who} provides no {absent} attention (kinds in this report: {sorted(present)}); "
+                "choose an aggregator that provides it (see FusionModel.attention_kinds)"
+            )
+
+    def modality_weights(self) -> pd.DataFrame:
+        """Samples x modalities: the weight of each modality per sample (rows sum to 1; absent = 0)."""
+        self._check_kinds(["modality"])
+        rows = self.frame[self.frame["kind"] == "modality"]
+        table = rows.pivot_table(index="sample_id", columns="token", values="value", aggfunc="sum", sort=False)
+        table.columns.name = "modality"
+        return table.reindex(self.sample_ids_with("modality")).fillna(0.0)
+
+    def sample_ids_with(self, kind: str) -> list[str]:
+        return list(dict.fromkeys(self.frame.loc[self.frame["kind"] == kind, "sample_id"].tolist()))
+
+    def top_tokens(self, sample_id: str, k: int = 10, *, kind: str | None = None,
+                   target_class: str | None = None) -> pd.DataFrame:
+        """The ``k`` highest-weighted tokens of one sample (per kind; one kind or class if given)."""
+        frame = self.frame
+        rows = frame[frame["sample_id"] == str(sample_id)]
+        if rows.empty:
+            raise ValueError(f"sample {sample_id!r} is not in this report ({len(self.sample_ids)} samples)")
+        if kind is not None:
+            self._check_kinds([kind])
+            rows = rows[rows["kind"] == kind]
+        if target_class is not None:
+            rows = rows[rows["target_class"] == str(target_class)]
+        order = rows.assign(_mag=rows["value"].abs()).sort_values(["kind", "target_class", "_mag"],
+                                                                    ascending=[True, True, False])
+        return order.groupby(["kind", "target_class"], dropna=False, sort=False).head(k).drop(columns="_mag") \
+            .reset_index(drop=True)
+
+    # ----------------------------------------------------------------------------------------- export
+    def to_csv(self, path: str | Path) -> Path:
+        with atomic_path(path) as tmp:
+            self.frame.to_csv(tmp, index=False)
+        return Path(path)
+
+    def to_parquet(self, path: str | Path) -> Path:
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pandas(self.frame, schema=ARROW_SCHEMA, preserve_index=False), tmp)
+        return Path(path)
+
+    def to_json(self, path: str | Path) -> Path:
+        """JSON records (one object per row; NA as null)."""
+        return write_text_atomic(path, self.frame.to_json(orient="records", indent=None))
+
+    def to_anndata(self):
+        """AnnData for scverse users: obs = samples, var = tokens the samples share, one layer per kind/class.
+
+        Shared tokens are the modalities, clinical variables, genes (or gene sets) and, for PersAM's
+        ``phi``, the token ``clinical``. Per-sample tokens (patches, events) are not shared; see
+        :meth:`to_patch_anndata`. Entries a sample does not have are NaN. ``X`` is left empty.
+        """
+        import anndata as ad
+
+        frame = self.frame[self.frame["kind"].isin(["modality", "feature", "gene", "phi", "shap"])]
+        if frame.empty:
+            raise ValueError(f"this report has no shared-token kinds (modality, feature, gene); kinds: {self.kinds}")
+        keys = frame["modality"] + "/" + frame["token"]
+        frame = frame.assign(_var=keys)
+        var = frame.drop_duplicates("_var")[["_var", "modality", "token"]].set_index("_var")
+        clash = var["token"].duplicated(keep=False)
+        var.index = np.where(clash, var.index, var["token"]).astype(str)
+        rename = dict(zip(frame.drop_duplicates("_var")["_var"], var.index))
+        obs = pd.DataFrame(index=pd.Index(list(dict.fromkeys(frame["sample_id"])), name="sample_id"))
+        patients = frame.drop_duplicates("sample_id").set_index("sample_id")["patient_id"]
+        obs["patient_id"] = patients.reindex(obs.index).astype(str).values
+        layers = {}
+        for (kind, cls), rows in frame.groupby(["kind", frame["target_class"].fillna("")], sort=True):
+            name = kind if cls == "" else f"{kind}[{cls}]"
+            table = rows.pivot_table(index="sample_id", columns="_var", values="value", aggfunc="sum")
+            table = table.rename(columns=rename).reindex(index=obs.index, columns=var.index)
+            layers[name] = table.to_numpy(dtype=np.float64)
+        var.index.name = "token"
+        return ad.AnnData(obs=obs, var=var, layers=layers)
+
+    def to_patch_anndata(self, sample_id: str | None = None) -> dict[str, Any]:
+        """One AnnData per (sample, slide) of patch-level attention; coordinates in ``obsm["spatial"]``.
+
+        Keys are ``"sample"`` or ``"sample:slide"``; obs are the patches (by position), one layer per
+        patch-level kind and class (``patch``, ``class_wise[c]``, ``exploratory``, ``explanatory[c]``).
+        """
+        import anndata as ad
+
+        frame = self.frame[(self.frame["modality"] == "images") & self.frame["kind"].isin(
+            ["patch", "class_wise", "exploratory", "explanatory", "shap"])]
+        if sample_id is not None:
+            frame = frame[frame["sample_id"] == str(sample_id)]
+        if frame.empty:
+            raise ValueError("this report has no patch-level attention" +
+                             (f" for sample {sample_id!r}" if sample_id is not None else ""))
+        out = {}
+        slide = frame["slide_id"].fillna("")
+        for (sid, sl), rows in frame.groupby([frame["sample_id"], slide], sort=False):
+            patches = rows.drop_duplicates("token").set_index("token")
+            obs = pd.DataFrame({"position": patches["position"].values}, index=patches.index.astype(str))
+            layers = {}
+            for (kind, cls), part in rows.groupby(["kind", rows["target_class"].fillna("")], sort=True):
+                name = kind if cls == "" else f"{kind}[{cls}]"
+                layers[name] = part.set_index("token")["value"].reindex(obs.index).to_numpy(np.float64)[:, None]
+            adata = ad.AnnData(obs=obs, var=pd.DataFrame(index=["attention"]), layers=layers)
+            adata.obsm["spatial"] = patches[["x", "y"]].to_numpy(np.float64)
+            adata.uns["sample_id"], adata.uns["slide_id"] = sid, sl
+            out[sid if sl == "" else f"{sid}:{sl}"] = adata
+        return out
+
+    def to_geojson(self, path: str | Path, sample_id: str, *, kind: str = "patch",
+                   target_class: str | None = None, slide_id: str | None = None,
+                   patch_size: float | None = None, magnification: float | None = None) -> Path:
+        """Patch attention of one sample as a GeoJSON FeatureCollection that QuPath imports.
+
+        Each patch becomes a square tile (``objectType: "tile"``) at its ``x, y`` (top-left, level-0 pixels)
+        of side ``patch_size`` (default: the smallest spacing between patch coordinates), with the
+        attention in ``measurements``. ``magnification`` is stored in the collection's properties.
+        """
+        self._check_kinds([kind])
+        rows = self.frame[(self.frame["sample_id"] == str(sample_id)) & (self.frame["kind"] == kind)
+                          & (self.frame["modality"] == "images")]
+        if target_class is not None:
+            rows = rows[rows["target_class"] == str(target_class)]
+        elif rows["target_class"].notna().any():
+            classes = sorted(rows["target_class"].dropna().unique())
+            raise ValueError(f"kind {kind!r} is per class: pass target_class= one of {classes}")
+        if slide_id is not None:
+            rows = rows[rows["slide_id"] == str(slide_id)]
+        if rows.empty:
+            raise ValueError(f"no {kind!r} patch attention for sample {sample_id!r}")
+        if rows[["x", "y"]].isna().any().any():
+            raise ValueError(f"sample {sample_id!r}: patches have no coordinates; GeoJSON needs x, y")
+        xy = rows[["x", "y"]].to_numpy(float)
+        size = float(patch_size) if patch_size else _grid_spacing(xy)
+        features = []
+        for (x, y), token, value, raw, sl in zip(xy, rows["token"], rows["value"], rows["raw_value"],
+                                                 rows["slide_id"].fillna("")):
+            ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+            features.append({
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "tile", "name": str(token), "slide_id": str(sl),
+                               "measurements": {f"attention_{kind}": float(value),
+                                                f"raw_{kind}": None if pd.isna(raw) else float(raw)}},
+            })
+        collection = {"type": "FeatureCollection", "features": features,
+                      "properties": {"sample_id": str(sample_id), "kind": kind, "target_class": target_class,
+                                     "patch_size": size, "magnification": magnification}}
+        return write_text_atomic(path, json.dumps(collection))
+
+
+def _grid_spacing(xy: np.ndarray) -> float:
+    steps = [np.diff(np.unique(xy[:, i])) for i in range(2)]
+    steps = np.concatenate([s[s > 0] for s in steps])
+    return float(steps.min()) if len(steps) else 1.0
+
+
+def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
+                 kinds: Iterable[str] | None = None, batch_size: int | None = None) -> AttentionReport:
+    """Run ``model`` over ``cohort`` and collect its attention (``FusionModel.explain`` calls this).
+
+    With ``out`` (a ``.parquet`` path) rows are streamed to disk batch by batch, so memory stays flat over
+    the cohort; the file appears only once every batch is written. ``kinds`` restricts the kinds exported;
+    asking for a kind the model does not provide is a ``ValueError``.
+    """
+    available = list(getattr(model, "attention_kinds", ()))
+    aggregator = getattr(model, "aggregator", None)
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        missing = [k for k in kinds if k not in available]
+        if missing:
+            raise ValueError(f"aggregator {aggregator!r} provides no {missing} attention; it provides {available}")
+    stream = ParquetStream(out) if out is not None else None
+    frames: list[pd.DataFrame] = []
+    try:
+        for batch, records, _ in model.iter_attention(cohort, batch_size=batch_size):
+            frame = records_to_frame(batch, records, kinds=kinds)
+            if stream is not None:
+                stream.write(frame)
+            else:
+                frames.append(frame)
+    except BaseException as exc:
+        if stream is not None:
+            stream.abort(exc)
+        raise
+    if stream is not None:
+        return AttentionReport(path=stream.close(), kinds=available, aggregator=aggregator)
+    frame = pd.concat(frames, ignore_index=True) if frames else _conform(pd.DataFrame(columns=list(COLUMNS)))
+    return AttentionReport(frame, kinds=available, aggregator=aggregator)
