@@ -118,8 +118,8 @@ def _images(rng, ids, rule_pos, n_patches, feature_dim):
     feats, types, coords, evidence = {}, {}, {}, np.empty(len(ids))
     for i, sid in enumerate(ids):
         n = int(sizes[i])
-        n_a = max(1, int(round(frac[i, 0] * n)))
-        n_b = max(1, min(n - n_a - 1, int(round(frac[i, 1] * n))))
+        n_a = max(1, int(np.rint(frac[i, 0] * n)))
+        n_b = max(1, min(n - n_a - 1, int(np.rint(frac[i, 1] * n))))
         t = np.zeros(n, dtype=np.int64)
         t[:n_a], t[n_a : n_a + n_b] = 1, 2
         t = rng.permutation(t)
@@ -315,7 +315,9 @@ def make_synthetic_cohort(
         ev_ids = has["events"]
         kw["events"] = events[events["sample_id"].isin(set(ev_ids))].reset_index(drop=True)
         kw["index_time"] = pd.Series(0.0, index=ev_ids, name="index_time")  # times are days before index
-    cohort = Cohort(labels=labels, survival=survival, name=f"synthetic(n={n}, task={task}, seed={seed})", **kw)
+    cohort = Cohort(
+        labels=labels, survival=survival, name=f"synthetic(n={n}, task={task}, seed={seed})", **kw
+    )
 
     img_ids = has.get("images", [])
     rule = pd.Series(rule_pos, index=ids, name=RULE_VARIABLE)
