@@ -1,0 +1,153 @@
+"""``self_attention``: a [CLS] transformer over the tokens of every modality.
+
+Large token sets are summarised first (per sample, by gated attention pooling into a few tokens), so the
+joint sequence stays small and the cost is linear in the number of patches. The exported attention is the
+[CLS] row of the last layer, averaged over heads:
+
+- per token (kind ``feature`` / ``gene`` / ``event`` / ``patch``): the CLS attention restricted to the
+  modality's tokens, renormalised. For a summarised bag the weight of patch l is the attention rolled out
+  through the summary, ``sum_q cls[q] * pool[q, l]``, so patch weights exist at any bag size;
+- per modality (kind ``modality``): the CLS attention summed over the modality's tokens (summaries
+  included), renormalised over the sample's present modalities; an absent modality gets exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ...datasets.batch import TOKEN_KIND
+from ...encoders.tokens import Tokens
+from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
+from ..records import masked_normalise
+from .pooling import (
+    GatedAttentionPooling,
+    batch_size_of,
+    cap_tokens,
+    check_tokens,
+    modality_record,
+    presence_matrix,
+    token_record,
+)
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head attention whose softmax is :func:`masked_normalise` (exact zeros on padded keys).
+
+    A query row without any real key gets all-zero weights (output 0) instead of NaN.
+    """
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.scale = (d_model // n_heads) ** -0.5
+        self.to_q = nn.Linear(d_model, d_model)
+        self.to_kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries [B, Lq, d]`` attend to ``keys [B, Lk, d]`` (``key_mask [B, Lk]``).
+
+        Returns:
+            output ``[B, Lq, d]`` and the attention ``[B, H, Lq, Lk]`` (before dropout).
+        """
+        h = self.n_heads
+        q = rearrange(self.to_q(queries), "b l (h e) -> b h l e", h=h)
+        k, v = (rearrange(t, "b l (h e) -> b h l e", h=h) for t in self.to_kv(keys).chunk(2, dim=-1))
+        logits = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scale
+        attn = masked_normalise(logits, key_mask[:, None, None, :])
+        out = torch.einsum("bhqk,bhke->bhqe", self.drop(attn), v)
+        return self.out(rearrange(out, "b h l e -> b l (h e)")), attn
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block (attention + feed-forward) over ``[B, L, d]`` with a key padding mask."""
+
+    def __init__(self, *, d_model: int, n_heads: int, ff_mult: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = MaskedAttention(d_model=d_model, n_heads=n_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff_mult * d_model), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(ff_mult * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm1(x)
+        out, attn = self.attn(h, h, mask)
+        x = x + self.drop(out)
+        x = x + self.drop(self.ff(self.norm2(x)))
+        return x, attn
+
+
+@AGGREGATORS.register("self_attention")
+class SelfAttentionAggregator(Aggregator):
+    """[CLS] + all modalities' tokens -> ``n_layers`` transformer blocks -> the CLS output ``[B, d]``.
+
+    Args:
+        d_model: token width; modalities: the schema's modalities; n_outputs, class_names: unused here
+            (the head scores the pooled vector) but validated for the common constructor.
+        n_layers: transformer blocks (>= 1). n_heads: attention heads (divides d_model).
+        max_patch_tokens: an image bag with more patches is summarised into ``n_summary_tokens`` tokens.
+        max_tokens: the same cap for the other modalities (long event histories, un-grouped genes).
+        n_summary_tokens: Q, tokens a summarised modality contributes.
+        dropout: dropout in the blocks.
+    """
+
+    def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
+                 class_names: Sequence[str] | None = None, n_layers: int = 2, n_heads: int = 4,
+                 max_patch_tokens: int = 256, max_tokens: int = 1024, n_summary_tokens: int = 8,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
+        for name, value in (("n_layers", n_layers), ("max_patch_tokens", max_patch_tokens),
+                            ("max_tokens", max_tokens), ("n_summary_tokens", n_summary_tokens)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"self_attention: {name} must be a positive int, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"self_attention: dropout must be in [0, 1), got {dropout!r}")
+        self.d_model, self.modalities = d_model, tuple(modalities)
+        self.limits = {m: (max_patch_tokens if m == "images" else max_tokens) for m in self.modalities}
+        self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
+        self.summarisers = nn.ModuleDict({m: GatedAttentionPooling(d_model=d_model, n_branches=n_summary_tokens)
+                                          for m in self.modalities})
+        self.blocks = nn.ModuleList(TransformerBlock(d_model=d_model, n_heads=n_heads, dropout=dropout)
+                                    for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.attention_kinds = frozenset({"modality"} | {TOKEN_KIND[m] for m in self.modalities if m in TOKEN_KIND})
+
+    def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:
+        """``tokens``: modality -> Tokens ``[B, T_m, d]`` -> pooled ``[B, d]`` + records."""
+        check_tokens(tokens, self.modalities, self.d_model)
+        B, like = batch_size_of(tokens)
+        order = [m for m in self.modalities if m in tokens]
+        capped = {m: cap_tokens(tokens[m].values, tokens[m].mask, limit=self.limits[m],
+                                pooler=self.summarisers[m]) for m in order}
+        seq = torch.cat([self.cls.to(like.dtype).expand(B, 1, -1)] + [capped[m].values for m in order], dim=1)
+        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=like.device)]
+                         + [capped[m].mask for m in order], dim=1)
+        attn = None
+        for block in self.blocks:
+            seq, attn = block(seq, mask)
+        cls_row = attn[:, :, 0, :].mean(dim=1)  # [B, L] head-averaged CLS attention of the last layer
+        pooled = self.norm(seq[:, 0])
+
+        records, per_modality, start = [], {}, 1
+        for m in order:
+            width = capped[m].values.shape[1]
+            part = cls_row[:, start:start + width] * capped[m].mask
+            start += width
+            per_modality[m] = part.sum(dim=1)
+            weights = capped[m].to_original(part, tokens[m].mask)
+            records.append(token_record(tokens[m], weights, nonnegative=True,
+                                        meta={"summarised": capped[m].summarised}))
+        present = presence_matrix(tokens, self.modalities, B, like.device)
+        mod_raw = torch.stack([per_modality.get(m, torch.zeros(B, device=like.device, dtype=like.dtype))
+                               for m in self.modalities], dim=1)
+        records.append(modality_record(mod_raw, present, self.modalities))
+        return AggregatorOutput(pooled=pooled, records=records)
