@@ -1,0 +1,424 @@
+"""The :class:`Cohort`: samples with any subset of four modalities, optional targets, validated on construction.
+
+Sample rules (documented once, enforced here)
+---------------------------------------------
+- The cohort's samples are the union of the ids found in the modalities (clinical index, genomics
+  ``obs_names``, image bag ids, event ``sample_id``); ids are compared and stored as ``str``.
+- When targets are given (``labels=`` or ``survival=``), the target ids and the data ids must be the same set:
+  a sample with data but no target is an error naming its modality (so events, genomics or images of a
+  sample the targets do not know are "unknown samples"), and a target for a sample without any modality is
+  an error. Without targets every sample with data is a cohort sample (predict / explain only).
+- A clinical row that is all NaN means the sample has no clinical data: it is dropped and recorded.
+- Events after a sample's index time are removed and recorded in ``excluded``; a sample left with no data at
+  all by that cut is removed from the cohort (with its target) and recorded too.
+- ``classes`` is computed on construction and kept by :meth:`Cohort.subset`, so folds share one class list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .batch import MODALITIES
+from .gene_sets import parse_gene_sets
+from .images import ImageBags
+from .validation import (
+    check_unique,
+    format_ids,
+    indexed_frame,
+    normalise_clinical,
+    normalise_events,
+    normalise_genomics,
+    normalise_labels,
+    normalise_survival,
+    str_ids,
+    to_days,
+)
+
+
+class Cohort:
+    """Samples (patients, admissions or specimens) with clinical, genomics, image and event data and targets.
+
+    All arguments are keyword-only and optional except that at least one modality is required. See the module
+    docstring for the sample rules and :mod:`clinfuse.datasets.validation` for the per-modality formats.
+
+    Args:
+        clinical: DataFrame indexed by sample id; NaN = missing value.
+        genomics: AnnData, obs_names = sample ids, var_names = genes (``.X`` dense or scipy sparse).
+        images: :class:`ImageBags` (a plain dict is passed to :meth:`ImageBags.from_features`).
+        events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``, ``segment``].
+        labels: Series sample -> class label (any hashable).  Exclusive with ``survival``.
+        survival: DataFrame indexed by sample with ``time`` (> 0) and ``event`` (0/1).
+        groups: Series sample -> patient id (for grouped splits); every sample must be in it.
+        clinical_types: ``{column: "numeric" | "categorical"}`` overriding the detection.
+        genomics_layer: AnnData layer to use instead of ``.X``.
+        gene_sets: GMT path, set -> genes mapping or gene -> set mapping (see :mod:`.gene_sets`).
+        index_time: Series sample -> prediction time (days or datetimes, same axis as event times);
+            samples absent from it (or NaN) use their latest event.
+        name: a label for summaries.
+        excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict with
+            ``what, modality, sample_id, count, reason``.
+    """
+
+    def __init__(
+        self,
+        *,
+        clinical: pd.DataFrame | None = None,
+        genomics: Any = None,
+        images: ImageBags | Mapping | None = None,
+        events: pd.DataFrame | None = None,
+        labels: pd.Series | None = None,
+        survival: pd.DataFrame | None = None,
+        groups: pd.Series | Mapping | None = None,
+        clinical_types: Mapping[str, str] | None = None,
+        genomics_layer: str | None = None,
+        gene_sets: Any = None,
+        index_time: pd.Series | Mapping | None = None,
+        name: str | None = None,
+        excluded: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.excluded: list[dict[str, Any]] = [_check_excluded(e) for e in (excluded or [])]
+
+        self.clinical: pd.DataFrame | None = None
+        self.clinical_types: dict[str, str] = {}
+        if clinical is not None:
+            self.clinical, self.clinical_types, cut = normalise_clinical(clinical, dict(clinical_types or {}))
+            self.excluded += cut
+        elif clinical_types:
+            raise ValueError("clinical: clinical_types given without a clinical table")
+
+        self.genomics = None
+        self.gene_sets: dict[str, list[str]] | None = None
+        if genomics is not None:
+            self.genomics = normalise_genomics(genomics, genomics_layer)
+            if gene_sets is not None:
+                self.gene_sets, cut = parse_gene_sets(gene_sets, list(self.genomics.var_names))
+                self.excluded += cut
+        elif gene_sets is not None or genomics_layer is not None:
+            raise ValueError("genomics: gene_sets / genomics_layer given without genomics data")
+
+        if isinstance(images, Mapping):
+            images = ImageBags.from_features(images)
+        if images is not None and not isinstance(images, ImageBags):
+            raise TypeError(f"images: expected ImageBags (ImageBags.from_features / from_patches), "
+                            f"got {type(images).__name__}")
+        self.images: ImageBags | None = images
+
+        self.events: pd.DataFrame | None = normalise_events(events) if events is not None else None
+
+        data_ids = self._data_ids()
+        if not data_ids:
+            raise ValueError("cohort: no sample has any modality; pass at least one of clinical, genomics, "
+                             "images, events")
+        self.labels: pd.Series | None = None
+        self.survival: pd.DataFrame | None = None
+        if labels is not None and survival is not None:
+            raise ValueError("targets: pass labels= (classification) or survival= (survival), not both")
+        targets = None
+        if labels is not None:
+            self.labels = targets = normalise_labels(labels)
+        elif survival is not None:
+            self.survival = targets = normalise_survival(survival)
+        if targets is not None:
+            self._check_targets(list(targets.index), data_ids)
+            order = list(targets.index)
+        else:
+            order = list(data_ids)
+
+        self.index_time: pd.Series = pd.Series(dtype=np.float64)
+        if self.events is not None:
+            self._cut_events(index_time, set(order))
+        elif index_time is not None:
+            raise ValueError("events: index_time given without events")
+
+        left = self._data_ids()
+        gone = [s for s in order if s not in left]
+        if gone:
+            self.excluded.append({"what": "samples with no data left", "modality": None, "sample_id": None,
+                                  "count": len(gone), "reason": "all their events were after the index time: "
+                                  f"{format_ids(gone)}"})
+            order = [s for s in order if s in left]
+            if self.labels is not None:
+                self.labels = self.labels.loc[order]
+            if self.survival is not None:
+                self.survival = self.survival.loc[order]
+        self.sample_ids: list[str] = order
+        self.groups: pd.Series = self._make_groups(groups)
+        self.task: str | None = "classification" if self.labels is not None else (
+            "survival" if self.survival is not None else None)
+        self.classes: list | None = _sorted_unique(self.labels) if self.labels is not None else None
+        self._index_presence()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _data_ids(self) -> dict[str, None]:
+        """Ordered set of every sample id found in a modality."""
+        ids: dict[str, None] = {}
+        if self.clinical is not None:
+            ids.update(dict.fromkeys(self.clinical.index))
+        if self.genomics is not None:
+            ids.update(dict.fromkeys(self.genomics.obs_names))
+        if self.images is not None:
+            ids.update(dict.fromkeys(self.images.sample_ids))
+        if self.events is not None:
+            ids.update(dict.fromkeys(self.events["sample_id"]))
+        return ids
+
+    def _modality_ids(self, modality: str) -> list[str]:
+        if modality == "clinical":
+            return list(self.clinical.index) if self.clinical is not None else []
+        if modality == "genomics":
+            return list(self.genomics.obs_names) if self.genomics is not None else []
+        if modality == "images":
+            return list(self.images.sample_ids) if self.images is not None else []
+        return list(dict.fromkeys(self.events["sample_id"])) if self.events is not None else []
+
+    def _check_targets(self, target_ids: list[str], data_ids: Mapping[str, None]) -> None:
+        what = "labels" if self.labels is not None else "survival"
+        known = set(target_ids)
+        orphans = [s for s in target_ids if s not in data_ids]
+        if orphans:
+            raise ValueError(f"{what}: target(s) for sample(s) {format_ids(orphans)} that have no modality at all "
+                             "(no clinical row, expression profile, image bag or event); expected data for every "
+                             "target")
+        for modality in MODALITIES:
+            ids = self._modality_ids(modality)
+            unknown = [s for s in ids if s not in known]
+            if not unknown:
+                continue
+            if len(unknown) == len(ids):
+                raise ValueError(
+                    f"{modality}: none of its sample ids matches a {what} sample (e.g. {format_ids(ids[:3])} vs "
+                    f"{format_ids(target_ids[:3])}); expected the same sample ids in every input")
+            raise ValueError(f"{modality}: sample(s) {format_ids(unknown)} have data but no target in {what}; "
+                             "every sample needs a target when targets are given")
+
+    def _cut_events(self, index_time: Any, keep: set[str]) -> None:
+        ev = self.events
+        assert ev is not None
+        latest = ev.groupby("sample_id", sort=False)["time"].max()
+        t = latest.copy()
+        if index_time is not None:
+            given = indexed_frame(pd.Series(index_time) if isinstance(index_time, Mapping) else index_time,
+                                  what="index_time")
+            if isinstance(given, pd.DataFrame):
+                raise TypeError("index_time: expected a Series sample -> time, got a DataFrame")
+            unknown = [s for s in given.index if s not in keep]
+            if unknown:
+                raise ValueError(f"index_time: sample(s) {format_ids(unknown)} are not in the cohort; expected "
+                                 "index times only for cohort samples")
+            days = pd.Series(to_days(given, what="index_time"), index=given.index).dropna()
+            if np.isinf(days.to_numpy()).any():
+                raise ValueError(f"index_time: infinite for sample(s) {format_ids(days.index[np.isinf(days)])}")
+            t = pd.concat([days, latest[~latest.index.isin(days.index)]])
+        after = ev["time"].to_numpy() > ev["sample_id"].map(t).to_numpy()
+        if after.any():
+            counts = ev.loc[after, "sample_id"].value_counts(sort=False)
+            for sid, n in counts.items():
+                self.excluded.append({"what": "events after the index time", "modality": "events", "sample_id": sid,
+                                      "count": int(n), "reason": f"later than the index time {t[sid]:.4g} days"})
+            ev = ev.loc[~after].reset_index(drop=True)
+        self.events = ev if len(ev) else None
+        self.index_time = t.astype(np.float64).rename("index_time")
+
+    def _make_groups(self, groups: Any) -> pd.Series:
+        if groups is None:
+            return pd.Series(self.sample_ids, index=pd.Index(self.sample_ids, name="sample_id"), name="group")
+        g = indexed_frame(pd.Series(groups) if isinstance(groups, Mapping) else groups, what="groups")
+        if isinstance(g, pd.DataFrame):
+            raise TypeError("groups: expected a Series sample -> patient id, got a DataFrame")
+        missing = [s for s in self.sample_ids if s not in g.index]
+        if missing:
+            raise ValueError(f"groups: sample(s) {format_ids(missing)} have no patient in groups; expected one "
+                             "entry per sample")
+        g = g.loc[self.sample_ids]
+        if g.isna().any():
+            raise ValueError(f"groups: missing (NaN) patient id for sample(s) {format_ids(g.index[g.isna()])}")
+        return pd.Series(str_ids(g, what="groups"), index=g.index, name="group")
+
+    def _index_presence(self) -> None:
+        self._present = {m: set(self._modality_ids(m)) for m in MODALITIES}
+        self._position = {s: i for i, s in enumerate(self.sample_ids)}
+        self._event_slices: dict[str, slice] = {}
+        if self.events is not None:
+            sid = self.events["sample_id"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            stops = np.r_[starts[1:], len(sid)]
+            self._event_slices = {sid[a]: slice(int(a), int(b)) for a, b in zip(starts, stops, strict=True)}
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __repr__(self) -> str:
+        name = f"{self.name!r}, " if self.name else ""
+        return f"Cohort({name}samples={len(self)}, modalities={list(self.modalities)}, task={self.task!r})"
+
+    @property
+    def patients(self) -> list[str]:
+        """Unique patient ids (``groups`` values) in order of first appearance."""
+        return list(dict.fromkeys(self.groups.tolist()))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the cohort holds, in canonical order."""
+        return tuple(m for m in MODALITIES if self._present[m])
+
+    @property
+    def targets(self) -> pd.Series | pd.DataFrame | None:
+        """``labels`` or ``survival`` (whichever is given)."""
+        return self.labels if self.labels is not None else self.survival
+
+    def _check_sample(self, sample_id: str) -> None:
+        if sample_id not in self._position:
+            raise ValueError(f"cohort: unknown sample id {sample_id!r}")
+
+    def has(self, sample_id: str, modality: str) -> bool:
+        """Whether ``sample_id`` has data of ``modality``."""
+        if modality not in MODALITIES:
+            raise ValueError(f"cohort: unknown modality {modality!r}; expected one of {MODALITIES}")
+        self._check_sample(str(sample_id))
+        return str(sample_id) in self._present[modality]
+
+    def presence(self) -> pd.DataFrame:
+        """Bool DataFrame samples x present modalities (True = the sample has data of that modality)."""
+        return pd.DataFrame({m: [s in self._present[m] for s in self.sample_ids] for m in self.modalities},
+                            index=pd.Index(self.sample_ids, name="sample_id"), dtype=bool)
+
+    def events_of(self, sample_id: str) -> pd.DataFrame:
+        """The sample's events (rows of ``events`` sorted by time; empty when it has none)."""
+        self._check_sample(sample_id)
+        if self.events is None:
+            raise ValueError("events: the cohort has no events")
+        sl = self._event_slices.get(sample_id)
+        return self.events.iloc[sl] if sl is not None else self.events.iloc[0:0]
+
+    def subset(self, ids: Iterable[Any]) -> Cohort:
+        """A cohort of ``ids`` (in that order) with every modality, target, group, gene set and exclusion
+        record restricted consistently. No re-validation: a subset of a valid cohort is valid.
+
+        Unknown or duplicated ids raise ``ValueError``. ``classes`` is kept from the parent cohort.
+        """
+        ids = [str(i) for i in ids]
+        check_unique(ids, what="subset")
+        unknown = [i for i in ids if i not in self._position]
+        if unknown:
+            raise ValueError(f"cohort: subset of unknown sample id(s) {format_ids(unknown)}")
+        keep = set(ids)
+        new = object.__new__(Cohort)
+        new.name, new.sample_ids = self.name, ids
+        new.clinical_types, new.gene_sets = dict(self.clinical_types), self.gene_sets
+        new.task, new.classes = self.task, self.classes
+        new.clinical = _rows(self.clinical, [i for i in ids if i in self._present["clinical"]])
+        new.genomics = None
+        if self.genomics is not None:
+            g_ids = [i for i in ids if i in self._present["genomics"]]
+            new.genomics = self.genomics[g_ids].copy() if g_ids else None
+        new.images = None
+        if self.images is not None:
+            im_ids = [i for i in ids if i in self._present["images"]]
+            new.images = self.images.subset(im_ids) if im_ids else None
+        new.events = None
+        if self.events is not None:
+            ev = self.events[self.events["sample_id"].isin(keep)].reset_index(drop=True)
+            new.events = ev if len(ev) else None
+        new.index_time = self.index_time[self.index_time.index.isin(keep)]
+        new.labels = self.labels.loc[ids] if self.labels is not None else None
+        new.survival = self.survival.loc[ids] if self.survival is not None else None
+        new.groups = self.groups.loc[ids]
+        new.excluded = [dict(e) for e in self.excluded if e.get("sample_id") is None or e["sample_id"] in keep]
+        new._index_presence()
+        return new
+
+    def check_fittable(self) -> None:
+        """Raise ``ValueError`` unless a model can be fitted on this cohort (targets with >= 2 classes, or
+        survival with at least one event)."""
+        if self.task is None:
+            raise ValueError("cohort: no targets; pass labels= or survival= to fit (a cohort without targets can "
+                             "only be predicted and explained)")
+        if self.labels is not None:
+            present = _sorted_unique(self.labels)
+            if len(present) < 2:
+                raise ValueError(f"labels: only one class ({present[0]!r}) among {len(self)} samples; fitting a "
+                                 "classifier needs at least two classes")
+        if self.survival is not None and int(self.survival["event"].sum()) == 0:
+            raise ValueError(f"survival: no event among {len(self)} samples (all censored); fitting needs events")
+
+    def summary(self) -> str:
+        """A human-readable description: samples per modality, missingness, bag sizes, events, targets, cuts."""
+        return _describe(self)
+
+
+def _rows(df: pd.DataFrame | None, ids: list[str]) -> pd.DataFrame | None:
+    if df is None or not ids:
+        return None
+    return df.loc[ids]
+
+
+def _sorted_unique(labels: pd.Series) -> list:
+    values = list(dict.fromkeys(labels.tolist()))
+    try:
+        return sorted(values)
+    except TypeError:  # mixed types: a stable order that still sorts
+        return sorted(values, key=lambda v: (type(v).__name__, str(v)))
+
+
+def _check_excluded(entry: Mapping[str, Any]) -> dict[str, Any]:
+    required = {"what", "modality", "sample_id", "count", "reason"}
+    if not isinstance(entry, Mapping) or not required <= set(entry):
+        raise ValueError(f"excluded: each record needs keys {sorted(required)}, got {entry!r}")
+    return dict(entry)
+
+
+def _describe(c: Cohort) -> str:
+    lines = [f"Cohort {c.name!r}" if c.name else "Cohort",
+             f"  samples: {len(c)}   patients: {len(c.patients)}   task: {c.task or 'none (predict/explain only)'}"]
+    pres = c.presence()
+    for m in c.modalities:
+        lines.append(f"  {m:<9} {int(pres[m].sum()):>6} / {len(c)} samples")
+    if c.modalities:
+        patterns = pres.apply(lambda r: "+".join(m for m in c.modalities if r[m]) or "none", axis=1)
+        counts = patterns.value_counts()
+        lines.append("  missingness patterns: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if c.clinical is not None:
+        n_num = sum(t == "numeric" for t in c.clinical_types.values())
+        lines.append(f"  clinical: {c.clinical.shape[1]} columns ({n_num} numeric, "
+                     f"{c.clinical.shape[1] - n_num} categorical); missing values per column:")
+        for col in c.clinical.columns:
+            na = int(c.clinical[col].isna().sum())
+            lines.append(f"    {col} [{c.clinical_types[col]}]: {na} / {len(c.clinical)} missing "
+                         f"({100 * na / max(len(c.clinical), 1):.0f}%)")
+    if c.genomics is not None:
+        gs = f", {len(c.gene_sets)} gene sets" if c.gene_sets else ""
+        lines.append(f"  genomics: {c.genomics.n_obs} samples x {c.genomics.n_vars} genes{gs}")
+    if c.images is not None:
+        sizes = c.images.bag_sizes()
+        shape = (f"feature dim {c.images.feature_dim}" if c.images.kind == "features"
+                 else f"patch shape {c.images.pixel_shape}")
+        lines.append(f"  images ({c.images.kind}, {shape}): bag size min {sizes.min()}, median "
+                     f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")
+    if c.events is not None:
+        per = c.events.groupby("sample_id").size()
+        lines.append(f"  events: {len(c.events)} events, {c.events['code'].nunique()} distinct codes, per sample "
+                     f"min {per.min()}, median {float(per.median()):g}, max {per.max()}; "
+                     f"{int(c.events['value'].notna().sum())} with a value")
+    if c.labels is not None:
+        counts = c.labels.value_counts()
+        lines.append("  labels: " + ", ".join(f"{k!r}: {v}" for k, v in counts.items()))
+    if c.survival is not None:
+        n_ev = int(c.survival["event"].sum())
+        lines.append(f"  survival: {n_ev} events, {len(c.survival) - n_ev} censored "
+                     f"({100 * (1 - n_ev / max(len(c.survival), 1)):.0f}% censoring), median time "
+                     f"{float(c.survival['time'].median()):g}")
+    if c.excluded:
+        lines.append(f"  excluded ({len(c.excluded)} records):")
+        for e in c.excluded:
+            who = f" sample {e['sample_id']!r}" if e.get("sample_id") is not None else ""
+            mod = f"[{e['modality']}]" if e.get("modality") else ""
+            lines.append(f"    {mod}{who} {e['what']}: {e['count']} ({e['reason']})")
+    else:
+        lines.append("  excluded: nothing")
+    return "\n".join(lines)
