@@ -3,3 +3,4 @@
 Each module below adds itself with ``@AGGREGATORS.register(name)``; add one import line per new module.
 """
 from . import abmil, concat, cross_attention, hierarchical, self_attention  # noqa: F401
+from . import persam  # noqa: F401

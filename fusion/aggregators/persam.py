@@ -1,0 +1,341 @@
+"""``persam``: the personalised MIL aggregator (after Takagi et al., arXiv 2206.03003; DESIGN.md "PersAM").
+
+Tokens (B samples, d = ``d_model``)
+-----------------------------------
+- instances ``h_l``, l = 1..N: the tokens of ``instance_modality`` (patches by default; genes / gene sets or
+  events when a cohort has no images), ``[B, N, d]``, any N, masked;
+- clinical ``u_k``, k = 1..K: the clinical encoder's tokens ``[B, K, d]`` (absent: K = 0 or mask all False);
+- context: the tokens of every other modality (neither instance nor clinical), read as extra groups;
+- class ``t_c``, c = 1..C: learned (``n_outputs`` of them: classes, discrete time bins, or 1 risk token
+  for a Cox head); plus ``n_latents`` learned latent tokens.
+
+Encoder: :class:`~.persam_encoder.GroupBalancedEncoder` (attention within each token group, mixed by learned
+per-query group weights; linear in N; see that module). Its outputs are written ``h_l, u_k, t_c`` below.
+
+Scores and attention (``e = d_attn``; every ``W`` is a learned ``Linear(d, e, bias=False)``)
+------------------------------------------------------------------------------------------------
+::
+
+    s_a[c, l]   = <W_qa t_c, W_ka h_l> / sqrt(e)                           class-wise score   [B, C, N]
+    s_psi[l]    = log mean_k exp(<W_qp u_k, W_kp h_l> / sqrt(e))           exploratory score  [B, N]
+    s_phi[c]    = log mean_k exp(<W_qf t_c, W_kf u_k> / sqrt(e))           class-record score [B, C]
+    (means over the sample's real clinical tokens; s_psi = s_phi = 0 when the sample has none)
+
+    raw class_wise   a[c, l]   = exp(s_a[c, l] - max_l' s_a[c, l'])    in (0, 1]  (0 on padding)
+    raw exploratory  psi[l]    = exp(s_psi[l] - max_l' s_psi[l'])      in (0, 1]
+    raw phi          phi[c]    = exp(s_phi[c] - max_c' s_phi[c'])      in (0, 1]
+    raw explanatory  a'[c, l]  = a[c, l] * phi[c] * psi[l]
+
+Exported ``value`` = each raw score normalised over the sample's real instances (sum 1, exactly 0 on
+padding); ``phi`` is normalised over the C classes instead. The normalised explanatory attention is
+computed in log space, ``softmax_l(s_a[c, l] + s_psi[l])``, which equals ``normalise_l(a * phi * psi)``
+(phi[c] is constant over l and cancels) but never underflows; ``raw`` keeps the product itself so the
+identity can be checked (it can underflow to 0 for extreme scores, the normalised value cannot).
+Without clinical data psi = phi = 1 and explanatory == class-wise: class-wise attention MIL.
+
+Pooling (``pooled`` ``[B, C, d]``, class c scored from its own vector by the head)::
+
+    pooled[c] = phi[c] * sum_l explanatory[c, l] * h_l + t_c
+
+phi[c] (raw, max 1) gates the instance evidence for class c by its relevance to the clinical record (so phi
+is trained, not only exported); the class token's own encoder state ``t_c`` carries the clinical and context
+modalities and is the only evidence for a sample without instances. Survival: the class tokens are the
+discrete time bins and the head's risk is ``-sum_k S(t_k)`` (higher = worse, as MCAT does); Cox: C = 1.
+
+Exported records (``AttentionRecord``; T = that modality's tokens)
+-----------------------------------------------------------------
+=============== ============ ============ ==========================================================
+kind            modality     value        meaning
+=============== ============ ============ ==========================================================
+class_wise      instance     [B, C, N]    a, normalised over instances
+exploratory     instance     [B, 1, N]    psi, normalised over instances
+explanatory     instance     [B, C, N]    a', normalised over instances
+phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
+patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
+feature         clinical     [B, C, K]    softmax_k of the class-record scores behind s_phi[c]
+modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
+                                          over the modality groups, renormalised over present ones
+=============== ============ ============ ==========================================================
+``feature`` exists only when ``clinical`` is a modality; ``modality`` only when ``n_layers >= 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...datasets.batch import MODALITIES, TOKEN_KIND
+from ...encoders.tokens import Tokens
+from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
+from ..records import AttentionRecord, masked_normalise, normalise_nonnegative
+from .persam_encoder import GroupBalancedEncoder, GroupLayout
+from .pooling import record_meta
+
+INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
+
+
+@AGGREGATORS.register("persam")
+class PersAM(Aggregator):
+    """Personalised MIL: class-wise, exploratory (clinical-guided) and explanatory attention over instances.
+
+    Args:
+        d_model: token width d (every modality's tokens are ``[B, T, d]``).
+        modalities: the schema's modalities; each one must be a key of the ``tokens`` given to forward.
+        n_outputs: C, the number of class tokens (classes, time bins, or 1 for a Cox risk).
+        class_names: C names (default ``"0" .. "C-1"``, ``"risk"`` when C = 1).
+        instance_modality: the modality whose tokens are the instances; default ``"images"`` if present,
+            else the first of ``"genomics"``, ``"events"``.
+        n_layers: group-balanced encoder layers (0 = score the encoder inputs directly).
+        n_heads: encoder attention heads (d divisible by it).
+        n_latents: learned latent tokens (a small summary group every token can read).
+        d_attn: width e of the aggregation scores (default d).
+        full_patch_attention_below: if > 0, instances also attend to each other for samples with fewer
+            real instances than this (quadratic; off by default).
+        instance_ffn_mult: hidden width of the instance/context feed-forward, multiple of d (0 = none).
+        dropout: dropout in the encoder.
+        checkpoint_above: recompute encoder layers in backward when a training batch holds more instance
+            tokens than this (saves memory on huge bags; None = never).
+    """
+
+    attention_kinds = frozenset(
+        {"class_wise", "exploratory", "explanatory", "phi", "patch", "gene", "event", "feature", "modality"}
+    )  # the union over configurations; each instance narrows it to what it actually exports
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        modalities: Sequence[str],
+        n_outputs: int,
+        class_names: Sequence[str] | None = None,
+        instance_modality: str | None = None,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_latents: int = 4,
+        d_attn: int | None = None,
+        full_patch_attention_below: int = 0,
+        instance_ffn_mult: int = 1,
+        dropout: float = 0.1,
+        checkpoint_above: int | None = 8192,
+    ) -> None:
+        super().__init__()
+        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"persam: unknown modalities {unknown}; expected a subset of {MODALITIES}")
+        self.modalities = [m for m in MODALITIES if m in modalities]
+        self.instance_modality = _choose_instance(instance_modality, self.modalities)
+        self.has_clinical = "clinical" in self.modalities
+        self.context_modalities = [m for m in self.modalities if m not in (self.instance_modality, "clinical")]
+        self.class_names = _class_names(class_names, n_outputs)
+        for name, value, low in (("n_layers", n_layers, 0), ("n_latents", n_latents, 0),
+                                 ("full_patch_attention_below", full_patch_attention_below, 0),
+                                 ("instance_ffn_mult", instance_ffn_mult, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"persam: {name} must be an int >= {low}, got {value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"persam: dropout must be in [0, 1), got {dropout!r}")
+        if d_attn is not None and (not isinstance(d_attn, int) or d_attn <= 0):
+            raise ValueError(f"persam: d_attn must be a positive int or None, got {d_attn!r}")
+
+        self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
+        self.full_below = full_patch_attention_below
+        self.layout = GroupLayout(n_context=len(self.context_modalities))
+        self.encoder = GroupBalancedEncoder(
+            d_model=d_model, n_heads=n_heads, n_layers=n_layers, layout=self.layout, dropout=float(dropout),
+            large_ffn_mult=instance_ffn_mult, checkpoint_above=checkpoint_above,
+        ) if n_layers > 0 else None
+        self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
+        self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
+        self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
+        e = d_attn or d_model
+        self.score_scale = e ** -0.5
+        lin = lambda: nn.Linear(d_model, e, bias=False)  # noqa: E731
+        self.q_class, self.k_class = lin(), lin()  # class-wise:  class token  x instance
+        self.q_psi, self.k_psi = lin(), lin()      # exploratory: clinical     x instance
+        self.q_phi, self.k_phi = lin(), lin()      # phi:         class token  x clinical
+
+        kinds = {"class_wise", "exploratory", "explanatory", "phi", TOKEN_KIND[self.instance_modality]}
+        if self.has_clinical:
+            kinds.add("feature")
+        if n_layers > 0:
+            kinds.add("modality")
+        self.attention_kinds = frozenset(kinds)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:
+        """``tokens``: modality -> :class:`Tokens` ``[B, T_m, d]`` (a modality left out = absent for all).
+
+        Returns pooled ``[B, C, d]`` and the records listed in the module docstring.
+        """
+        tokens = self._check_tokens(tokens)
+        inst = tokens[self.instance_modality]
+        B, N, d = inst.values.shape
+        dev, dt = inst.values.device, inst.values.dtype
+        lay = self.layout
+
+        def group(modality: str | None, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if modality is None:
+                return inst.values.new_zeros(B, 0, d), torch.zeros(B, 0, dtype=torch.bool, device=dev)
+            tok = tokens[modality]
+            return tok.values + self.group_embed[g], tok.mask
+
+        pairs = [group(self.instance_modality, lay.instances),
+                 group("clinical" if self.has_clinical else None, lay.clinical)]
+        pairs += [group(m, g) for m, g in zip(self.context_modalities, lay.context)]
+        for param, g in ((self.class_tokens, lay.cls), (self.latent_tokens, lay.latents)):
+            pairs.append(((param + self.group_embed[g]).expand(B, -1, -1).to(dt),
+                          torch.ones(B, param.shape[0], dtype=torch.bool, device=dev)))
+        xs, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+
+        class_w = None
+        if self.encoder is not None:
+            full_ok = None
+            if self.full_below > 0:
+                full_ok = masks[lay.instances].sum(1) < self.full_below
+            xs, class_w = self.encoder(xs, masks, full_ok)
+        h, u, t = xs[lay.instances], xs[lay.clinical], xs[lay.cls]
+        m_inst, m_clin = masks[lay.instances], masks[lay.clinical]
+
+        s_a = torch.einsum("bnd,bcd->bcn", h, self.q_class(t) @ self.k_class.weight) * self.score_scale
+        s_psi = torch.zeros(B, N, device=dev, dtype=dt)
+        s_phi = torch.zeros(B, self.n_outputs, device=dev, dtype=dt)
+        s_phi_k = None
+        if u.shape[1] > 0:
+            s_psi_k = torch.einsum("bnd,bkd->bkn", h, self.q_psi(u) @ self.k_psi.weight) * self.score_scale
+            s_psi = _log_mean_exp(s_psi_k, m_clin[:, :, None], dim=1)  # [B, N]
+            s_phi_k = torch.einsum("bce,bke->bck", self.q_phi(t), self.k_phi(u)) * self.score_scale
+            s_phi = _log_mean_exp(s_phi_k, m_clin[:, None, :], dim=2)  # [B, C]
+
+        mask3 = m_inst[:, None, :]
+        a_raw = _exp_shifted(s_a, mask3)
+        psi_raw = _exp_shifted(s_psi[:, None, :], mask3)
+        phi_raw = _exp_shifted(s_phi, torch.ones_like(s_phi, dtype=torch.bool))  # [B, C]
+        explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
+
+        pooled = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h) + t
+        records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
+                                explanatory, class_w, masks)
+        return AggregatorOutput(pooled=pooled, records=records)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_tokens(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
+        """Validate ``tokens``; a modality of the model missing from the mapping is absent for every sample."""
+        if not isinstance(tokens, Mapping):
+            raise TypeError(f"persam: tokens must be a mapping modality -> Tokens, got {type(tokens).__name__}")
+        extra = [m for m in tokens if m not in self.modalities]
+        if extra:
+            raise ValueError(f"persam: got tokens for {extra}, which the model was not built for "
+                             f"({self.modalities})")
+        if not tokens:
+            raise ValueError("persam needs the tokens of at least one modality, got an empty mapping")
+        sizes = {m: int(t.values.shape[0]) for m, t in tokens.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"persam: every modality must hold the same samples (batch size), got {sizes}")
+        for m, tok in tokens.items():
+            if not isinstance(tok, Tokens):
+                raise TypeError(f"persam: tokens[{m!r}] must be Tokens, got {type(tok).__name__}")
+            if tok.d_model != self.d_model:
+                raise ValueError(f"persam: {m} tokens have width {tok.d_model}, expected d_model={self.d_model}")
+        like = next(iter(tokens.values())).values
+        B = like.shape[0]
+        full = dict(tokens)
+        for m in self.modalities:
+            if m not in full:  # one all-padding slot keeps every shape non-empty
+                full[m] = Tokens(values=like.new_zeros(B, 1, self.d_model),
+                                 mask=torch.zeros(B, 1, dtype=torch.bool, device=like.device),
+                                 names=[[""] for _ in range(B)], modality=m,
+                                 present=torch.zeros(B, dtype=torch.bool, device=like.device))
+        return full
+
+    def _records(self, tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw, explanatory,
+                 class_w, masks) -> list[AttentionRecord]:
+        B = s_a.shape[0]
+        mask3 = inst.mask[:, None, :]
+        meta = record_meta(inst)
+        im = self.instance_modality
+
+        def rec(kind, value, raw, class_names, modality=im, tok=inst, meta=meta) -> AttentionRecord:
+            return AttentionRecord(kind=kind, modality=modality, value=value, raw=raw, mask=tok.mask,
+                                   names=tok.names, class_names=class_names, meta=meta)
+
+        out = [
+            rec("class_wise", masked_normalise(s_a, mask3), a_raw, self.class_names),
+            rec("exploratory", masked_normalise(s_psi[:, None, :], mask3), psi_raw, None),
+            rec("explanatory", explanatory, a_raw * phi_raw[..., None] * psi_raw, self.class_names),
+        ]
+        mean_expl = explanatory.mean(dim=1, keepdim=True)
+        out.append(rec(TOKEN_KIND[im], mean_expl, mean_expl, None))
+        phi_mask = torch.ones(B, 1, dtype=torch.bool, device=s_a.device)
+        out.append(AttentionRecord(kind="phi", modality="clinical", value=torch.softmax(s_phi, dim=1)[..., None],
+                                   raw=phi_raw[..., None], mask=phi_mask, names=[["clinical"]] * B,
+                                   class_names=self.class_names))
+        if self.has_clinical:
+            clin = tokens["clinical"]
+            cm = clin.mask[:, None, :]
+            if s_phi_k is None:  # no clinical token slots at all: nothing to weigh
+                s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])
+            out.append(rec("feature", masked_normalise(s_phi_k, cm), _exp_shifted(s_phi_k, cm),
+                           self.class_names, modality="clinical", tok=clin, meta={}))
+        if class_w is not None:
+            lay = self.layout
+            groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
+            groups.update(zip(self.context_modalities, lay.context))
+            idx = [groups[m] for m in self.modalities]
+            share = class_w.mean(dim=(1, 2))[:, idx]  # [B, M]
+            present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)
+            out.append(AttentionRecord(
+                kind="modality", modality="all", value=normalise_nonnegative(share, present)[:, None, :],
+                raw=share[:, None, :], mask=present, names=[list(self.modalities)] * B, class_names=None))
+        return out
+
+
+def _choose_instance(instance_modality: str | None, modalities: list[str]) -> str:
+    if instance_modality is None:
+        for m in INSTANCE_MODALITIES:
+            if m in modalities:
+                return m
+        raise ValueError(f"persam needs an instance modality (one of {INSTANCE_MODALITIES}); the model's "
+                         f"modalities are {modalities}: use another aggregator (e.g. 'concat') for them")
+    if instance_modality not in INSTANCE_MODALITIES:
+        raise ValueError(f"persam: instance_modality must be one of {INSTANCE_MODALITIES}, got "
+                         f"{instance_modality!r}")
+    if instance_modality not in modalities:
+        raise ValueError(f"persam: instance_modality {instance_modality!r} is not among the model's "
+                         f"modalities {modalities}")
+    return instance_modality
+
+
+def _class_names(class_names: Sequence[Any] | None, n_outputs: int) -> list[str]:
+    if class_names is None:
+        return ["risk"] if n_outputs == 1 else [str(i) for i in range(n_outputs)]
+    if isinstance(class_names, str):
+        raise TypeError(f"persam: class_names must be a sequence of names, got the string {class_names!r}")
+    names = [str(c) for c in class_names]
+    if len(names) != n_outputs:
+        raise ValueError(f"persam: {len(names)} class_names {names} for n_outputs={n_outputs}")
+    return names
+
+
+def _exp_shifted(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``exp(s - max_real s)`` along the last dim: in (0, 1], max 1, exactly 0 on padding."""
+    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(-1, keepdim=True).detach()
+    return torch.exp((scores - peak).masked_fill(~mask, float("-inf")))
+
+
+def _log_mean_exp(scores: torch.Tensor, mask: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """``log mean exp`` of ``scores`` over the real entries along ``dim``; 0 where there are none.
+
+    Padding is filled with -inf *after* the shift, so neither the value nor the gradient sees it.
+    """
+    mask = mask.expand_as(scores)
+    has = mask.any(dim)
+    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(dim, keepdim=True).detach()
+    peak = torch.where(has.unsqueeze(dim), peak, torch.zeros_like(peak))
+    total = torch.exp((scores - peak).masked_fill(~mask, float("-inf"))).sum(dim)
+    count = mask.sum(dim).clamp_min(1).to(scores.dtype)
+    value = torch.log(total.clamp_min(torch.finfo(scores.dtype).tiny)) + peak.squeeze(dim) - torch.log(count)
+    return torch.where(has, value, torch.zeros_like(value))
