@@ -1,0 +1,87 @@
+"""Task heads: the patient vector(s) from an aggregator -> classification logits, hazard logits or a Cox risk.
+
+Every head accepts a pooled ``[B, d]`` vector or per-class vectors ``[B, C, d]`` (PersAM pools once per
+class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the pooled
+vector, or class c's own vector ``v[:, c]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _ScoreHead(nn.Module):
+    """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` -> ``[B, C]``."""
+
+    def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"{name}: d_model must be a positive int, got {d_model!r}")
+        if not isinstance(n_outputs, int) or n_outputs <= 0:
+            raise ValueError(f"{name}: the number of outputs must be a positive int, got {n_outputs!r}")
+        if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
+            raise ValueError(f"{name}: hidden must be a positive int or None, got {hidden!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
+        self.d_model, self.n_outputs = d_model, n_outputs
+        width = hidden or d_model
+        self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width), nn.GELU())
+                     if hidden else nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout)))
+        self.score = nn.Linear(width, n_outputs)
+
+    def scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pooled, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a tensor, got {type(pooled).__name__}")
+        if pooled.shape[-1] != self.d_model or pooled.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__} expects [B, {self.d_model}] or [B, C, {self.d_model}], "
+                             f"got {tuple(pooled.shape)}")
+        h = self.body(pooled)
+        if pooled.dim() == 2:
+            return self.score(h)
+        if pooled.shape[1] != self.n_outputs:
+            raise ValueError(f"{type(self).__name__}: per-class input has {pooled.shape[1]} vectors, expected "
+                             f"one per output ({self.n_outputs})")
+        # class c is scored from its own vector with row c of the same linear layer
+        return torch.einsum("bcd,cd->bc", h, self.score.weight) + self.score.bias
+
+
+class ClassificationHead(_ScoreHead):
+    """Class logits ``[B, C]`` (C >= 2; binary tasks use two logits and softmax cross-entropy)."""
+
+    def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"ClassificationHead: n_classes must be an int >= 2, got {n_classes!r}")
+        super().__init__(d_model=d_model, n_outputs=n_classes, hidden=hidden, dropout=dropout)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` or ``[B, C, d]`` -> logits ``[B, C]``."""
+        return self.scores(pooled)
+
+
+class DiscreteTimeHead(_ScoreHead):
+    """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to k)."""
+
+    def __init__(self, *, d_model: int, n_bins: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+        if not isinstance(n_bins, int) or n_bins < 1:
+            raise ValueError(f"DiscreteTimeHead: n_bins must be a positive int, got {n_bins!r}")
+        super().__init__(d_model=d_model, n_outputs=n_bins, hidden=hidden, dropout=dropout)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` or ``[B, K, d]`` -> hazard logits ``[B, K]``."""
+        return self.scores(pooled)
+
+
+class CoxHead(_ScoreHead):
+    """One log-risk per sample ``[B]`` (higher = worse) for the Cox partial likelihood.
+
+    A per-class input must have a single vector (``[B, 1, d]``: PersAM with one risk token).
+    """
+
+    def __init__(self, *, d_model: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__(d_model=d_model, n_outputs=1, hidden=hidden, dropout=dropout)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` or ``[B, 1, d]`` -> risk ``[B]``."""
+        return self.scores(pooled)[:, 0]

@@ -1,0 +1,118 @@
+"""``FusionNetwork``: encoders -> token types -> aggregator -> head, with modality dropout in training."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ..datasets.batch import MODALITIES, Batch
+from ..encoders.tokens import Tokens
+from .base import Aggregator
+from .records import AttentionRecord
+from .token_types import TokenTypeEmbedding
+
+
+@dataclass
+class NetworkOutput:
+    """What :class:`FusionNetwork` returns for a batch of B samples.
+
+    Attributes:
+        outputs: classification logits ``[B, C]``, discrete-time hazard logits ``[B, K]`` or Cox risk ``[B]``.
+        records: the aggregator's :class:`AttentionRecord` list (one per kind and modality).
+        pooled: the aggregator's patient vector(s), ``[B, d]`` or ``[B, C, d]``.
+    """
+
+    outputs: torch.Tensor
+    records: list[AttentionRecord] = field(default_factory=list)
+    pooled: torch.Tensor | None = None
+
+
+class FusionNetwork(nn.Module):
+    """The whole model for one batch: per-modality encoders, token-type embeddings, aggregator, task head.
+
+    Args:
+        encoders: modality -> :class:`~clinfuse.encoders.ModalityEncoder` (one per modality of ``modalities``).
+        aggregator: a registered :class:`~clinfuse.fusion.base.Aggregator` built for the same modalities.
+        head: ``ClassificationHead`` / ``DiscreteTimeHead`` / ``CoxHead`` (any module mapping the pooled
+            vector(s) to outputs).
+        d_model: token width d shared by encoders, token types and aggregator.
+        modalities: the schema's modalities (canonical order).
+        modality_dropout: in training, each present modality of each sample is dropped (masked as absent)
+            with this probability, so that a missing modality at prediction time is a trained case. A sample
+            never loses every modality it has: when all would be dropped, one of them (chosen at random) is
+            kept. Evaluation is never affected.
+        token_types: a :class:`TokenTypeEmbedding` (default: modality embeddings only).
+    """
+
+    def __init__(self, *, encoders: Mapping[str, nn.Module], aggregator: Aggregator, head: nn.Module,
+                 d_model: int, modalities: Sequence[str], modality_dropout: float = 0.0,
+                 token_types: TokenTypeEmbedding | None = None) -> None:
+        super().__init__()
+        if isinstance(modalities, str) or not modalities:
+            raise TypeError(f"FusionNetwork: modalities must be a non-empty sequence, got {modalities!r}")
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"FusionNetwork: unknown modalities {unknown}; expected some of {MODALITIES}")
+        missing = [m for m in modalities if m not in encoders]
+        extra = [m for m in encoders if m not in modalities]
+        if missing or extra:
+            raise ValueError(f"FusionNetwork: encoders must be given for exactly the modalities {list(modalities)}; "
+                             f"missing {missing}, unexpected {extra}")
+        if not isinstance(aggregator, nn.Module):
+            raise TypeError(f"FusionNetwork: aggregator must be an Aggregator module, got {type(aggregator).__name__}")
+        if not isinstance(modality_dropout, (int, float)) or not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"FusionNetwork: modality_dropout must be in [0, 1), got {modality_dropout!r}")
+        self.d_model, self.modalities = d_model, tuple(modalities)
+        self.modality_dropout = float(modality_dropout)
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        self.token_types = token_types or TokenTypeEmbedding(d_model=d_model, modalities=self.modalities)
+        self.aggregator = aggregator
+        self.head = head
+
+    def encode(self, batch: Batch) -> dict[str, Tokens]:
+        """modality -> Tokens ``[B, T_m, d]`` (encoders only, no token types, no dropout)."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"FusionNetwork expects a Batch, got {type(batch).__name__}")
+        missing = [m for m in self.modalities if m not in batch.modalities]
+        if missing:
+            raise ValueError(f"the batch lacks modalities {missing} that the network was built for "
+                             f"({list(self.modalities)}); every schema modality must be in the batch")
+        extra = [m for m in batch.modalities if m not in self.modalities]
+        if extra:
+            raise ValueError(f"the batch has modalities {extra} that the network was not built for "
+                             f"({list(self.modalities)})")
+        out = {}
+        for m in self.modalities:
+            tokens = self.encoders[m](batch.modalities[m])
+            if tokens.d_model != self.d_model:
+                raise ValueError(f"encoder of {m!r} returned width {tokens.d_model}, expected d_model={self.d_model}")
+            out[m] = tokens
+        return out
+
+    def drop_modalities(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
+        """Modality dropout: mask whole modalities per sample (training only; see the class docstring)."""
+        if not self.training or self.modality_dropout == 0.0:
+            return dict(tokens)
+        names = list(tokens)
+        present = torch.stack([tokens[m].mask.any(dim=1) for m in names], dim=1)  # [B, M]
+        drop = (torch.rand(present.shape, device=present.device) < self.modality_dropout) & present
+        lost_all = present.any(dim=1) & (drop == present).all(dim=1)
+        if bool(lost_all.any()):
+            # keep one present modality (uniformly among the sample's present ones) for those samples
+            noise = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+            keep = torch.nn.functional.one_hot(noise.argmax(dim=1), len(names)).bool()
+            drop = drop & ~(keep & lost_all.unsqueeze(1))
+        out = {}
+        for j, m in enumerate(names):
+            t, d = tokens[m], drop[:, j]
+            out[m] = replace(t, mask=t.mask & ~d.unsqueeze(1), present=t.present & ~d)
+        return out
+
+    def forward(self, batch: Batch) -> NetworkOutput:
+        """``Batch`` -> :class:`NetworkOutput` (outputs, attention records, pooled vectors)."""
+        tokens = self.drop_modalities(self.token_types(self.encode(batch)))
+        agg = self.aggregator(tokens)
+        return NetworkOutput(outputs=self.head(agg.pooled), records=agg.records, pooled=agg.pooled)

@@ -1,0 +1,86 @@
+"""Token-type embeddings: tell the aggregator which modality (and, optionally, which segment) a token is from.
+
+The encoders already encode what is specific to a token: clinical and gene tokens are variable-specific
+(per-column / per-gene tokenisers), event tokens carry their time, patch tokens are an unordered bag. So by
+default only a learned modality embedding is added; two optional positional terms exist where they carry
+information the encoders may not give: the admission ``segment`` of events and the 2-D patch coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..datasets.batch import MODALITIES
+from ..encoders.tokens import Tokens
+
+
+class TokenTypeEmbedding(nn.Module):
+    """Adds a learned per-modality vector to every token of that modality.
+
+    Args:
+        d_model: token width d.
+        modalities: the schema's modalities (subset of ``clinical, genomics, images, events``).
+        event_segments: also add a learned embedding of the event's admission segment
+            (``Tokens.meta["segments"]`` ``[B, T]``, clipped to ``max_segments - 1``). Off by default: the
+            event encoder may already encode it.
+        max_segments: size of the segment table.
+        patch_coords: also add a 2-D sinusoidal encoding of the patch coordinates (``meta["coords"]``,
+            scaled by ``coord_scale``; NaN coordinates add nothing). Off by default: a bag is a set.
+        coord_scale: coordinates are divided by this (e.g. the patch size in pixels) before encoding.
+    """
+
+    def __init__(self, *, d_model: int, modalities: Sequence[str], event_segments: bool = False,
+                 max_segments: int = 8, patch_coords: bool = False, coord_scale: float = 256.0) -> None:
+        super().__init__()
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"TokenTypeEmbedding: d_model must be a positive int, got {d_model!r}")
+        if isinstance(modalities, str) or not modalities:
+            raise TypeError(f"TokenTypeEmbedding: modalities must be a non-empty sequence, got {modalities!r}")
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"TokenTypeEmbedding: unknown modalities {unknown}; expected some of {MODALITIES}")
+        if patch_coords and d_model % 4:
+            raise ValueError(f"TokenTypeEmbedding: patch_coords needs d_model divisible by 4, got {d_model}")
+        if max_segments <= 0 or coord_scale <= 0:
+            raise ValueError("TokenTypeEmbedding: max_segments and coord_scale must be positive")
+        self.d_model, self.modalities = d_model, tuple(modalities)
+        self.type_embedding = nn.Parameter(torch.randn(len(self.modalities), d_model) * 0.02)
+        self.segment_embedding = nn.Embedding(max_segments, d_model) if event_segments else None
+        if self.segment_embedding is not None:
+            nn.init.normal_(self.segment_embedding.weight, std=0.02)
+        self.patch_coords, self.coord_scale = patch_coords, coord_scale
+
+    def _coord_encoding(self, coords: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 2]`` -> ``[B, T, d]``: sin/cos of x and y at d/4 frequencies each (0 where NaN)."""
+        quarter = self.d_model // 4
+        freqs = torch.exp(torch.arange(quarter, device=coords.device, dtype=torch.float32)
+                          * (-math.log(10000.0) / max(quarter, 1)))
+        c = torch.nan_to_num(coords.float() / self.coord_scale, nan=0.0)
+        angles = c[..., :, None] * freqs  # [B, T, 2, d/4]
+        enc = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+        known = torch.isfinite(coords).all(dim=-1, keepdim=True)
+        return enc * known
+
+    def forward(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
+        """modality -> Tokens ``[B, T, d]``, returned with the embeddings added (mask, names, meta unchanged)."""
+        out = {}
+        for m, t in tokens.items():
+            if m not in self.modalities:
+                raise ValueError(f"TokenTypeEmbedding: tokens of modality {m!r}, which is not one of "
+                                 f"{list(self.modalities)}")
+            if t.d_model != self.d_model:
+                raise ValueError(f"TokenTypeEmbedding: modality {m!r} tokens have width {t.d_model}, "
+                                 f"expected {self.d_model}")
+            values = t.values + self.type_embedding[self.modalities.index(m)].to(t.values.dtype)
+            if m == "events" and self.segment_embedding is not None and "segments" in t.meta:
+                seg = t.meta["segments"].long().clamp(0, self.segment_embedding.num_embeddings - 1)
+                values = values + self.segment_embedding(seg).to(values.dtype)
+            if m == "images" and self.patch_coords and "coords" in t.meta:
+                values = values + self._coord_encoding(t.meta["coords"]).to(values.dtype)
+            out[m] = replace(t, values=values)
+        return out
