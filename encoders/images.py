@@ -1,0 +1,98 @@
+"""``feature_bag``: image bags of precomputed patch features -> one token per patch.
+
+The cost floor of a bag is projecting its features (N x D x d multiply-adds, DESIGN.md); this encoder adds
+only row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout), never a copy
+of the ``[B, N, D]`` input, so a 100,000 x 1,024 bag costs little more than its matrix multiply
+(``benchmarks/bench_encoders_images.py`` measures the ratio).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.nn import functional as F
+
+from ..datasets.batch import ModalityBatch
+from .base import ENCODERS, ModalityEncoder
+from .common import (
+    check_modality,
+    check_positive_int,
+    check_probability,
+    image_meta,
+    require_tensor,
+    sincos_2d,
+)
+from .tokens import Tokens
+
+
+@ENCODERS.register("feature_bag", modalities=("images",))
+class FeatureBagEncoder(ModalityEncoder):
+    """Linear(D, d) + LayerNorm + dropout per patch, with an optional 2-D sinusoidal positional term.
+
+    Args:
+        in_dim: D, the feature dimension of the bags (``schema["images"]["feature_dim"]``).
+        d_model: d, the token width.
+        dropout: dropout on the output tokens (training only).
+        positional: add a fixed 2-D sinusoidal encoding of the patch coordinates
+            (:func:`~clinfuse.encoders.common.sincos_2d`) after the LayerNorm. A patch whose coordinates are
+            NaN (unknown) gets no positional term. Off by default: fusion may add its own positional terms.
+        coord_scale: coordinates are multiplied by it before encoding; the default 1/256 makes one unit per
+            256-pixel tile, so the encoding's wavelengths (2*pi .. 2*pi*max_wavelength units) span tiles to slides.
+        max_wavelength: longest wavelength of the encoding, in scaled units.
+
+    Input: ``batch.tensors["features"]`` float ``[B, N, D]`` (+ ``coords [B, N, 2]`` when positional).
+    Output: :class:`Tokens` ``[B, N, d]``, names = the batch's names, ``meta`` = ``coords [B, N, 2]``,
+    ``position [B, N]``, ``slide_id [B][N]``. Padding rows of the output are exactly 0; each row depends only
+    on its own input row, so padding never affects real patches.
+    """
+
+    def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,
+                 coord_scale: float = 1.0 / 256.0, max_wavelength: float = 10_000.0) -> None:
+        super().__init__()
+        owner = "feature_bag"
+        self.in_dim = check_positive_int(in_dim, "in_dim", owner=owner)
+        self.d_model = check_positive_int(d_model, "d_model", owner=owner)
+        check_probability(dropout, "dropout", owner=owner)
+        if not isinstance(positional, bool):
+            raise TypeError(f"feature_bag: positional must be a bool, got {type(positional).__name__}")
+        if not coord_scale > 0 or not max_wavelength > 1:
+            raise ValueError(f"feature_bag: coord_scale must be > 0 and max_wavelength > 1, got "
+                             f"{coord_scale} and {max_wavelength}")
+        self.positional = positional
+        self.coord_scale = float(coord_scale)
+        self.max_wavelength = float(max_wavelength)
+        self.proj = nn.Linear(in_dim, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    @classmethod
+    def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> FeatureBagEncoder:
+        """Build from ``schema["images"]`` = ``{"kind": "features", "feature_dim": D}``."""
+        if schema.get("kind") != "features":
+            raise ValueError(f"feature_bag encodes precomputed feature bags, but the images schema has kind "
+                             f"{schema.get('kind')!r}; use the 'vit' or 'cnn' encoder for pixel bags")
+        return cls(in_dim=int(schema["feature_dim"]), d_model=d_model, **kwargs)
+
+    def forward(self, batch: ModalityBatch) -> Tokens:
+        """``features [B, N, D]`` -> ``Tokens [B, N, d]``."""
+        check_modality(batch, "images", owner="feature_bag")
+        x = require_tensor(batch, "features", owner="feature_bag")
+        if x.dim() != 3 or x.shape[:2] != batch.mask.shape:
+            raise ValueError(f"feature_bag: images 'features' must be [B, N, D] matching the mask "
+                             f"{tuple(batch.mask.shape)}, got {tuple(x.shape)}")
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"feature_bag: images features have dimension {x.shape[-1]}, the encoder was "
+                             f"built for in_dim={self.in_dim} (schema feature_dim); refit the preprocessor "
+                             "or rebuild the encoder")
+        # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
+        out = F.layer_norm(self.proj(x), (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
+        meta = image_meta(batch)
+        if self.positional:
+            out = out + sincos_2d(meta["coords"].to(out.dtype), self.d_model, scale=self.coord_scale,
+                                  max_wavelength=self.max_wavelength)
+        out = self.drop(out)
+        # in place: neither layer_norm, the addition nor dropout keep their output for backward
+        out = out.masked_fill_(~batch.mask[..., None], 0.0)
+        return Tokens(values=out, mask=batch.mask, names=batch.names, modality="images",
+                      present=batch.present, meta=meta)
