@@ -380,6 +380,36 @@ class AttentionReport:
         return write_text_atomic(path, json.dumps(collection))
 
 
+    # ----------------------------------------------------------------------------------------- figures
+    def plot_patches(self, sample_id: str, **kwargs: Any):
+        """Patch attention heatmap on the coordinates (see :func:`figures.plot_patch_attention`)."""
+        from .figures import plot_patch_attention
+
+        return plot_patch_attention(self, sample_id, **kwargs)
+
+    def plot_image(self, sample_id: str, image: np.ndarray, **kwargs: Any):
+        """Attention over a single image's sub-patches (see :func:`figures.plot_image_attention`)."""
+        from .figures import plot_image_attention
+
+        return plot_image_attention(self, sample_id, image, **kwargs)
+
+    def plot_persam(self, sample_id: str, **kwargs: Any):
+        """Class-wise, exploratory and explanatory attention side by side (PersAM models)."""
+        from .figures import plot_persam_trio
+
+        return plot_persam_trio(self, sample_id, **kwargs)
+
+    def plot_modality_weights(self, **kwargs: Any):
+        from .figures import plot_modality_weights
+
+        return plot_modality_weights(self, **kwargs)
+
+    def plot_top_tokens(self, sample_id: str, **kwargs: Any):
+        from .figures import plot_top_tokens
+
+        return plot_top_tokens(self, sample_id, **kwargs)
+
+
 def _grid_spacing(xy: np.ndarray) -> float:
     steps = [np.diff(np.unique(xy[:, i])) for i in range(2)]
     steps = np.concatenate([s[s > 0] for s in steps])

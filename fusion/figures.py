@@ -1,0 +1,193 @@
+"""Figures of an :class:`~clinfuse.fusion.report.AttentionReport` (matplotlib, Agg backend, PNG).
+
+Every function returns the matplotlib ``Figure`` and, given ``path``, also writes it atomically as PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..datasets.atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .report import AttentionReport
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path | None):
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return fig
+
+
+def _patch_rows(report: AttentionReport, sample_id: str, kind: str, target_class: str | None) -> pd.DataFrame:
+    frame = report.to_frame(kinds=[kind])
+    rows = frame[frame["sample_id"] == str(sample_id)]
+    if rows.empty:
+        raise ValueError(f"no {kind!r} attention for sample {sample_id!r} in this report")
+    if rows["target_class"].notna().any():
+        classes = sorted(rows["target_class"].dropna().unique())
+        if target_class is None:
+            target_class = classes[-1]
+        if str(target_class) not in classes:
+            raise ValueError(f"target_class {target_class!r} is not one of {classes}")
+        rows = rows[rows["target_class"] == str(target_class)]
+    return rows
+
+
+def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None) -> None:
+    """Patch attention on the patch coordinates, or, without coordinates, bars over the instances."""
+    values = rows["value"].to_numpy(float)
+    if rows[["x", "y"]].notna().all().all() and len(rows):
+        xy = rows[["x", "y"]].to_numpy(float)
+        size = patch_size or _spacing(xy)
+        order = np.argsort(values)  # draw the strongest last, on top
+        sc = ax.scatter(xy[order, 0] + size / 2, xy[order, 1] + size / 2, c=values[order], cmap="inferno",
+                        marker="s", s=float(np.clip(6000.0 / len(rows), 2.0, 200.0)))
+        ax.invert_yaxis()
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.04)
+    else:
+        ax.bar(np.arange(len(values)), values, color="tab:red")
+        ax.set_xlabel(f"{rows['modality'].iloc[0]} token")
+        ax.set_ylabel("weight")
+    ax.set_title(title, fontsize=9)
+
+
+def _spacing(xy: np.ndarray) -> float:
+    steps = np.concatenate([np.diff(np.unique(xy[:, i])) for i in range(2)])
+    steps = steps[steps > 0]
+    return float(steps.min()) if len(steps) else 1.0
+
+
+def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str = "patch",
+                         target_class: str | None = None, patch_size: float | None = None,
+                         path: str | Path | None = None):
+    """Heatmap of one sample's patch attention drawn at the patch coordinates."""
+    plt = _plt()
+    rows = _patch_rows(report, sample_id, kind, target_class)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    cls = rows["target_class"].dropna().unique()
+    _draw_instances(ax, rows, f"{sample_id}: {kind}" + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
+    return _save(fig, path)
+
+
+def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndarray, *, kind: str = "patch",
+                         target_class: str | None = None, patch_size: float | None = None,
+                         path: str | Path | None = None):
+    """For pixel inputs: the image with its sub-patch attention overlaid (tokens carry pixel x, y)."""
+    plt = _plt()
+    rows = _patch_rows(report, sample_id, kind, target_class)
+    img = np.asarray(image, dtype=float)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    img = img.squeeze()
+    if rows[["x", "y"]].isna().any().any():
+        raise ValueError(f"sample {sample_id!r}: tokens have no pixel coordinates to overlay on the image")
+    xy = rows[["x", "y"]].to_numpy(float)
+    size = patch_size or _spacing(xy)
+    heat = np.zeros(img.shape[:2])
+    for (x, y), v in zip(xy.astype(int), rows["value"].to_numpy(float)):
+        heat[y:y + int(size), x:x + int(size)] = v
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
+    axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+    axes[0].set_title(f"{sample_id}", fontsize=9)
+    axes[1].imshow(img, cmap="gray" if img.ndim == 2 else None)
+    overlay = axes[1].imshow(heat, cmap="inferno", alpha=0.55)
+    axes[1].set_title(f"{kind} attention", fontsize=9)
+    fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_persam_trio(report: AttentionReport, sample_id: str, *, target_class: str | None = None,
+                     patch_size: float | None = None, path: str | Path | None = None):
+    """PersAM for one sample: class-wise, exploratory and explanatory attention side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, kind in zip(axes, ("class_wise", "exploratory", "explanatory")):
+        rows = _patch_rows(report, sample_id, kind, None if kind == "exploratory" else target_class)
+        cls = rows["target_class"].dropna().unique()
+        _draw_instances(ax, rows, kind + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
+    fig.suptitle(f"PersAM attention, sample {sample_id}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_modality_weights(report: AttentionReport, *, samples: list[str] | None = None, max_samples: int = 40,
+                          path: str | Path | None = None):
+    """Stacked bars: the modality weights of each sample (absent modalities weigh 0)."""
+    plt = _plt()
+    weights = report.modality_weights()
+    if samples is not None:
+        weights = weights.loc[[str(s) for s in samples]]
+    weights = weights.iloc[:max_samples]
+    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(weights) + 2), 3.8))
+    bottom = np.zeros(len(weights))
+    for modality in weights.columns:
+        ax.bar(np.arange(len(weights)), weights[modality], bottom=bottom, label=modality)
+        bottom += weights[modality].to_numpy()
+    ax.set_xticks(np.arange(len(weights)), weights.index, rotation=90, fontsize=7)
+    ax.set_ylabel("modality weight")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _save(fig, path)
+
+
+def plot_top_tokens(report: AttentionReport, sample_id: str, *, kinds: tuple[str, ...] = ("feature", "gene", "event"),
+                    k: int = 10, path: str | Path | None = None):
+    """Horizontal bars of one sample's top clinical variables, genes and events (the kinds it has)."""
+    plt = _plt()
+    present = [kind for kind in kinds if kind in report.kinds]
+    if not present:
+        raise ValueError(f"this report has none of the kinds {list(kinds)} (it has {report.kinds})")
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], present):
+        top = report.top_tokens(sample_id, k=k, kind=kind)
+        top = top[top["target_class"].isna() | (top["target_class"] == top["target_class"].iloc[0])]
+        ax.barh(np.arange(len(top))[::-1], top["value"], color="tab:blue")
+        ax.set_yticks(np.arange(len(top))[::-1], top["token"], fontsize=7)
+        ax.set_title(f"top {kind} ({sample_id})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_risk_groups(risk: pd.Series, time: Any, event: Any, *, path: str | Path | None = None):
+    """Kaplan-Meier curves of predicted high- vs low-risk groups (median split) with the log-rank p-value."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import logrank_test
+
+    plt = _plt()
+    risk = pd.Series(risk).astype(float)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=int)
+    if not (len(risk) == len(time) == len(event)):
+        raise ValueError(f"risk, time and event must have one value per sample ({len(risk)}, {len(time)}, {len(event)})")
+    high = (risk > risk.median()).to_numpy()
+    if high.all() or not high.any():
+        raise ValueError("all predicted risks are equal: cannot split into high- and low-risk groups")
+    test = logrank_test(time[high], time[~high], event[high], event[~high])
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for mask, label in ((~high, "low risk"), (high, "high risk")):
+        KaplanMeierFitter().fit(time[mask], event[mask], label=f"{label} (n={mask.sum()})").plot_survival_function(ax=ax)
+    ax.set_title(f"predicted risk groups, log-rank p = {test.p_value:.3g}", fontsize=9)
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival probability")
+    fig.p_value = float(test.p_value)
+    return _save(fig, path)
