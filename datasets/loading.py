@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .batch import MODALITIES, Batch, ModalityBatch
-from .preprocess import NOT_FITTED, Preprocessor
+from .preprocess import NOT_FITTED, NotFittedError, Preprocessor
 
 _UNNAMED_SLIDES = ("", "slide0")  # ImageBags' id for a lone in-memory array: its tokens are named `position`
 
@@ -73,7 +73,7 @@ class CohortDataset(Dataset):
         if not isinstance(preprocessor, Preprocessor):
             raise TypeError(f"preprocessor must be a fitted Preprocessor, got {type(preprocessor).__name__}")
         if not preprocessor.is_fitted:
-            raise ValueError(NOT_FITTED)
+            raise NotFittedError(NOT_FITTED)
         if max_patches is not None and (not isinstance(max_patches, int | np.integer) or max_patches < 1):
             raise ValueError(f"max_patches must be a positive int or None, got {max_patches!r}")
         preprocessor.check_compatible(cohort)

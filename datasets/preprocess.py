@@ -34,6 +34,11 @@ FORMAT = "clinfuse.Preprocessor"
 _CHUNK = 2048  # genes per chunk when ranking variances, so a 60k-gene matrix is never densified at once
 
 
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a preprocessor is used before :meth:`Preprocessor.fit` (a ``ValueError``; also an
+    ``AttributeError`` so that ``hasattr(p, "schema_")`` is False before fitting, as in scikit-learn)."""
+
+
 def category_key(value: Any) -> str | None:
     """Canonical string of a category value, ``None`` when missing (so 2, 2.0 and "2" are one category)."""
     if value is None or (not isinstance(value, str) and bool(np.ndim(value) == 0 and pd.isna(value))):
@@ -122,11 +127,17 @@ class Preprocessor:
 
     @property
     def is_fitted(self) -> bool:
-        return hasattr(self, "schema_")
+        return "_schema" in self.__dict__
+
+    @property
+    def schema_(self) -> dict[str, Any]:
+        """The fitted data schema (format in :mod:`clinfuse.datasets.batch`), read by the encoders."""
+        self._check_fitted()
+        return self._schema
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise ValueError(NOT_FITTED)
+            raise NotFittedError(NOT_FITTED)
 
     # ------------------------------------------------------------------ fit
     def fit(self, cohort: Any) -> Preprocessor:
@@ -154,7 +165,7 @@ class Preprocessor:
             self.task_ = {"type": "survival"}
         else:
             self.task_ = None
-        self.schema_ = self._build_schema()
+        self._schema = self._build_schema()
         return self
 
     def _fit_clinical(self, cohort: Any) -> None:
@@ -456,7 +467,7 @@ class Preprocessor:
             self.n_rare_codes_ = e["n_rare_codes"]
         if "images" in fitted:
             self.image_schema_ = dict(fitted["images"])
-        self.schema_ = self._build_schema()
+        self._schema = self._build_schema()
         return self
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -479,4 +490,4 @@ def _numeric_column(series: pd.Series, name: str) -> np.ndarray:
     return values
 
 
-__all__ = ["GENE_TRANSFORMS", "NOT_FITTED", "Preprocessor", "category_key"]
+__all__ = ["GENE_TRANSFORMS", "NOT_FITTED", "NotFittedError", "Preprocessor", "category_key"]
