@@ -69,6 +69,7 @@ class _Slide:
     tiles: list[Path] | None = None  # tile image files (pixels)
     coords: np.ndarray | None = None  # [n, 2] float32, or None = read from file / unknown
     resize: tuple[int, int] | None = None  # pixels: (H, W) to resize tiles to
+    single: bool = False  # the file holds one [C, H, W] image, read as a bag of one
 
 
 def _err(sample: str, path: Any, err: BaseException) -> ValueError:
@@ -426,6 +427,7 @@ def _pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] |
     if len(shape) == 3:
         shape = (1, *shape)
         slide.array = None if slide.array is None else slide.array[None]
+        slide.single = slide.path is not None
     if len(shape) != 4:
         raise ValueError(
             f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, C, H, W] or [C, H, W] pixels"
@@ -475,17 +477,18 @@ def _read_slide(sample: str, s: _Slide, local: np.ndarray) -> tuple[np.ndarray, 
         suffix = s.path.suffix.lower()
         try:
             if suffix == ".npy":
-                data = np.load(s.path, mmap_mode="r")[uniq]
+                arr = np.load(s.path, mmap_mode="r")
+                data = (arr[None] if s.single else arr)[uniq]
             elif suffix == ".pt":
                 arr, c = _load_pt(s.path)
-                data = arr[uniq]
+                data = (arr[None] if s.single else arr)[uniq]
                 if coords is None and c is not None:
                     coords = np.asarray(c, dtype=np.float32)[local]
             else:
                 import h5py
 
                 with h5py.File(s.path, "r") as f:
-                    data = f["features"][uniq]
+                    data = f["features"][()][None][uniq] if s.single else f["features"][uniq]
                     if coords is None and "coords" in f:
                         coords = np.asarray(f["coords"][uniq], dtype=np.float32)[inverse]
         except Exception as err:

@@ -7,6 +7,7 @@ bad rows without a debugger.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -74,7 +75,9 @@ def to_days(values: pd.Series, *, what: str) -> np.ndarray:
         dt = values
     else:
         try:
-            dt = pd.to_datetime(values)
+            with warnings.catch_warnings():  # "could not infer format": per-element parsing is what we want
+                warnings.simplefilter("ignore", UserWarning)
+                dt = pd.to_datetime(values)
         except (ValueError, TypeError) as err:
             raise ValueError(
                 f"{what}: expected numbers (days) or datetimes, could not parse the values ({err})"
