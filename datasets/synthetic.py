@@ -12,7 +12,7 @@ The planted rule (as in PersAM's lymphoma cases, where the clinical record decid
   ``"positive"`` patients are judged on their type-A patches, ``"negative"`` ones on type-B patches. The
   other type is a distractor. ``relevant_patches[s]`` marks the evidence patches of sample ``s``.
 * The outcome is driven by the linear predictor
-  ``lp = 2.5 * z(evidence fraction) + 0.8 * z(biomarker_level) + 0.6 * g + 0.6 * e``, where ``g`` shifts
+  ``lp = 3 * z(evidence fraction) + z(biomarker_level) + 1.5 * g + 1.5 * e``, where ``g`` shifts
   the signal genes' expression and ``e`` raises the rate of the signal event codes. The marker itself has
   no marginal effect, so a model must learn the rule to use the images fully.
 * Classification: ``label = 1`` (poor outcome) when ``lp`` plus logistic noise (scale 0.5) exceeds 0.
@@ -42,7 +42,7 @@ RULE_VARIABLE = "marker_status"
 """The clinical column whose value decides which patch type is evidence."""
 
 _EVIDENCE_LOW, _EVIDENCE_HIGH = 0.05, 0.5  # each patch type covers a uniform fraction of the bag
-_W_IMAGE, _W_CLINICAL, _W_GENES, _W_EVENTS = 2.5, 0.8, 0.6, 0.6
+_W_IMAGE, _W_CLINICAL, _W_GENES, _W_EVENTS = 3.0, 1.0, 1.5, 1.5
 _TYPE_AMPLITUDE = 4.0  # distance of the type-A / type-B centres from the origin, in noise sd units
 _BACKGROUND_AMPLITUDE = 2.0  # background patches sit at two other centres so norm alone is no cue
 _PATCH_PIXELS = 256.0  # grid spacing of the patch coordinates (level-0 pixels)
@@ -158,7 +158,7 @@ def _genomics(rng, ids, g, n_genes):
     genes = [f"GENE{j:03d}" for j in range(n_genes)]
     signal_idx = np.sort(rng.choice(n_genes, size=4, replace=False))
     x = rng.uniform(4.0, 10.0, size=n_genes)[None, :] + rng.normal(size=(len(ids), n_genes))
-    x[:, signal_idx] += 1.2 * g[:, None]
+    x[:, signal_idx] += 2.0 * g[:, None]
     adata = ad.AnnData(
         X=x.astype(np.float32),
         obs=pd.DataFrame(index=pd.Index(ids, name="sample_id")),
@@ -173,7 +173,7 @@ def _events(rng, ids, e, n_codes):
     codes = np.array([f"EV{j:03d}" for j in range(n_codes)])
     signal_idx = np.sort(rng.choice(n_codes, size=3, replace=False))
     rate = np.full((len(ids), n_codes), 0.6)
-    rate[:, signal_idx] = 0.8 * np.exp(0.9 * e)[:, None]
+    rate[:, signal_idx] = 1.5 * np.exp(1.0 * e)[:, None]
     counts = rng.poisson(rate)
     empty = counts.sum(axis=1) == 0
     counts[empty, rng.integers(0, n_codes, size=int(empty.sum()))] = 1  # every sample has >= 1 event
