@@ -331,6 +331,11 @@ def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles:
             raise ValueError(f"images: {str(root)!r} is not a directory; expected a folder of per-sample files")
         out = {}
         for entry in sorted(root.iterdir()):
+            if entry.is_dir() or entry.suffix.lower() in suffixes:
+                sample = entry.name if entry.is_dir() else entry.stem
+                if sample in out:
+                    raise ValueError(f"images: sample {sample!r} appears twice in {str(root)!r} "
+                                     "(as a file and as a folder); expected one of them")
             if entry.is_dir():
                 if folders_are_tiles:
                     out[entry.name] = [("slide0", entry)]
@@ -338,8 +343,6 @@ def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles:
                     files = sorted(p for p in entry.iterdir() if p.suffix.lower() in suffixes)
                     out[entry.name] = [(p.stem, p) for p in files]
             elif entry.suffix.lower() in suffixes:
-                if entry.stem in out:
-                    raise ValueError(f"images: sample {entry.stem!r} appears twice in {str(root)!r}")
                 out[entry.stem] = [(entry.stem, entry)]
         if not out:
             raise ValueError(f"images: directory {str(root)!r} holds no file with suffix in {suffixes}")

@@ -71,6 +71,10 @@ def to_days(values: pd.Series, *, what: str) -> np.ndarray:
         raise TypeError(f"{what}: expected numbers (days) or datetimes, got booleans")
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64)
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        num = pd.to_numeric(values, errors="coerce")
+        if num.notna().sum() == values.notna().sum():  # numbers stored as text ("1.5") are days, not dates
+            return num.to_numpy(dtype=np.float64)
     if pd.api.types.is_datetime64_any_dtype(values):
         dt = values
     else:
@@ -308,6 +312,8 @@ def normalise_genomics(adata: Any, layer: str | None) -> Any:
     else:
         x = np.asarray(x)
         vals = x
+    if vals.dtype == object and not sp.issparse(x):
+        x = vals = _numeric_matrix(x, obs, var)
     if not (np.issubdtype(vals.dtype, np.number) or vals.dtype == np.bool_):
         raise TypeError(f"genomics: expression values have dtype {vals.dtype}; expected numbers")
     if vals.dtype == np.bool_ or np.issubdtype(vals.dtype, np.integer):
@@ -333,3 +339,17 @@ def normalise_genomics(adata: Any, layer: str | None) -> Any:
     if adata.var.shape[1]:
         out.var = adata.var.set_axis(pd.Index(var), axis=0)
     return out
+
+
+def _numeric_matrix(x: np.ndarray, obs: list[str], var: list[str]) -> np.ndarray:
+    """An object matrix as float64 when every cell is a number (or missing); else name the bad cells."""
+    frame = pd.DataFrame(x)
+    num = frame.apply(pd.to_numeric, errors="coerce")
+    rows, cols = np.nonzero((frame.notna() & num.isna()).to_numpy())
+    if len(rows):
+        raise ValueError(
+            f"genomics: non-numeric expression value(s) (e.g. {x[rows[0], cols[0]]!r}) for sample(s) "
+            f"{format_ids(dict.fromkeys(obs[r] for r in rows))} in gene(s) "
+            f"{format_ids(dict.fromkeys(var[c] for c in cols))}; expected numbers (NaN = missing)"
+        )
+    return num.to_numpy(dtype=np.float64)

@@ -182,6 +182,13 @@ def test_events_normalisation_datetimes_patient_id_and_segments():
     assert c.events_of("1")["code"].tolist() == ["a", "5"]
 
 
+def test_numbers_stored_as_text_are_days_and_object_expression_is_converted():
+    ev = pd.DataFrame({"sample_id": ["a", "a"], "time": ["1.5", "3"], "code": ["x", "y"]})
+    assert Cohort(events=ev).events["time"].tolist() == [1.5, 3.0]
+    c = Cohort(genomics=_adata(IDS, x=np.array([["1", 2.5]] * 4, dtype=object)))
+    assert c.genomics.X.dtype == np.float64 and c.genomics.X[0, 0] == 1.0
+
+
 def test_events_after_index_time_are_excluded_and_recorded():
     it = pd.Series({"s1": 1.0, "s2": 10.0})
     c = Cohort(events=_events(), index_time=it)
@@ -226,8 +233,9 @@ def test_index_time_datetimes_share_the_event_axis():
         ({"genomics": _adata(["s1", "s1", "s2"])}, ValueError, "genomics obs_names: duplicated.*'s1'"),
         ({"genomics": _adata(IDS, x=np.array([[1.0, np.inf]] * 4))}, ValueError,
          "genomics: infinite.*'s1'.*gene.*'G1'"),
-        ({"genomics": _adata(IDS, x=np.array([["a", "b"]] * 4, dtype=object))}, TypeError,
-         "genomics: expression values have dtype object"),
+        ({"genomics": _adata(IDS, x=np.array([[1.0, 2.0]] * 3 + [[1.0, "high"]], dtype=object))}, ValueError,
+         "genomics: non-numeric.*'high'.*'s4'.*gene.*'G1'"),
+        ({"genomics": _adata(IDS, x=np.array([[True, False]] * 4, dtype=object))}, None, None),
         ({"genomics": np.ones((2, 2))}, TypeError, "genomics: expected an anndata"),
         ({"genomics": _adata(["x1", "x2"]), "clinical": _clinical(), "labels": _labels()}, ValueError,
          "genomics: none of its sample ids matches.*'x1'"),
@@ -374,3 +382,21 @@ def test_random_missingness_builds_a_valid_cohort(pattern, with_labels, data):
     assert sub.presence().equals(pres.loc[chosen, list(sub.modalities)])
     if chosen:
         assert sub.subset(chosen).sample_ids == chosen
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)), min_size=1, max_size=30),
+       st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)))
+def test_index_time_cut_keeps_or_records_every_event(rows, cut):
+    ev = pd.DataFrame(rows, columns=["sample_id", "time"]).assign(code="e")
+    ids = set(ev["sample_id"])
+    cut = {k: v for k, v in cut.items() if k in ids}
+    clin = pd.DataFrame({"x": 1.0}, index=sorted(ids))
+    c = Cohort(clinical=clin, events=ev, index_time=pd.Series(cut, dtype=float))
+    kept = 0 if c.events is None else len(c.events)
+    cut_n = sum(e["count"] for e in c.excluded if e["what"] == "events after the index time")
+    assert kept + cut_n == len(ev)
+    if c.events is not None:
+        assert (c.events["time"].to_numpy() <= c.events["sample_id"].map(c.index_time).to_numpy()).all()
+    for s in ids - set(cut):  # default index time: the latest event, so nothing of theirs is cut
+        assert len(c.events_of(s)) == int((ev["sample_id"] == s).sum())

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from clinfuse.datasets import ImageBag, ImageBags
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 HE_TILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "he_tiles"
@@ -93,6 +95,9 @@ def test_directory_rule(tmp_path):
     assert bags.slide_ids("p1") == ["p1"]
     with pytest.raises(ValueError, match="is not a directory"):
         ImageBags.from_features(tmp_path / "p1.npy")
+    np.save(tmp_path / "p2.npy", _feats(1))
+    with pytest.raises(ValueError, match="sample 'p2' appears twice"):
+        ImageBags.from_features(tmp_path)
 
 
 def test_manifest(files):
@@ -246,3 +251,18 @@ def test_single_image_files_are_bags_of_one(tmp_path, suffix):
     bags = ImageBags.from_patches({"s": path})
     assert bags.n_patches("s") == 1 and bags.pixel_shape == (3, 6, 6)
     np.testing.assert_allclose(bags.load("s").data[0], img)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.data())
+def test_load_of_any_indices_matches_the_concatenated_bag(sizes, data):
+    slides = [np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * k for k, n in enumerate(sizes)]
+    bags = ImageBags.from_features({"s": slides})
+    full = np.concatenate(slides)
+    idx = data.draw(st.lists(st.integers(0, len(full) - 1), max_size=12))
+    bag = bags.load("s", idx)
+    np.testing.assert_array_equal(bag.data, full[idx].reshape(len(idx), 2))
+    owners = np.repeat(np.arange(len(sizes)), sizes)
+    assert bag.slide_ids == [f"slide{owners[i]}" for i in idx]
+    starts = np.concatenate([[0], np.cumsum(sizes)])[owners]
+    assert bag.positions.tolist() == [i - starts[i] for i in idx]
