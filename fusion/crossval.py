@@ -1,0 +1,108 @@
+"""``cross_validate``: grouped, stratified k-fold evaluation with preprocessing fitted inside each fold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from . import metrics as M
+
+
+@dataclass
+class CVResult:
+    """What :func:`cross_validate` returns.
+
+    Attributes:
+        metrics: one row per fold (columns ``fold``, ``repeat``, ``n_train``, ``n_test`` and every metric of
+            ``FusionModel.evaluate`` except the per-pattern ones).
+        oof: out-of-fold predictions, one row per (repeat, test sample): ``sample_id``, ``repeat``, ``fold``
+            and ``proba_<class>`` columns (classification) or ``risk`` (survival), plus the targets.
+        splits: the ``(train_ids, test_ids)`` pairs used, in fold order.
+        by_pattern: one row per (fold, missingness pattern) with that pattern's metrics.
+    """
+
+    metrics: pd.DataFrame
+    oof: pd.DataFrame
+    splits: list[tuple[list[str], list[str]]]
+    by_pattern: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean, standard deviation and count of every numeric metric over the folds."""
+        cols = [c for c in self.metrics.columns if c not in ("fold", "repeat", "n_train", "n_test")
+                and pd.api.types.is_numeric_dtype(self.metrics[c])]
+        return self.metrics[cols].agg(["mean", "std", "count"]).T
+
+    def __repr__(self) -> str:
+        return f"CVResult({len(self.splits)} folds)\n{self.summary().to_string(float_format='{:.3f}'.format)}"
+
+
+def _fold_predictions(model: Any, test: Any, repeat: int, fold: int) -> pd.DataFrame:
+    ids = [str(s) for s in test.sample_ids]
+    if model.task == "classification":
+        proba = model.predict_proba(test)
+        frame = proba.add_prefix("proba_")
+        frame["label"] = test.labels.loc[ids].to_numpy()
+        frame["prediction"] = np.asarray(proba.columns, dtype=object)[np.argmax(proba.to_numpy(), axis=1)]
+    else:
+        frame = model.predict_risk(test).to_frame("risk")
+        surv = test.survival.loc[ids]
+        frame["time"], frame["event"] = surv["time"].to_numpy(float), surv["event"].to_numpy(int)
+    frame.insert(0, "fold", fold)
+    frame.insert(0, "repeat", repeat)
+    return frame.reset_index()
+
+
+def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1) -> CVResult:
+    """Fit a clone of ``model`` on each training fold and evaluate it on the matching test fold.
+
+    Args:
+        model: an unfitted (or fitted: it is cloned, never modified) ``FusionModel``.
+        cohort: the whole cohort; each fold is a ``cohort.subset``, so the preprocessor and the early-stopping
+            split only ever see that fold's training samples.
+        folds: an int (stratified, grouped k-fold), a scikit-learn splitter, or explicit
+            ``(train_ids, test_ids)`` pairs (validated: no patient on both sides), see ``make_splits``.
+        seed: seed of the fold assignment (repeat r uses ``seed + r``).
+        repeats: repeated k-fold (int ``folds`` only).
+
+    Returns:
+        A :class:`CVResult`.
+    """
+    from ..datasets.splits import make_splits
+
+    if not hasattr(model, "get_params") or not hasattr(model, "fit"):
+        raise TypeError(f"model must be an estimator such as FusionModel, got {type(model).__name__}")
+    cohort.check_fittable()
+    splits = make_splits(cohort, folds, seed=seed, repeats=repeats)
+    n_per_repeat = max(len(splits) // max(int(repeats), 1), 1)
+    rows, oof, by_pattern = [], [], []
+    for i, (train_ids, test_ids) in enumerate(splits):
+        repeat, fold = divmod(i, n_per_repeat)
+        fitted = clone(model).fit(cohort.subset(train_ids))
+        test = cohort.subset(test_ids)
+        result = fitted.evaluate(test)
+        patterns = result.pop("by_pattern", {})
+        rows.append({"repeat": repeat, "fold": fold, "n_train": len(train_ids), "n_test": len(test_ids),
+                     **{k: v for k, v in result.items() if np.isscalar(v)}})
+        for name, values in patterns.items():
+            by_pattern.append({"repeat": repeat, "fold": fold, "pattern": name, **values})
+        oof.append(_fold_predictions(fitted, test, repeat, fold))
+    return CVResult(metrics=pd.DataFrame(rows), oof=pd.concat(oof, ignore_index=True),
+                    splits=[(list(tr), list(te)) for tr, te in splits], by_pattern=pd.DataFrame(by_pattern))
+
+
+def pooled_metrics(cv: CVResult) -> dict[str, float]:
+    """Metrics of the pooled out-of-fold predictions of each repeat, averaged over repeats (the c-index of
+    pooled risks mixes folds' scales; prefer the per-fold mean for survival)."""
+    out: list[dict[str, float]] = []
+    for _, part in cv.oof.groupby("repeat"):
+        if "risk" in part:
+            out.append({"c_index": M.concordance_index(part["time"], part["event"], part["risk"])})
+        else:
+            proba = part[[c for c in part.columns if c.startswith("proba_")]]
+            proba.columns = [c[len("proba_"):] for c in proba.columns]
+            out.append({"auc": M.roc_auc(part["label"].astype(str).tolist(), proba)})
+    return pd.DataFrame(out).mean().to_dict()

@@ -1,0 +1,318 @@
+"""``FusionModel``: the scikit-learn style estimator over a ``FusionNetwork`` trained with pytorch-lightning.
+
+Hyperparameters live in ``__init__`` only (keyword-only, stored unchanged, so ``get_params`` /
+``set_params`` / ``sklearn.base.clone`` work); everything learned by :meth:`FusionModel.fit` is an attribute
+ending in ``_``. Prediction runs in plain PyTorch (no Trainer) in the calling process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
+from . import metrics as M
+from .records import ATTENTION_KINDS, AttentionRecord
+
+TASKS = ("classification", "survival")
+SURVIVAL_HEADS = ("discrete", "cox")
+
+
+class FusionModel(BaseEstimator):
+    """Multimodal classifier or survival model: per-modality encoders, an aggregator and a task head.
+
+    Args:
+        task: "classification" or "survival".
+        aggregator: registered aggregator name ("persam", "self_attention", ...; ``list_aggregators()``).
+        encoders: modality -> registered encoder name; modalities not named get
+            ``clinfuse.encoders.default_encoder``.
+        d_model, n_heads, n_layers, dropout: token width and the shared transformer settings, passed to every
+            encoder / aggregator whose constructor takes them.
+        modality_dropout: probability of dropping a whole modality of a training sample (missing modalities
+            at prediction time are then a trained case).
+        survival_head: "discrete" (discrete-time hazards over ``n_time_bins`` bins of the training event
+            times; risk = -sum_k S(t_k)) or "cox" (one risk, Cox partial likelihood, Breslow baseline).
+        max_epochs, batch_size, lr, weight_decay, warmup_epochs, gradient_clip, accumulate_grad_batches:
+            AdamW with linear warm-up then cosine decay, clipping, accumulation (bags of very different sizes
+            often train at batch size 1 with accumulation).
+        max_patches: patches sampled per bag during training (all patches are used to predict).
+        early_stopping_patience: epochs without a better validation loss before stopping (None: never).
+        validation_fraction: share of the training samples held out (grouped, stratified) for early
+            stopping when ``fit`` gets no ``validation`` cohort; 0 trains ``max_epochs`` without validation.
+        class_weights: None, "balanced", or a mapping label -> weight for the cross-entropy.
+        top_genes: genes kept by the preprocessor (most variable on the training samples).
+        preprocessor_kwargs: further ``Preprocessor`` keywords (e.g. ``max_events``, ``gene_transform``).
+        aggregator_kwargs, encoder_kwargs: extra keywords for the aggregator, and per modality for encoders.
+        strategy, devices, accelerator: Lightning's, e.g. ``strategy="ddp", devices=2`` (CPU processes).
+        verbose: progress bar and Lightning's messages.
+        seed: seeds weights, sampling, the inner split and modality dropout.
+    """
+
+    def __init__(self, *, task: str = "classification", aggregator: str = "persam",
+                 encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int = 4, n_layers: int = 1,
+                 dropout: float = 0.1, modality_dropout: float = 0.1, survival_head: str = "discrete",
+                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16, max_patches: int | None = 512,
+                 lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
+                 gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
+                 early_stopping_patience: int | None = 5, validation_fraction: float = 0.2,
+                 class_weights: str | dict | None = None, top_genes: int | None = 2000,
+                 preprocessor_kwargs: dict[str, Any] | None = None, aggregator_kwargs: dict[str, Any] | None = None,
+                 encoder_kwargs: dict[str, dict[str, Any]] | None = None, strategy: Any = "auto", devices: Any = 1,
+                 accelerator: str = "cpu", verbose: bool = True, seed: int = 0) -> None:
+        self.task = task
+        self.aggregator = aggregator
+        self.encoders = encoders
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.modality_dropout = modality_dropout
+        self.survival_head = survival_head
+        self.n_time_bins = n_time_bins
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.max_patches = max_patches
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.gradient_clip = gradient_clip
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.early_stopping_patience = early_stopping_patience
+        self.validation_fraction = validation_fraction
+        self.class_weights = class_weights
+        self.top_genes = top_genes
+        self.preprocessor_kwargs = preprocessor_kwargs
+        self.aggregator_kwargs = aggregator_kwargs
+        self.encoder_kwargs = encoder_kwargs
+        self.strategy = strategy
+        self.devices = devices
+        self.accelerator = accelerator
+        self.verbose = verbose
+        self.seed = seed
+
+    # ------------------------------------------------------------------------------------------ checks
+    def _validate_params(self) -> None:
+        from .base import AGGREGATORS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.survival_head not in SURVIVAL_HEADS:
+            raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {self.survival_head!r}")
+        AGGREGATORS.get(self.aggregator)  # unknown name -> ValueError listing the registered ones
+        for name in ("d_model", "n_heads", "n_layers", "max_epochs", "batch_size", "accumulate_grad_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.task == "survival" and self.survival_head == "discrete" and (
+                not isinstance(self.n_time_bins, int | np.integer) or self.n_time_bins < 2):
+            raise ValueError(f"n_time_bins must be an int >= 2, got {self.n_time_bins!r}")
+        for name in ("dropout", "modality_dropout"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.max_patches is not None and int(self.max_patches) < 1:
+            raise ValueError(f"max_patches must be a positive int or None, got {self.max_patches!r}")
+        for name in ("encoders", "preprocessor_kwargs", "aggregator_kwargs", "encoder_kwargs"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, dict):
+                raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
+        if self.encoders is not None:
+            bad = [m for m in self.encoders if m not in MODALITIES]
+            if bad:
+                raise ValueError(f"encoders: unknown modality {bad}; modalities are {MODALITIES}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet, call fit first "
+                                 "(or FusionModel.load a saved one).")
+
+    def _check_task(self, what: str, task: str) -> None:
+        self._check_fitted()
+        if self.task != task:
+            alt = ("predict_proba / predict" if self.task == "classification"
+                   else "predict_risk / predict_survival")
+            raise ValueError(f"{what} is for {task} models; this model's task is {self.task!r} (use {alt})")
+
+    def _check_cohort(self, cohort: Any) -> None:
+        if not hasattr(cohort, "sample_ids") or not hasattr(cohort, "modalities"):
+            raise TypeError(f"expected a clinfuse.datasets.Cohort, got {type(cohort).__name__}")
+        if len(cohort) == 0:
+            raise ValueError("the cohort has no samples")
+        self.preprocessor_.check_compatible(cohort)
+
+    # --------------------------------------------------------------------------------------------- fit
+    def fit(self, cohort: Any, validation: Any | None = None) -> FusionModel:
+        """Fit on ``cohort`` (all of it is training data).
+
+        Without ``validation``, early stopping uses an inner grouped, stratified split of ``cohort``
+        (``validation_fraction``); the preprocessor sees the training part only. Returns ``self``.
+        """
+        from .training import fit_model
+
+        return fit_model(self, cohort, validation)
+
+    # --------------------------------------------------------------------------------------- inference
+    @property
+    def modalities_(self) -> list[str]:
+        self._check_fitted()
+        return [m for m in MODALITIES if m in self.schema_]
+
+    def _network_for_inference(self) -> torch.nn.Module:
+        net = self.network_.cpu()
+        net.eval()
+        return net
+
+    def _outputs_to_predictions(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        o = outputs.detach().float().cpu()
+        if self.task == "classification":
+            return {"proba": torch.softmax(o, dim=-1).numpy()}
+        if self.survival_head == "cox":
+            return {"risk": o.reshape(-1).numpy()}
+        from .losses import hazards_to_survival, risk_from_survival
+
+        surv = hazards_to_survival(o)
+        return {"survival": surv.numpy(), "risk": risk_from_survival(surv).numpy()}
+
+    def iter_attention(self, cohort: Any, *, batch_size: int | None = None
+                       ) -> Iterator[tuple[Batch, list[AttentionRecord], dict[str, np.ndarray]]]:
+        """Yield ``(batch, records, predictions)`` per batch of ``cohort``: the CPU batch, its detached
+        attention records and the batch's predictions (``proba [B, C]``; or ``risk [B]`` and, for the
+        discrete head, ``survival [B, K]`` at the bin ends). Bags are read from disk batch by batch."""
+        from ..datasets.loading import make_loader
+
+        self._check_fitted()
+        self._check_cohort(cohort)
+        loader = make_loader(cohort, self.preprocessor_, batch_size=int(batch_size or self.batch_size),
+                             shuffle=False, train=False)
+        net = self._network_for_inference()
+        with torch.no_grad():
+            for batch in loader:
+                out = net(batch)
+                yield batch, [r.detach() for r in out.records], self._outputs_to_predictions(out.outputs)
+
+    def _predict_arrays(self, cohort: Any) -> tuple[list[str], dict[str, np.ndarray]]:
+        ids: list[str] = []
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch, _, preds in self.iter_attention(cohort):
+            ids.extend(batch.sample_ids)
+            for k, v in preds.items():
+                parts.setdefault(k, []).append(v)
+        arrays = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+        order = pd.Index(ids).get_indexer([str(s) for s in cohort.sample_ids])
+        assert (order >= 0).all(), "the loader lost samples"
+        return [str(s) for s in cohort.sample_ids], {k: v[order] for k, v in arrays.items()}
+
+    def predict_proba(self, cohort: Any) -> pd.DataFrame:
+        """Class probabilities, DataFrame ``[samples x classes]`` (columns ``classes_``)."""
+        self._check_task("predict_proba", "classification")
+        ids, arrays = self._predict_arrays(cohort)
+        return pd.DataFrame(arrays["proba"], index=pd.Index(ids, name="sample_id"), columns=list(self.classes_))
+
+    def predict(self, cohort: Any) -> pd.Series:
+        """Most probable class label of each sample (Series indexed by sample id)."""
+        proba = self.predict_proba(cohort)
+        labels = np.asarray(self.classes_, dtype=object)[np.argmax(proba.to_numpy(), axis=1)]
+        return pd.Series(labels, index=proba.index, name="prediction")
+
+    def predict_risk(self, cohort: Any) -> pd.Series:
+        """Risk score of each sample, higher = worse (discrete head: ``-sum_k S(t_k)``; Cox: the linear risk)."""
+        self._check_task("predict_risk", "survival")
+        ids, arrays = self._predict_arrays(cohort)
+        return pd.Series(arrays["risk"], index=pd.Index(ids, name="sample_id"), name="risk")
+
+    def predict_survival(self, cohort: Any, times: Sequence[float]) -> pd.DataFrame:
+        """S(t) of each sample at ``times``, DataFrame ``[samples x times]``.
+
+        Discrete head: the model gives S at the end of each time bin; S(t) is the step function that is 1
+        before the first bin end and takes the value of the last bin end <= t after it (constant beyond
+        the last bin). Cox head: ``S(t) = exp(-H0(t) exp(risk))`` with the Breslow baseline cumulative
+        hazard H0 of the training samples (a step function of the training event times).
+        """
+        self._check_task("predict_survival", "survival")
+        times = np.asarray(times, dtype=float).reshape(-1)
+        if len(times) == 0 or not np.isfinite(times).all() or (times < 0).any():
+            raise ValueError(f"times must be non-negative finite numbers, got {times.tolist()}")
+        ids, arrays = self._predict_arrays(cohort)
+        index = pd.Index(ids, name="sample_id")
+        if self.survival_head == "cox":
+            return pd.DataFrame(self._cox_survival(arrays["risk"], times), index=index, columns=list(times))
+        ends = np.asarray(self.time_bins_, dtype=float)[1:]
+        k = np.searchsorted(ends, times, side="right")  # number of bin ends <= t
+        surv = np.concatenate([np.ones((len(ids), 1)), arrays["survival"]], axis=1)[:, k]
+        return pd.DataFrame(surv, index=index, columns=list(times))
+
+    def _cox_survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
+        bt, bh = (np.asarray(self.baseline_hazard_[k], dtype=float) for k in ("times", "cumhaz"))
+        idx = np.searchsorted(bt, times, side="right") - 1
+        h0 = np.where(idx >= 0, bh[np.clip(idx, 0, None)], 0.0) if len(bt) else np.zeros_like(times)
+        return np.exp(-np.outer(np.exp(risk), h0))
+
+    # ----------------------------------------------------------------------------------------- metrics
+    def score(self, cohort: Any) -> float:
+        """The primary metric as a float: AUC (macro one-vs-rest for > 2 classes) or Harrell's c-index."""
+        self._check_fitted()
+        self._require_targets(cohort, "score")
+        if self.task == "classification":
+            return M.roc_auc(cohort.labels.loc[cohort.sample_ids].tolist(), self.predict_proba(cohort))
+        surv = cohort.survival.loc[cohort.sample_ids]
+        return M.concordance_index(surv["time"], surv["event"], self.predict_risk(cohort))
+
+    def _require_targets(self, cohort: Any, what: str) -> None:
+        have = cohort.labels if self.task == "classification" else cohort.survival
+        if have is None:
+            need = "labels" if self.task == "classification" else "survival (time, event)"
+            raise ValueError(f"{what} needs a cohort with {need}; this cohort has none")
+
+    def evaluate(self, cohort: Any) -> dict[str, Any]:
+        """All metrics on ``cohort``, overall and per missingness pattern (``by_pattern``).
+
+        Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival: ``c_index``,
+        ``integrated_brier_score`` (IPCW, censoring Kaplan-Meier of the training samples, over 20 times
+        between the 10th and 90th percentile of the cohort's event times), ``n``, ``n_events``.
+        """
+        from .metrics import evaluate_model
+
+        return evaluate_model(self, cohort)
+
+    # ----------------------------------------------------------------------------------------- explain
+    @property
+    def attention_kinds(self) -> list[str]:
+        """Attention kinds the fitted aggregator exports for this model's modalities (API.md order)."""
+        self._check_fitted()
+        declared = set(getattr(self.network_.aggregator, "attention_kinds", ()))
+        token_kinds = {TOKEN_KIND[m] for m in self.modalities_}
+        return [k for k in ATTENTION_KINDS if k in declared
+                and (k not in TOKEN_KIND.values() or k in token_kinds)]
+
+    def explain(self, cohort: Any, out: str | Path | None = None, kinds: Sequence[str] | None = None):
+        """Per-sample attention as an ``AttentionReport`` (streamed to ``out``, a .parquet path, if given)."""
+        from .report import build_report
+
+        self._check_fitted()
+        return build_report(self, cohort, out=out, kinds=kinds)
+
+    # ------------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Save to folder ``path`` atomically (see :mod:`clinfuse.fusion.persistence` for its files).
+        In multi-process training only the rank-0 process writes; others return without writing."""
+        from .persistence import save_model
+
+        self._check_fitted()
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FusionModel:
+        """Load a folder written by :meth:`save` (weights read with ``torch.load(weights_only=True)``)."""
+        from .persistence import load_model
+
+        return load_model(cls, path)

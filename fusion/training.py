@@ -1,0 +1,446 @@
+"""Training through pytorch-lightning: the LightningModule around a ``FusionNetwork`` and the Trainer set-up.
+
+What the estimator needs from Lightning is the loop, gradient clipping and accumulation, early stopping,
+and scale-out strategies (DDP across processes). Everything else stays ours: no checkpoint folders, no
+logger, the best weights are kept in memory and restored when the fit ends (in every process, so a
+``ddp_spawn`` run hands the best weights back to the calling process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..datasets.batch import Batch
+from . import metrics as M
+
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+
+
+@contextlib.contextmanager
+def quiet_lightning(verbose: bool) -> Iterator[None]:
+    """Silence Lightning's info logs and its advice-only warnings (always the num_workers advice; all
+    of them, and the info lines, when ``verbose=False``)."""
+    saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
+        warnings.filterwarnings("ignore", message=r".*isn't currently supported.*deterministic.*")
+        if not verbose:
+            warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning.*")
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_steps`` then cosine decay to ``floor``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class FusionLightningModule(pl.LightningModule):
+    """Loss, optimisation and validation bookkeeping around a ``FusionNetwork``.
+
+    Args:
+        network: ``forward(Batch) -> NetworkOutput`` with ``outputs`` classification logits ``[B, C]``,
+            discrete-time hazard logits ``[B, K]`` or Cox risk ``[B]``.
+        task: "classification" or "survival".
+        survival_head: "discrete" or "cox" (survival only).
+        bin_edges: time-bin edges of the discrete-time head (``make_time_bins`` on the training targets).
+        class_weights: ``[C]`` class weights of the cross-entropy, or None.
+        lr, weight_decay, warmup_epochs, max_epochs: AdamW with linear warm-up then cosine decay, stepped
+            per optimiser step (``trainer.estimated_stepping_batches`` accounts for accumulation and DDP).
+    """
+
+    def __init__(self, network: nn.Module, *, task: str, survival_head: str = "discrete",
+                 bin_edges: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
+                 lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1.0,
+                 max_epochs: int = 30) -> None:
+        super().__init__()
+        self.network = network
+        self.task, self.survival_head = task, survival_head
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.warmup_epochs, self.max_epochs = float(warmup_epochs), int(max_epochs)
+        # Buffers follow the module to its device but are not part of the saved network weights.
+        self.register_buffer("bin_edges", None if bin_edges is None else torch.as_tensor(bin_edges).float(),
+                             persistent=False)
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.as_tensor(class_weights).float(), persistent=False)
+        self.history: list[dict[str, float]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+        self.best_val_loss = math.inf
+        self._val_outputs: list[tuple[torch.Tensor, ...]] = []
+        self._train_losses: list[float] = []
+
+    # ----------------------------------------------------------------------------------------- losses
+    def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None, time: torch.Tensor | None = None,
+             event: torch.Tensor | None = None) -> torch.Tensor:
+        """The task loss of ``outputs`` (see the class docstring for their shapes)."""
+        from .losses import classification_loss, cox_partial_nll, discrete_time_nll
+
+        if self.task == "classification":
+            return classification_loss(outputs, labels, class_weights=self.class_weights)
+        if self.survival_head == "cox":
+            return cox_partial_nll(outputs.reshape(-1), time, event)
+        return discrete_time_nll(outputs, time, event, self.bin_edges)
+
+    def _batch_loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.loss(outputs, labels=batch.labels, time=batch.time, event=batch.event)
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, batch: Batch):
+        return self.network(batch)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        out = self.network(batch)
+        loss = self._batch_loss(out.outputs, batch)
+        self._train_losses.append(float(loss.detach()))
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_losses = []
+        # New patch draws each epoch, reproducibly (CohortDataset seeds sampling by epoch).
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(self.current_epoch))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self.network(batch)
+        o = out.outputs.detach().float()
+        if self.task == "classification":
+            self._val_outputs.append((o, batch.labels.detach()))
+        else:
+            self._val_outputs.append((o, batch.time.detach().float(), batch.event.detach().float()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        parts = [torch.cat(col) for col in zip(*self._val_outputs)]
+        self._val_outputs = []
+        if self.trainer.world_size > 1:  # every process sees every validation sample (equal shards)
+            parts = [self.all_gather(p).flatten(0, 1) for p in parts]
+        with torch.no_grad():
+            if self.task == "classification":
+                val_loss = self.loss(parts[0], labels=parts[1])
+                proba = torch.softmax(parts[0], dim=-1).cpu().numpy()
+                y = parts[1].cpu().numpy()
+                metric = M.roc_auc(y, proba, classes=list(range(proba.shape[1])))
+            else:
+                val_loss = self.loss(parts[0], time=parts[1], event=parts[2])
+                risk = self.risk_from_outputs(parts[0]).cpu().numpy()
+                metric = M.concordance_index(parts[1].cpu().numpy(), parts[2].cpu().numpy(), risk)
+        val = float(val_loss)
+        self.log("val_loss", val, prog_bar=True, sync_dist=False)
+        train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+        self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
+                             "val_metric": float(metric)})
+        if math.isfinite(val) and val < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val, int(self.current_epoch)
+            self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def on_train_epoch_end(self) -> None:
+        # Without validation data the history still records the training curve.
+        if not self.trainer.val_dataloaders:
+            train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+            self.history.append({"epoch": int(self.current_epoch), "train_loss": train,
+                                 "val_loss": float("nan"), "val_metric": float("nan")})
+
+    def on_fit_end(self) -> None:
+        if self.best_state is not None:
+            self.network.load_state_dict(self.best_state)
+
+    def risk_from_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Risk ``[B]`` (higher = worse) from the head's outputs."""
+        if self.survival_head == "cox":
+            return outputs.reshape(-1)
+        from .losses import hazards_to_survival, risk_from_survival
+
+        return risk_from_survival(hazards_to_survival(outputs))
+
+    # ------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.network.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Biases, norms and embeddings-as-vectors are not decayed (the usual AdamW convention).
+            (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = round(total * self.warmup_epochs / max(self.max_epochs, 1))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup_steps=warmup, total_steps=total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_grad_batches: int,
+                 early_stopping_patience: int | None, has_validation: bool, strategy: Any = "auto",
+                 devices: Any = 1, accelerator: str = "cpu", verbose: bool = True) -> pl.Trainer:
+    """A Trainer that writes nothing to disk (no checkpoints, no logger) and stops early on ``val_loss``."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    callbacks = []
+    if has_validation and early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=int(early_stopping_patience),
+                                       check_finite=False, verbose=False))
+    deterministic: Any = True if accelerator == "cpu" else "warn"
+    return pl.Trainer(
+        max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
+        gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
+        deterministic=deterministic, enable_checkpointing=False, logger=False, enable_progress_bar=bool(verbose),
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, callbacks=callbacks,
+        limit_val_batches=1.0 if has_validation else 0,
+    )
+
+
+# --------------------------------------------------------------------------------------- network building
+_SHARED_ENCODER_KW = ("dropout", "n_heads", "n_layers")
+
+
+def _accepts(cls: type, name: str) -> bool:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_encoders(schema: dict[str, Any], *, modalities: list[str], names: dict[str, str] | None, d_model: int,
+                   shared: dict[str, Any], encoder_kwargs: dict[str, dict[str, Any]] | None) -> dict[str, nn.Module]:
+    """One encoder per modality: the named one, else ``default_encoder(modality, schema[modality])``.
+
+    ``shared`` hyperparameters (dropout, n_heads, n_layers) go to every encoder whose constructor takes
+    them; ``encoder_kwargs[modality]`` are passed as given (an unknown keyword is the encoder's TypeError).
+    """
+    from .. import encoders as enc
+
+    names, encoder_kwargs = dict(names or {}), dict(encoder_kwargs or {})
+    for what, mapping in (("encoders", names), ("encoder_kwargs", encoder_kwargs)):
+        unknown = [m for m in mapping if m not in modalities]
+        if unknown:
+            raise ValueError(f"{what} names modality {unknown} that the training data does not have "
+                             f"(it has {modalities})")
+    out = {}
+    for m in modalities:
+        name = names.get(m) or enc.default_encoder(m, schema[m])
+        cls = enc.ENCODERS.get(name)
+        allowed = enc.ENCODERS.modalities_of(name)
+        if allowed and m not in allowed:
+            raise ValueError(f"encoder {name!r} does not accept modality {m!r}; for {m} use one of "
+                             f"{enc.list_encoders(m)}")
+        kw = {k: v for k, v in shared.items() if k in _SHARED_ENCODER_KW and _accepts(cls, k)}
+        kw.update(encoder_kwargs.get(m, {}))
+        out[m] = cls.from_schema(schema[m], d_model=d_model, **kw)
+    return out
+
+
+def build_aggregator(name: str, *, d_model: int, modalities: list[str], n_outputs: int, class_names: list[str],
+                     shared: dict[str, Any], aggregator_kwargs: dict[str, Any] | None) -> nn.Module:
+    """``create_aggregator`` with the shared hyperparameters its constructor takes, then the user's kwargs."""
+    from .base import AGGREGATORS
+
+    cls = AGGREGATORS.get(name)
+    kw = {k: v for k, v in shared.items() if _accepts(cls, k)}
+    kw.update(aggregator_kwargs or {})
+    return cls(d_model=d_model, modalities=list(modalities), n_outputs=int(n_outputs),
+               class_names=[str(c) for c in class_names], **kw)
+
+
+def build_head(task: str, survival_head: str, *, d_model: int, n_outputs: int, dropout: float) -> nn.Module:
+    from . import heads as H
+
+    if task == "classification":
+        cls, kw = H.ClassificationHead, {"n_classes": n_outputs}
+    elif survival_head == "cox":
+        cls, kw = H.CoxHead, {}
+    else:
+        cls, kw = H.DiscreteTimeHead, {"n_bins": n_outputs}
+    kw["d_model"] = d_model
+    if _accepts(cls, "dropout"):
+        kw["dropout"] = dropout
+    return cls(**kw)
+
+
+def build_network(schema: dict[str, Any], *, params: dict[str, Any], n_outputs: int,
+                  class_names: list[str]) -> nn.Module:
+    """The ``FusionNetwork`` of a FusionModel's hyperparameters for a fitted data schema."""
+    from .network import FusionNetwork
+
+    modalities = [m for m in ("clinical", "genomics", "images", "events") if m in schema]
+    shared = {"n_heads": params["n_heads"], "n_layers": params["n_layers"], "dropout": params["dropout"]}
+    d = int(params["d_model"])
+    encoders = build_encoders(schema, modalities=modalities, names=params["encoders"], d_model=d, shared=shared,
+                              encoder_kwargs=params["encoder_kwargs"])
+    aggregator = build_aggregator(params["aggregator"], d_model=d, modalities=modalities, n_outputs=n_outputs,
+                                  class_names=class_names, shared=shared,
+                                  aggregator_kwargs=params["aggregator_kwargs"])
+    head = build_head(params["task"], params["survival_head"], d_model=d, n_outputs=n_outputs,
+                      dropout=params["dropout"])
+    return FusionNetwork(encoders=encoders, aggregator=aggregator, head=head, d_model=d, modalities=modalities,
+                         modality_dropout=float(params["modality_dropout"]))
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ValueError(f"class_weights must be None, 'balanced' or a mapping label -> weight, got {spec!r}")
+        counts = np.array([sum(1 for y in labels if y == c) for c in classes], dtype=float)
+        return torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1.0)), dtype=torch.float32)
+    if isinstance(spec, dict):
+        keys = {str(k): float(v) for k, v in spec.items()}
+        unknown = [k for k in keys if k not in {str(c) for c in classes}]
+        missing = [c for c in classes if str(c) not in keys]
+        if unknown or missing:
+            raise ValueError(f"class_weights must give a weight for every class {classes}; "
+                             f"unknown: {unknown}, missing: {missing}")
+        return torch.tensor([keys[str(c)] for c in classes], dtype=torch.float32)
+    raise TypeError(f"class_weights must be None, 'balanced' or a dict, got {type(spec).__name__}")
+
+
+def breslow_baseline(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> dict[str, list[float]]:
+    """Breslow cumulative baseline hazard H0 at each distinct event time (risk = log relative hazard)."""
+    e = np.exp(risk - risk.max())  # shift for stability; undone below
+    times = np.unique(time[event == 1])
+    cum, out = 0.0, []
+    for t in times:
+        d = float(((time == t) & (event == 1)).sum())
+        cum += d / float(e[time >= t].sum())
+        out.append(cum)
+    return {"times": times.tolist(), "cumhaz": (np.asarray(out) * np.exp(-risk.max())).tolist()}
+
+
+def data_shapes(cohort: Any) -> dict[str, Any]:
+    """Shapes of the data a model was trained on (for the provenance fingerprint)."""
+    shapes: dict[str, Any] = {"n_samples": len(cohort)}
+    if cohort.clinical is not None:
+        shapes["clinical"] = list(cohort.clinical.shape)
+    if cohort.genomics is not None:
+        shapes["genomics"] = list(cohort.genomics.shape)
+    if cohort.images is not None:
+        im = cohort.images
+        shapes["images"] = {"n_samples": len(im.sample_ids), "kind": im.kind,
+                            "dim": int(im.feature_dim) if im.kind == "features" else list(im.pixel_shape)}
+    if cohort.events is not None:
+        shapes["events"] = list(cohort.events.shape)
+    return shapes
+
+
+def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
+    """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights."""
+    from ..datasets.loading import make_loader
+    from ..datasets.preprocess import Preprocessor
+    from ..datasets.splits import train_validation_split
+    from .metrics import km_censoring
+
+    model._validate_params()
+    if not hasattr(cohort, "check_fittable"):
+        raise TypeError(f"fit expects a clinfuse.datasets.Cohort, got {type(cohort).__name__}")
+    cohort.check_fittable()
+    if cohort.task != model.task:
+        raise ValueError(f"the cohort has {cohort.task} targets but the model's task is {model.task!r}; "
+                         f"use FusionModel(task={cohort.task!r})")
+    with quiet_lightning(model.verbose):
+        pl.seed_everything(int(model.seed), workers=True, verbose=False)
+    if validation is not None:
+        if getattr(validation, "task", None) != model.task:
+            raise ValueError(f"validation must be a cohort with {model.task} targets")
+        train = cohort
+    elif float(model.validation_fraction) > 0:
+        train_ids, val_ids = train_validation_split(cohort, fraction=float(model.validation_fraction),
+                                                    seed=int(model.seed))
+        train, validation = cohort.subset(train_ids), cohort.subset(val_ids)
+    else:
+        train = cohort
+
+    pre = Preprocessor(top_genes=model.top_genes, **(model.preprocessor_kwargs or {})).fit(train)
+    schema = pre.schema_
+    params = model.get_params()
+    bin_edges = class_weights = None
+    if model.task == "classification":
+        classes = list(schema["task"]["classes"])
+        names, n_out = [str(c) for c in classes], len(classes)
+        class_weights = _class_weight_tensor(model.class_weights, classes,
+                                             train.labels.loc[train.sample_ids].tolist())
+    else:
+        classes = None
+        surv = train.survival.loc[train.sample_ids]
+        if model.survival_head == "discrete":
+            from .losses import make_time_bins
+
+            bin_edges = torch.as_tensor(make_time_bins(torch.as_tensor(surv["time"].to_numpy(float)),
+                                                       torch.as_tensor(surv["event"].to_numpy(float)),
+                                                       int(model.n_time_bins))).float()
+            e = bin_edges.tolist()
+            names, n_out = [f"{e[k]:g}-{e[k + 1]:g}" for k in range(len(e) - 1)], len(e) - 1
+        else:
+            names, n_out = ["risk"], 1
+    network = build_network(schema, params=params, n_outputs=n_out, class_names=names)
+    module = FusionLightningModule(network, task=model.task, survival_head=model.survival_head,
+                                   bin_edges=bin_edges, class_weights=class_weights, lr=model.lr,
+                                   weight_decay=model.weight_decay, warmup_epochs=model.warmup_epochs,
+                                   max_epochs=model.max_epochs)
+    seed = int(model.seed)
+    train_loader = make_loader(train, pre, batch_size=int(model.batch_size), shuffle=True, train=True,
+                               max_patches=model.max_patches, seed=seed)
+    val_loader = None if validation is None else make_loader(validation, pre, batch_size=int(model.batch_size))
+    with quiet_lightning(model.verbose):
+        trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
+                               accumulate_grad_batches=model.accumulate_grad_batches,
+                               early_stopping_patience=model.early_stopping_patience,
+                               has_validation=val_loader is not None, strategy=model.strategy,
+                               devices=model.devices, accelerator=model.accelerator, verbose=model.verbose)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+    network = module.network.cpu().eval()
+    model.preprocessor_, model.schema_, model.network_ = pre, schema, network
+    model.classes_ = classes
+    model.time_bins_ = None if bin_edges is None else bin_edges.tolist()
+    model.history_ = list(module.history)
+    model.best_epoch_ = module.best_epoch
+    model.is_global_zero_ = bool(trainer.is_global_zero)
+    model.training_ids_ = [str(s) for s in train.sample_ids]
+    model.training_shapes_ = data_shapes(train)
+    model.baseline_hazard_ = model.censoring_ = None
+    if model.task == "survival":
+        surv = train.survival.loc[train.sample_ids]
+        t, ev = surv["time"].to_numpy(float), surv["event"].to_numpy(int)
+        model.censoring_ = km_censoring(t, ev)
+        if model.survival_head == "cox":
+            risk = model.predict_risk(train).to_numpy(float)
+            model.baseline_hazard_ = breslow_baseline(risk, t, ev)
+    model.validation_ids_ = None if validation is None else [str(s) for s in validation.sample_ids]
+    model.metrics_ = {"best_epoch": module.best_epoch, "best_val_loss": module.best_val_loss
+                      if math.isfinite(module.best_val_loss) else None, "epochs_run": len(module.history)}
+    if validation is not None:
+        model.metrics_["validation"] = model.evaluate(validation)
+    return model
