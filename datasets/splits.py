@@ -7,6 +7,7 @@ returned as sample ids, so they can be stored, inspected and passed back as expl
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -97,6 +98,11 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
         n_groups = len(set(groups.tolist()))
         if folds < 2 or folds > n_groups:
             raise ValueError(f"folds={folds}: need 2 <= folds <= the number of patients (groups), {n_groups}")
+        if max(Counter(strata.tolist()).values()) < folds:
+            # StratifiedGroupKFold needs one stratum with >= folds samples; without it, split by patient only
+            warnings.warn(f"make_splits: no class has {folds} samples, so the {folds} folds are grouped by patient "
+                          "but not stratified", UserWarning, stacklevel=2)
+            strata = np.array(["all"] * len(ids), dtype=object)
         splits = []
         for r in range(repeats):
             splitter = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=int(seed) + r)

@@ -103,6 +103,15 @@ def test_explicit_pairs_are_validated(cohort):
         make_splits(cohort, 31)
 
 
+def test_too_small_classes_fall_back_to_grouped_folds_with_a_warning():
+    ids = ["a", "b", "c", "d"]
+    cohort = Cohort(clinical=pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0]}, index=ids),
+                    labels=pd.Series(["n", "n", "n", "y"], index=ids))
+    with pytest.warns(UserWarning, match="not stratified"):
+        splits = make_splits(cohort, 4)
+    assert sorted(s for _, test in splits for s in test) == ids
+
+
 def test_train_validation_split_is_grouped_stratified_and_reproducible(cohort):
     train, val = train_validation_split(cohort, 0.25, seed=0)
     assert_grouped(cohort, train, val)
@@ -122,6 +131,7 @@ def test_train_validation_split_is_grouped_stratified_and_reproducible(cohort):
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")  # tiny random cohorts, on purpose
+@pytest.mark.filterwarnings("ignore:make_splits")
 @settings(max_examples=25, deadline=None)
 @given(groups=st.lists(st.integers(0, 9), min_size=4, max_size=30), labels=st.lists(st.booleans(), min_size=30,
                                                                                     max_size=30),
