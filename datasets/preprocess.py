@@ -116,7 +116,7 @@ class Preprocessor:
         self.event_value_scaling = bool(event_value_scaling)
         self.clinical_types = None if clinical_types is None else {str(k): v for k, v in clinical_types.items()}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:  # deep: scikit-learn signature
         return {"top_genes": self.top_genes, "gene_transform": self.gene_transform, "scale_genes": self.scale_genes,
                 "min_code_count": self.min_code_count, "max_events": self.max_events,
                 "event_value_scaling": self.event_value_scaling, "clinical_types": self.clinical_types}
@@ -337,13 +337,15 @@ class Preprocessor:
             raise ValueError(f"events: sample(s) {late[:5]} have events after their index_time "
                              "(the Cohort excludes those; pass a Cohort)")
         vocab = {c: i + 2 for i, c in enumerate(self.code_vocab_)}
-        code_idx = np.fromiter((vocab.get(c, 1) for c in codes), dtype=np.int64, count=len(codes))
+        code_series = pd.Series(codes)
+        code_idx = code_series.map(vocab).fillna(1).to_numpy(dtype=np.int64)  # unknown / rare -> 1
         values = events["value"].to_numpy(dtype=np.float64) if "value" in events else np.full(len(codes), np.nan)
         has = np.isfinite(values)
         if self.event_value_scaling:
-            default = self.event_default_stats_
-            stats = np.array([self.event_value_stats_.get(c, default) for c in codes]).reshape(-1, 2)
-            values = (values - stats[:, 0]) / stats[:, 1]
+            mean, std = self.event_default_stats_  # for codes without training values
+            means = code_series.map({c: m for c, (m, _) in self.event_value_stats_.items()}).fillna(mean)
+            stds = code_series.map({c: sd for c, (_, sd) in self.event_value_stats_.items()}).fillna(std)
+            values = (values - means.to_numpy(dtype=np.float64)) / stds.to_numpy(dtype=np.float64)
         values = np.where(has, values, 0.0)
         segments = (events["segment"].to_numpy(dtype=np.int64) if "segment" in events
                     else np.zeros(len(codes), dtype=np.int64))
