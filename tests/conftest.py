@@ -1,0 +1,58 @@
+"""Shared, session-scoped fixtures: one small trained classifier and one trained survival model.
+
+Tests that only read a fitted model use these, so the suite trains each of them once. Both train on the
+synthetic cohort (all four modalities, some missing) in a few seconds.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+# Tiny models on a busy 2-core machine: intra-op thread synchronisation costs far more than it gains
+# (a 30-token transformer layer ran ~25x slower with the default threads while other jobs ran).
+torch.set_num_threads(1)
+
+SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3, "early_stopping_patience": 2,
+             "max_patches": 16, "verbose": False, "seed": 0}
+
+
+def _cohort(task: str, n: int = 48, seed: int = 0):
+    from clinfuse.datasets import make_synthetic_cohort
+
+    return make_synthetic_cohort(n, task=task, n_patches=(6, 16), feature_dim=16, n_genes=24, n_codes=12,
+                                 seed=seed)
+
+
+def _fit(task: str, **kw) -> SimpleNamespace:
+    from clinfuse.datasets import train_validation_split
+    from clinfuse.fusion import FusionModel
+
+    cohort, truth = _cohort(task)
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=1)
+    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    model = FusionModel(task=task, **{**SMALL, **kw}).fit(train)
+    return SimpleNamespace(model=model, cohort=cohort, train=train, test=test, truth=truth)
+
+
+@pytest.fixture(scope="session")
+def fitted_classifier() -> SimpleNamespace:
+    """PersAM classifier: ``.model`` fitted on ``.train``; ``.test`` held out; ``.cohort`` = both."""
+    return _fit("classification")
+
+
+@pytest.fixture(scope="session")
+def fitted_survival() -> SimpleNamespace:
+    """PersAM discrete-time survival model, same layout as ``fitted_classifier``."""
+    return _fit("survival", n_time_bins=3)
+
+
+@pytest.fixture(scope="session")
+def small_cohort():
+    """A tiny classification cohort (clinical + genomics only) for tests that train many models."""
+    from clinfuse.datasets import make_synthetic_cohort
+
+    cohort, _ = make_synthetic_cohort(30, modalities=("clinical", "genomics"), n_genes=12, seed=3)
+    return cohort

@@ -1,0 +1,215 @@
+"""FusionModel: scikit-learn habits, predictions, metrics, attention, save/load and schema checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from clinfuse.datasets import Cohort, Preprocessor
+from clinfuse.fusion import FusionModel
+from clinfuse.fusion import metrics as M
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+
+# ------------------------------------------------------------------------------------ estimator habits
+def test_params_round_trip_and_clone():
+    model = FusionModel(task="survival", aggregator="concat", d_model=32, encoders={"clinical": "mlp"})
+    params = model.get_params()
+    assert params["d_model"] == 32 and params["encoders"] == {"clinical": "mlp"}
+    twin = clone(model)
+    assert twin.get_params() == params and twin is not model
+    assert model.set_params(lr=0.1) is model and model.lr == 0.1
+    with pytest.raises(ValueError):
+        model.set_params(not_a_param=1)
+    with pytest.raises(TypeError):
+        FusionModel("classification")  # keyword-only
+
+
+def test_unfitted_model_says_call_fit_first(fitted_classifier):
+    model = FusionModel()
+    for call in (lambda: model.predict_proba(fitted_classifier.test), lambda: model.save("x"),
+                 lambda: model.attention_kinds):
+        with pytest.raises(NotFittedError, match="call fit first"):
+            call()
+    assert issubclass(NotFittedError, ValueError)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"task": "regression"}, "task must be one of"),
+    ({"aggregator": "nope"}, "registered"),
+    ({"d_model": 30, "n_heads": 4}, "divisible"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"encoders": {"pixels": "cnn"}}, "unknown modality"),
+])
+def test_bad_hyperparameters_fail_at_fit_with_a_clear_message(small_cohort, kw, match):
+    with pytest.raises(ValueError, match=match):
+        FusionModel(verbose=False, **kw).fit(small_cohort)
+
+
+def test_task_mismatch_is_a_clear_error(small_cohort):
+    with pytest.raises(ValueError, match="task='classification'"):
+        FusionModel(task="survival", verbose=False).fit(small_cohort)
+
+
+# ----------------------------------------------------------------------------------- classification
+def test_fitted_attributes_and_training_history(fitted_classifier):
+    model = fitted_classifier.model
+    for attr in ("preprocessor_", "network_", "classes_", "history_", "schema_", "metrics_"):
+        assert hasattr(model, attr)
+    assert model.classes_ == [0, 1]
+    assert set(model.schema_) >= {"clinical", "genomics", "images", "events"}
+    assert 1 <= len(model.history_) <= 3
+    losses = [h["val_loss"] for h in model.history_]
+    assert model.best_epoch_ == int(np.argmin(losses))  # the best epoch's weights are the ones kept
+    # Early stopping used an inner split of the training samples only, and preprocessing saw only the rest.
+    train_ids = set(fitted_classifier.train.sample_ids)
+    assert set(model.validation_ids_) < train_ids and set(model.training_ids_) < train_ids
+    assert not set(model.validation_ids_) & set(model.training_ids_)
+    ref = Preprocessor(top_genes=model.top_genes).fit(fitted_classifier.train.subset(model.training_ids_))
+    assert ref.to_dict() == model.preprocessor_.to_dict()
+
+
+def test_predict_proba_predict_score_evaluate(fitted_classifier):
+    model, test = fitted_classifier.model, fitted_classifier.test
+    proba = model.predict_proba(test)
+    assert list(proba.index) == list(test.sample_ids) and list(proba.columns) == [0, 1]
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    pred = model.predict(test)
+    assert set(pred) <= {0, 1} and (pred == proba.idxmax(axis=1)).all()
+    y = test.labels.loc[test.sample_ids]
+    assert model.score(test) == pytest.approx(M.roc_auc(y.tolist(), proba))
+    ev = model.evaluate(test)
+    assert ev["auc"] == pytest.approx(model.score(test)) and 0 <= ev["balanced_accuracy"] <= 1
+    patterns = M.pattern_names(test.presence()[model.modalities_])
+    assert set(ev["by_pattern"]) == set(patterns)
+    assert sum(v["n"] for v in ev["by_pattern"].values()) == len(test)
+    full = ev["by_pattern"].get("clinical+genomics+images+events")
+    assert full is not None and full["n"] == int((patterns == "clinical+genomics+images+events").sum())
+
+
+def test_wrong_task_calls_are_clear(fitted_classifier, fitted_survival):
+    with pytest.raises(ValueError, match="survival models.*predict_proba"):
+        fitted_classifier.model.predict_risk(fitted_classifier.test)
+    with pytest.raises(ValueError, match="classification models"):
+        fitted_survival.model.predict_proba(fitted_survival.test)
+
+
+def test_attention_and_explain(fitted_classifier):
+    model, test = fitted_classifier.model, fitted_classifier.test
+    kinds = model.attention_kinds
+    assert {"modality", "patch", "explanatory", "exploratory", "class_wise"} <= set(kinds)
+    seen = []
+    for batch, records, preds in model.iter_attention(test, batch_size=5):
+        assert preds["proba"].shape == (len(batch), 2)
+        assert all(r.kind in kinds for r in records)
+        seen += batch.sample_ids
+    assert seen == list(test.sample_ids)
+    report = model.explain(test, kinds=["patch", "explanatory"])
+    frame = report.to_frame()
+    assert set(frame["kind"]) <= {"patch", "explanatory"} and set(frame["sample_id"]) <= set(test.sample_ids)
+
+
+# ----------------------------------------------------------------------------------------- survival
+def test_survival_predictions(fitted_survival):
+    model, test = fitted_survival.model, fitted_survival.test
+    risk = model.predict_risk(test)
+    assert list(risk.index) == list(test.sample_ids) and np.isfinite(risk).all()
+    edges = model.time_bins_
+    assert len(edges) == 4 and edges[0] == 0 and edges[-1] == np.inf
+    times = [0.0, edges[1] * 0.5, edges[1], edges[2], edges[2] * 10]
+    surv = model.predict_survival(test, times)
+    assert surv.shape == (len(test), 5)
+    assert np.allclose(surv[0.0], 1.0)  # before the first bin end
+    assert (np.diff(surv.to_numpy(), axis=1) <= 1e-7).all() and ((surv >= 0) & (surv <= 1)).all().all()
+    # Step interpolation: at a bin end, S equals the model's S for that bin; risk = -sum_k S_k.
+    s_bins = np.concatenate([p["survival"] for _, _, p in model.iter_attention(test)])
+    assert np.allclose(surv[edges[1]], s_bins[:, 0], atol=1e-6)
+    assert np.allclose(risk, -s_bins.sum(1), atol=1e-5)
+    ev = model.evaluate(test)
+    assert 0 <= ev["c_index"] <= 1 and 0 < ev["integrated_brier_score"] < 1
+    assert ev["c_index"] == pytest.approx(model.score(test))
+    assert "by_pattern" in ev
+    with pytest.raises(ValueError, match="times"):
+        model.predict_survival(test, [-1.0])
+
+
+def test_cox_head_uses_breslow_baseline(small_cohort):
+    from clinfuse.datasets import make_synthetic_cohort
+
+    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"), n_genes=12, seed=4)
+    model = FusionModel(task="survival", survival_head="cox", aggregator="concat", d_model=16, n_heads=2,
+                        max_epochs=2, validation_fraction=0.0, verbose=False).fit(cohort)
+    risk = model.predict_risk(cohort)
+    surv = model.predict_survival(cohort, [1.0, 50.0, 500.0])
+    order = np.argsort(risk.to_numpy())
+    assert (np.diff(surv[500.0].to_numpy()[order]) <= 1e-9).all()  # higher risk, lower survival
+    assert model.baseline_hazard_["times"] == sorted(model.baseline_hazard_["times"])
+
+
+# ---------------------------------------------------------------------------------------- save / load
+def test_save_load_round_trip(fitted_classifier, tmp_path):
+    model, test = fitted_classifier.model, fitted_classifier.test
+    path = model.save(tmp_path / "run1")
+    names = {p.name for p in path.iterdir()}
+    assert {"config.json", "preprocessor.json", "schema.json", "weights.pt", "metrics.json", "provenance.json"} <= names
+    prov = json.loads((path / "provenance.json").read_text())
+    assert prov["versions"]["torch"] and len(prov["training_data"]["sha256"]) == 64
+    loaded = FusionModel.load(path)
+    assert loaded.get_params() == model.get_params()
+    pd.testing.assert_frame_equal(loaded.predict_proba(test), model.predict_proba(test))
+    model.save(path)  # saving again replaces a clinfuse folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left behind
+
+
+def test_survival_save_load_keeps_bins(fitted_survival, tmp_path):
+    model, test = fitted_survival.model, fitted_survival.test
+    loaded = FusionModel.load(model.save(tmp_path / "s"))
+    assert loaded.time_bins_ == model.time_bins_
+    pd.testing.assert_frame_equal(loaded.predict_survival(test, [5, 50]), model.predict_survival(test, [5, 50]))
+
+
+def test_load_refuses_pickled_objects_and_foreign_folders(fitted_classifier, tmp_path):
+    path = fitted_classifier.model.save(tmp_path / "m")
+    torch.save({"weights": torch.zeros(2), "evil": {1, 2}}, path / "weights.pt")
+    with pytest.raises(ValueError, match="refusing"):
+        FusionModel.load(path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not written by clinfuse"):
+        fitted_classifier.model.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+
+
+def test_predicting_on_data_that_does_not_fit_the_schema_names_the_difference(fitted_classifier):
+    test = fitted_classifier.test
+    clinical = test.clinical.drop(columns=[test.clinical.columns[0]])
+    bad = Cohort(clinical=clinical, labels=test.labels.loc[clinical.index])
+    with pytest.raises(ValueError, match=str(test.clinical.columns[0])):
+        fitted_classifier.model.predict_proba(bad)
+
+
+# -------------------------------------------------------------------------------------- determinism
+def test_fit_is_deterministic_and_quiet(small_cohort, capfd):
+    kw = {"d_model": 16, "n_heads": 2, "max_epochs": 2, "batch_size": 8, "verbose": False, "seed": 7}
+    a = FusionModel(aggregator="self_attention", **kw).fit(small_cohort).predict_proba(small_cohort)
+    b = FusionModel(aggregator="self_attention", **kw).fit(small_cohort).predict_proba(small_cohort)
+    pd.testing.assert_frame_equal(a, b)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    c = FusionModel(aggregator="self_attention", **{**kw, "seed": 8}).fit(small_cohort).predict_proba(small_cohort)
+    assert not np.allclose(a.to_numpy(), c.to_numpy())
+
+
+def test_explicit_validation_and_class_weights(small_cohort):
+    ids = list(small_cohort.sample_ids)
+    train, val = small_cohort.subset(ids[:22]), small_cohort.subset(ids[22:])
+    model = FusionModel(aggregator="concat", d_model=16, n_heads=2, max_epochs=1, verbose=False,
+                        class_weights="balanced").fit(train, validation=val)
+    assert model.validation_ids_ == ids[22:] and model.training_ids_ == ids[:22]
+    assert "validation" in model.metrics_
+    with pytest.raises(ValueError, match="every class"):
+        FusionModel(aggregator="concat", max_epochs=1, verbose=False, class_weights={0: 1.0}).fit(train)
