@@ -91,7 +91,7 @@ def sincos_2d(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wav
         base = 2 * axis * n_freq
         out[..., base : base + n_freq] = torch.sin(angle)
         out[..., base + n_freq : base + 2 * n_freq] = torch.cos(angle)
-    return out * known
+    return out.mul_(known)
 
 
 # ----------------------------------------------------------------------------------------------------------

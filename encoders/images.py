@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -47,6 +48,8 @@ class FeatureBagEncoder(ModalityEncoder):
     on its own input row, so padding never affects real patches.
     """
 
+    CHUNK_ROWS = 8192  # rows per chunk of the no-grad path (8192 x d floats of temporary memory)
+
     def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,
                  coord_scale: float = 1.0 / 256.0, max_wavelength: float = 10_000.0) -> None:
         super().__init__()
@@ -74,6 +77,30 @@ class FeatureBagEncoder(ModalityEncoder):
                              f"{schema.get('kind')!r}; use the 'vit' or 'cnn' encoder for pixel bags")
         return cls(in_dim=int(schema["feature_dim"]), d_model=d_model, **kwargs)
 
+    def _positions(self, coords: torch.Tensor) -> torch.Tensor:
+        return sincos_2d(coords, self.d_model, scale=self.coord_scale, max_wavelength=self.max_wavelength)
+
+    def _project_inference(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Without autograd: ``[B, N, D]`` -> ``[B, N, d]`` written chunk by chunk into one output tensor.
+
+        The only allocation beyond the ``[B, N, d]`` output is one ``[CHUNK_ROWS, d]`` temporary (the LayerNorm
+        and positional term of the chunk), so peak memory is input + output + a few MB. ``x`` is viewed, not
+        copied, when contiguous (as loaders produce it).
+        """
+        B, N, D = x.shape
+        flat = x.reshape(B * N, D)
+        out = flat.new_empty(B * N, self.d_model)
+        xy = coords.reshape(B * N, 2).to(out.dtype) if self.positional else None
+        weight_t = self.proj.weight.t()
+        for start in range(0, B * N, self.CHUNK_ROWS):
+            rows = slice(start, start + self.CHUNK_ROWS)
+            chunk = out[rows]  # a contiguous view of the output
+            torch.addmm(self.proj.bias, flat[rows], weight_t, out=chunk)
+            chunk.copy_(F.layer_norm(chunk, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
+            if xy is not None:
+                chunk.add_(self._positions(xy[rows]))
+        return out.view(B, N, self.d_model)
+
     def forward(self, batch: ModalityBatch) -> Tokens:
         """``features [B, N, D]`` -> ``Tokens [B, N, d]``."""
         check_modality(batch, "images", owner="feature_bag")
@@ -85,12 +112,14 @@ class FeatureBagEncoder(ModalityEncoder):
             raise ValueError(f"feature_bag: images features have dimension {x.shape[-1]}, the encoder was "
                              f"built for in_dim={self.in_dim} (schema feature_dim); refit the preprocessor "
                              "or rebuild the encoder")
-        # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
-        out = F.layer_norm(self.proj(x), (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         meta = image_meta(batch)
-        if self.positional:
-            out = out + sincos_2d(meta["coords"].to(out.dtype), self.d_model, scale=self.coord_scale,
-                                  max_wavelength=self.max_wavelength)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
+            out = F.layer_norm(self.proj(x), (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
+            if self.positional:
+                out = out + self._positions(meta["coords"].to(out.dtype))
+        else:
+            out = self._project_inference(x, meta["coords"])
         out = self.drop(out)
         # in place: neither layer_norm, the addition nor dropout keep their output for backward
         out = out.masked_fill_(~batch.mask[..., None], 0.0)

@@ -81,6 +81,26 @@ def test_feature_bag_positional_term_follows_coords_and_skips_nan() -> None:
     assert torch.isfinite(b).all()
 
 
+@pytest.mark.parametrize("positional", [False, True])
+def test_feature_bag_chunked_inference_matches_autograd_path(positional: bool) -> None:
+    torch.manual_seed(0)
+    enc = FeatureBagEncoder.from_schema(FEAT, d_model=8, positional=positional).eval()
+    enc.CHUNK_ROWS = 3  # several chunks, the last one partial
+    batch = random_modality_batch("images", FEAT, lengths=[7, 2, 4], seed=5)
+    batch.tensors["coords"][1, 0] = float("nan")
+    with_grad = enc(batch)
+    assert with_grad.values.requires_grad
+    with torch.no_grad():
+        no_grad = enc(batch)
+    assert torch.allclose(with_grad.values, no_grad.values, atol=1e-5)
+    # frozen weights but features that need gradients still take the autograd path
+    enc.requires_grad_(False)
+    feats = batch.tensors["features"].clone().requires_grad_(True)
+    batch.tensors["features"] = feats
+    enc(batch).values.sum().backward()
+    assert feats.grad is not None and torch.isfinite(feats.grad).all()
+
+
 def test_sincos_2d() -> None:
     coords = torch.tensor([[0.0, 0.0], [256.0, 512.0], [float("nan"), 3.0]])
     pe = sincos_2d(coords, 10, scale=1 / 256)
