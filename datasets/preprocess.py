@@ -228,13 +228,11 @@ class Preprocessor:
         has = np.isfinite(values)
         self.events_have_values_ = bool(has.any())
         self.event_default_stats_ = list(_stats(values))
-        in_vocab = set(self.code_vocab_)
-        self.event_value_stats_ = {}
-        if has.any():
-            observed = pd.DataFrame({"code": codes.to_numpy()[has], "value": values[has]})
-            for code, group in observed.groupby("code", sort=True):
-                if code in in_vocab:
-                    self.event_value_stats_[str(code)] = list(_stats(group["value"].to_numpy()))
+        observed = pd.Series(values[has], index=codes.to_numpy()[has])
+        observed = observed[observed.index.isin(self.code_vocab_)].groupby(level=0, sort=True)
+        means, stds = observed.mean(), observed.std(ddof=0)
+        stds = stds.where(stds > 1e-12, 1.0)  # constant (or single-value) codes: std 1, as in _stats
+        self.event_value_stats_ = {str(c): [float(means[c]), float(stds[c])] for c in means.index}
 
     def _build_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {}
