@@ -164,7 +164,7 @@ class Cohort:
         if self.images is not None:
             ids.update(dict.fromkeys(self.images.sample_ids))
         if self.events is not None:
-            ids.update(dict.fromkeys(self.events["sample_id"]))
+            ids.update(dict.fromkeys(pd.unique(self.events["sample_id"])))
         return ids
 
     def _modality_ids(self, modality: str) -> list[str]:
@@ -174,7 +174,7 @@ class Cohort:
             return list(self.genomics.obs_names) if self.genomics is not None else []
         if modality == "images":
             return list(self.images.sample_ids) if self.images is not None else []
-        return list(dict.fromkeys(self.events["sample_id"])) if self.events is not None else []
+        return list(pd.unique(self.events["sample_id"])) if self.events is not None else []
 
     def _check_targets(self, target_ids: list[str], data_ids: Mapping[str, None]) -> None:
         what = "labels" if self.labels is not None else "survival"
@@ -214,7 +214,8 @@ class Cohort:
             if np.isinf(days.to_numpy()).any():
                 raise ValueError(f"index_time: infinite for sample(s) {format_ids(days.index[np.isinf(days)])}")
             t = pd.concat([days, latest[~latest.index.isin(days.index)]])
-        after = ev["time"].to_numpy() > ev["sample_id"].map(t).to_numpy()
+        codes, uniq = pd.factorize(ev["sample_id"])
+        after = ev["time"].to_numpy() > t.reindex(uniq).to_numpy()[codes]
         if after.any():
             counts = ev.loc[after, "sample_id"].value_counts(sort=False)
             for sid, n in counts.items():
@@ -407,7 +408,8 @@ def _describe(c: Cohort) -> str:
                      f"{int(c.events['value'].notna().sum())} with a value")
     if c.labels is not None:
         counts = c.labels.value_counts()
-        lines.append("  labels: " + ", ".join(f"{k!r}: {v}" for k, v in counts.items()))
+        lines.append("  labels: " + ", ".join(f"{k!r}: {v} ({100 * v / len(c.labels):.0f}%)"
+                                             for k, v in counts.items()))
     if c.survival is not None:
         n_ev = int(c.survival["event"].sum())
         lines.append(f"  survival: {n_ev} events, {len(c.survival) - n_ev} censored "
@@ -416,9 +418,9 @@ def _describe(c: Cohort) -> str:
     if c.excluded:
         lines.append(f"  excluded ({len(c.excluded)} records):")
         for e in c.excluded:
-            who = f" sample {e['sample_id']!r}" if e.get("sample_id") is not None else ""
-            mod = f"[{e['modality']}]" if e.get("modality") else ""
-            lines.append(f"    {mod}{who} {e['what']}: {e['count']} ({e['reason']})")
+            where = [f"[{e['modality']}]"] if e.get("modality") else []
+            where += [f"sample {e['sample_id']!r}"] if e.get("sample_id") is not None else []
+            lines.append("    " + " ".join([*where, f"{e['what']}: {e['count']} ({e['reason']})"]))
     else:
         lines.append("  excluded: nothing")
     return "\n".join(lines)

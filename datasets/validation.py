@@ -29,16 +29,18 @@ def format_ids(ids: Iterable[Any], limit: int = MAX_SHOWN) -> str:
 
 def str_ids(ids: Iterable[Any], *, what: str) -> list[str]:
     """Ids converted to ``str``; a missing id (None/NaN) raises ``ValueError`` naming ``what``."""
-    out = []
-    n_missing = 0
-    for i in ids:
-        if i is None or (isinstance(i, float) and np.isnan(i)) or i is pd.NA or i is pd.NaT:
-            n_missing += 1
-            continue
-        out.append(str(i))
-    if n_missing:
-        raise ValueError(f"{what}: {n_missing} sample id(s) are missing (None/NaN); every row needs a sample id")
-    return out
+    return str_id_array(ids, what=what).tolist()
+
+
+def str_id_array(ids: Iterable[Any], *, what: str) -> np.ndarray:
+    """Ids as an object array of ``str`` (vectorised: event tables have millions of rows)."""
+    s = ids if isinstance(ids, pd.Series) else pd.Series(list(ids) if not isinstance(ids, np.ndarray | pd.Index)
+                                                          else ids, dtype=object)
+    missing = s.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"{what}: {int(missing.sum())} sample id(s) are missing (None/NaN); every row needs a "
+                         "sample id")
+    return s.astype(str).to_numpy(dtype=object)
 
 
 def check_unique(ids: Sequence[str], *, what: str) -> None:
@@ -198,7 +200,7 @@ def normalise_events(events: Any) -> pd.DataFrame:
                          f"[, value, segment]; found {list(events.columns)}")
     if len(events) == 0:
         raise ValueError("events: the table has no row; pass events=None when there are no events")
-    ids = str_ids(events[id_col], what="events")
+    ids = str_id_array(events[id_col].reset_index(drop=True), what="events")
     out = pd.DataFrame({"sample_id": ids})
     out["time"] = to_days(events["time"].reset_index(drop=True), what="events column 'time'")
     bad = out.index[~np.isfinite(out["time"].to_numpy())]
@@ -239,8 +241,11 @@ def normalise_events(events: Any) -> pd.DataFrame:
         out["segment"] = seg.astype(np.int64).to_numpy()
     else:
         out["segment"] = np.zeros(len(out), dtype=np.int64)
-    out = out.sort_values(["sample_id", "time"], kind="stable").reset_index(drop=True)
-    return out
+    # group by sample (in order of first appearance), time-sorted within a sample; lexsort is stable and
+    # avoids a string sort, which dominates on million-row tables
+    codes, _ = pd.factorize(out["sample_id"])
+    order = np.lexsort((out["time"].to_numpy(), codes))
+    return out.iloc[order].reset_index(drop=True)
 
 
 def normalise_labels(labels: Any) -> pd.Series:

@@ -337,7 +337,7 @@ def test_summary_content():
     text = c.summary()
     for piece in ["Cohort 'demo'", "samples: 4", "clinical       4 / 4", "genomics       3 / 4",
                   "age [numeric]: 0 / 4 missing", "bag size min 2, median 2.5, max 3", "6 events, 2 distinct codes",
-                  "labels: 0: 2, 1: 2", "icu stays: 3 (shorter than 48 h)"]:
+                  "labels: 0: 2 (50%), 1: 2 (50%)", "    [events] icu stays: 3 (shorter than 48 h)"]:
         assert piece in text, piece
     surv = Cohort(clinical=_clinical(), survival=_survival()).summary()
     assert "2 events, 2 censored (50% censoring)" in surv and "excluded: nothing" in surv
