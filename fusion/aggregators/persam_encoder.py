@@ -96,7 +96,8 @@ class GroupBalancedLayer(nn.Module):
         d_model: token width d.
         n_heads: attention heads (d divisible by it).
         layout: the group layout.
-        dropout: dropout on the attention and feed-forward outputs.
+        dropout: dropout on the attention and feed-forward outputs of the small groups (clinical, class,
+            latents); none on instance/context tokens, where it would cost more than the layer itself.
         large_ffn_mult: hidden width of the feed-forward of instance/context tokens, as a multiple of d
             (0 = no feed-forward on them). Small groups use 4 x d.
     """
@@ -117,7 +118,7 @@ class GroupBalancedLayer(nn.Module):
         self.register_buffer("allowed", layout.allowed(), persistent=False)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn_small = _ffn(d_model, 4, dropout)
-        self.ffn_large = _ffn(d_model, large_ffn_mult, dropout) if large_ffn_mult > 0 else None
+        self.ffn_large = _ffn(d_model, large_ffn_mult, 0.0) if large_ffn_mult > 0 else None
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -136,21 +137,35 @@ class GroupBalancedLayer(nn.Module):
         Returns:
             The updated ``xs`` and the class queries' group weights ``[B, H, C, n_key]`` (for export).
         """
-        lay = self.layout
+        lay, H = self.layout, self.n_heads
         avail = torch.stack([m.any(dim=1) for m in masks], dim=1)  # [B, n_query]
         avail = torch.cat([avail, torch.ones_like(avail[:, :1])], dim=1)  # self is always there
-        q, k, v, h = [], [], [], []
-        for x in xs:
-            hx = self.norm1(x)
-            qg, kg, vg = rearrange(self.qkv(hx), "b l (three h e) -> three b h l e", three=3, h=self.n_heads)
-            q.append(qg), k.append(kg), v.append(vg), h.append(hx)
+        d = self.d_model
+        w_q, w_k, w_v = self.qkv.weight.view(3, H, d // H, d).unbind(0)  # each [H, dh, d]
+        b_q, b_k, b_v = self.qkv.bias.view(3, H, d // H).unbind(0)  # each [H, dh]
+        h: dict[int, torch.Tensor] = {}
+        q: dict[int, torch.Tensor] = {}
+        k: dict[int, torch.Tensor] = {}
+        v: dict[int, torch.Tensor] = {}
+        for g, x in enumerate(xs):
+            if x.shape[1] == 0:
+                continue
+            h[g] = self.norm1(x)
+            if g in lay.large:
+                # Large groups never materialise their queries or keys ([N, d] each): both are folded into
+                # the small side below (scores are bilinear), only the values are projected.
+                v[g] = rearrange(F.linear(h[g], self.qkv.weight[2 * d:], self.qkv.bias[2 * d:]),
+                                 "b l (h e) -> b h l e", h=H)
+            else:
+                q[g], k[g], v[g] = rearrange(self.qkv(h[g]), "b l (three h e) -> three b h l e", three=3, h=H)
 
         new_xs, class_weights = [], None
         for g, x in enumerate(xs):
             if x.shape[1] == 0:
                 new_xs.append(x)
                 continue
-            logits = rearrange(self.gate(h[g]), "b l (h k) -> b h l k", h=self.n_heads)
+            large = g in lay.large
+            logits = rearrange(self.gate(h[g]), "b l (h k) -> b h l k", h=H)
             logits = logits + self.group_bias[g][None, :, None, :]
             usable = avail[:, None, None, :] & self.allowed[g][None, None, None, :]
             if g == lay.instances and full_ok is not None:
@@ -159,35 +174,56 @@ class GroupBalancedLayer(nn.Module):
             w = masked_normalise(logits, usable)  # [B, H, L, n_key], 0 for unusable groups
             if g == lay.cls:
                 class_weights = w
+            # Group-wise softmax; each group's probabilities are scaled by its weight. Small key groups are
+            # concatenated into one matmul; a large key group (only read by small queries) gets its own.
+            probs, values = [], []
             att = w[..., lay.self_group, None] * v[g]
             for kg in range(lay.n_query):
-                if not bool(self.allowed[g, kg]) or xs[kg].shape[1] == 0:
+                if not bool(self.allowed[g, kg]) or kg not in h:
                     continue
-                if g == lay.instances and kg == lay.instances:
-                    if full_ok is not None and bool(full_ok.any()):
-                        att = att + self._full_instances(q[g], k[g], v[g], masks[g], full_ok, w[..., kg])
-                    continue
-                s = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg]) * self.scale
-                p = masked_normalise(s, masks[kg][:, None, None, :]) * w[..., kg, None]
-                att = att + p @ v[kg]
-            x = x + self.drop(self.out(rearrange(att, "b h l e -> b l (h e)")))
-            ffn = self.ffn_large if g in lay.large else self.ffn_small
+                if large:  # small keys; q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j
+                    folded = torch.einsum("bhke,hed->bhkd", k[kg], w_q)
+                    s = torch.einsum("bld,bhkd->bhlk", h[g], folded)
+                    s = s + torch.einsum("bhke,he->bhk", k[kg], b_q)[:, :, None, :]
+                elif kg in lay.large:  # small queries over a large group: q_i . k_l = (W_k^T q_i) . h_l + ...
+                    folded = torch.einsum("bhqe,hed->bhqd", q[g], w_k)
+                    s = torch.einsum("bhqd,bld->bhql", folded, h[kg])
+                    s = s + torch.einsum("bhqe,he->bhq", q[g], b_k)[..., None]
+                else:
+                    s = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
+                p = masked_normalise(s * self.scale, masks[kg][:, None, None, :]) * w[..., kg, None]
+                if kg in lay.large:
+                    att = att + p @ v[kg]
+                else:
+                    probs.append(p), values.append(v[kg])
+            if probs:
+                att = att + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
+            if g == lay.instances and full_ok is not None and bool(full_ok.any()):
+                att = att + self._full_instances(h[g], v[g], masks[g], full_ok, w[..., lay.instances])
+            # No dropout on instance/context tokens: a Bernoulli mask over 100k x d costs more than the layer.
+            drop = nn.Identity() if large else self.drop
+            x = x + drop(self.out(rearrange(att, "b h l e -> b l (h e)")))
+            ffn = self.ffn_large if large else self.ffn_small
             if ffn is not None:
                 x = x + ffn(self.norm2(x))
             new_xs.append(x)
         assert class_weights is not None, "the class group is never empty"
         return new_xs, class_weights
 
-    def _full_instances(self, q, k, v, mask, full_ok, w) -> torch.Tensor:
+    def _full_instances(self, h, v, mask, full_ok, w) -> torch.Tensor:
         """Instance-to-instance attention for the samples in ``full_ok`` only (quadratic: small bags)."""
+        d = self.d_model
         idx = full_ok.nonzero().squeeze(1)
         sub_mask = mask[idx]
         last = int(sub_mask.any(0).nonzero().max()) + 1  # keys/queries beyond the last real one are padding
-        qs, ks, vs = q[idx, :, :last], k[idx, :, :last], v[idx, :, :last]
-        s = torch.einsum("bhqe,bhke->bhqk", qs, ks) * self.scale
+        hs, vs = h[idx, :last], v[idx, :, :last]
+        q = rearrange(F.linear(hs, self.qkv.weight[:d], self.qkv.bias[:d]), "b l (h e) -> b h l e", h=self.n_heads)
+        k = rearrange(F.linear(hs, self.qkv.weight[d:2 * d], self.qkv.bias[d:2 * d]), "b l (h e) -> b h l e",
+                      h=self.n_heads)
+        s = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scale
         p = masked_normalise(s, sub_mask[:, None, None, :last]) * w[idx, :, :last, None]
-        o = F.pad(p @ vs, (0, 0, 0, q.shape[2] - last))
-        return torch.zeros_like(q).index_add(0, idx, o)
+        o = F.pad(p @ vs, (0, 0, 0, v.shape[2] - last))
+        return torch.zeros_like(v).index_add(0, idx, o)
 
 
 def _ffn(d_model: int, mult: int, dropout: float) -> nn.Sequential:
