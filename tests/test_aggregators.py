@@ -234,3 +234,109 @@ def test_baselines_declare_no_modality_weights():
     assert build("abmil").attention_kinds == {"patch"}
     assert build("concat").attention_kinds == frozenset()
     assert build("abmil", modalities=("clinical", "genomics")).attention_kinds == {"gene"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_and_absent_content_never_leak(name):
+    agg = build(name)
+    tokens = random_token_set(MODS, d_model=D, lengths=(6, 2, 4), absent={"genomics": [1], "clinical": [2]}, seed=7)
+    noisy = {}
+    for m, t in tokens.items():
+        values = torch.where(t.mask.unsqueeze(-1), t.values, torch.full_like(t.values, 1e4))
+        noisy[m] = replace(t, values=values)
+    with torch.no_grad():
+        a, b = agg(tokens), agg(noisy)
+    torch.testing.assert_close(pooled_of(a), pooled_of(b), atol=1e-5, rtol=1e-5)
+    for ra, rb in zip(a.records, b.records):
+        torch.testing.assert_close(ra.value, rb.value, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- specific aggregators
+
+
+def test_self_attention_summarises_large_bags_and_still_weighs_every_patch():
+    agg = create_aggregator("self_attention", d_model=D, modalities=list(MODS), n_outputs=2,
+                            max_patch_tokens=4).eval()
+    tokens = random_token_set(MODS, d_model=D, lengths=(3, 30), seed=1)
+    with torch.no_grad():
+        out = agg(tokens)
+    (patch,) = [r for r in out.records if r.kind == "patch"]
+    assert patch.meta["summarised"].tolist() == [False, True]
+    assert (patch.value[1, 0, :30] > 0).all()  # rolled out through the summary: every patch keeps a weight
+    check_record_invariants(out.records)
+    with pytest.raises(ValueError, match="max_patch_tokens"):
+        create_aggregator("self_attention", d_model=D, modalities=list(MODS), n_outputs=2, max_patch_tokens=0)
+    with pytest.raises(ValueError, match="n_heads"):
+        create_aggregator("self_attention", d_model=D, modalities=list(MODS), n_outputs=2, n_heads=3)
+
+
+def test_cross_attention_pairs_maps_and_both_ways():
+    agg = build("cross_attention")
+    assert agg.pairs == [("genomics", "images")]
+    tokens = random_token_set(MODS, d_model=D, lengths=(5, 8), absent={"genomics": [1]}, seed=2)
+    with torch.no_grad():
+        out = agg(tokens)
+    (rec,) = out.records
+    qk = rec.meta["query_key_map"]  # [B, Q, T]: learned query + 12 gene queries
+    assert qk.shape == (2, 13, 8)
+    real_q = torch.tensor([[n != "" for n in row] for row in rec.meta["query_names"]])
+    assert real_q.sum(dim=1).tolist() == [13, 1]  # sample 1 lacks genomics: only the learned query attends
+    mean = qk.sum(dim=1) / real_q.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(rec.value[:, 0], mean, atol=1e-6, rtol=1e-5)
+
+    both = create_aggregator("cross_attention", d_model=D, modalities=list(MODS), n_outputs=2,
+                             pairs=[("clinical", "images")], both_ways=True).eval()
+    assert both.attention_kinds == {"patch", "feature"}
+    with torch.no_grad():
+        assert {r.kind for r in both(tokens).records} == {"patch", "feature"}
+    assert build("cross_attention", modalities=("clinical", "genomics")).pairs == [("clinical", "genomics")]
+    for bad in ([("images", "images")], [("clinical", "xray")], []):
+        with pytest.raises(ValueError, match="pair"):
+            create_aggregator("cross_attention", d_model=D, modalities=list(MODS), n_outputs=2, pairs=bad)
+    with pytest.raises(ValueError, match="two modalities"):
+        create_aggregator("cross_attention", d_model=D, modalities=["images"], n_outputs=2)
+
+
+def test_cross_attention_summarises_long_query_sets():
+    agg = create_aggregator("cross_attention", d_model=D, modalities=["events", "images"], n_outputs=2,
+                            max_query_tokens=5).eval()
+    tokens = random_token_set(("events", "images"), d_model=D, lengths=(3, 40), seed=4)
+    with torch.no_grad():
+        out = agg(tokens)
+    names = out.records[0].meta["query_names"]
+    assert names[0][:4] == ["learned", "E0", "E1", "E2"]
+    assert any(n.startswith("summary") for n in names[1])
+    check_record_invariants(out.records)
+
+
+def test_hierarchical_modality_weights_and_token_weights():
+    agg = build("hierarchical")
+    tokens = random_token_set(MODS, d_model=D, lengths=(5, 8, 2), absent={"events": [0], "images": [0, 1]})
+    with torch.no_grad():
+        out = agg(tokens)
+    (mod,) = [r for r in out.records if r.kind == "modality"]
+    assert mod.value.shape == (3, 1, 4) and mod.names[0] == ["clinical", "genomics", "", ""]
+    assert {r.kind for r in out.records} == {"modality", "feature", "gene", "patch", "event"}
+
+
+def test_abmil_instance_modality_choice_and_errors():
+    agg = build("abmil", modalities=("clinical", "events"))
+    assert agg.instance_modality == "events" and agg.attention_kinds == {"event"}
+    ev = create_aggregator("abmil", d_model=D, modalities=list(MODS), n_outputs=2, instance_modality="events")
+    assert ev.attention_kinds == {"event"}
+    with pytest.raises(ValueError, match="instance_modality"):
+        create_aggregator("abmil", d_model=D, modalities=["clinical", "images"], n_outputs=2,
+                          instance_modality="genomics")
+
+
+def test_concat_uses_a_learned_missing_vector_not_zeros():
+    agg = build("concat")
+    tokens = random_token_set(MODS, d_model=D, lengths=(4, 4), absent={"images": [1]})
+    img = tokens["images"]
+    values, mask = img.values.clone(), img.mask.clone()
+    values[1], mask[1] = 0.0, True  # sample 1: a real bag of zero vectors instead of an absent bag
+    zeros = {**tokens, "images": replace(img, values=values, mask=mask)}
+    with torch.no_grad():
+        absent, zero = agg(tokens).pooled, agg(zeros).pooled
+    torch.testing.assert_close(absent[0], zero[0])
+    assert not torch.allclose(absent[1], zero[1])
