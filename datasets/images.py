@@ -338,7 +338,7 @@ def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles:
                                      "(as a file and as a folder); expected one of them")
             if entry.is_dir():
                 if folders_are_tiles:
-                    out[entry.name] = [("slide0", entry)]
+                    out[entry.name] = [(entry.name, entry)]
                 else:
                     files = sorted(p for p in entry.iterdir() if p.suffix.lower() in suffixes)
                     out[entry.name] = [(p.stem, p) for p in files]
@@ -422,6 +422,9 @@ def _pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] |
     else:
         arr = _as_array(item)
         _check_numeric(arr, sample, f"slide {sid!r}")
+        if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+            raise TypeError(f"images: sample {sample!r} (slide {sid!r}) has pixels of dtype {arr.dtype}; expected "
+                            "uint8 (0..255) or floats scaled to [0, 1]")
         if arr.dtype.kind == "f" and arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any()):
             raise ValueError(f"images: sample {sample!r} (slide {sid!r}) has float pixels outside [0, 1] or NaN; "
                              "expected uint8 or floats scaled to [0, 1]")

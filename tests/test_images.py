@@ -186,6 +186,8 @@ def test_pixel_arrays_single_image_and_uint8(tmp_path):
 
 
 def test_pixel_errors(tmp_path):
+    with pytest.raises(TypeError, match="sample 'a'.*dtype int64; expected uint8"):
+        ImageBags.from_patches({"a": np.ones((1, 3, 4, 4), dtype=np.int64)})
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         ImageBags.from_patches({"a": np.full((1, 3, 4, 4), 2.0)})
     with pytest.raises(ValueError, match=r"sample 'a'.*shape \(4, 4\); expected \[N, C, H, W\]"):
@@ -217,6 +219,7 @@ def test_tile_folders_read_lazily_as_rgb(tmp_path):
     bags = ImageBags.from_patches(tmp_path / "root")
     assert bags.sample_ids == ["s1", "s2"] and bags.pixel_shape == (3, 4, 6)
     assert bags.n_patches("s1") == 3 and bags.n_patches("s2") == 1
+    assert bags.slide_ids("s1") == ["s1"] and bags.slide_ids("s2") == ["s2"]
     part = bags.load("s1", [2, 0])
     assert part.data.shape == (2, 3, 4, 6) and part.positions.tolist() == [2, 0]
     np.testing.assert_allclose(part.data[0], 80 / 255.0, rtol=1e-6)
