@@ -321,3 +321,26 @@ def test_clinical_schema_errors() -> None:
     only_cat = FeatureTokensEncoder(numeric=[], categorical={"g": ["1", "2"]}, d_model=4)
     batch = random_modality_batch("clinical", {"numeric": [], "categorical": {"g": ["1", "2"]}}, batch_size=2)
     assert only_cat(batch).values.shape == (2, 1, 4)
+
+
+def test_real_cohorts_encode_through_the_data_layer() -> None:
+    """BreastMNIST (val split) and GSE7390 clinical: loader -> Preprocessor -> make_loader -> every encoder."""
+    from clinfuse.datasets import Preprocessor, load_breastmnist, load_gse7390, make_loader
+    from clinfuse.encoders import ENCODERS, default_encoder, list_encoders
+
+    data = BREASTMNIST.parent.parent
+    cohort = load_breastmnist(data / "breastmnist", split="val")
+    pre = Preprocessor().fit(cohort)
+    images = next(iter(make_loader(cohort, pre, batch_size=4))).modalities["images"]
+    assert default_encoder("images", pre.schema_["images"]) == "vit"
+    for name in ("vit", "cnn"):
+        tokens = ENCODERS.get(name).from_schema(pre.schema_["images"], d_model=8).eval()(images)
+        assert torch.isfinite(tokens.values).all() and tokens.mask.any(dim=1).all()
+    cohort = load_gse7390(data / "gse7390_etc")
+    pre = Preprocessor().fit(cohort)
+    clinical = next(iter(make_loader(cohort, pre, batch_size=8))).modalities["clinical"]
+    columns = pre.schema_["clinical"]["numeric"] + list(pre.schema_["clinical"]["categorical"])
+    for name in list_encoders("clinical"):
+        tokens = ENCODERS.get(name).from_schema(pre.schema_["clinical"], d_model=8).eval()(clinical)
+        assert torch.isfinite(tokens.values).all()
+        assert tokens.names[0] == (columns if tokens.values.shape[1] > 1 else ["clinical"])
