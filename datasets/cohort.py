@@ -142,6 +142,10 @@ class Cohort:
                                   "count": len(gone), "reason": "all their events were after the index time: "
                                   f"{format_ids(gone)}"})
             order = [s for s in order if s in left]
+            if not order:
+                raise ValueError("events: every sample's events are after its index time and no sample has other "
+                                 "data; expected index times at or after the events to keep")
+            self.index_time = self.index_time[self.index_time.index.isin(left)]
             if self.labels is not None:
                 self.labels = self.labels.loc[order]
             if self.survival is not None:

@@ -202,6 +202,9 @@ def test_events_after_index_time_are_excluded_and_recorded():
                 index_time=pd.Series({"s2": -1.0}))
     assert c2.sample_ids == ["s1"] and list(c2.labels.index) == ["s1"]
     assert any(e["what"] == "samples with no data left" and "s2" in e["reason"] for e in c2.excluded)
+    assert list(c2.index_time.index) == ["s1"]
+    with pytest.raises(ValueError, match="every sample's events are after its index time"):
+        Cohort(events=_events(), index_time=pd.Series({"s1": -1.0, "s2": -1.0}))
 
 
 def test_index_time_datetimes_share_the_event_axis():
