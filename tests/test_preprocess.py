@@ -40,7 +40,7 @@ def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 4
     events.loc[events["sample_id"].isin(ids[16:]) & (events["code"] == "HR"), "value"] += 50
     gene_sets = {"early": ["G1", "G2", "G3"], "late": [f"G{j}" for j in range(30, 40)], "const": ["G0"]}
     kw = {"clinical": clinical, "genomics": genomics, "images": bags, "events": events, "gene_sets": gene_sets,
-              "groups": pd.Series([f"p{i // 2}" for i in range(N)], index=ids)}
+          "groups": pd.Series([f"p{i // 2}" for i in range(N)], index=ids)}
     if task == "classification":
         kw["labels"] = pd.Series(rng.choice(["benign", "malignant"], N), index=ids)
     elif task == "survival":
