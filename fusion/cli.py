@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="train PersAM on the embedded synthetic cohort and write its outputs")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--tiny", action="store_true", help="a very small, fast run (seconds; for tests)")
     train = sub.add_parser("train", help="train a model from a YAML run config")
     train.add_argument("--config", required=True, help="run.yaml: data, task and model keywords")
     train.add_argument("--out", required=True, help="folder to save the model into")

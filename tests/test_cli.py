@@ -1,0 +1,109 @@
+"""The ``clinfuse`` command: demo, train (YAML), predict and explain, with atomic outputs and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from clinfuse.datasets import make_synthetic_cohort
+from clinfuse.fusion.cli import main
+from clinfuse.fusion.config import load_run_config, write_cohort_files
+
+TINY_MODEL = {"max_epochs": 1, "d_model": 16, "n_heads": 2, "batch_size": 8, "verbose": False}
+
+
+def test_cli_prints_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "train", "predict", "explain"):
+        assert command in out
+    assert main([]) == 0  # no command: help, not a traceback
+
+
+def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
+    assert main(["demo", "--tiny", "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out test metrics" in printed and "auc" in printed
+    a = tmp_path / "a"
+    names = {p.name for p in a.iterdir()}
+    assert {"metrics.json", "predictions.csv", "attention.parquet", "attention.csv", "training_curve.png",
+            "model"} <= names
+    assert any(n.startswith("attention_") and n.endswith(".png") for n in names)
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"auc", "balanced_accuracy", "by_pattern"}
+    att = pd.read_parquet(a / "attention.parquet")
+    assert {"explanatory", "exploratory", "class_wise", "patch"} <= set(att["kind"])
+    predictions = pd.read_csv(a / "predictions.csv")
+    # Rerunning gives the same numbers (and replaces the folder it wrote before, leaving no temp folder).
+    assert main(["demo", "--tiny", "--out", str(a)]) == 0
+    assert json.loads((a / "metrics.json").read_text()) == metrics
+    pd.testing.assert_frame_equal(pd.read_csv(a / "predictions.csv"), predictions)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not written by clinfuse"):
+        main(["demo", "--tiny", "--out", str(tmp_path)])
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def file_cohort(tmp_path_factory):
+    """A small synthetic cohort written as files, with run.yaml and data.yaml next to them."""
+    root = tmp_path_factory.mktemp("files")
+    cohort, _ = make_synthetic_cohort(30, n_patches=(4, 8), feature_dim=8, n_genes=12, n_codes=8, seed=2)
+    spec = write_cohort_files(cohort, root)
+    (root / "run.yaml").write_text(yaml.safe_dump({"task": "classification", "data": spec, "model": TINY_MODEL}))
+    score = {k: v for k, v in spec.items() if k != "label"}  # new data to score: no labels
+    (root / "data.yaml").write_text(yaml.safe_dump(score))
+    return root, cohort
+
+
+def test_train_predict_explain_from_yaml(file_cohort, tmp_path):
+    root, cohort = file_cohort
+    assert main(["train", "--config", str(root / "run.yaml"), "--out", str(tmp_path / "model")]) == 0
+    assert (tmp_path / "model" / "weights.pt").is_file()
+    assert main(["predict", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv", index_col=0)
+    assert list(pred.index.astype(str)) == list(cohort.sample_ids)
+    assert {"proba_0", "proba_1", "prediction", "pattern"} <= set(pred.columns) and "label" not in pred
+    assert not (tmp_path / "pred" / "metrics.json").exists()  # no labels given, no metrics
+    assert main(["explain", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml"),
+                 "--out", str(tmp_path / "expl")]) == 0
+    att = pd.read_parquet(tmp_path / "expl" / "attention.parquet")
+    assert set(att["sample_id"]) <= set(cohort.sample_ids) and "patch" in set(att["kind"])
+    assert list((tmp_path / "expl").glob("*.png"))
+
+
+def test_run_config_unknown_keys_are_named(file_cohort, tmp_path):
+    root, _ = file_cohort
+    run = yaml.safe_load((root / "run.yaml").read_text())
+    bad_model = {**run, "model": {**run["model"], "epochs": 3}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(bad_model))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epochs'\].*max_epochs"):
+        load_run_config(tmp_path / "a.yaml")
+    bad_data = {**run, "data": {**run["data"], "clinical_file": "x.csv"}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad_data))
+    with pytest.raises(ValueError, match=r"clinical_file.*valid keys are: name, id_column, clinical"):
+        load_run_config(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**run, "tasks": "survival"}))
+    with pytest.raises(ValueError, match="tasks"):
+        load_run_config(tmp_path / "c.yaml")
+
+
+def test_data_config_errors_name_the_column(file_cohort, tmp_path):
+    root, _ = file_cohort
+    run = yaml.safe_load((root / "run.yaml").read_text())
+    run["data"] = {k: (str(root / v) if k in ("clinical", "genomics", "images", "events") else v)
+                   for k, v in run["data"].items()}
+    run["data"]["label"] = "outcome"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(run))
+    with pytest.raises(ValueError, match="'outcome'"):
+        main(["train", "--config", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
