@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -12,6 +13,7 @@ from clinfuse.datasets import Cohort, ImageBags, Preprocessor
 from clinfuse.datasets.preprocess import NotFittedError
 
 N = 24
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 40) -> Cohort:
@@ -243,3 +245,26 @@ def test_check_compatible_names_what_differs(cohort, train_ids):
     unseen.iloc[0] = "other"
     with pytest.raises(ValueError, match="s0"):
         p.check_compatible(Cohort(clinical=cohort.clinical, labels=unseen))
+
+
+def test_pixel_schema_mismatch_is_named():
+    rng = np.random.default_rng(0)
+    fitted = Preprocessor().fit(Cohort(images=ImageBags.from_patches({"a": rng.random((2, 3, 8, 10))})))
+    with pytest.raises(ValueError, match=r"pixel shape \(C, H, W\) \(3, 8, 8\), fitted on \(3, 8, 10\)"):
+        fitted.check_compatible(Cohort(images=ImageBags.from_patches({"b": rng.random((2, 3, 8, 8))})))
+    with pytest.raises(ValueError, match="kind 'features', fitted on 'pixels'"):
+        fitted.check_compatible(Cohort(images=ImageBags.from_features({"b": rng.random((2, 4))})))
+
+
+def test_real_gse7390_fits_on_training_folds_only():
+    from clinfuse.datasets import load_gse7390, make_splits
+
+    cohort = load_gse7390(DATA / "gse7390_etc")
+    train, test = make_splits(cohort, 3, seed=0)[0]
+    p = Preprocessor(top_genes=20, gene_transform=None).fit(cohort.subset(train))
+    assert len(p.schema_["genomics"]["genes"]) == 20 and p.schema_["task"] == {"type": "survival"}
+    whole = Preprocessor(top_genes=20).fit(cohort)
+    assert p.numeric_mean_ != whole.numeric_mean_  # the test fold changes the statistics: they must not leak
+    held_out = p.transform_genomics(cohort.subset(test).genomics)
+    assert held_out.shape == (len(test), 20) and np.isfinite(held_out).all()
+    p.check_compatible(cohort.subset(test))
