@@ -79,7 +79,7 @@ class CohortDataset(Dataset):
         if max_patches is not None and (not isinstance(max_patches, int | np.integer) or max_patches < 1):
             raise ValueError(f"max_patches must be a positive int or None, got {max_patches!r}")
         preprocessor.check_compatible(cohort)
-        self.cohort, self.preprocessor = cohort, preprocessor
+        self.preprocessor = preprocessor  # the cohort itself is not kept: workers get only transformed arrays
         self.schema = preprocessor.schema_
         self.train, self.max_patches, self.seed = bool(train), max_patches, int(seed)
         self.epoch = 0
