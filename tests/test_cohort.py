@@ -162,6 +162,10 @@ def test_bad_gene_sets(tmp_path):
         Cohort(genomics=_adata(IDS), gene_sets=bad)
     with pytest.raises(ValueError, match="does not exist"):
         Cohort(genomics=_adata(IDS), gene_sets=tmp_path / "missing.gmt")
+    twice = tmp_path / "twice.gmt"
+    twice.write_text("A\td\tG0\nA\td\tG1\n")
+    with pytest.raises(ValueError, match="gene set 'A' appears twice"):
+        Cohort(genomics=_adata(IDS), gene_sets=twice)
     with pytest.raises(ValueError, match="no gene set shares a gene"):
         Cohort(genomics=_adata(IDS), gene_sets={"A": ["Z1", "Z2"]})
     with pytest.raises(ValueError, match="without genomics"):
@@ -232,6 +236,8 @@ def test_index_time_datetimes_share_the_event_axis():
         ({"clinical": _clinical(), "clinical_types": {"nope": "numeric"}}, ValueError, "unknown column.*'nope'"),
         ({"clinical": _clinical(), "clinical_types": {"age": "ordinal"}}, ValueError, "'numeric' or 'categorical'"),
         ({"clinical": [1, 2]}, TypeError, "clinical: expected a pandas"),
+        ({"clinical": pd.DataFrame([[1.0, 2.0]], columns=["a", "a"], index=["s1"])}, ValueError,
+         "clinical: duplicated column.*'a'"),
         # genomics
         ({"genomics": _adata(["s1", "s1", "s2"])}, ValueError, "genomics obs_names: duplicated.*'s1'"),
         ({"genomics": _adata(IDS, x=np.array([[1.0, np.inf]] * 4))}, ValueError,
@@ -240,9 +246,11 @@ def test_index_time_datetimes_share_the_event_axis():
          "genomics: non-numeric.*'high'.*'s4'.*gene.*'G1'"),
         ({"genomics": _adata(IDS, x=np.array([[True, False]] * 4, dtype=object))}, None, None),
         ({"genomics": np.ones((2, 2))}, TypeError, "genomics: expected an anndata"),
+        ({"genomics": _adata(IDS).T.T[:, [0, 0]]}, ValueError, "genomics: duplicated gene name.*'G0'"),
         ({"genomics": _adata(["x1", "x2"]), "clinical": _clinical(), "labels": _labels()}, ValueError,
          "genomics: none of its sample ids matches.*'x1'"),
         # events
+        ({"events": _events().iloc[:0]}, ValueError, "events: the table has no row"),
         ({"events": _events().drop(columns="time")}, ValueError, r"events: missing column\(s\) \['time'\]"),
         ({"events": _events().drop(columns="code")}, ValueError, r"events: missing column\(s\) \['code'\]"),
         ({"events": _events().rename(columns={"sample_id": "sid"})}, ValueError, "sample_id"),
@@ -259,6 +267,8 @@ def test_index_time_datetimes_share_the_event_axis():
         ({"clinical": _clinical(), "index_time": pd.Series({"s1": 1.0})}, ValueError, "index_time given without"),
         # targets
         ({"clinical": _clinical(), "labels": _labels(), "survival": _survival()}, ValueError, "not both"),
+        ({"clinical": _clinical(), "labels": pd.DataFrame({"a": _labels(), "b": _labels()})}, TypeError,
+         r"labels: expected a Series.*\['a', 'b'\]"),
         ({"clinical": _clinical(), "labels": pd.concat([_labels(), _labels().iloc[[0]]])}, ValueError,
          "labels: duplicated.*'s1'"),
         ({"clinical": _clinical(), "labels": pd.Series([0, 1, np.nan, 1], index=IDS)}, ValueError,
