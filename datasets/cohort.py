@@ -104,16 +104,19 @@ class Cohort:
         if isinstance(images, Mapping):
             images = ImageBags.from_features(images)
         if images is not None and not isinstance(images, ImageBags):
-            raise TypeError(f"images: expected ImageBags (ImageBags.from_features / from_patches), "
-                            f"got {type(images).__name__}")
+            raise TypeError(
+                f"images: expected ImageBags (ImageBags.from_features / from_patches), "
+                f"got {type(images).__name__}"
+            )
         self.images: ImageBags | None = images
 
         self.events: pd.DataFrame | None = normalise_events(events) if events is not None else None
 
         data_ids = self._data_ids()
         if not data_ids:
-            raise ValueError("cohort: no sample has any modality; pass at least one of clinical, genomics, "
-                             "images, events")
+            raise ValueError(
+                "cohort: no sample has any modality; pass at least one of clinical, genomics, images, events"
+            )
         self.labels: pd.Series | None = None
         self.survival: pd.DataFrame | None = None
         if labels is not None and survival is not None:
@@ -138,13 +141,21 @@ class Cohort:
         left = self._data_ids()
         gone = [s for s in order if s not in left]
         if gone:
-            self.excluded.append({"what": "samples with no data left", "modality": None, "sample_id": None,
-                                  "count": len(gone), "reason": "all their events were after the index time: "
-                                  f"{format_ids(gone)}"})
+            self.excluded.append(
+                {
+                    "what": "samples with no data left",
+                    "modality": None,
+                    "sample_id": None,
+                    "count": len(gone),
+                    "reason": f"all their events were after the index time: {format_ids(gone)}",
+                }
+            )
             order = [s for s in order if s in left]
             if not order:
-                raise ValueError("events: every sample's events are after its index time and no sample has other "
-                                 "data; expected index times at or after the events to keep")
+                raise ValueError(
+                    "events: every sample's events are after its index time and no sample has other "
+                    "data; expected index times at or after the events to keep"
+                )
             self.index_time = self.index_time[self.index_time.index.isin(left)]
             if self.labels is not None:
                 self.labels = self.labels.loc[order]
@@ -152,8 +163,11 @@ class Cohort:
                 self.survival = self.survival.loc[order]
         self.sample_ids: list[str] = order
         self.groups: pd.Series = self._make_groups(groups)
-        self.task: str | None = "classification" if self.labels is not None else (
-            "survival" if self.survival is not None else None)
+        self.task: str | None = (
+            "classification"
+            if self.labels is not None
+            else ("survival" if self.survival is not None else None)
+        )
         self.classes: list | None = _sorted_unique(self.labels) if self.labels is not None else None
         self._index_presence()
 
@@ -185,9 +199,11 @@ class Cohort:
         known = set(target_ids)
         orphans = [s for s in target_ids if s not in data_ids]
         if orphans:
-            raise ValueError(f"{what}: target(s) for sample(s) {format_ids(orphans)} that have no modality at all "
-                             "(no clinical row, expression profile, image bag or event); expected data for every "
-                             "target")
+            raise ValueError(
+                f"{what}: target(s) for sample(s) {format_ids(orphans)} that have no modality at all "
+                "(no clinical row, expression profile, image bag or event); expected data for every "
+                "target"
+            )
         for modality in MODALITIES:
             ids = self._modality_ids(modality)
             unknown = [s for s in ids if s not in known]
@@ -196,9 +212,12 @@ class Cohort:
             if len(unknown) == len(ids):
                 raise ValueError(
                     f"{modality}: none of its sample ids matches a {what} sample (e.g. {format_ids(ids[:3])} vs "
-                    f"{format_ids(target_ids[:3])}); expected the same sample ids in every input")
-            raise ValueError(f"{modality}: sample(s) {format_ids(unknown)} have data but no target in {what}; "
-                             "every sample needs a target when targets are given")
+                    f"{format_ids(target_ids[:3])}); expected the same sample ids in every input"
+                )
+            raise ValueError(
+                f"{modality}: sample(s) {format_ids(unknown)} have data but no target in {what}; "
+                "every sample needs a target when targets are given"
+            )
 
     def _cut_events(self, index_time: Any, keep: set[str]) -> None:
         ev = self.events
@@ -206,25 +225,37 @@ class Cohort:
         latest = ev.groupby("sample_id", sort=False)["time"].max()
         t = latest.copy()
         if index_time is not None:
-            given = indexed_frame(pd.Series(index_time) if isinstance(index_time, Mapping) else index_time,
-                                  what="index_time")
+            given = indexed_frame(
+                pd.Series(index_time) if isinstance(index_time, Mapping) else index_time, what="index_time"
+            )
             if isinstance(given, pd.DataFrame):
                 raise TypeError("index_time: expected a Series sample -> time, got a DataFrame")
             unknown = [s for s in given.index if s not in keep]
             if unknown:
-                raise ValueError(f"index_time: sample(s) {format_ids(unknown)} are not in the cohort; expected "
-                                 "index times only for cohort samples")
+                raise ValueError(
+                    f"index_time: sample(s) {format_ids(unknown)} are not in the cohort; expected "
+                    "index times only for cohort samples"
+                )
             days = pd.Series(to_days(given, what="index_time"), index=given.index).dropna()
             if np.isinf(days.to_numpy()).any():
-                raise ValueError(f"index_time: infinite for sample(s) {format_ids(days.index[np.isinf(days)])}")
+                raise ValueError(
+                    f"index_time: infinite for sample(s) {format_ids(days.index[np.isinf(days)])}"
+                )
             t = pd.concat([days, latest[~latest.index.isin(days.index)]])
         codes, uniq = pd.factorize(ev["sample_id"])
         after = ev["time"].to_numpy() > t.reindex(uniq).to_numpy()[codes]
         if after.any():
             counts = ev.loc[after, "sample_id"].value_counts(sort=False)
             for sid, n in counts.items():
-                self.excluded.append({"what": "events after the index time", "modality": "events", "sample_id": sid,
-                                      "count": int(n), "reason": f"later than the index time {t[sid]:.4g} days"})
+                self.excluded.append(
+                    {
+                        "what": "events after the index time",
+                        "modality": "events",
+                        "sample_id": sid,
+                        "count": int(n),
+                        "reason": f"later than the index time {t[sid]:.4g} days",
+                    }
+                )
             ev = ev.loc[~after].reset_index(drop=True)
         self.events = ev if len(ev) else None
         self.index_time = t.astype(np.float64).rename("index_time")
@@ -237,11 +268,15 @@ class Cohort:
             raise TypeError("groups: expected a Series sample -> patient id, got a DataFrame")
         missing = [s for s in self.sample_ids if s not in g.index]
         if missing:
-            raise ValueError(f"groups: sample(s) {format_ids(missing)} have no patient in groups; expected one "
-                             "entry per sample")
+            raise ValueError(
+                f"groups: sample(s) {format_ids(missing)} have no patient in groups; expected one "
+                "entry per sample"
+            )
         g = g.loc[self.sample_ids]
         if g.isna().any():
-            raise ValueError(f"groups: missing (NaN) patient id for sample(s) {format_ids(g.index[g.isna()])}")
+            raise ValueError(
+                f"groups: missing (NaN) patient id for sample(s) {format_ids(g.index[g.isna()])}"
+            )
         return pd.Series(str_ids(g, what="groups"), index=g.index, name="group")
 
     def _index_presence(self) -> None:
@@ -290,8 +325,11 @@ class Cohort:
 
     def presence(self) -> pd.DataFrame:
         """Bool DataFrame samples x present modalities (True = the sample has data of that modality)."""
-        return pd.DataFrame({m: [s in self._present[m] for s in self.sample_ids] for m in self.modalities},
-                            index=pd.Index(self.sample_ids, name="sample_id"), dtype=bool)
+        return pd.DataFrame(
+            {m: [s in self._present[m] for s in self.sample_ids] for m in self.modalities},
+            index=pd.Index(self.sample_ids, name="sample_id"),
+            dtype=bool,
+        )
 
     def events_of(self, sample_id: str) -> pd.DataFrame:
         """The sample's events (rows of ``events`` sorted by time; empty when it has none)."""
@@ -334,7 +372,9 @@ class Cohort:
         new.labels = self.labels.loc[ids] if self.labels is not None else None
         new.survival = self.survival.loc[ids] if self.survival is not None else None
         new.groups = self.groups.loc[ids]
-        new.excluded = [dict(e) for e in self.excluded if e.get("sample_id") is None or e["sample_id"] in keep]
+        new.excluded = [
+            dict(e) for e in self.excluded if e.get("sample_id") is None or e["sample_id"] in keep
+        ]
         new._index_presence()
         return new
 
@@ -342,15 +382,21 @@ class Cohort:
         """Raise ``ValueError`` unless a model can be fitted on this cohort (targets with >= 2 classes, or
         survival with at least one event)."""
         if self.task is None:
-            raise ValueError("cohort: no targets; pass labels= or survival= to fit (a cohort without targets can "
-                             "only be predicted and explained)")
+            raise ValueError(
+                "cohort: no targets; pass labels= or survival= to fit (a cohort without targets can "
+                "only be predicted and explained)"
+            )
         if self.labels is not None:
             present = _sorted_unique(self.labels)
             if len(present) < 2:
-                raise ValueError(f"labels: only one class ({present[0]!r}) among {len(self)} samples; fitting a "
-                                 "classifier needs at least two classes")
+                raise ValueError(
+                    f"labels: only one class ({present[0]!r}) among {len(self)} samples; fitting a "
+                    "classifier needs at least two classes"
+                )
         if self.survival is not None and int(self.survival["event"].sum()) == 0:
-            raise ValueError(f"survival: no event among {len(self)} samples (all censored); fitting needs events")
+            raise ValueError(
+                f"survival: no event among {len(self)} samples (all censored); fitting needs events"
+            )
 
     def summary(self) -> str:
         """A human-readable description: samples per modality, missingness, bag sizes, events, targets, cuts."""
@@ -379,8 +425,10 @@ def _check_excluded(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _describe(c: Cohort) -> str:
-    lines = [f"Cohort {c.name!r}" if c.name else "Cohort",
-             f"  samples: {len(c)}   patients: {len(c.patients)}   task: {c.task or 'none (predict/explain only)'}"]
+    lines = [
+        f"Cohort {c.name!r}" if c.name else "Cohort",
+        f"  samples: {len(c)}   patients: {len(c.patients)}   task: {c.task or 'none (predict/explain only)'}",
+    ]
     pres = c.presence()
     for m in c.modalities:
         lines.append(f"  {m:<9} {int(pres[m].sum()):>6} / {len(c)} samples")
@@ -390,35 +438,50 @@ def _describe(c: Cohort) -> str:
         lines.append("  missingness patterns: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     if c.clinical is not None:
         n_num = sum(t == "numeric" for t in c.clinical_types.values())
-        lines.append(f"  clinical: {c.clinical.shape[1]} columns ({n_num} numeric, "
-                     f"{c.clinical.shape[1] - n_num} categorical); missing values per column:")
+        lines.append(
+            f"  clinical: {c.clinical.shape[1]} columns ({n_num} numeric, "
+            f"{c.clinical.shape[1] - n_num} categorical); missing values per column:"
+        )
         for col in c.clinical.columns:
             na = int(c.clinical[col].isna().sum())
-            lines.append(f"    {col} [{c.clinical_types[col]}]: {na} / {len(c.clinical)} missing "
-                         f"({100 * na / max(len(c.clinical), 1):.0f}%)")
+            lines.append(
+                f"    {col} [{c.clinical_types[col]}]: {na} / {len(c.clinical)} missing "
+                f"({100 * na / max(len(c.clinical), 1):.0f}%)"
+            )
     if c.genomics is not None:
         gs = f", {len(c.gene_sets)} gene sets" if c.gene_sets else ""
         lines.append(f"  genomics: {c.genomics.n_obs} samples x {c.genomics.n_vars} genes{gs}")
     if c.images is not None:
         sizes = c.images.bag_sizes()
-        shape = (f"feature dim {c.images.feature_dim}" if c.images.kind == "features"
-                 else f"patch shape {c.images.pixel_shape}")
-        lines.append(f"  images ({c.images.kind}, {shape}): bag size min {sizes.min()}, median "
-                     f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")
+        shape = (
+            f"feature dim {c.images.feature_dim}"
+            if c.images.kind == "features"
+            else f"patch shape {c.images.pixel_shape}"
+        )
+        lines.append(
+            f"  images ({c.images.kind}, {shape}): bag size min {sizes.min()}, median "
+            f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches"
+        )
     if c.events is not None:
         per = c.events.groupby("sample_id").size()
-        lines.append(f"  events: {len(c.events)} events, {c.events['code'].nunique()} distinct codes, per sample "
-                     f"min {per.min()}, median {float(per.median()):g}, max {per.max()}; "
-                     f"{int(c.events['value'].notna().sum())} with a value")
+        lines.append(
+            f"  events: {len(c.events)} events, {c.events['code'].nunique()} distinct codes, per sample "
+            f"min {per.min()}, median {float(per.median()):g}, max {per.max()}; "
+            f"{int(c.events['value'].notna().sum())} with a value"
+        )
     if c.labels is not None:
         counts = c.labels.value_counts()
-        lines.append("  labels: " + ", ".join(f"{k!r}: {v} ({100 * v / len(c.labels):.0f}%)"
-                                             for k, v in counts.items()))
+        lines.append(
+            "  labels: "
+            + ", ".join(f"{k!r}: {v} ({100 * v / len(c.labels):.0f}%)" for k, v in counts.items())
+        )
     if c.survival is not None:
         n_ev = int(c.survival["event"].sum())
-        lines.append(f"  survival: {n_ev} events, {len(c.survival) - n_ev} censored "
-                     f"({100 * (1 - n_ev / max(len(c.survival), 1)):.0f}% censoring), median time "
-                     f"{float(c.survival['time'].median()):g}")
+        lines.append(
+            f"  survival: {n_ev} events, {len(c.survival) - n_ev} censored "
+            f"({100 * (1 - n_ev / max(len(c.survival), 1)):.0f}% censoring), median time "
+            f"{float(c.survival['time'].median()):g}"
+        )
     if c.excluded:
         lines.append(f"  excluded ({len(c.excluded)} records):")
         for e in c.excluded:

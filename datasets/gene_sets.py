@@ -58,9 +58,7 @@ def _as_list(v: Any) -> list[str]:
     raise TypeError(f"genomics: gene set entries must be strings or lists of strings, got {type(v).__name__}")
 
 
-def parse_gene_sets(
-    source: Any, genes: Sequence[str]
-) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
+def parse_gene_sets(source: Any, genes: Sequence[str]) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
     """Normalise ``source`` to ``{set: [gene, ...]}`` restricted to ``genes``.
 
     Returns:
@@ -99,15 +97,25 @@ def parse_gene_sets(
         else:
             empty_sets.append(name)
     if missing_genes:
-        excluded.append({
-            "what": "gene-set genes absent from the expression matrix", "modality": "genomics", "sample_id": None,
-            "count": len(missing_genes), "reason": f"dropped from their sets: {format_ids(sorted(missing_genes))}",
-        })
+        excluded.append(
+            {
+                "what": "gene-set genes absent from the expression matrix",
+                "modality": "genomics",
+                "sample_id": None,
+                "count": len(missing_genes),
+                "reason": f"dropped from their sets: {format_ids(sorted(missing_genes))}",
+            }
+        )
     if empty_sets:
-        excluded.append({
-            "what": "gene sets with no gene in the expression matrix", "modality": "genomics", "sample_id": None,
-            "count": len(empty_sets), "reason": f"dropped: {format_ids(empty_sets)}",
-        })
+        excluded.append(
+            {
+                "what": "gene sets with no gene in the expression matrix",
+                "modality": "genomics",
+                "sample_id": None,
+                "count": len(empty_sets),
+                "reason": f"dropped: {format_ids(empty_sets)}",
+            }
+        )
     if not out:
         raise ValueError(
             f"genomics: no gene set shares a gene with the expression matrix (sets {format_ids(list(raw))}; "

@@ -114,8 +114,10 @@ def _file_shape(path: Path, sample: str) -> tuple[tuple[int, ...], np.ndarray | 
         raise ValueError(f"images: file {str(path)!r} for sample {sample!r} does not exist")
     suffix = path.suffix.lower()
     if suffix not in FEATURE_SUFFIXES:
-        raise ValueError(f"images: file {str(path)!r} for sample {sample!r} has an unsupported suffix; "
-                         f"expected one of {FEATURE_SUFFIXES}")
+        raise ValueError(
+            f"images: file {str(path)!r} for sample {sample!r} has an unsupported suffix; "
+            f"expected one of {FEATURE_SUFFIXES}"
+        )
     coords, has_coords = None, False
     try:
         if suffix == ".npy":
@@ -133,14 +135,18 @@ def _file_shape(path: Path, sample: str) -> tuple[tuple[int, ...], np.ndarray | 
                 shape, dtype = tuple(f["features"].shape), f["features"].dtype
                 has_coords = "coords" in f
                 if has_coords and tuple(f["coords"].shape) != (shape[0] if shape else 0, 2):
-                    raise ValueError(f"dataset 'coords' has shape {tuple(f['coords'].shape)}, expected ({shape[0]}, 2)")
+                    raise ValueError(
+                        f"dataset 'coords' has shape {tuple(f['coords'].shape)}, expected ({shape[0]}, 2)"
+                    )
     except Exception as err:  # any reader failure (corrupt file, bad pickle, ...) becomes a named ValueError
         raise _err(sample, path, err) from err
     if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise TypeError(f"images: sample {sample!r} ({str(path)!r}) has dtype {dtype}; expected numbers")
     if coords is not None and coords.shape != (shape[0] if shape else 0, 2):
-        raise ValueError(f"images: {str(path)!r} of sample {sample!r} has coords of shape {coords.shape}, "
-                         f"expected ({shape[0] if shape else 0}, 2)")
+        raise ValueError(
+            f"images: {str(path)!r} of sample {sample!r} has coords of shape {coords.shape}, "
+            f"expected ({shape[0] if shape else 0}, 2)"
+        )
     return shape, (None if coords is None else coords.astype(np.float32)), has_coords
 
 
@@ -186,7 +192,11 @@ class ImageBags:
 
     @classmethod
     def from_patches(
-        cls, source: Any, *, patch_size: int | tuple[int, int] | None = None, coords: Mapping[Any, Any] | None = None
+        cls,
+        source: Any,
+        *,
+        patch_size: int | tuple[int, int] | None = None,
+        coords: Mapping[Any, Any] | None = None,
     ) -> ImageBags:
         """Raw pixel bags ``[N, C, H, W]`` per sample (values in [0, 1]).
 
@@ -221,9 +231,13 @@ class ImageBags:
                 raise ValueError(f"images: sample {sample!r} has no slide/file; expected at least one")
             check = [s.slide_id for s in slides]
             if len(set(check)) != len(check):
-                raise ValueError(f"images: sample {sample!r} has duplicated slide ids {check}; expected unique ones")
+                raise ValueError(
+                    f"images: sample {sample!r} has duplicated slide ids {check}; expected unique ones"
+                )
             if sum(s.n for s in slides) == 0:
-                raise ValueError(f"images: sample {sample!r} has a bag of zero patches; expected at least one")
+                raise ValueError(
+                    f"images: sample {sample!r} has a bag of zero patches; expected at least one"
+                )
             for s in slides:
                 if first is None:
                     first = (sample, s.shape)
@@ -294,7 +308,9 @@ class ImageBags:
         else:
             idx = np.asarray(indices, dtype=np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= total):
-                raise IndexError(f"images: indices out of range for sample {sample_id!r} with {total} patches")
+                raise IndexError(
+                    f"images: indices out of range for sample {sample_id!r} with {total} patches"
+                )
         which = np.searchsorted(offsets, idx, side="right") - 1
         data = np.empty((idx.size, *slides[0].shape), dtype=np.float32)
         coords = np.full((idx.size, 2), np.nan, dtype=np.float32)
@@ -315,12 +331,16 @@ class ImageBags:
 # ---------------------------------------------------------------------- helpers
 
 
-def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles: bool = False) -> dict[str, list]:
+def _normalise_source(
+    source: Any, suffixes: tuple[str, ...], folders_are_tiles: bool = False
+) -> dict[str, list]:
     """sample -> list of (slide_id, item) from a dict, a directory or a manifest DataFrame."""
     if isinstance(source, pd.DataFrame):
         missing = {"sample_id", "path"} - set(source.columns)
         if missing:
-            raise ValueError(f"images: manifest lacks column(s) {sorted(missing)}; expected sample_id, path[, slide_id]")
+            raise ValueError(
+                f"images: manifest lacks column(s) {sorted(missing)}; expected sample_id, path[, slide_id]"
+            )
         out: dict[str, list] = {}
         for row in source.itertuples(index=False):
             sample = str(row.sample_id)
@@ -331,14 +351,18 @@ def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles:
     if _is_pathlike(source):
         root = Path(source)
         if not root.is_dir():
-            raise ValueError(f"images: {str(root)!r} is not a directory; expected a folder of per-sample files")
+            raise ValueError(
+                f"images: {str(root)!r} is not a directory; expected a folder of per-sample files"
+            )
         out = {}
         for entry in sorted(root.iterdir()):
             if entry.is_dir() or entry.suffix.lower() in suffixes:
                 sample = entry.name if entry.is_dir() else entry.stem
                 if sample in out:
-                    raise ValueError(f"images: sample {sample!r} appears twice in {str(root)!r} "
-                                     "(as a file and as a folder); expected one of them")
+                    raise ValueError(
+                        f"images: sample {sample!r} appears twice in {str(root)!r} "
+                        "(as a file and as a folder); expected one of them"
+                    )
             if entry.is_dir():
                 if folders_are_tiles:
                     out[entry.name] = [(entry.name, entry)]
@@ -373,7 +397,9 @@ def _normalise_source(source: Any, suffixes: tuple[str, ...], folders_are_tiles:
 def _feature_slide(sample: str, sid: str, item: Any) -> _Slide:
     if isinstance(item, Path):
         shape, coords, _ = _file_shape(item, sample)
-        slide = _Slide(slide_id=sid, n=shape[0] if shape else 0, shape=tuple(shape[1:]), path=item, coords=coords)
+        slide = _Slide(
+            slide_id=sid, n=shape[0] if shape else 0, shape=tuple(shape[1:]), path=item, coords=coords
+        )
     else:
         arr = _as_array(item)
         _check_numeric(arr, sample, f"slide {sid!r}")
@@ -382,7 +408,9 @@ def _feature_slide(sample: str, sid: str, item: Any) -> _Slide:
         if arr.ndim == 2 and not np.isfinite(arr).all():
             raise ValueError(f"images: sample {sample!r} (slide {sid!r}) has NaN or infinite features")
     if len(shape) != 2:
-        raise ValueError(f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, D] features")
+        raise ValueError(
+            f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, D] features"
+        )
     return slide
 
 
@@ -396,7 +424,9 @@ def _pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] |
             tiles = [item]
             sid = item.stem
         if not tiles:
-            raise ValueError(f"images: sample {sample!r} has a bag of zero patches (no image in {str(item)!r})")
+            raise ValueError(
+                f"images: sample {sample!r} has a bag of zero patches (no image in {str(item)!r})"
+            )
         from PIL import Image
 
         try:
@@ -426,11 +456,19 @@ def _pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] |
         arr = _as_array(item)
         _check_numeric(arr, sample, f"slide {sid!r}")
         if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
-            raise TypeError(f"images: sample {sample!r} (slide {sid!r}) has pixels of dtype {arr.dtype}; expected "
-                            "uint8 (0..255) or floats scaled to [0, 1]")
-        if arr.dtype.kind == "f" and arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any()):
-            raise ValueError(f"images: sample {sample!r} (slide {sid!r}) has float pixels outside [0, 1] or NaN; "
-                             "expected uint8 or floats scaled to [0, 1]")
+            raise TypeError(
+                f"images: sample {sample!r} (slide {sid!r}) has pixels of dtype {arr.dtype}; expected "
+                "uint8 (0..255) or floats scaled to [0, 1]"
+            )
+        if (
+            arr.dtype.kind == "f"
+            and arr.size
+            and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any())
+        ):
+            raise ValueError(
+                f"images: sample {sample!r} (slide {sid!r}) has float pixels outside [0, 1] or NaN; "
+                "expected uint8 or floats scaled to [0, 1]"
+            )
         shape = arr.shape
         slide = _Slide(slide_id=sid, n=0, shape=(), array=arr)
     if len(shape) == 3:
@@ -442,7 +480,9 @@ def _pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] |
             f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, C, H, W] or [C, H, W] pixels"
         )
     if patch_size is not None and tuple(shape[2:]) != tuple(patch_size):
-        raise ValueError(f"images: sample {sample!r} has patches of size {tuple(shape[2:])}, expected patch_size={patch_size}")
+        raise ValueError(
+            f"images: sample {sample!r} has patches of size {tuple(shape[2:])}, expected patch_size={patch_size}"
+        )
     slide.n, slide.shape = int(shape[0]), tuple(int(x) for x in shape[1:])
     return slide
 
@@ -458,10 +498,14 @@ def _apply_coords(slides: dict[str, list[_Slide]], coords: Mapping[Any, Any]) ->
             arr = _as_array(c).astype(np.float32)
             total = sum(s.n for s in ss)
             if arr.shape != (total, 2):
-                raise ValueError(f"images: coords of sample {sample!r} have shape {arr.shape}, expected ({total}, 2)")
+                raise ValueError(
+                    f"images: coords of sample {sample!r} have shape {arr.shape}, expected ({total}, 2)"
+                )
             parts = np.split(arr, np.cumsum([s.n for s in ss])[:-1])
         if len(parts) != len(ss):
-            raise ValueError(f"images: sample {sample!r} has {len(ss)} slides but {len(parts)} coordinate arrays")
+            raise ValueError(
+                f"images: sample {sample!r} has {len(ss)} slides but {len(parts)} coordinate arrays"
+            )
         for s, p in zip(ss, parts, strict=True):
             p = _as_array(p).astype(np.float32)
             if p.shape != (s.n, 2):

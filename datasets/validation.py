@@ -34,12 +34,16 @@ def str_ids(ids: Iterable[Any], *, what: str) -> list[str]:
 
 def str_id_array(ids: Iterable[Any], *, what: str) -> np.ndarray:
     """Ids as an object array of ``str`` (vectorised: event tables have millions of rows)."""
-    s = ids if isinstance(ids, pd.Series) else pd.Series(list(ids) if not isinstance(ids, np.ndarray | pd.Index)
-                                                          else ids, dtype=object)
+    s = (
+        ids
+        if isinstance(ids, pd.Series)
+        else pd.Series(list(ids) if not isinstance(ids, np.ndarray | pd.Index) else ids, dtype=object)
+    )
     missing = s.isna().to_numpy()
     if missing.any():
-        raise ValueError(f"{what}: {int(missing.sum())} sample id(s) are missing (None/NaN); every row needs a "
-                         "sample id")
+        raise ValueError(
+            f"{what}: {int(missing.sum())} sample id(s) are missing (None/NaN); every row needs a sample id"
+        )
     return s.astype(str).to_numpy(dtype=object)
 
 
@@ -57,7 +61,9 @@ def check_unique(ids: Sequence[str], *, what: str) -> None:
 def indexed_frame(obj: Any, *, what: str) -> pd.DataFrame | pd.Series:
     """A copy of a DataFrame/Series whose index is converted to ``str`` and checked for duplicates."""
     if not isinstance(obj, pd.DataFrame | pd.Series):
-        raise TypeError(f"{what}: expected a pandas DataFrame/Series indexed by sample id, got {type(obj).__name__}")
+        raise TypeError(
+            f"{what}: expected a pandas DataFrame/Series indexed by sample id, got {type(obj).__name__}"
+        )
     out = obj.copy()
     out.index = pd.Index(str_ids(out.index, what=what), name="sample_id")
     check_unique(list(out.index), what=what)
@@ -151,8 +157,10 @@ def normalise_clinical(
             num = num.astype(np.float64)
             inf_rows = num.index[np.isinf(num.to_numpy())]
             if len(inf_rows):
-                raise ValueError(f"clinical: column {col!r} is infinite for sample(s) {format_ids(inf_rows)}; "
-                                 "expected finite numbers or NaN for missing")
+                raise ValueError(
+                    f"clinical: column {col!r} is infinite for sample(s) {format_ids(inf_rows)}; "
+                    "expected finite numbers or NaN for missing"
+                )
             df[col] = num
         else:
             df[col] = s.astype(object).where(s.notna(), np.nan)
@@ -160,10 +168,15 @@ def normalise_clinical(
     empty = df.index[df.isna().all(axis=1)]
     excluded = []
     if len(empty):
-        excluded.append({
-            "what": "clinical rows with no value", "modality": "clinical", "sample_id": None, "count": len(empty),
-            "reason": f"all columns NaN, so these samples have no clinical data: {format_ids(empty)}",
-        })
+        excluded.append(
+            {
+                "what": "clinical rows with no value",
+                "modality": "clinical",
+                "sample_id": None,
+                "count": len(empty),
+                "reason": f"all columns NaN, so these samples have no clinical data: {format_ids(empty)}",
+            }
+        )
         df = df.drop(index=empty)
     return df, out_types, excluded
 
@@ -189,15 +202,25 @@ def normalise_events(events: Any) -> pd.DataFrame:
     text values raise: encode them into the code instead (e.g. ``"culture=positive"``).
     """
     if not isinstance(events, pd.DataFrame):
-        raise TypeError(f"events: expected a long DataFrame (sample_id, time, code[, value, segment]), "
-                        f"got {type(events).__name__}")
-    id_col = "sample_id" if "sample_id" in events.columns else "patient_id" if "patient_id" in events.columns else None
+        raise TypeError(
+            f"events: expected a long DataFrame (sample_id, time, code[, value, segment]), "
+            f"got {type(events).__name__}"
+        )
+    id_col = (
+        "sample_id"
+        if "sample_id" in events.columns
+        else "patient_id"
+        if "patient_id" in events.columns
+        else None
+    )
     missing = [c for c in ("time", "code") if c not in events.columns]
     if id_col is None:
         missing.insert(0, "sample_id")
     if missing:
-        raise ValueError(f"events: missing column(s) {missing}; expected sample_id (or patient_id), time, code"
-                         f"[, value, segment]; found {list(events.columns)}")
+        raise ValueError(
+            f"events: missing column(s) {missing}; expected sample_id (or patient_id), time, code"
+            f"[, value, segment]; found {list(events.columns)}"
+        )
     if len(events) == 0:
         raise ValueError("events: the table has no row; pass events=None when there are no events")
     ids = str_id_array(events[id_col].reset_index(drop=True), what="events")
@@ -205,13 +228,17 @@ def normalise_events(events: Any) -> pd.DataFrame:
     out["time"] = to_days(events["time"].reset_index(drop=True), what="events column 'time'")
     bad = out.index[~np.isfinite(out["time"].to_numpy())]
     if len(bad):
-        raise ValueError(f"events: column 'time' is missing or infinite for {len(bad)} event(s) of sample(s) "
-                         f"{format_ids(dict.fromkeys(out.loc[bad, 'sample_id']))}; every event needs a time")
+        raise ValueError(
+            f"events: column 'time' is missing or infinite for {len(bad)} event(s) of sample(s) "
+            f"{format_ids(dict.fromkeys(out.loc[bad, 'sample_id']))}; every event needs a time"
+        )
     code = events["code"].reset_index(drop=True)
     if code.isna().any():
         rows = out.loc[code.isna(), "sample_id"]
-        raise ValueError(f"events: column 'code' is missing for {len(rows)} event(s) of sample(s) "
-                         f"{format_ids(dict.fromkeys(rows))}; every event needs a code")
+        raise ValueError(
+            f"events: column 'code' is missing for {len(rows)} event(s) of sample(s) "
+            f"{format_ids(dict.fromkeys(rows))}; every event needs a code"
+        )
     out["code"] = code.astype(str).to_numpy()
     if "value" in events.columns:
         raw = events["value"].reset_index(drop=True)
@@ -228,7 +255,9 @@ def normalise_events(events: Any) -> pd.DataFrame:
         num = num.astype(np.float64)
         if np.isinf(num.to_numpy()).any():
             rows = out.loc[np.isinf(num.to_numpy()), "sample_id"]
-            raise ValueError(f"events: column 'value' is infinite for sample(s) {format_ids(dict.fromkeys(rows))}")
+            raise ValueError(
+                f"events: column 'value' is infinite for sample(s) {format_ids(dict.fromkeys(rows))}"
+            )
         out["value"] = num.to_numpy()
     else:
         out["value"] = np.nan
@@ -236,8 +265,10 @@ def normalise_events(events: Any) -> pd.DataFrame:
         seg = pd.to_numeric(events["segment"].reset_index(drop=True), errors="coerce")
         bad = seg.isna() | (seg < 0) | (seg != np.floor(seg))
         if bad.any():
-            raise ValueError(f"events: column 'segment' must hold integers >= 0 (0 = current admission); "
-                             f"sample(s) {format_ids(dict.fromkeys(out.loc[bad, 'sample_id']))} do not")
+            raise ValueError(
+                f"events: column 'segment' must hold integers >= 0 (0 = current admission); "
+                f"sample(s) {format_ids(dict.fromkeys(out.loc[bad, 'sample_id']))} do not"
+            )
         out["segment"] = seg.astype(np.int64).to_numpy()
     else:
         out["segment"] = np.zeros(len(out), dtype=np.int64)
@@ -252,14 +283,18 @@ def normalise_labels(labels: Any) -> pd.Series:
     """Label Series with str index; missing labels raise."""
     if isinstance(labels, pd.DataFrame):
         if labels.shape[1] != 1:
-            raise TypeError(f"labels: expected a Series indexed by sample id, got a DataFrame with columns "
-                            f"{list(labels.columns)}")
+            raise TypeError(
+                f"labels: expected a Series indexed by sample id, got a DataFrame with columns "
+                f"{list(labels.columns)}"
+            )
         labels = labels.iloc[:, 0]
     s = indexed_frame(labels, what="labels")
     bad = s.index[s.isna()]
     if len(bad):
-        raise ValueError(f"labels: missing (NaN) label for sample(s) {format_ids(bad)}; every sample needs a label "
-                         "(drop unlabelled samples or leave targets out)")
+        raise ValueError(
+            f"labels: missing (NaN) label for sample(s) {format_ids(bad)}; every sample needs a label "
+            "(drop unlabelled samples or leave targets out)"
+        )
     s.name = "label"
     return s
 
@@ -273,14 +308,18 @@ def normalise_survival(survival: Any) -> pd.DataFrame:
     time = pd.to_numeric(df["time"], errors="coerce").astype(np.float64)
     bad = df.index[~(np.isfinite(time.to_numpy()) & (time.to_numpy() > 0))]
     if len(bad):
-        raise ValueError(f"survival: column 'time' must be a finite number > 0; sample(s) {format_ids(bad)} have "
-                         f"{[df['time'][b] for b in bad[:MAX_SHOWN]]}")
+        raise ValueError(
+            f"survival: column 'time' must be a finite number > 0; sample(s) {format_ids(bad)} have "
+            f"{[df['time'][b] for b in bad[:MAX_SHOWN]]}"
+        )
     ev = df["event"]
     evn = pd.to_numeric(ev.astype(float) if pd.api.types.is_bool_dtype(ev) else ev, errors="coerce")
     bad = df.index[~evn.isin([0, 1])]
     if len(bad):
-        raise ValueError(f"survival: column 'event' must be 0 (censored) or 1 (event seen); sample(s) "
-                         f"{format_ids(bad)} have {[ev[b] for b in bad[:MAX_SHOWN]]}")
+        raise ValueError(
+            f"survival: column 'event' must be 0 (censored) or 1 (event seen); sample(s) "
+            f"{format_ids(bad)} have {[ev[b] for b in bad[:MAX_SHOWN]]}"
+        )
     return pd.DataFrame({"time": time, "event": evn.astype(np.int64)}, index=df.index)
 
 
@@ -293,7 +332,9 @@ def normalise_genomics(adata: Any, layer: str | None) -> Any:
     import scipy.sparse as sp
 
     if not isinstance(adata, ad.AnnData):
-        raise TypeError(f"genomics: expected an anndata.AnnData (obs = samples, var = genes), got {type(adata).__name__}")
+        raise TypeError(
+            f"genomics: expected an anndata.AnnData (obs = samples, var = genes), got {type(adata).__name__}"
+        )
     obs = str_ids(adata.obs_names, what="genomics obs_names")
     check_unique(obs, what="genomics obs_names")
     var = [str(v) for v in adata.var_names]
@@ -304,8 +345,10 @@ def normalise_genomics(adata: Any, layer: str | None) -> Any:
         x = adata.X
     else:
         if layer not in adata.layers:
-            raise ValueError(f"genomics: layer {layer!r} not found; available layers: {list(adata.layers)} "
-                             "(genomics_layer=None uses .X)")
+            raise ValueError(
+                f"genomics: layer {layer!r} not found; available layers: {list(adata.layers)} "
+                "(genomics_layer=None uses .X)"
+            )
         x = adata.layers[layer]
     if x is None:
         raise ValueError("genomics: the AnnData has no .X; pass genomics_layer= naming a layer")

@@ -29,8 +29,14 @@ def _adata(ids, n_genes=5, x=None):
 
 def _clinical(ids=IDS):
     n = len(ids)
-    return pd.DataFrame({"age": np.linspace(40, 70, n), "grade": ["1", "2", "3", "1"][:n],
-                         "er": [True, False, True, False][:n]}, index=list(ids))
+    return pd.DataFrame(
+        {
+            "age": np.linspace(40, 70, n),
+            "grade": ["1", "2", "3", "1"][:n],
+            "er": [True, False, True, False][:n],
+        },
+        index=list(ids),
+    )
 
 
 def _events(ids=("s1", "s2")):
@@ -47,9 +53,13 @@ def _survival(ids=IDS, time=(1.0, 2.0, 3.0, 4.0), event=(1, 0, 1, 0)):
 
 
 def _full(**kw):
-    args = {"clinical": _clinical(), "genomics": _adata(["s1", "s2", "s3"]),
-                "images": ImageBags.from_features({"s1": np.ones((3, 4)), "s4": np.zeros((2, 4))}),
-                "events": _events(), "labels": _labels()}
+    args = {
+        "clinical": _clinical(),
+        "genomics": _adata(["s1", "s2", "s3"]),
+        "images": ImageBags.from_features({"s1": np.ones((3, 4)), "s4": np.zeros((2, 4))}),
+        "events": _events(),
+        "labels": _labels(),
+    }
     args.update(kw)
     return Cohort(**args)
 
@@ -105,12 +115,24 @@ def test_survival_targets():
 
 
 def test_clinical_type_detection_and_override():
-    df = pd.DataFrame({"num_str": [str(i) for i in range(8)], "few": ["1", "2"] * 4,
-                       "cat": pd.Categorical(list("abababab")), "flag": [True, False] * 4,
-                       "int": list(range(8))}, index=[f"s{i}" for i in range(8)])
+    df = pd.DataFrame(
+        {
+            "num_str": [str(i) for i in range(8)],
+            "few": ["1", "2"] * 4,
+            "cat": pd.Categorical(list("abababab")),
+            "flag": [True, False] * 4,
+            "int": list(range(8)),
+        },
+        index=[f"s{i}" for i in range(8)],
+    )
     c = Cohort(clinical=df)
-    assert c.clinical_types == {"num_str": "numeric", "few": "categorical", "cat": "categorical",
-                                "flag": "categorical", "int": "numeric"}
+    assert c.clinical_types == {
+        "num_str": "numeric",
+        "few": "categorical",
+        "cat": "categorical",
+        "flag": "categorical",
+        "int": "numeric",
+    }
     assert c.clinical["num_str"].dtype == np.float64
     c2 = Cohort(clinical=df, clinical_types={"int": "categorical", "few": "numeric"})
     assert c2.clinical_types["int"] == "categorical" and c2.clinical["few"].dtype == np.float64
@@ -174,8 +196,15 @@ def test_bad_gene_sets(tmp_path):
 
 def test_events_normalisation_datetimes_patient_id_and_segments():
     t0 = pd.Timestamp("2020-01-01")
-    ev = pd.DataFrame({"patient_id": [1, 1, 2], "time": [t0, t0 + pd.Timedelta(hours=12), t0],
-                       "code": ["a", 5, "c"], "value": ["1.5", None, 2], "segment": [1, 0, 0]})
+    ev = pd.DataFrame(
+        {
+            "patient_id": [1, 1, 2],
+            "time": [t0, t0 + pd.Timedelta(hours=12), t0],
+            "code": ["a", 5, "c"],
+            "value": ["1.5", None, 2],
+            "segment": [1, 0, 0],
+        }
+    )
     c = Cohort(events=ev)
     e = c.events
     assert e["sample_id"].tolist() == ["1", "1", "2"] and e["code"].tolist() == ["a", "5", "c"]
@@ -202,8 +231,12 @@ def test_events_after_index_time_are_excluded_and_recorded():
     assert rec and rec[0]["count"] == 2 and rec[0]["modality"] == "events"
     assert "events after the index time" in c.summary()
     # a sample whose only data are events all after its index time leaves the cohort, recorded
-    c2 = Cohort(clinical=_clinical(["s1"]), events=_events(), labels=_labels(["s1", "s2"]),
-                index_time=pd.Series({"s2": -1.0}))
+    c2 = Cohort(
+        clinical=_clinical(["s1"]),
+        events=_events(),
+        labels=_labels(["s1", "s2"]),
+        index_time=pd.Series({"s2": -1.0}),
+    )
     assert c2.sample_ids == ["s1"] and list(c2.labels.index) == ["s1"]
     assert any(e["what"] == "samples with no data left" and "s2" in e["reason"] for e in c2.excluded)
     assert list(c2.index_time.index) == ["s1"]
@@ -227,28 +260,64 @@ def test_index_time_datetimes_share_the_event_axis():
     [
         # clinical
         ({"clinical": _clinical().assign(empty=np.nan)}, ValueError, "clinical: column.*'empty'.*all NaN"),
-        ({"clinical": pd.concat([_clinical(), _clinical().iloc[[1]]])}, ValueError, "clinical: duplicated.*'s2'"),
+        (
+            {"clinical": pd.concat([_clinical(), _clinical().iloc[[1]]])},
+            ValueError,
+            "clinical: duplicated.*'s2'",
+        ),
         ({"clinical": _clinical().assign(age=[1, np.inf, 2, 3])}, ValueError, "'age' is infinite.*'s2'"),
-        ({"clinical": _clinical(), "clinical_types": {"grade": "numeric", "er": "categorical"},
-              }, None, None),
-        ({"clinical": _clinical().assign(grade=["1", "x", "2", "3"]), "clinical_types": {"grade": "numeric"}},
-         ValueError, "'grade' is numeric but sample.*'s2'"),
-        ({"clinical": _clinical(), "clinical_types": {"nope": "numeric"}}, ValueError, "unknown column.*'nope'"),
-        ({"clinical": _clinical(), "clinical_types": {"age": "ordinal"}}, ValueError, "'numeric' or 'categorical'"),
+        (
+            {
+                "clinical": _clinical(),
+                "clinical_types": {"grade": "numeric", "er": "categorical"},
+            },
+            None,
+            None,
+        ),
+        (
+            {
+                "clinical": _clinical().assign(grade=["1", "x", "2", "3"]),
+                "clinical_types": {"grade": "numeric"},
+            },
+            ValueError,
+            "'grade' is numeric but sample.*'s2'",
+        ),
+        (
+            {"clinical": _clinical(), "clinical_types": {"nope": "numeric"}},
+            ValueError,
+            "unknown column.*'nope'",
+        ),
+        (
+            {"clinical": _clinical(), "clinical_types": {"age": "ordinal"}},
+            ValueError,
+            "'numeric' or 'categorical'",
+        ),
         ({"clinical": [1, 2]}, TypeError, "clinical: expected a pandas"),
-        ({"clinical": pd.DataFrame([[1.0, 2.0]], columns=["a", "a"], index=["s1"])}, ValueError,
-         "clinical: duplicated column.*'a'"),
+        (
+            {"clinical": pd.DataFrame([[1.0, 2.0]], columns=["a", "a"], index=["s1"])},
+            ValueError,
+            "clinical: duplicated column.*'a'",
+        ),
         # genomics
         ({"genomics": _adata(["s1", "s1", "s2"])}, ValueError, "genomics obs_names: duplicated.*'s1'"),
-        ({"genomics": _adata(IDS, x=np.array([[1.0, np.inf]] * 4))}, ValueError,
-         "genomics: infinite.*'s1'.*gene.*'G1'"),
-        ({"genomics": _adata(IDS, x=np.array([[1.0, 2.0]] * 3 + [[1.0, "high"]], dtype=object))}, ValueError,
-         "genomics: non-numeric.*'high'.*'s4'.*gene.*'G1'"),
+        (
+            {"genomics": _adata(IDS, x=np.array([[1.0, np.inf]] * 4))},
+            ValueError,
+            "genomics: infinite.*'s1'.*gene.*'G1'",
+        ),
+        (
+            {"genomics": _adata(IDS, x=np.array([[1.0, 2.0]] * 3 + [[1.0, "high"]], dtype=object))},
+            ValueError,
+            "genomics: non-numeric.*'high'.*'s4'.*gene.*'G1'",
+        ),
         ({"genomics": _adata(IDS, x=np.array([[True, False]] * 4, dtype=object))}, None, None),
         ({"genomics": np.ones((2, 2))}, TypeError, "genomics: expected an anndata"),
         ({"genomics": _adata(IDS).T.T[:, [0, 0]]}, ValueError, "genomics: duplicated gene name.*'G0'"),
-        ({"genomics": _adata(["x1", "x2"]), "clinical": _clinical(), "labels": _labels()}, ValueError,
-         "genomics: none of its sample ids matches.*'x1'"),
+        (
+            {"genomics": _adata(["x1", "x2"]), "clinical": _clinical(), "labels": _labels()},
+            ValueError,
+            "genomics: none of its sample ids matches.*'x1'",
+        ),
         # events
         ({"events": _events().iloc[:0]}, ValueError, "events: the table has no row"),
         ({"events": _events().drop(columns="time")}, ValueError, r"events: missing column\(s\) \['time'\]"),
@@ -259,36 +328,85 @@ def test_index_time_datetimes_share_the_event_axis():
         ({"events": _events().assign(code=[None, "a", "b", "a", "b", "a"])}, ValueError, "'code' is missing"),
         ({"events": _events().assign(segment=[0, 0, 0, -1, 0, 0])}, ValueError, "'segment'.*'s2'"),
         ({"events": _events().assign(time=["x"] * 6)}, ValueError, "events column 'time'"),
-        ({"events": _events(), "clinical": _clinical(["s1"]), "labels": _labels(["s1"])}, ValueError,
-         "events: sample.*'s2'.*no target"),
+        (
+            {"events": _events(), "clinical": _clinical(["s1"]), "labels": _labels(["s1"])},
+            ValueError,
+            "events: sample.*'s2'.*no target",
+        ),
         ({"events": _events(), "index_time": pd.Series({"zz": 1.0})}, ValueError, "index_time: sample.*'zz'"),
-        ({"events": _events(), "index_time": pd.Series([1.0, 2.0], index=["s1", "s1"])}, ValueError,
-         "index_time: duplicated.*'s1'"),
-        ({"clinical": _clinical(), "index_time": pd.Series({"s1": 1.0})}, ValueError, "index_time given without"),
+        (
+            {"events": _events(), "index_time": pd.Series([1.0, 2.0], index=["s1", "s1"])},
+            ValueError,
+            "index_time: duplicated.*'s1'",
+        ),
+        (
+            {"clinical": _clinical(), "index_time": pd.Series({"s1": 1.0})},
+            ValueError,
+            "index_time given without",
+        ),
         # targets
         ({"clinical": _clinical(), "labels": _labels(), "survival": _survival()}, ValueError, "not both"),
-        ({"clinical": _clinical(), "labels": pd.DataFrame({"a": _labels(), "b": _labels()})}, TypeError,
-         r"labels: expected a Series.*\['a', 'b'\]"),
-        ({"clinical": _clinical(), "labels": pd.concat([_labels(), _labels().iloc[[0]]])}, ValueError,
-         "labels: duplicated.*'s1'"),
-        ({"clinical": _clinical(), "labels": pd.Series([0, 1, np.nan, 1], index=IDS)}, ValueError,
-         "labels: missing.*'s3'"),
-        ({"clinical": _clinical(["s1", "s2"]), "labels": _labels()}, ValueError,
-         "labels: target.*'s3', 's4'.*no modality"),
-        ({"clinical": _clinical(), "labels": _labels(["s1", "s2", "s3"])}, ValueError,
-         "clinical: sample.*'s4'.*no target"),
-        ({"clinical": _clinical(), "survival": _survival(time=(1, 0, 2, 3))}, ValueError, "'time'.*> 0.*'s2'"),
-        ({"clinical": _clinical(), "survival": _survival(time=(1, 2, np.nan, 3))}, ValueError, "'time'.*'s3'"),
-        ({"clinical": _clinical(), "survival": _survival(event=(1, 2, 0, 0))}, ValueError, "'event'.*0.*1.*'s2'"),
-        ({"clinical": _clinical(), "survival": _survival().drop(columns="event")}, ValueError,
-         "survival: expected columns 'time' and 'event'"),
-        ({"clinical": _clinical(), "survival": pd.concat([_survival(), _survival().iloc[[3]]])}, ValueError,
-         "survival: duplicated.*'s4'"),
+        (
+            {"clinical": _clinical(), "labels": pd.DataFrame({"a": _labels(), "b": _labels()})},
+            TypeError,
+            r"labels: expected a Series.*\['a', 'b'\]",
+        ),
+        (
+            {"clinical": _clinical(), "labels": pd.concat([_labels(), _labels().iloc[[0]]])},
+            ValueError,
+            "labels: duplicated.*'s1'",
+        ),
+        (
+            {"clinical": _clinical(), "labels": pd.Series([0, 1, np.nan, 1], index=IDS)},
+            ValueError,
+            "labels: missing.*'s3'",
+        ),
+        (
+            {"clinical": _clinical(["s1", "s2"]), "labels": _labels()},
+            ValueError,
+            "labels: target.*'s3', 's4'.*no modality",
+        ),
+        (
+            {"clinical": _clinical(), "labels": _labels(["s1", "s2", "s3"])},
+            ValueError,
+            "clinical: sample.*'s4'.*no target",
+        ),
+        (
+            {"clinical": _clinical(), "survival": _survival(time=(1, 0, 2, 3))},
+            ValueError,
+            "'time'.*> 0.*'s2'",
+        ),
+        (
+            {"clinical": _clinical(), "survival": _survival(time=(1, 2, np.nan, 3))},
+            ValueError,
+            "'time'.*'s3'",
+        ),
+        (
+            {"clinical": _clinical(), "survival": _survival(event=(1, 2, 0, 0))},
+            ValueError,
+            "'event'.*0.*1.*'s2'",
+        ),
+        (
+            {"clinical": _clinical(), "survival": _survival().drop(columns="event")},
+            ValueError,
+            "survival: expected columns 'time' and 'event'",
+        ),
+        (
+            {"clinical": _clinical(), "survival": pd.concat([_survival(), _survival().iloc[[3]]])},
+            ValueError,
+            "survival: duplicated.*'s4'",
+        ),
         # groups
-        ({"clinical": _clinical(), "groups": pd.Series({"s1": "P", "s2": "P"})}, ValueError,
-         "groups: sample.*'s3', 's4'"),
-        ({"clinical": _clinical(), "groups": pd.Series(["P", "P", "Q", "Q", "R"], index=IDS + ["s1"])},
-         ValueError, "groups: duplicated.*'s1'"),
+        (
+            {"clinical": _clinical(), "groups": pd.Series({"s1": "P", "s2": "P"})},
+            ValueError,
+            "groups: sample.*'s3', 's4'",
+        ),
+        (
+            {"clinical": _clinical(), "groups": pd.Series(["P", "P", "Q", "Q", "R"], index=IDS + ["s1"])},
+            ValueError,
+            "groups: duplicated.*'s1'",
+        ),
         # images / general
         ({"images": np.ones((2, 3))}, TypeError, "images: expected ImageBags"),
         ({}, ValueError, "no sample has any modality"),
@@ -310,16 +428,22 @@ def test_duplicate_ids_after_string_conversion():
 def test_error_messages_summarise_long_id_lists():
     assert format_ids([f"s{i}" for i in range(12)]).endswith("... (12 in total)")
     with pytest.raises(ValueError, match=r"'s1', 's2', 's3', 's4', 's5', \.\.\. \(11 in total\)"):
-        Cohort(clinical=pd.DataFrame({"x": np.ones(12)}, index=[f"s{i}" for i in range(12)]),
-               labels=pd.Series([0], index=["s0"]))
+        Cohort(
+            clinical=pd.DataFrame({"x": np.ones(12)}, index=[f"s{i}" for i in range(12)]),
+            labels=pd.Series([0], index=["s0"]),
+        )
 
 
 # ---------------------------------------------------------------------------- subset and summary
 
 
 def test_subset_keeps_everything_consistent():
-    c = _full(groups=pd.Series({"s1": "P1", "s2": "P1", "s3": "P2", "s4": "P3"}),
-              genomics=_adata(IDS[:3]), gene_sets={"A": ["G0", "GX"]}, index_time=pd.Series({"s1": 1.0}))
+    c = _full(
+        groups=pd.Series({"s1": "P1", "s2": "P1", "s3": "P2", "s4": "P3"}),
+        genomics=_adata(IDS[:3]),
+        gene_sets={"A": ["G0", "GX"]},
+        index_time=pd.Series({"s1": 1.0}),
+    )
     sub = c.subset(["s4", "s1"])
     assert sub.sample_ids == ["s4", "s1"] and list(sub.labels.index) == ["s4", "s1"]
     assert sub.groups.tolist() == ["P3", "P1"] and sub.patients == ["P3", "P1"]
@@ -345,12 +469,30 @@ def test_subset_does_not_revalidate_columns():
 
 
 def test_summary_content():
-    c = _full(excluded=[{"what": "icu stays", "modality": "events", "sample_id": None, "count": 3,
-                         "reason": "shorter than 48 h"}], name="demo")
+    c = _full(
+        excluded=[
+            {
+                "what": "icu stays",
+                "modality": "events",
+                "sample_id": None,
+                "count": 3,
+                "reason": "shorter than 48 h",
+            }
+        ],
+        name="demo",
+    )
     text = c.summary()
-    for piece in ["Cohort 'demo'", "samples: 4", "clinical       4 / 4", "genomics       3 / 4",
-                  "age [numeric]: 0 / 4 missing", "bag size min 2, median 2.5, max 3", "6 events, 2 distinct codes",
-                  "labels: 0: 2 (50%), 1: 2 (50%)", "    [events] icu stays: 3 (shorter than 48 h)"]:
+    for piece in [
+        "Cohort 'demo'",
+        "samples: 4",
+        "clinical       4 / 4",
+        "genomics       3 / 4",
+        "age [numeric]: 0 / 4 missing",
+        "bag size min 2, median 2.5, max 3",
+        "6 events, 2 distinct codes",
+        "labels: 0: 2 (50%), 1: 2 (50%)",
+        "    [events] icu stays: 3 (shorter than 48 h)",
+    ]:
         assert piece in text, piece
     surv = Cohort(clinical=_clinical(), survival=_survival()).summary()
     assert "2 events, 2 censored (50% censoring)" in surv and "excluded: nothing" in surv
@@ -364,15 +506,20 @@ MODS = ("clinical", "genomics", "images", "events")
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(st.booleans(), min_size=4, max_size=4).filter(any), min_size=1, max_size=8),
-       st.booleans(), st.data())
+@given(
+    st.lists(st.lists(st.booleans(), min_size=4, max_size=4).filter(any), min_size=1, max_size=8),
+    st.booleans(),
+    st.data(),
+)
 def test_random_missingness_builds_a_valid_cohort(pattern, with_labels, data):
     ids = [f"p{i}" for i in range(len(pattern))]
     has = {m: [s for s, row in zip(ids, pattern, strict=True) if row[k]] for k, m in enumerate(MODS)}
     kw = {}
     if has["clinical"]:
-        kw["clinical"] = pd.DataFrame({"x": np.arange(len(has["clinical"]), dtype=float),
-                                       "c": ["a"] * len(has["clinical"])}, index=has["clinical"])
+        kw["clinical"] = pd.DataFrame(
+            {"x": np.arange(len(has["clinical"]), dtype=float), "c": ["a"] * len(has["clinical"])},
+            index=has["clinical"],
+        )
     if has["genomics"]:
         kw["genomics"] = _adata(has["genomics"], n_genes=3)
     if has["images"]:
@@ -398,8 +545,10 @@ def test_random_missingness_builds_a_valid_cohort(pattern, with_labels, data):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)), min_size=1, max_size=30),
-       st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)))
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)), min_size=1, max_size=30),
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5)),
+)
 def test_index_time_cut_keeps_or_records_every_event(rows, cut):
     ev = pd.DataFrame(rows, columns=["sample_id", "time"]).assign(code="e")
     ids = set(ev["sample_id"])

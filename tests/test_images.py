@@ -29,14 +29,17 @@ def files(tmp_path):
     with h5py.File(tmp_path / "b.h5", "w") as f:
         f["features"] = _feats(3, seed=2)
         f["coords"] = np.arange(6).reshape(3, 2) * 10
-    torch.save({"features": torch.from_numpy(_feats(4, seed=3)), "coords": torch.ones(4, 2)}, tmp_path / "c.pt")
+    torch.save(
+        {"features": torch.from_numpy(_feats(4, seed=3)), "coords": torch.ones(4, 2)}, tmp_path / "c.pt"
+    )
     torch.save(torch.from_numpy(_feats(2, seed=4)), tmp_path / "d.pt")
     return tmp_path
 
 
 def test_arrays_files_and_lists(files):
-    bags = ImageBags.from_features({"m": _feats(6), 7: files / "a.npy", "u": [files / "b.h5", str(files / "c.pt")],
-                                    "t": files / "d.pt"})
+    bags = ImageBags.from_features(
+        {"m": _feats(6), 7: files / "a.npy", "u": [files / "b.h5", str(files / "c.pt")], "t": files / "d.pt"}
+    )
     assert bags.kind == "features" and bags.feature_dim == 8 and bags.pixel_shape is None
     assert bags.sample_ids == ["m", "7", "u", "t"] and "7" in bags and len(bags) == 4
     assert [bags.n_patches(s) for s in bags.sample_ids] == [6, 5, 7, 2]
@@ -72,8 +75,9 @@ def test_load_indices_keep_requested_order_across_slides(files):
 
 def test_coords_argument_whole_bag_or_per_slide(files):
     c = np.arange(16, dtype=float).reshape(8, 2)
-    bags = ImageBags.from_features({"u": [files / "a.npy", files / "b.h5"], "v": _feats(3)},
-                                   coords={"u": c, "v": [np.zeros((3, 2))]})
+    bags = ImageBags.from_features(
+        {"u": [files / "a.npy", files / "b.h5"], "v": _feats(3)}, coords={"u": c, "v": [np.zeros((3, 2))]}
+    )
     np.testing.assert_array_equal(bags.load("u").coords, c)  # overrides the coords stored in b.h5
     assert (bags.load("v").coords == 0).all()
     with pytest.raises(ValueError, match="coords of sample 'u' have shape"):
@@ -101,8 +105,13 @@ def test_directory_rule(tmp_path):
 
 
 def test_manifest(files):
-    man = pd.DataFrame({"sample_id": [1, 1, 2], "path": [files / "a.npy", files / "b.h5", files / "c.pt"],
-                        "slide_id": ["left", None, "x"]})
+    man = pd.DataFrame(
+        {
+            "sample_id": [1, 1, 2],
+            "path": [files / "a.npy", files / "b.h5", files / "c.pt"],
+            "slide_id": ["left", None, "x"],
+        }
+    )
     bags = ImageBags.from_features(man)
     assert bags.sample_ids == ["1", "2"] and bags.slide_ids("1") == ["left", "b"]
     with pytest.raises(ValueError, match=r"manifest lacks column\(s\) \['path'\]"):
@@ -124,7 +133,9 @@ def test_subset_and_bag_sizes(files):
 def test_feature_errors(files, tmp_path):
     with pytest.raises(ValueError, match="sample 'z' has a bag of zero patches"):
         ImageBags.from_features({"a": _feats(2), "z": np.zeros((0, 8))})
-    with pytest.raises(ValueError, match=r"inconsistent feature dim: sample 'a' has 8 but sample 'b' .* has 5"):
+    with pytest.raises(
+        ValueError, match=r"inconsistent feature dim: sample 'a' has 8 but sample 'b' .* has 5"
+    ):
         ImageBags.from_features({"a": _feats(2), "b": _feats(2, d=5)})
     missing = tmp_path / "gone.npy"
     with pytest.raises(ValueError, match=f"file '{missing}' for sample 'q' does not exist"):
@@ -176,7 +187,9 @@ def test_h5_without_features_and_file_deleted_after_construction(tmp_path):
 def test_pixel_arrays_single_image_and_uint8(tmp_path):
     u8 = RNG.integers(0, 256, size=(3, 3, 8, 8), dtype=np.uint8)
     np.save(tmp_path / "img.npy", u8[0])
-    bags = ImageBags.from_patches({"a": u8, "b": RNG.random((3, 8, 8)).astype(np.float32), "c": tmp_path / "img.npy"})
+    bags = ImageBags.from_patches(
+        {"a": u8, "b": RNG.random((3, 8, 8)).astype(np.float32), "c": tmp_path / "img.npy"}
+    )
     assert bags.kind == "pixels" and bags.pixel_shape == (3, 8, 8) and bags.feature_dim is None
     assert [bags.n_patches(s) for s in "abc"] == [3, 1, 1]  # [C, H, W] = a bag of one image
     a = bags.load("a")
