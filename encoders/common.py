@@ -67,7 +67,7 @@ def require_tensor(batch: ModalityBatch, key: str, *, owner: str) -> torch.Tenso
 
 def sincos_2d(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wavelength: float = 10_000.0,
               ) -> torch.Tensor:
-    """Fixed 2-D sinusoidal encoding of patch coordinates.
+    """Fixed 2-D sinusoidal encoding of patch coordinates (not differentiable in ``coords``: they are data).
 
     Args:
         coords: float ``[..., 2]`` (x, y); a row with any NaN gets a zero vector (no positional term), so
@@ -78,20 +78,24 @@ def sincos_2d(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wav
 
     Returns:
         float ``[..., d_model]``.
+
+    Patches of a slide sit on a grid, so each axis has few distinct values (about sqrt(N)): the sines are
+    computed once per distinct value and gathered, instead of N x d_model/2 times.
     """
     n_freq = d_model // 4
-    out = coords.new_zeros(*coords.shape[:-1], d_model)
-    if n_freq == 0:
-        return out
-    known = ~torch.isnan(coords).any(dim=-1, keepdim=True)  # [..., 1]
-    xy = torch.where(known, coords, torch.zeros_like(coords)) * scale
+    flat = coords.reshape(-1, 2)
+    out = flat.new_zeros(flat.shape[0], d_model)
+    if n_freq == 0 or flat.shape[0] == 0:
+        return out.view(*coords.shape[:-1], d_model)
+    known = ~torch.isnan(flat).any(dim=-1)  # [M]
+    xy = torch.where(known[:, None], flat, torch.zeros_like(flat)) * scale
     omega = max_wavelength ** (-torch.arange(n_freq, device=coords.device, dtype=coords.dtype) / n_freq)
     for axis in range(2):
-        angle = xy[..., axis : axis + 1] * omega  # [..., n_freq]
-        base = 2 * axis * n_freq
-        out[..., base : base + n_freq] = torch.sin(angle)
-        out[..., base + n_freq : base + 2 * n_freq] = torch.cos(angle)
-    return out.mul_(known)
+        values, inverse = torch.unique(xy[:, axis], return_inverse=True)
+        angle = values[:, None] * omega  # [U, n_freq]
+        table = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)  # [U, 2 * n_freq]
+        out[:, 2 * axis * n_freq : 2 * (axis + 1) * n_freq] = table[inverse]
+    return out.masked_fill_(~known[:, None], 0.0).view(*coords.shape[:-1], d_model)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class FeatureBagEncoder(ModalityEncoder):
     on its own input row, so padding never affects real patches.
     """
 
-    CHUNK_ROWS = 8192  # rows per chunk of the no-grad path (8192 x d floats of temporary memory)
+    CHUNK_ROWS = 32768  # rows per chunk of the no-grad path (32768 x d floats of temporary memory)
 
     def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,
                  coord_scale: float = 1.0 / 256.0, max_wavelength: float = 10_000.0) -> None:

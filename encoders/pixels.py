@@ -81,7 +81,8 @@ class CNNEncoder(ModalityEncoder):
         width: channels of the first stage; stage i has ``width * 2**min(i, 2)`` channels.
         depth: number of residual stages; every stage after the first halves the resolution.
         dropout: dropout on the output tokens.
-        chunk_size: images per forward chunk (bounds activation memory on large bags).
+        chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
+            training, the activations of every real image are kept for backward whatever the chunk size).
         weights_path: optional local state-dict file to initialise the whole encoder from.
 
     Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, N, d]`` named like the batch, ``meta`` = ``coords``,
@@ -161,7 +162,8 @@ class ViTEncoder(ModalityEncoder):
         d_model, depth, n_heads, ffn_mult, dropout: transformer width, layers, heads (d_model % n_heads == 0),
             hidden-width multiplier of its feed-forward and dropout (the shared masked SDPA transformer of
             :mod:`clinfuse.encoders.attention`).
-        chunk_size: images per forward chunk (bounds activation memory on large bags).
+        chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
+            training, the activations of every real image are kept for backward whatever the chunk size).
         weights_path: optional local state-dict file to initialise the whole encoder from.
 
     Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, T, d]`` with T = max over samples of its token count.
