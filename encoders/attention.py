@@ -6,12 +6,13 @@ mask ``[B, 1, 1, T]``. Three properties matter for clinfuse and are handled here
 * **Memory linear in T.** On CPU (torch 2.13) SDPA with a float32 input, a broadcast key-padding mask and
   ``dropout_p=0`` dispatches to its fused flash kernel, which keeps only the log-sum-exp per query for the
   backward pass: measured peak RSS for forward+backward at T=8,000 (B=2, 4 heads) is ~40 MB, where the
-  T x T weights alone would be 2 GB. Two things silently switch SDPA to the *math* kernel, which
-  materialises T x T: ``dropout_p > 0`` (measured 2 GB at T=4,000) and a mask expanded to ``[B, H, T, T]``.
-  So attention-weight dropout is deliberately not offered (dropout acts on the block outputs) and the mask
-  is always passed broadcast. ``query_chunk_size`` additionally splits the queries into chunks and, when
-  gradients are recorded, checkpoints each chunk, so peak memory stays linear in T on any backend that
-  falls back to the math kernel (exact: every chunk sees all keys).
+  T x T weights alone would be 2 GB. ``dropout_p > 0`` silently switches SDPA to the *math* kernel, which
+  materialises T x T (measured 2 GB at T=4,000), and a mask expanded to ``[B, H, T, T]`` is itself
+  quadratic (measured 0.5 GB at T=4,000). So attention-weight dropout is deliberately not offered (dropout
+  acts on the block outputs) and the mask is always passed broadcast. ``query_chunk_size`` splits the
+  queries into chunks (exact: every chunk sees all keys) and, when gradients are recorded, recomputes each
+  chunk's attention in backward (a checkpoint), so peak memory stays linear in T even on a backend that
+  falls back to the math kernel; with the flash kernel it is not needed (default None).
 * **All-masked rows are finite.** A sample without the modality has no valid key; its mask row is
   replaced by all-True (attending to finite padding) and its outputs are zeroed, so no softmax over an
   empty set is ever taken and no NaN reaches values or gradients, whatever the backend does.
@@ -32,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 AttentionKind = Literal["full", "latent"]
 
@@ -80,17 +80,37 @@ def masked_attention(
         for start in range(0, n_q, query_chunk_size):
             q_chunk = q[:, :, start : start + query_chunk_size]
             if use_ckpt:
-                chunks.append(checkpoint(_sdpa, q_chunk, k, v, sdpa_mask, use_reentrant=False))
+                chunks.append(_RecomputedSDPA.apply(q_chunk, k, v, sdpa_mask))
             else:
-                chunks.append(_sdpa(q_chunk, k, v, sdpa_mask))
+                chunks.append(F.scaled_dot_product_attention(q_chunk, k, v, attn_mask=sdpa_mask))
         out = torch.cat(chunks, dim=2)
     if empty is not None and bool(empty.any()):
         out = out.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
     return out
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+class _RecomputedSDPA(torch.autograd.Function):
+    """SDPA of one query chunk that keeps only its inputs and recomputes the attention in backward.
+
+    A hand-written checkpoint: ``torch.utils.checkpoint`` would do the same, but its first call imports
+    torch._dynamo (tens of seconds on a loaded 2-core machine). The saved k, v are the same tensors for
+    every chunk (no copies), so what is kept for backward is linear in T.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):  # type: ignore[override]
+        ctx.save_for_backward(q, k, v)
+        ctx.mask = mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*inputs, attn_mask=ctx.mask)
+            grads = torch.autograd.grad(out, inputs, grad_out)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])), None)
 
 
 class MultiHeadAttention(nn.Module):
