@@ -6,17 +6,22 @@ generator below is how the whole pipeline (and PersAM's personalised attention i
 The planted rule (as in PersAM's lymphoma cases, where the clinical record decides which cells matter):
 
 * Every patch bag ``[N, D]`` holds background patches and two patch types, A and B, that lie along two
-  orthogonal directions of feature space (``SyntheticTruth.directions``), far apart relative to the unit
-  noise, so the types are clearly separable.
+  orthogonal directions of feature space (``SyntheticTruth.directions``), at distance 4 from the origin
+  against isotropic patch noise of sd 0.5, so the types are clearly separable.
 * The binary clinical variable ``marker_status`` (the ``rule_variable``) decides which type is evidence:
   ``"positive"`` patients are judged on their type-A patches, ``"negative"`` ones on type-B patches. The
   other type is a distractor. ``relevant_patches[s]`` marks the evidence patches of sample ``s``.
-* The outcome is driven by the linear predictor
-  ``lp = 3 * z(evidence fraction) + z(biomarker_level) + 1.5 * g + 1.5 * e``, where ``g`` shifts
-  the signal genes' expression and ``e`` raises the rate of the signal event codes. The marker itself has
-  no marginal effect, so a model must learn the rule to use the images fully.
+* Type-A and type-B patches also carry a "severity" along a fifth direction (``severity_direction``):
+  the evidence patches show the patient's severity ``v`` (one value per patient, small per-patch jitter),
+  the distractor patches an unrelated severity, background patches none. The outcome is driven by the
+  linear predictor ``lp = 4 * v + z(biomarker_level) + g + e``, where ``g`` shifts the signal
+  genes' expression and ``e`` raises the rate of the signal event codes. The marker has no marginal
+  effect, so a model must learn the rule to read the images. The amount of evidence (a uniform fraction
+  of 5-50% of the bag) does not enter ``lp``: softmax attention pooling is invariant to it, so an
+  amount-driven outcome would teach attention models to spread their weight rather than find the
+  evidence; a severity shown only by the evidence patches is what attention must find.
 * Classification: ``label = 1`` (poor outcome) when ``lp`` plus logistic noise (scale 0.5) exceeds 0.
-  Survival: exponential event times with hazard ``exp(0.6 * lp)`` (median about 24 time units at
+  Survival: exponential event times with hazard ``exp(0.4 * lp)`` (median about 24 time units at
   ``lp = 0``) and independent exponential censoring calibrated to censor about 30% of the samples.
 
 Random draws come from independent child streams of one ``SeedSequence(seed)`` (latents, images,
@@ -42,11 +47,14 @@ RULE_VARIABLE = "marker_status"
 """The clinical column whose value decides which patch type is evidence."""
 
 _EVIDENCE_LOW, _EVIDENCE_HIGH = 0.05, 0.5  # each patch type covers a uniform fraction of the bag
-_W_IMAGE, _W_CLINICAL, _W_GENES, _W_EVENTS = 3.0, 1.0, 1.5, 1.5
+_W_IMAGE, _W_CLINICAL, _W_GENES, _W_EVENTS = 4.0, 1.0, 1.0, 1.0
 _TYPE_AMPLITUDE = 4.0  # distance of the type-A / type-B centres from the origin, in noise sd units
 _BACKGROUND_AMPLITUDE = 2.0  # background patches sit at two other centres so norm alone is no cue
+_SEVERITY_AMPLITUDE = 3.0  # severity (sd 1 over patients) is shown at three times the noise sd
+_SEVERITY_JITTER = 0.3
+_PATCH_NOISE = 0.5  # isotropic per-patch noise sd
 _PATCH_PIXELS = 256.0  # grid spacing of the patch coordinates (level-0 pixels)
-_SURVIVAL_SCALE = 0.6
+_SURVIVAL_SCALE = 0.4
 _TARGET_CENSORING = 0.3
 
 
@@ -67,8 +75,10 @@ class SyntheticTruth:
         rule_value: sample id -> bool, True where the rule variable is "positive" (all samples, observed or
             not).
         evidence_fraction: sample id -> fraction of the sample's patches that are evidence (all samples).
+        severity: sample id -> the severity ``v`` shown by the evidence patches (all samples).
         linear_predictor: sample id -> the outcome's linear predictor ``lp`` (all samples).
         directions: float32 ``[2, D]`` unit directions of type A (row 0) and type B (row 1).
+        severity_direction: float32 ``[D]`` unit direction along which patches of type A / B show severity.
     """
 
     relevant_patches: dict[str, np.ndarray]
@@ -80,8 +90,10 @@ class SyntheticTruth:
     description: str
     rule_value: pd.Series = field(default_factory=lambda: pd.Series(dtype=bool))
     evidence_fraction: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    severity: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     linear_predictor: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     directions: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), dtype=np.float32))
+    severity_direction: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n_codes, missing_rate):
@@ -96,8 +108,8 @@ def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n
     lo, hi = n_patches
     if not (2 <= lo <= hi):
         raise ValueError(f"n_patches must be (low, high) with 2 <= low <= high, got {n_patches!r}")
-    if feature_dim < 4:
-        raise ValueError(f"feature_dim must be >= 4 (four orthogonal patch centres), got {feature_dim}")
+    if feature_dim < 5:
+        raise ValueError(f"feature_dim must be >= 5 (five orthogonal patch directions), got {feature_dim}")
     if n_genes < 4:
         raise ValueError(f"n_genes must be >= 4, got {n_genes}")
     if n_codes < 4:
@@ -108,11 +120,12 @@ def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n
     return tuple(m for m in MODALITIES if m in mods)
 
 
-def _images(rng, ids, rule_pos, n_patches, feature_dim):
-    """Patch bags, their types and grid coordinates; returns (features, types, coords, evidence_fraction)."""
+def _images(rng, ids, rule_pos, severity, n_patches, feature_dim):
+    """Patch bags, types and grid coordinates; returns (features, types, coords, evidence_fraction, centres)."""
     lo, hi = n_patches
-    centres = np.linalg.qr(rng.normal(size=(feature_dim, 4)))[0].T.astype(np.float32)  # [4, D] orthonormal
-    directions = centres[:2]
+    # [5, D] orthonormal: type A, type B, two background centres, the severity direction
+    centres = np.linalg.qr(rng.normal(size=(feature_dim, 5)))[0].T.astype(np.float32)
+    distractor_severity = rng.normal(size=len(ids))
     sizes = rng.integers(lo, hi + 1, size=len(ids))
     frac = rng.uniform(_EVIDENCE_LOW, _EVIDENCE_HIGH, size=(len(ids), 2))
     feats, types, coords, evidence = {}, {}, {}, np.empty(len(ids))
@@ -123,17 +136,22 @@ def _images(rng, ids, rule_pos, n_patches, feature_dim):
         t = np.zeros(n, dtype=np.int64)
         t[:n_a], t[n_a : n_a + n_b] = 1, 2
         t = rng.permutation(t)
-        x = rng.normal(size=(n, feature_dim)).astype(np.float32)
+        x = (_PATCH_NOISE * rng.normal(size=(n, feature_dim))).astype(np.float32)
         x[t == 1] += _TYPE_AMPLITUDE * centres[0]
         x[t == 2] += _TYPE_AMPLITUDE * centres[1]
+        evidence_type = 1 if rule_pos[i] else 2
+        for typ, sev in ((evidence_type, severity[i]), (3 - evidence_type, distractor_severity[i])):
+            k = np.flatnonzero(t == typ)
+            shown = _SEVERITY_AMPLITUDE * sev + _SEVERITY_JITTER * rng.normal(size=k.size)
+            x[k] += shown[:, None].astype(np.float32) * centres[4]
         bg = np.flatnonzero(t == 0)
         x[bg] += _BACKGROUND_AMPLITUDE * centres[2 + rng.integers(0, 2, size=bg.size)]
         width = int(np.ceil(np.sqrt(n)))
         pos = np.arange(n)
         coords[sid] = (np.stack([pos % width, pos // width], axis=1) * _PATCH_PIXELS).astype(np.float32)
         feats[sid], types[sid] = x, t
-        evidence[i] = np.mean(t == (1 if rule_pos[i] else 2))
-    return feats, types, coords, evidence, directions
+        evidence[i] = np.mean(t == evidence_type)
+    return feats, types, coords, evidence, centres
 
 
 def _clinical(rng, ids, rule_pos, z_clin):
@@ -267,10 +285,9 @@ def make_synthetic_cohort(
     )
 
     rule_pos = r_latent.random(n) < 0.5
-    z_clin, g, e = r_latent.normal(size=(3, n))
-    feats, types, coords, evidence, directions = _images(r_img, ids, rule_pos, n_patches, feature_dim)
-    mid, sd = (_EVIDENCE_LOW + _EVIDENCE_HIGH) / 2, (_EVIDENCE_HIGH - _EVIDENCE_LOW) / np.sqrt(12.0)
-    lp = _W_IMAGE * (evidence - mid) / sd + _W_CLINICAL * z_clin + _W_GENES * g + _W_EVENTS * e
+    z_clin, g, e, severity = r_latent.normal(size=(4, n))
+    feats, types, coords, evidence, centres = _images(r_img, ids, rule_pos, severity, n_patches, feature_dim)
+    lp = _W_IMAGE * severity + _W_CLINICAL * z_clin + _W_GENES * g + _W_EVENTS * e
 
     labels = survival = None
     if task == "classification":
@@ -330,9 +347,10 @@ def make_synthetic_cohort(
         signal_codes=signal_codes,
         description=(
             f"{n} synthetic patients ({task}). Patch types A and B lie along two orthogonal directions "
-            f"(amplitude {_TYPE_AMPLITUDE} vs unit noise). '{RULE_VARIABLE}' = positive makes type-A patches "
-            f"the evidence, negative makes type-B patches the evidence. Linear predictor lp = "
-            f"{_W_IMAGE}*z(evidence fraction) + {_W_CLINICAL}*z(biomarker_level) + {_W_GENES}*g + "
+            f"(amplitude {_TYPE_AMPLITUDE} vs noise sd {_PATCH_NOISE}). '{RULE_VARIABLE}' = positive makes type-A patches "
+            f"the evidence, negative makes type-B patches the evidence; the evidence patches show the "
+            f"patient's severity v along a fifth direction, the distractor type an unrelated one. "
+            f"Linear predictor lp = {_W_IMAGE}*v + {_W_CLINICAL}*z(biomarker_level) + {_W_GENES}*g + "
             f"{_W_EVENTS}*e, with g raising genes {signal_genes} and e raising the rate of codes "
             f"{signal_codes}. "
             + (
@@ -344,7 +362,9 @@ def make_synthetic_cohort(
         ),
         rule_value=rule,
         evidence_fraction=pd.Series(evidence, index=ids, name="evidence_fraction"),
+        severity=pd.Series(severity, index=ids, name="severity"),
         linear_predictor=pd.Series(lp, index=ids, name="linear_predictor"),
-        directions=directions,
+        directions=centres[:2].copy(),
+        severity_direction=centres[4].copy(),
     )
     return cohort, truth
