@@ -47,13 +47,19 @@ def _np(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def _grid(values: Any) -> np.ndarray:
+    """A ``[B][T]`` list of strings as a 2-D object array (fancy-indexable without a Python loop)."""
+    out = np.empty((len(values), len(values[0]) if len(values) else 0), dtype=object)
+    out[:] = values
+    return out
+
+
 def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarray, t_idx: np.ndarray) -> dict:
     """Structured columns (slide_id, position, x, y / code, time) of the selected tokens.
 
     Taken from the record's own ``meta`` when the aggregator filled it, else from the batch when the
     record's tokens are exactly the batch's tokens of that modality (same T); otherwise left empty.
     """
-    n = len(b_idx)
     out: dict[str, Any] = {}
     meta = dict(record.meta)
     source = batch.modalities.get(record.modality) if batch is not None else None
@@ -71,7 +77,7 @@ def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarr
             if meta.get(key) is not None:
                 out[key] = _np(meta[key]).astype(float)[b_idx, t_idx]
         if meta.get("slide_id") is not None:
-            out["slide_id"] = [meta["slide_id"][b][t] or None for b, t in zip(b_idx, t_idx)]
+            out["slide_id"] = _grid(meta["slide_id"])[b_idx, t_idx]
     elif record.modality == "events":
         if same_tokens:
             meta.setdefault("time", source.tensors.get("times"))
@@ -81,8 +87,11 @@ def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarr
         if meta.get("time") is not None:
             out["time"] = _np(meta["time"]).astype(float)[b_idx, t_idx]
         if meta.get("code") is not None:
-            out["code"] = [meta["code"][b][t] or None for b, t in zip(b_idx, t_idx)]
-    return {k: v for k, v in out.items() if len(v) == n}
+            out["code"] = _grid(meta["code"])[b_idx, t_idx]
+    for key in ("slide_id", "code"):  # "" marks padding / unknown: report it as missing
+        if key in out:
+            out[key] = np.where(out[key] == "", None, out[key])
+    return out
 
 
 def records_to_frame(
@@ -116,37 +125,43 @@ def records_to_frame(
             b_idx = np.flatnonzero(value.sum(axis=(1, 2)) > 0)
             t_idx = np.zeros_like(b_idx)
             tokens = np.full(len(b_idx), "clinical", dtype=object)
+            extra: dict[str, Any] = {}
         else:
-            if record.kind == "modality":
-                # Every modality of the model is listed; an absent one keeps its exact 0 weight.
-                real = np.array([[bool(name) for name in row] for row in record.names], dtype=bool)
-            else:
-                real = mask
+            names = _grid(record.names)
+            # Modality rows list every modality of the model; an absent one keeps its exact 0 weight.
+            real = (names != "") if record.kind == "modality" else mask
             b_idx, t_idx = np.nonzero(real)
-            tokens = np.asarray([record.names[b][t] for b, t in zip(b_idx, t_idx)], dtype=object)
-        extra = _token_columns(record, batch, b_idx, t_idx) if record.kind != "phi" else {}
-        for c in range(n_classes):
-            cls = None if record.class_names is None else str(record.class_names[c])
-            frame = {
-                "sample_id": sid[b_idx], "patient_id": pid[b_idx], "modality": record.modality,
-                "token": tokens, "kind": record.kind, "target_class": cls,
-                "value": value[b_idx, c, t_idx].astype(float), "raw_value": raw[b_idx, c, t_idx].astype(float),
-                **extra,
-            }
-            parts.append(pd.DataFrame(frame))
+            tokens = names[b_idx, t_idx]
+            extra = _token_columns(record, batch, b_idx, t_idx)
+        n = len(b_idx)
+        classes = [None] * n_classes if record.class_names is None else [str(c) for c in record.class_names]
+        columns = {
+            "sample_id": np.tile(sid[b_idx], n_classes), "patient_id": np.tile(pid[b_idx], n_classes),
+            "modality": record.modality,
+            "token": np.tile(tokens, n_classes),
+            "kind": record.kind,
+            "target_class": classes[0] if n_classes == 1 else np.repeat(np.asarray(classes, dtype=object), n),
+            # [B, C, T] -> class-major rows, matching np.repeat of the class names above
+            "value": value[b_idx, :, t_idx].T.reshape(-1).astype(float),
+            "raw_value": raw[b_idx, :, t_idx].T.reshape(-1).astype(float),
+            **{k: np.tile(v, n_classes) for k, v in extra.items()},
+        }
+        parts.append(pd.DataFrame(columns))
     return _conform(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(COLUMNS)))
 
 
 def _conform(frame: pd.DataFrame) -> pd.DataFrame:
-    """Give ``frame`` exactly :data:`COLUMNS`, in order, with stable dtypes (strings nullable)."""
+    """Give ``frame`` exactly :data:`COLUMNS`, in order, with stable dtypes (text as object, None = NA)."""
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None if column in _STRING_COLUMNS else np.nan
     frame = frame[list(COLUMNS)]
     for column in _STRING_COLUMNS:
-        frame[column] = frame[column].astype("string")
+        if frame[column].dtype != object:
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     for column in set(COLUMNS) - set(_STRING_COLUMNS):
-        frame[column] = frame[column].astype(float)
+        if frame[column].dtype != float:
+            frame[column] = frame[column].astype(float)
     return frame
 
 
