@@ -212,6 +212,10 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=int(early_stopping_patience),
                                        check_finite=False, verbose=False))
     deterministic: Any = True if accelerator == "cpu" else "warn"
+    if strategy in ("ddp", "ddp_spawn"):
+        # A sample without a modality leaves that encoder (and e.g. missing-value embeddings) out of the
+        # loss for a batch: with missing modalities this is the normal case, so DDP must look for it.
+        strategy = f"{strategy}_find_unused_parameters_true"
     return pl.Trainer(
         max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
         gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
@@ -428,6 +432,7 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
     model.history_ = list(module.history)
     model.best_epoch_ = module.best_epoch
     model.is_global_zero_ = bool(trainer.is_global_zero)
+    model.world_size_ = int(trainer.world_size)
     model.training_ids_ = [str(s) for s in train.sample_ids]
     model.training_shapes_ = data_shapes(train)
     model.baseline_hazard_ = model.censoring_ = None
