@@ -38,7 +38,7 @@ def test_ddp_on_two_cpu_processes_trains_and_the_saved_model_predicts(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "model")], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "model")], capture_output=True, text=True, check=False,
                             cwd=tmp_path, env=env, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
