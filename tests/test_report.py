@@ -149,3 +149,20 @@ def test_geojson_for_qupath(tmp_path):
     assert np.isclose(total, 1.0)
     with pytest.raises(ValueError, match="target_class"):
         report.to_geojson(tmp_path / "b.geojson", "a", kind="explanatory")
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    from clinfuse.datasets.atomic import atomic_path, write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "folder", directory=True) as tmp:
+            (tmp / "inner.txt").write_text("y")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "folder" / "inner.txt").read_text() == "y"
