@@ -65,9 +65,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _default_mode(directory: bool) -> int:
+    """The mode a new file / folder gets under the user's umask (mkstemp/mkdtemp make them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _default_mode(False))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -102,6 +110,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
                              "choose a new or empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, _default_mode(True))
     try:
         yield tmp
         (tmp / MARKER).write_text("written by clinfuse\n")

@@ -213,3 +213,14 @@ def test_explicit_validation_and_class_weights(small_cohort):
     assert "validation" in model.metrics_
     with pytest.raises(ValueError, match="every class"):
         FusionModel(aggregator="concat", max_epochs=1, verbose=False, class_weights={0: 1.0}).fit(train)
+
+
+def test_saved_folder_and_files_get_umask_permissions(fitted_classifier, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = fitted_classifier.model.save(tmp_path / "perm")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((path / "config.json").stat().st_mode) == 0o666 & ~umask
