@@ -219,19 +219,20 @@ def evaluate_model(model: Any, cohort: Any) -> dict[str, Any]:
     model._require_targets(cohort, "evaluate")
     ids = [str(s) for s in cohort.sample_ids]
     presence = cohort.presence().reindex(index=ids, columns=model.modalities_, fill_value=False)
+    _, arrays = model._predict_arrays(cohort)  # one pass over the data for every metric
+    index = pd.Index(ids, name="sample_id")
     if model.task == "classification":
-        proba = model.predict_proba(cohort)
-        y = cohort.labels.loc[ids]
-        y.index = proba.index
+        proba = pd.DataFrame(arrays["proba"], index=index, columns=list(model.classes_))
+        y = pd.Series(cohort.labels.loc[ids].to_numpy(), index=index)
 
         def compute(sel: pd.Index) -> dict[str, float]:
             return classification_metrics(y.loc[sel].tolist(), proba.loc[sel])
     else:
         surv = cohort.survival.loc[ids]
-        surv.index = pd.Index(ids, name="sample_id")
+        surv.index = index
         times = default_brier_times(surv["time"], surv["event"])
-        risk = model.predict_risk(cohort)
-        curves = model.predict_survival(cohort, times) if len(times) >= 2 else None
+        risk = pd.Series(arrays["risk"], index=index)
+        curves = model._survival_frame(ids, arrays, times) if len(times) >= 2 else None
 
         def compute(sel: pd.Index) -> dict[str, float]:
             s = surv.loc[sel]

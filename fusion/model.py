@@ -243,6 +243,9 @@ class FusionModel(BaseEstimator):
         if len(times) == 0 or not np.isfinite(times).all() or (times < 0).any():
             raise ValueError(f"times must be non-negative finite numbers, got {times.tolist()}")
         ids, arrays = self._predict_arrays(cohort)
+        return self._survival_frame(ids, arrays, times)
+
+    def _survival_frame(self, ids: list[str], arrays: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
         index = pd.Index(ids, name="sample_id")
         if self.survival_head == "cox":
             return pd.DataFrame(self._cox_survival(arrays["risk"], times), index=index, columns=list(times))
