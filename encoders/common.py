@@ -82,20 +82,37 @@ def sincos_2d(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wav
     Patches of a slide sit on a grid, so each axis has few distinct values (about sqrt(N)): the sines are
     computed once per distinct value and gathered, instead of N x d_model/2 times.
     """
-    n_freq = d_model // 4
     flat = coords.reshape(-1, 2)
     out = flat.new_zeros(flat.shape[0], d_model)
-    if n_freq == 0 or flat.shape[0] == 0:
-        return out.view(*coords.shape[:-1], d_model)
-    known = ~torch.isnan(flat).any(dim=-1)  # [M]
-    xy = torch.where(known[:, None], flat, torch.zeros_like(flat)) * scale
+    n_freq = d_model // 4
+    if n_freq:
+        (table_x, index_x), (table_y, index_y) = sincos_tables(flat, d_model, scale=scale,
+                                                               max_wavelength=max_wavelength)
+        out[:, : 2 * n_freq] = table_x[index_x]
+        out[:, 2 * n_freq : 4 * n_freq] = table_y[index_y]
+    return out.view(*coords.shape[:-1], d_model)
+
+
+def sincos_tables(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wavelength: float = 10_000.0,
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Per axis, ``(table [U + 1, 2 * (d_model // 4)], index [M])`` for ``coords [M, 2]``.
+
+    ``table[index]`` is that axis's (sin, cos) block of :func:`sincos_2d`; the last table row is zeros and
+    is where rows with a NaN coordinate point, so they get no positional term. Lets a caller add the encoding
+    chunk by chunk without materialising ``[M, d_model]``.
+    """
+    n_freq = d_model // 4
+    known = ~torch.isnan(coords).any(dim=-1)  # [M]
+    xy = torch.where(known[:, None], coords, torch.zeros_like(coords)) * scale
     omega = max_wavelength ** (-torch.arange(n_freq, device=coords.device, dtype=coords.dtype) / n_freq)
+    out = []
     for axis in range(2):
         values, inverse = torch.unique(xy[:, axis], return_inverse=True)
         angle = values[:, None] * omega  # [U, n_freq]
         table = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)  # [U, 2 * n_freq]
-        out[:, 2 * axis * n_freq : 2 * (axis + 1) * n_freq] = table[inverse]
-    return out.masked_fill_(~known[:, None], 0.0).view(*coords.shape[:-1], d_model)
+        table = torch.cat([table, table.new_zeros(1, 2 * n_freq)])
+        out.append((table, inverse.masked_fill(~known, values.shape[0])))
+    return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------------------------------------

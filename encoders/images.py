@@ -23,6 +23,7 @@ from .common import (
     image_meta,
     require_tensor,
     sincos_2d,
+    sincos_tables,
 )
 from .tokens import Tokens
 
@@ -48,7 +49,7 @@ class FeatureBagEncoder(ModalityEncoder):
     on its own input row, so padding never affects real patches.
     """
 
-    CHUNK_ROWS = 32768  # rows per chunk of the no-grad path (32768 x d floats of temporary memory)
+    CHUNK_ROWS = 16384  # rows per chunk of the no-grad path: 16384 x d floats of temporary memory
 
     def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,
                  coord_scale: float = 1.0 / 256.0, max_wavelength: float = 10_000.0) -> None:
@@ -90,15 +91,20 @@ class FeatureBagEncoder(ModalityEncoder):
         B, N, D = x.shape
         flat = x.reshape(B * N, D)
         out = flat.new_empty(B * N, self.d_model)
-        xy = coords.reshape(B * N, 2).to(out.dtype) if self.positional else None
+        n_freq = self.d_model // 4
+        tables = None
+        if self.positional and n_freq:
+            tables = sincos_tables(coords.reshape(B * N, 2).to(out.dtype), self.d_model, scale=self.coord_scale,
+                                   max_wavelength=self.max_wavelength)
         weight_t = self.proj.weight.t()
         for start in range(0, B * N, self.CHUNK_ROWS):
             rows = slice(start, start + self.CHUNK_ROWS)
             chunk = out[rows]  # a contiguous view of the output
             torch.addmm(self.proj.bias, flat[rows], weight_t, out=chunk)
             chunk.copy_(F.layer_norm(chunk, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
-            if xy is not None:
-                chunk.add_(self._positions(xy[rows]))
+            if tables is not None:
+                for axis, (table, index) in enumerate(tables):
+                    chunk[:, 2 * axis * n_freq : 2 * (axis + 1) * n_freq] += table[index[rows]]
         return out.view(B, N, self.d_model)
 
     def forward(self, batch: ModalityBatch) -> Tokens:
@@ -121,7 +127,8 @@ class FeatureBagEncoder(ModalityEncoder):
         else:
             out = self._project_inference(x, meta["coords"])
         out = self.drop(out)
-        # in place: neither layer_norm, the addition nor dropout keep their output for backward
-        out = out.masked_fill_(~batch.mask[..., None], 0.0)
+        if not bool(batch.mask.all()):  # skip a pass over [B, N, d] when there is no padding
+            # in place: neither layer_norm, the addition nor dropout keep their output for backward
+            out = out.masked_fill_(~batch.mask[..., None], 0.0)
         return Tokens(values=out, mask=batch.mask, names=batch.names, modality="images",
                       present=batch.present, meta=meta)
