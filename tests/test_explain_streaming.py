@@ -1,0 +1,155 @@
+"""``FusionModel.explain(cohort, out=.parquet)``: rows streamed batch by batch, kinds, atomicity, flat memory.
+
+Uses the shared ``fitted_classifier`` (PersAM, batch_size 8) from ``conftest.py``; the large-cohort figures
+(peak memory across 100 / 300 / 1,000 samples, explain vs predict time) are in
+``benchmarks/bench_explain.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from clinfuse.fusion.report import COLUMNS, ParquetStream
+
+SORT = ["sample_id", "kind", "modality", "token", "target_class"]
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(SORT, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())  # hidden temporaries included
+
+
+def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
+    model, cohort = fitted_classifier.model, fitted_classifier.cohort
+    memory = model.explain(cohort)
+    out = tmp_path / "att.parquet"
+    streamed = model.explain(cohort, out=out)
+    assert streamed.path == out and _files(tmp_path) == ["att.parquet"]
+    on_disk = pd.read_parquet(out)
+    assert list(on_disk.columns) == list(COLUMNS)
+    # same rows in the same order (both follow the loader's batches), values exactly equal
+    pd.testing.assert_frame_equal(on_disk, memory.to_frame(), check_exact=True)
+    pd.testing.assert_frame_equal(streamed.to_frame(), memory.to_frame(), check_exact=True)
+    # every sample and every kind the model provides is there
+    assert set(on_disk.sample_id) == set(cohort.sample_ids)
+    assert set(on_disk.kind) == set(model.attention_kinds)
+
+
+def test_kinds_restricts_the_streamed_rows(fitted_classifier, tmp_path):
+    model, cohort = fitted_classifier.model, fitted_classifier.test
+    kinds = ["modality", "explanatory"]
+    assert set(kinds) < set(model.attention_kinds)
+    streamed = pd.read_parquet(model.explain(cohort, out=tmp_path / "k.parquet", kinds=kinds).path)
+    assert set(streamed.kind) == set(kinds)
+    full = model.explain(cohort).to_frame()
+    expected = full[full.kind.isin(kinds)]
+    pd.testing.assert_frame_equal(_sorted(streamed), _sorted(expected), check_exact=True)
+    # a single kind may be given as a string
+    single = pd.read_parquet(model.explain(cohort, out=tmp_path / "p.parquet", kinds="patch").path)
+    assert set(single.kind) == {"patch"} and len(single) == (full.kind == "patch").sum()
+
+
+@pytest.mark.parametrize("kinds", [["nonsense"], ["modality", "shap"], ["patch", "wrong"]])
+def test_bad_kind_raises_before_any_file(fitted_classifier, tmp_path, monkeypatch, kinds):
+    model = fitted_classifier.model
+    calls = []
+    monkeypatch.setattr(model, "iter_attention", lambda *a, **k: calls.append(1) or iter(()))
+    bad = [k for k in kinds if k not in model.attention_kinds]
+    with pytest.raises(ValueError, match="|".join(bad)):
+        model.explain(fitted_classifier.test, out=tmp_path / "sub" / "att.parquet", kinds=kinds)
+    assert calls == []  # rejected before the model ran
+    assert _files(tmp_path) == []  # not even the output folder was created
+
+
+def test_interrupted_stream_leaves_nothing_behind(fitted_classifier, tmp_path, monkeypatch):
+    model, cohort = fitted_classifier.model, fitted_classifier.cohort
+    out = tmp_path / "att.parquet"
+    out.write_bytes(b"previous export")  # an existing file must survive an interrupted rewrite untouched
+    original = model.iter_attention
+    seen = []
+
+    def failing(*args, **kwargs):
+        for batch in original(*args, **kwargs):
+            seen.append(batch[0].sample_ids)
+            yield batch
+            raise KeyboardInterrupt("stopped after the first batch")
+
+    monkeypatch.setattr(model, "iter_attention", failing)
+    with pytest.raises(KeyboardInterrupt):
+        model.explain(cohort, out=out)
+    assert len(seen) == 1
+    assert _files(tmp_path) == ["att.parquet"] and out.read_bytes() == b"previous export"
+    out.unlink()
+    monkeypatch.setattr(model, "iter_attention", failing)
+    with pytest.raises(KeyboardInterrupt):
+        model.explain(cohort, out=out)
+    assert _files(tmp_path) == []  # no truncated file, no temporary
+
+
+def test_rows_are_written_batch_by_batch(fitted_classifier, tmp_path, monkeypatch):
+    """Each batch is written before the next is computed; the report is backed by the file, not by frames."""
+    model, cohort = fitted_classifier.model, fitted_classifier.cohort
+    events: list[tuple[str, int]] = []
+    original_iter, original_write = model.iter_attention, ParquetStream.write
+
+    def iter_logged(*args, **kwargs):
+        for item in original_iter(*args, **kwargs):
+            events.append(("batch", len(item[0].sample_ids)))
+            yield item
+
+    def write_logged(self, rows):
+        events.append(("write", len(rows)))
+        return original_write(self, rows)
+
+    monkeypatch.setattr(model, "iter_attention", iter_logged)
+    monkeypatch.setattr(ParquetStream, "write", write_logged)
+    out = tmp_path / "att.parquet"
+    report = model.explain(cohort, out=out)
+
+    n_batches = math.ceil(len(cohort) / model.batch_size)
+    assert n_batches >= 3
+    assert [e[0] for e in events] == ["batch", "write"] * n_batches  # interleaved: nothing accumulates
+    # the report holds the path; nothing was kept in memory (the frame is read lazily on first use)
+    assert report.path == out and report._frame is None
+    meta = pq.ParquetFile(out).metadata
+    assert meta.num_row_groups == n_batches  # one row group per batch
+    rows_per_write = [n for what, n in events if what == "write"]
+    assert [meta.row_group(i).num_rows for i in range(n_batches)] == rows_per_write
+    # the rows of each row group are exactly the samples of that batch
+    batch_sizes = [n for what, n in events if what == "batch"]
+    first = pq.ParquetFile(out).read_row_group(0, columns=["sample_id"]).column(0).to_pylist()
+    assert len(set(first)) == batch_sizes[0]
+    assert report._frame is None
+    assert len(report.to_frame()) == sum(rows_per_write)
+
+
+def test_streaming_many_samples_keeps_batches_bounded(fitted_classifier, tmp_path, monkeypatch):
+    """No write grows with the cohort: the largest write is one batch's rows, whatever the cohort size."""
+    model = fitted_classifier.model
+    cohort = fitted_classifier.cohort
+    sizes: dict[int, list[int]] = {}
+    original_write = ParquetStream.write
+
+    for n in (16, len(cohort)):
+        sub = cohort.subset(cohort.sample_ids[:n])
+        writes: list[int] = []
+
+        def write_logged(self, rows, _writes=writes):
+            _writes.append(len(rows))
+            return original_write(self, rows)
+
+        monkeypatch.setattr(ParquetStream, "write", write_logged)
+        model.explain(sub, out=tmp_path / f"att{n}.parquet")
+        sizes[n] = writes
+    small, large = sizes[16], sizes[len(cohort)]
+    assert len(large) > len(small)
+    # bags differ in size (6-16 patches), so batches differ a little; a cohort-sized write would be 3x larger
+    assert max(large) <= 1.5 * max(small)
+    assert sum(large) == len(pd.read_parquet(tmp_path / f"att{len(cohort)}.parquet"))
