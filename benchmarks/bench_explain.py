@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -98,7 +99,6 @@ def make_data(workdir: Path, *, n: int, patches: int, dim: int, seed: int = 0) -
 def build_cohort(workdir: Path, n: int):
     """The cohort of the first ``n`` samples; bags are ``.npy`` paths (memory-mapped when read)."""
     import pandas as pd
-
     from clinfuse.datasets import Cohort, ImageBags
 
     clinical = pd.read_csv(workdir / "clinical.csv", index_col=0).iloc[:n]
@@ -113,7 +113,6 @@ def train_model(workdir: Path, *, n_train: int = 50) -> Path:
     if (path / "done").exists():
         return path
     import torch
-
     from clinfuse.fusion import FusionModel
 
     torch.manual_seed(0)
@@ -161,7 +160,7 @@ class MemorySampler:
                 self.peak[k] = max(self.peak.get(k, 0), v)
             time.sleep(self.interval)
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -173,7 +172,6 @@ class MemorySampler:
 def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None) -> dict:
     import pyarrow.parquet as pq
     import torch
-
     from clinfuse.fusion import FusionModel
 
     model = FusionModel.load(workdir / "model")

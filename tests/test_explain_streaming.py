@@ -12,7 +12,6 @@ import math
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from clinfuse.fusion.report import COLUMNS, ParquetStream
 
 SORT = ["sample_id", "kind", "modality", "token", "target_class"]
