@@ -7,7 +7,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from clinfuse.fusion import create_aggregator
 from clinfuse.fusion.aggregators.persam import PersAM
 from clinfuse.fusion.heads import CoxHead, DiscreteTimeHead

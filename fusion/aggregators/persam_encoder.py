@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -126,6 +126,7 @@ class GroupBalancedLayer(nn.Module):
         xs: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
         full_ok: torch.Tensor | None,
+        chunk: int | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Update every group's tokens.
 
@@ -133,97 +134,132 @@ class GroupBalancedLayer(nn.Module):
             xs: per query group, float ``[B, L_g, d]`` (``L_g`` may be 0 for an unused group).
             masks: per query group, bool ``[B, L_g]``, True = real token.
             full_ok: bool ``[B]``: samples whose instances also attend to each other (or None: none do).
+            chunk: if given, large groups are updated in chunks of this many tokens, each recomputed in the
+                backward pass (``torch.utils.checkpoint``): same result, memory of one chunk.
 
         Returns:
             The updated ``xs`` and the class queries' group weights ``[B, H, C, n_key]`` (for export).
         """
-        lay, H = self.layout, self.n_heads
+        lay, H, d = self.layout, self.n_heads, self.d_model
         avail = torch.stack([m.any(dim=1) for m in masks], dim=1)  # [B, n_query]
         avail = torch.cat([avail, torch.ones_like(avail[:, :1])], dim=1)  # self is always there
-        d = self.d_model
         w_q, w_k, w_v = self.qkv.weight.view(3, H, d // H, d).unbind(0)  # each [H, dh, d]
         b_q, b_k, b_v = self.qkv.bias.view(3, H, d // H).unbind(0)  # each [H, dh]
-        h: dict[int, torch.Tensor] = {}
-        q: dict[int, torch.Tensor] = {}
-        k: dict[int, torch.Tensor] = {}
-        v: dict[int, torch.Tensor] = {}
-        for g, x in enumerate(xs):
-            if x.shape[1] == 0:
-                continue
-            h[g] = self.norm1(x)
-            if g in lay.large:
-                # Large groups never materialise their queries or keys ([N, d] each): both are folded into
-                # the small side below (scores are bilinear), only the values are projected.
-                v[g] = rearrange(F.linear(h[g], self.qkv.weight[2 * d:], self.qkv.bias[2 * d:]),
-                                 "b l (h e) -> b h l e", h=H)
-            else:
+        present = [g for g, x in enumerate(xs) if x.shape[1] > 0]
+        h = {g: self.norm1(xs[g]) for g in present}
+        q, k, v = {}, {}, {}
+        for g in present:
+            if g not in lay.large:
                 q[g], k[g], v[g] = rearrange(self.qkv(h[g]), "b l (three h e) -> three b h l e", three=3, h=H)
+        new_xs = list(xs)
 
-        new_xs, class_weights = [], None
-        for g, x in enumerate(xs):
-            if x.shape[1] == 0:
-                new_xs.append(x)
+        # Small queries (clinical, class, latents) read every group. Large groups never materialise their
+        # keys or values ([N, d] each): both are folded into the small side (the scores are bilinear), and
+        # all small queries read a large group in ONE pair of einsums (each use of h costs an [N, d] grad).
+        small = [g for g in present if g not in lay.large]
+        ws = {g: self._group_weights(g, h[g], avail, None) for g in small}
+        class_weights = ws.get(lay.cls)
+        atts = {g: ws[g][..., lay.self_group, None] * v[g] for g in small}
+        sizes = [q[g].shape[2] for g in small]
+        q_all = torch.cat([q[g] for g in small], dim=2)  # [B, H, Q, dh]
+        for kg in present:
+            if kg not in lay.large:
                 continue
-            large = g in lay.large
-            logits = rearrange(self.gate(h[g]), "b l (h k) -> b h l k", h=H)
-            logits = logits + self.group_bias[g][None, :, None, :]
-            usable = avail[:, None, None, :] & self.allowed[g][None, None, None, :]
-            if g == lay.instances and full_ok is not None:
-                usable = usable.clone()
-                usable[:, 0, 0, lay.instances] = full_ok & avail[:, lay.instances]
-            w = masked_normalise(logits, usable)  # [B, H, L, n_key], 0 for unusable groups
-            if g == lay.cls:
-                class_weights = w
-            # Group-wise softmax; each group's probabilities are scaled by its weight. Small key groups are
-            # concatenated into one matmul; a large key group (only read by small queries) gets its own.
+            w_all = torch.cat([ws[g][..., kg] * self.allowed[g, kg] for g in small], dim=2)  # [B, H, Q]
+            s = torch.einsum("bhqd,bld->bhql", torch.einsum("bhqe,hed->bhqd", q_all, w_k), h[kg])
+            s = s + torch.einsum("bhqe,he->bhq", q_all, b_k)[..., None]
+            p = masked_normalise(s * self.scale, masks[kg][:, None, None, :]) * w_all[..., None]
+            read = torch.einsum("bhql,bld->bhqd", p, h[kg])  # sum_l p v_l = (sum_l p h_l) W_v^T + (sum p) b_v
+            read = torch.einsum("bhqd,hed->bhqe", read, w_v) + p.sum(-1, keepdim=True) * b_v[:, None]
+            for g, part in zip(small, read.split(sizes, dim=2)):
+                atts[g] = atts[g] + part
+        for g in small:
             probs, values = [], []
-            att = w[..., lay.self_group, None] * v[g]
-            for kg in range(lay.n_query):
-                if not bool(self.allowed[g, kg]) or kg not in h:
-                    continue
-                if large:  # small keys; q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j
-                    folded = torch.einsum("bhke,hed->bhkd", k[kg], w_q)
-                    s = torch.einsum("bld,bhkd->bhlk", h[g], folded)
-                    s = s + torch.einsum("bhke,he->bhk", k[kg], b_q)[:, :, None, :]
-                elif kg in lay.large:  # small queries over a large group: q_i . k_l = (W_k^T q_i) . h_l + ...
-                    folded = torch.einsum("bhqe,hed->bhqd", q[g], w_k)
-                    s = torch.einsum("bhqd,bld->bhql", folded, h[kg])
-                    s = s + torch.einsum("bhqe,he->bhq", q[g], b_k)[..., None]
-                else:
-                    s = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
-                p = masked_normalise(s * self.scale, masks[kg][:, None, None, :]) * w[..., kg, None]
-                if kg in lay.large:
-                    att = att + p @ v[kg]
-                else:
-                    probs.append(p), values.append(v[kg])
-            if probs:
-                att = att + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
+            for kg in small:
+                if bool(self.allowed[g, kg]):
+                    sc = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
+                    probs.append(masked_normalise(sc * self.scale, masks[kg][:, None, None, :]) * ws[g][..., kg, None])
+                    values.append(v[kg])
+            att = atts[g] + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
+            new_xs[g] = self._finish(xs[g], att, large=False)
+
+        # Large queries (instances, context) read only the small groups and themselves: independent per
+        # token, so they can be updated chunk by chunk.
+        folded = {kg: (torch.einsum("bhke,hed->bhkd", k[kg], w_q), torch.einsum("bhke,he->bhk", k[kg], b_q))
+                  for kg in small}
+        for g in present:
+            if g not in lay.large:
+                continue
+            full = None
             if g == lay.instances and full_ok is not None and bool(full_ok.any()):
-                att = att + self._full_instances(h[g], v[g], masks[g], full_ok, w[..., lay.instances])
-            # No dropout on instance/context tokens: a Bernoulli mask over 100k x d costs more than the layer.
-            drop = nn.Identity() if large else self.drop
-            x = x + drop(self.out(rearrange(att, "b h l e -> b l (h e)")))
-            ffn = self.ffn_large if large else self.ffn_small
-            if ffn is not None:
-                x = x + ffn(self.norm2(x))
-            new_xs.append(x)
+                full = self._full_instances(h[g], masks[g], full_ok)
+
+            def update(x, full_part, g=g):
+                return self._large_update(g, x, full_part, folded, v, masks, avail, full_ok)
+
+            if chunk is not None and xs[g].shape[1] > chunk:
+                parts = [torch.utils.checkpoint.checkpoint(update, x, None if full is None else fp,
+                                                           use_reentrant=False)
+                         for x, fp in zip(xs[g].split(chunk, dim=1),
+                                          full.split(chunk, dim=2) if full is not None else
+                                          [None] * -(-xs[g].shape[1] // chunk))]
+                new_xs[g] = torch.cat(parts, dim=1)
+            else:
+                new_xs[g] = update(xs[g], full)
         assert class_weights is not None, "the class group is never empty"
         return new_xs, class_weights
 
-    def _full_instances(self, h, v, mask, full_ok, w) -> torch.Tensor:
-        """Instance-to-instance attention for the samples in ``full_ok`` only (quadratic: small bags)."""
-        d = self.d_model
+    def _group_weights(self, g: int, hx: torch.Tensor, avail: torch.Tensor,
+                       full_ok: torch.Tensor | None) -> torch.Tensor:
+        """``[B, H, L, n_key]`` mixing weights of query group g; exactly 0 for unusable groups."""
+        lay = self.layout
+        logits = rearrange(self.gate(hx), "b l (h k) -> b h l k", h=self.n_heads)
+        logits = logits + self.group_bias[g][None, :, None, :]
+        usable = avail[:, None, None, :] & self.allowed[g][None, None, None, :]
+        if g == lay.instances and full_ok is not None:
+            usable = usable.clone()
+            usable[:, 0, 0, lay.instances] = full_ok & avail[:, lay.instances]
+        return masked_normalise(logits, usable)
+
+    def _large_update(self, g, x, full, folded, v, masks, avail, full_ok) -> torch.Tensor:
+        """New tokens ``[B, L, d]`` of large group g (any slice of its tokens) from the small groups."""
+        lay, d = self.layout, self.d_model
+        hx = self.norm1(x)
+        w = self._group_weights(g, hx, avail, full_ok)
+        v_self = rearrange(F.linear(hx, self.qkv.weight[2 * d:], self.qkv.bias[2 * d:]),
+                           "b l (h e) -> b h l e", h=self.n_heads)
+        att = w[..., lay.self_group, None] * v_self
+        probs, values = [], []
+        for kg, (wq_k, bq_k) in folded.items():  # q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j
+            if not bool(self.allowed[g, kg]):
+                continue
+            s = torch.einsum("bld,bhkd->bhlk", hx, wq_k) + bq_k[:, :, None, :]
+            probs.append(masked_normalise(s * self.scale, masks[kg][:, None, None, :]) * w[..., kg, None])
+            values.append(v[kg])
+        att = att + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
+        if full is not None:
+            att = att + w[..., lay.instances, None] * full
+        return self._finish(x, att, large=True)
+
+    def _finish(self, x: torch.Tensor, att: torch.Tensor, *, large: bool) -> torch.Tensor:
+        """Output projection, residual and feed-forward (none / narrow for large groups)."""
+        # No dropout on instance/context tokens: a Bernoulli mask over 100k x d costs more than the layer.
+        drop = nn.Identity() if large else self.drop
+        x = x + drop(self.out(rearrange(att, "b h l e -> b l (h e)")))
+        ffn = self.ffn_large if large else self.ffn_small
+        return x + ffn(self.norm2(x)) if ffn is not None else x
+
+    def _full_instances(self, h, mask, full_ok) -> torch.Tensor:
+        """Unweighted instance-to-instance attention ``[B, H, N, dh]`` for the samples in ``full_ok`` (zeros
+        for the others). Quadratic, so only for small bags."""
+        d, H = self.d_model, self.n_heads
         idx = full_ok.nonzero().squeeze(1)
         sub_mask = mask[idx]
         last = int(sub_mask.any(0).nonzero().max()) + 1  # keys/queries beyond the last real one are padding
-        hs, vs = h[idx, :last], v[idx, :, :last]
-        q = rearrange(F.linear(hs, self.qkv.weight[:d], self.qkv.bias[:d]), "b l (h e) -> b h l e", h=self.n_heads)
-        k = rearrange(F.linear(hs, self.qkv.weight[d:2 * d], self.qkv.bias[d:2 * d]), "b l (h e) -> b h l e",
-                      h=self.n_heads)
+        q, k, v = rearrange(self.qkv(h[idx, :last]), "b l (three h e) -> three b h l e", three=3, h=H)
         s = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scale
-        p = masked_normalise(s, sub_mask[:, None, None, :last]) * w[idx, :, :last, None]
-        o = F.pad(p @ vs, (0, 0, 0, v.shape[2] - last))
-        return torch.zeros_like(v).index_add(0, idx, o)
+        o = F.pad(masked_normalise(s, sub_mask[:, None, None, :last]) @ v, (0, 0, 0, h.shape[1] - last))
+        return h.new_zeros(h.shape[0], H, h.shape[1], d // H).index_add(0, idx, o)
 
 
 def _ffn(d_model: int, mult: int, dropout: float) -> nn.Sequential:
@@ -238,15 +274,16 @@ class GroupBalancedEncoder(nn.Module):
     """``n_layers`` :class:`GroupBalancedLayer` and a final LayerNorm.
 
     Args:
-        checkpoint_above: during training, each layer is recomputed in the backward pass
-            (``torch.utils.checkpoint``) when the batch holds more than this many instance tokens, so the
-            memory of a 100,000-patch bag is a few ``[N, d]`` tensors per layer instead of all activations.
-            The result is identical; only memory and time change. None = never.
+        checkpoint_above: during training, when the batch holds more than this many instance tokens,
+            instance and context tokens are updated in chunks of ``chunk_size`` that are recomputed in the
+            backward pass (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few
+            ``[N, d]`` tensors per layer instead of all activations. Same result; None = never.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, n_layers: int, layout: GroupLayout, dropout: float,
-                 large_ffn_mult: int, checkpoint_above: int | None) -> None:
+                 large_ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
         super().__init__()
+        self.chunk_size = chunk_size
         self.layers = nn.ModuleList(
             GroupBalancedLayer(d_model=d_model, n_heads=n_heads, layout=layout, dropout=dropout,
                                large_ffn_mult=large_ffn_mult)
@@ -264,9 +301,5 @@ class GroupBalancedEncoder(nn.Module):
                     and n_inst > self.checkpoint_above)
         xs, class_weights = list(xs), None
         for layer in self.layers:
-            if use_ckpt:
-                xs, class_weights = torch.utils.checkpoint.checkpoint(layer, xs, masks, full_ok,
-                                                                      use_reentrant=False)
-            else:
-                xs, class_weights = layer(xs, masks, full_ok)
+            xs, class_weights = layer(xs, masks, full_ok, self.chunk_size if use_ckpt else None)
         return [self.norm(x) for x in xs], class_weights
