@@ -64,3 +64,18 @@ def test_console_script_version_and_help():
 def test_no_torchvision_or_timm_in_core_dependencies():
     deps = " ".join(_pyproject()["project"]["dependencies"]).lower()
     assert "torchvision" not in deps and "timm" not in deps
+
+
+def test_built_wheel_holds_every_subpackage_and_no_bare_names(tmp_path):
+    """``pip install .`` installs what the wheel holds: every package on disk, all under clinfuse."""
+    import zipfile
+
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("clinfuse-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"clinfuse", wheel.name.split("-py3")[0] + ".dist-info"}
+    packaged = {".".join(n.split("/")[:-1]) for n in names if n.endswith("/__init__.py")}
+    assert packaged == _packages_on_disk()
+    assert "clinfuse/__init__.py" not in names  # namespace package
