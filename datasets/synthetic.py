@@ -12,8 +12,8 @@ The planted rule (as in PersAM's lymphoma cases, where the clinical record decid
   ``"positive"`` patients are judged on their type-A patches, ``"negative"`` ones on type-B patches. The
   other type is a distractor. ``relevant_patches[s]`` marks the evidence patches of sample ``s``.
 * Type-A and type-B patches also carry a "severity" along a fifth direction (``severity_direction``):
-  the evidence patches show the patient's severity ``v`` (one value per patient, small per-patch jitter),
-  the distractor patches an unrelated severity, background patches none. The outcome is driven by the
+  the evidence patches show the patient's severity ``v`` (one value per patient, small per-patch jitter);
+  distractor patches an unrelated, smaller one (sd 0.6), background patches none. The outcome is driven by the
   linear predictor ``lp = 4 * v + z(biomarker_level) + g + e``, where ``g`` shifts the signal
   genes' expression and ``e`` raises the rate of the signal event codes. The marker has no marginal
   effect, so a model must learn the rule to read the images. The amount of evidence (a uniform fraction
@@ -52,6 +52,7 @@ _TYPE_AMPLITUDE = 4.0  # distance of the type-A / type-B centres from the origin
 _BACKGROUND_AMPLITUDE = 2.0  # background patches sit at two other centres so norm alone is no cue
 _SEVERITY_AMPLITUDE = 3.0  # severity (sd 1 over patients) is shown at three times the noise sd
 _SEVERITY_JITTER = 0.3
+_DISTRACTOR_SEVERITY = 0.6  # sd of the unrelated severity distractor patches show (evidence: sd 1)
 _PATCH_NOISE = 0.5  # isotropic per-patch noise sd
 _PATCH_PIXELS = 256.0  # grid spacing of the patch coordinates (level-0 pixels)
 _SURVIVAL_SCALE = 0.4
@@ -125,7 +126,6 @@ def _images(rng, ids, rule_pos, severity, n_patches, feature_dim):
     lo, hi = n_patches
     # [5, D] orthonormal: type A, type B, two background centres, the severity direction
     centres = np.linalg.qr(rng.normal(size=(feature_dim, 5)))[0].T.astype(np.float32)
-    distractor_severity = rng.normal(size=len(ids))
     sizes = rng.integers(lo, hi + 1, size=len(ids))
     frac = rng.uniform(_EVIDENCE_LOW, _EVIDENCE_HIGH, size=(len(ids), 2))
     feats, types, coords, evidence = {}, {}, {}, np.empty(len(ids))
@@ -140,7 +140,13 @@ def _images(rng, ids, rule_pos, severity, n_patches, feature_dim):
         x[t == 1] += _TYPE_AMPLITUDE * centres[0]
         x[t == 2] += _TYPE_AMPLITUDE * centres[1]
         evidence_type = 1 if rule_pos[i] else 2
-        for typ, sev in ((evidence_type, severity[i]), (3 - evidence_type, distractor_severity[i])):
+        # Evidence patches show the severity; distractor patches a smaller unrelated one. Attending to them
+        # dilutes and blurs the signal: a consistent cue that teaches attention the rule in a few epochs
+        # (a full-size unrelated severity made the gradient too noisy to learn from 150 patients).
+        for typ, sev in (
+            (evidence_type, severity[i]),
+            (3 - evidence_type, _DISTRACTOR_SEVERITY * rng.normal()),
+        ):
             k = np.flatnonzero(t == typ)
             shown = _SEVERITY_AMPLITUDE * sev + _SEVERITY_JITTER * rng.normal(size=k.size)
             x[k] += shown[:, None].astype(np.float32) * centres[4]
@@ -349,7 +355,7 @@ def make_synthetic_cohort(
             f"{n} synthetic patients ({task}). Patch types A and B lie along two orthogonal directions "
             f"(amplitude {_TYPE_AMPLITUDE} vs noise sd {_PATCH_NOISE}). '{RULE_VARIABLE}' = positive makes type-A patches "
             f"the evidence, negative makes type-B patches the evidence; the evidence patches show the "
-            f"patient's severity v along a fifth direction, the distractor type an unrelated one. "
+            f"patient's severity v along a fifth direction, the distractor type an unrelated smaller one. "
             f"Linear predictor lp = {_W_IMAGE}*v + {_W_CLINICAL}*z(biomarker_level) + {_W_GENES}*g + "
             f"{_W_EVENTS}*e, with g raising genes {signal_genes} and e raising the rate of codes "
             f"{signal_codes}. "

@@ -109,7 +109,7 @@ def test_planted_signal_is_learnable_and_needs_the_rule(clf):
     model = LogisticRegression().fit(evidence[train], y[train])
     auc_rule = roc_auc_score(y[test], model.predict_proba(evidence[test])[:, 1])
     assert auc_rule > 0.85
-    assert auc_rule > roc_auc_score(y[test], np.asarray(sev_a)[test]) + 0.15
+    assert auc_rule > roc_auc_score(y[test], np.asarray(sev_a)[test]) + 0.1
     assert auc_rule > roc_auc_score(y[test], np.asarray(sev_all)[test]) + 0.1
     assert np.corrcoef(evidence[:, 0], truth.severity[ids])[0, 1] > 0.97  # the evidence shows the severity
 
