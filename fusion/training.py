@@ -221,7 +221,6 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
         gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
         deterministic=deterministic, enable_checkpointing=False, logger=False, enable_progress_bar=bool(verbose),
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, callbacks=callbacks,
-        limit_val_batches=1.0 if has_validation else 0,
     )
 
 
