@@ -17,6 +17,6 @@ __all__ = [
     "classification_loss", "cox_partial_nll", "discrete_time_nll", "hazards_to_survival", "make_time_bins",
     "risk_from_survival",
 ]
-from .model import FusionModel  # noqa: E402
-from .crossval import CVResult, cross_validate  # noqa: E402
+from .model import FusionModel
+from .crossval import CVResult, cross_validate
 __all__ += ["CVResult", "FusionModel", "cross_validate"]

@@ -213,6 +213,18 @@ def metrics_by_pattern(
     return {name: compute(patterns.index[patterns == name]) for name in sorted(patterns.unique())}
 
 
+def breslow_baseline(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> dict[str, list[float]]:
+    """Breslow cumulative baseline hazard H0 at each distinct event time (risk = log relative hazard)."""
+    e = np.exp(risk - risk.max())  # shift for stability; undone below
+    times = np.unique(time[event == 1])
+    cum, out = 0.0, []
+    for t in times:
+        d = float(((time == t) & (event == 1)).sum())
+        cum += d / float(e[time >= t].sum())
+        out.append(cum)
+    return {"times": times.tolist(), "cumhaz": (np.asarray(out) * np.exp(-risk.max())).tolist()}
+
+
 def evaluate_model(model: Any, cohort: Any) -> dict[str, Any]:
     """``FusionModel.evaluate``: every metric on ``cohort``, overall and per missingness pattern."""
     model._check_fitted()

@@ -171,6 +171,22 @@ def data_fingerprint(sample_ids: list[str], shapes: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def data_shapes(cohort: Any) -> dict[str, Any]:
+    """Shapes of the data a model was trained on (for the provenance fingerprint)."""
+    shapes: dict[str, Any] = {"n_samples": len(cohort)}
+    if cohort.clinical is not None:
+        shapes["clinical"] = list(cohort.clinical.shape)
+    if cohort.genomics is not None:
+        shapes["genomics"] = list(cohort.genomics.shape)
+    if cohort.images is not None:
+        im = cohort.images
+        shapes["images"] = {"n_samples": len(im.sample_ids), "kind": im.kind,
+                            "dim": int(im.feature_dim) if im.kind == "features" else list(im.pixel_shape)}
+    if cohort.events is not None:
+        shapes["events"] = list(cohort.events.shape)
+    return shapes
+
+
 def provenance(sample_ids: list[str], shapes: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

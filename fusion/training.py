@@ -330,40 +330,13 @@ def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor
     raise TypeError(f"class_weights must be None, 'balanced' or a dict, got {type(spec).__name__}")
 
 
-def breslow_baseline(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> dict[str, list[float]]:
-    """Breslow cumulative baseline hazard H0 at each distinct event time (risk = log relative hazard)."""
-    e = np.exp(risk - risk.max())  # shift for stability; undone below
-    times = np.unique(time[event == 1])
-    cum, out = 0.0, []
-    for t in times:
-        d = float(((time == t) & (event == 1)).sum())
-        cum += d / float(e[time >= t].sum())
-        out.append(cum)
-    return {"times": times.tolist(), "cumhaz": (np.asarray(out) * np.exp(-risk.max())).tolist()}
-
-
-def data_shapes(cohort: Any) -> dict[str, Any]:
-    """Shapes of the data a model was trained on (for the provenance fingerprint)."""
-    shapes: dict[str, Any] = {"n_samples": len(cohort)}
-    if cohort.clinical is not None:
-        shapes["clinical"] = list(cohort.clinical.shape)
-    if cohort.genomics is not None:
-        shapes["genomics"] = list(cohort.genomics.shape)
-    if cohort.images is not None:
-        im = cohort.images
-        shapes["images"] = {"n_samples": len(im.sample_ids), "kind": im.kind,
-                            "dim": int(im.feature_dim) if im.kind == "features" else list(im.pixel_shape)}
-    if cohort.events is not None:
-        shapes["events"] = list(cohort.events.shape)
-    return shapes
-
-
 def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
     """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights."""
     from ..datasets.loading import make_loader
     from ..datasets.preprocess import Preprocessor
     from ..datasets.splits import train_validation_split
-    from .metrics import km_censoring
+    from .metrics import breslow_baseline, km_censoring
+    from .persistence import data_shapes
 
     model._validate_params()
     if not hasattr(cohort, "check_fittable"):

@@ -65,3 +65,10 @@ def test_survival_cross_validation_and_pooled_metrics():
     assert {"risk", "time", "event"} <= set(cv.oof.columns)
     pooled = CV.pooled_metrics(cv)
     assert 0 <= pooled["c_index"] <= 1 and np.isfinite(cv.metrics["c_index"]).all()
+
+
+def test_cross_validation_is_reproducible(small_cohort):
+    a = cross_validate(FusionModel(**FAST), small_cohort, folds=2, seed=3)
+    b = cross_validate(FusionModel(**FAST), small_cohort, folds=2, seed=3)
+    assert a.splits == b.splits
+    assert a.metrics.equals(b.metrics) and a.oof.equals(b.oof)
