@@ -19,7 +19,7 @@ timed and the median wall-clock time per case is reported, with ``ratio`` = medi
 input, measured by the OS; compare with ``output_mb`` (the ``[N, d]`` result) and ``input_mb`` (``[N, D]``).
 A copy of the input would show up as about ``input_mb`` extra.
 
-Usage: ``python benchmarks/bench_encoders_images.py [--n 100000] [--dim 1024] [--d-model 256] [--repeats 7]``;
+Usage: ``python benchmarks/bench_encoders_images.py [--n 100000] [--dim 1024] [--d-model 256] [--repeats 7] [--threads N]``;
 writes ``benchmarks/out/encoders_images.json`` (atomically) and prints it.
 """
 
@@ -76,8 +76,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1_024)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n, dim, d = args.n, args.dim, args.d_model
 
     g = torch.Generator().manual_seed(0)
