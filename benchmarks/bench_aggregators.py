@@ -12,11 +12,15 @@ median time of the bare input projection ``Linear(1024, 256)`` forward + backwar
 same process (the cost floor, N x D x d), their ratio, and memory: ``peak_rss_mb`` (peak resident set of
 the process), ``baseline_rss_mb`` (after imports and model construction, before the input exists),
 ``input_mb`` (the N x D float32 input) and ``peak_minus_input_mb = peak - baseline - input``: what the
-step itself needs beyond the input. Summary: ``t(100k) / t(10k)`` (goal <= 12) and ``peak_minus_input_mb``
+step itself needs beyond the input. By default the workers run with ``MALLOC_MMAP_THRESHOLD_=131072`` (the
+same for every model) so that glibc returns freed blocks above 128 KB to the OS at once and the peak RSS
+measures live tensors rather than the heap the allocator keeps after freeing (with glibc's default the
+PersAM 100k peak read about 1.9 GB higher); ``--malloc-mmap-threshold 0`` measures with the default. Summary: ``t(100k) / t(10k)`` (goal <= 12) and ``peak_minus_input_mb``
 at 100k (goal < 2,048).
 
     python benchmarks/bench_aggregators.py                     # all models, writes benchmarks/out/aggregators.json
     python benchmarks/bench_aggregators.py --models persam --sizes 1000 10000
+    python benchmarks/bench_aggregators.py --combine a.json b.json --out benchmarks/out/aggregators.json
 """
 
 from __future__ import annotations
@@ -144,14 +148,15 @@ def _limit_memory(gb: float) -> None:
 
 
 def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: float, warmup: int,
-        repeats: int, threads: int | None, out: Path) -> dict:
+        repeats: int, threads: int | None, mmap_threshold: int, out: Path) -> dict:
     from clinfuse.fusion import list_aggregators
 
     registered = set(list_aggregators())
     results: dict = {
         "setup": {"D": D_IN, "d": D_MODEL, "clinical_tokens": N_CLINICAL, "classes": N_CLASSES, "batch": 1,
                   "mem_limit_gb": mem_limit_gb, "timeout_s": timeout, "warmup": warmup, "repeats": repeats,
-                  "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+                  "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+                  "malloc_mmap_threshold": mmap_threshold or "glibc default"},
         "runs": [], "skipped": [], "summary": {},
     }
     for name in models:
@@ -167,7 +172,10 @@ def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: fl
             t0 = time.perf_counter()
             print(f"[bench] {name} N={n} ...", flush=True)
             try:
-                proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+                env = dict(os.environ)
+                if mmap_threshold:
+                    env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+                proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode == 0 and lines:
                     record = json.loads(lines[-1])
@@ -223,16 +231,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=131072,
+                        help="MALLOC_MMAP_THRESHOLD_ for the workers (0 = glibc default); see the module docstring")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="merge the runs of these JSON files (e.g. two invocations) into --out and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.combine:
+        merged: dict = {"setup": [], "runs": [], "skipped": [], "summary": {}}
+        for path in args.combine:
+            part = json.loads(path.read_text())
+            merged["setup"].append(part["setup"])
+            for key in ("runs", "skipped"):
+                merged[key] += part[key]
+            merged["summary"].update(part["summary"])
+        _write(merged, args.out)
+        return
     if args.worker:
         _limit_memory(args.mem_limit_gb)
         print(json.dumps(worker(args.worker, args.n, args.warmup, args.repeats, args.threads)), flush=True)
         return
     results = run(args.models, args.sizes, mem_limit_gb=args.mem_limit_gb, timeout=args.timeout,
-                  warmup=args.warmup, repeats=args.repeats, threads=args.threads, out=args.out)
+                  warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                  mmap_threshold=args.malloc_mmap_threshold, out=args.out)
     print(json.dumps(results["summary"], indent=2))
 
 
