@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -43,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from . import commands  # heavy imports (torch, lightning) only when a command runs
 
-    return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    try:
+        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # Bad input (config, data, paths): a one-line message naming what to fix, not a traceback.
+        # CLINFUSE_DEBUG=1 shows the traceback.
+        if os.environ.get("CLINFUSE_DEBUG"):
+            raise
+        print(f"clinfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,10 +45,11 @@ def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
-def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path):
+def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CLINFUSE_DEBUG", raising=False)
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not written by clinfuse"):
-        main(["demo", "--tiny", "--out", str(tmp_path)])
+    assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 2
+    assert "not written by clinfuse" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
@@ -97,13 +98,18 @@ def test_run_config_unknown_keys_are_named(file_cohort, tmp_path):
         load_run_config(tmp_path / "c.yaml")
 
 
-def test_data_config_errors_name_the_column(file_cohort, tmp_path):
+def test_data_config_errors_name_the_column(file_cohort, tmp_path, capsys, monkeypatch):
     root, _ = file_cohort
     run = yaml.safe_load((root / "run.yaml").read_text())
     run["data"] = {k: (str(root / v) if k in ("clinical", "genomics", "images", "events") else v)
                    for k, v in run["data"].items()}
     run["data"]["label"] = "outcome"
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(run))
+    monkeypatch.delenv("CLINFUSE_DEBUG", raising=False)
+    assert main(["train", "--config", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clinfuse train: error:") and "'outcome'" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+    monkeypatch.setenv("CLINFUSE_DEBUG", "1")
     with pytest.raises(ValueError, match="'outcome'"):
         main(["train", "--config", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")])
-    assert not (tmp_path / "m").exists()
