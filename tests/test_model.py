@@ -224,3 +224,17 @@ def test_saved_folder_and_files_get_umask_permissions(fitted_classifier, tmp_pat
     path = fitted_classifier.model.save(tmp_path / "perm")
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((path / "config.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_multiclass_with_string_labels():
+    rng = np.random.default_rng(0)
+    n = 45
+    labels = pd.Series(np.array(["a", "b", "c"])[np.arange(n) % 3], index=[f"p{i}" for i in range(n)])
+    clinical = pd.DataFrame({"x": rng.normal(size=n) + (labels == "b") * 2.0, "y": rng.normal(size=n)},
+                            index=labels.index)
+    cohort = Cohort(clinical=clinical, labels=labels)
+    model = FusionModel(aggregator="concat", d_model=16, n_heads=2, max_epochs=2, verbose=False).fit(cohort)
+    proba = model.predict_proba(cohort)
+    assert list(proba.columns) == ["a", "b", "c"] and set(model.predict(cohort)) <= {"a", "b", "c"}
+    ev = model.evaluate(cohort)
+    assert ev["auc"] == pytest.approx(M.roc_auc(labels.tolist(), proba)) and set(ev["by_pattern"]) == {"clinical"}
