@@ -207,8 +207,9 @@ def test_fit_is_deterministic_and_quiet(small_cohort, capfd):
 def test_explicit_validation_and_class_weights(small_cohort):
     ids = list(small_cohort.sample_ids)
     train, val = small_cohort.subset(ids[:22]), small_cohort.subset(ids[22:])
-    model = FusionModel(aggregator="concat", d_model=16, n_heads=2, max_epochs=1, verbose=False,
-                        class_weights="balanced").fit(train, validation=val)
+    model = FusionModel(aggregator="concat", d_model=16, n_heads=2, max_epochs=1, verbose=False, batch_size=4,
+                        accumulate_grad_batches=2, gradient_clip=None, class_weights="balanced")
+    model.fit(train, validation=val)
     assert model.validation_ids_ == ids[22:] and model.training_ids_ == ids[:22]
     assert "validation" in model.metrics_
     with pytest.raises(ValueError, match="every class"):
