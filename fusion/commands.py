@@ -73,7 +73,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, float_format="%.6g")
 
 
-def plot_training_curve(history: list[dict[str, float]], path: Path) -> None:
+def plot_training_curve(history: list[dict[str, float]], path: Path, best_epoch: int | None = None) -> None:
     from .figures import _plt, _save
 
     plt = _plt()
@@ -81,6 +81,8 @@ def plot_training_curve(history: list[dict[str, float]], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
     ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", linestyle="--", label="kept weights (best epoch)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
@@ -168,7 +170,7 @@ def run_demo(args: Any) -> int:
         write_csv(preds, out / "predictions.csv")
         report, figs = write_attention(model, test, out)
         lift = relevant_patch_attention(report, truth, test.labels)
-        plot_training_curve(model.history_, out / "training_curve.png")
+        plot_training_curve(model.history_, out / "training_curve.png", model.best_epoch_)
         write_json(out / "metrics.json", {"test": metrics, "validation": model.metrics_.get("validation"),
                                           "best_epoch": model.best_epoch_, "history": model.history_,
                                           "attention": lift, "n_train": len(train), "n_test": len(test),
