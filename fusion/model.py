@@ -304,6 +304,18 @@ class FusionModel(BaseEstimator):
         self._check_fitted()
         return build_report(self, cohort, out=out, kinds=kinds)
 
+    def shap_values(self, cohort: Any, *, modality: str = "clinical", background: Any = None, **kwargs: Any):
+        """Signed SHAP attributions of the clinical or genomic inputs (report rows of kind ``shap``).
+
+        A permutation explainer over that modality's preprocessed inputs, the other modalities held at each
+        sample's own values; ``background`` (a cohort, default: ``cohort``) fills masked inputs. See
+        :func:`clinfuse.fusion.shap_values.shap_values` for the keywords.
+        """
+        from .shap_values import shap_values
+
+        self._check_fitted()
+        return shap_values(self, cohort, modality=modality, background=background, **kwargs)
+
     # ------------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Save to folder ``path`` atomically (see :mod:`clinfuse.fusion.persistence` for its files).

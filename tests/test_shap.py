@@ -18,7 +18,7 @@ def few(fitted_classifier):
 @pytest.mark.parametrize("modality", ["clinical", "genomics"])
 def test_rows_are_signed_per_class_and_additive(few, modality):
     model, cohort, train = few
-    report = shap_values(model, cohort, modality=modality, background=train, n_background=8)
+    report = model.shap_values(cohort, modality=modality, background=train, n_background=8)
     frame = report.to_frame()
     assert set(frame["kind"]) == {"shap"} and set(frame["modality"]) == {modality}
     assert set(frame["sample_id"]) == set(cohort.sample_ids)
@@ -53,3 +53,5 @@ def test_bad_requests(few, fitted_classifier):
 
     with pytest.raises(ValueError, match="not fitted"):
         shap_values(FusionModel(), cohort, modality="clinical")
+    with pytest.raises(ValueError, match="not fitted"):
+        FusionModel().shap_values(cohort)
