@@ -389,13 +389,19 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
     train_loader = make_loader(train, pre, batch_size=int(model.batch_size), shuffle=True, train=True,
                                max_patches=model.max_patches, seed=seed)
     val_loader = None if validation is None else make_loader(validation, pre, batch_size=int(model.batch_size))
-    with quiet_lightning(model.verbose):
-        trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
-                               accumulate_grad_batches=model.accumulate_grad_batches,
-                               early_stopping_patience=model.early_stopping_patience,
-                               has_validation=val_loader is not None, strategy=model.strategy,
-                               devices=model.devices, accelerator=model.accelerator, verbose=model.verbose)
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with quiet_lightning(model.verbose):
+            trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
+                                   accumulate_grad_batches=model.accumulate_grad_batches,
+                                   early_stopping_patience=model.early_stopping_patience,
+                                   has_validation=val_loader is not None, strategy=model.strategy,
+                                   devices=model.devices, accelerator=model.accelerator, verbose=model.verbose)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
     network = module.network.cpu().eval()
     model.preprocessor_, model.schema_, model.network_ = pre, schema, network

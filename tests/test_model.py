@@ -200,6 +200,7 @@ def test_fit_is_deterministic_and_quiet(small_cohort, capfd):
     pd.testing.assert_frame_equal(a, b)
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out, err)
+    assert not torch.are_deterministic_algorithms_enabled()  # the global torch setting is restored
     c = FusionModel(aggregator="self_attention", **{**kw, "seed": 8}).fit(small_cohort).predict_proba(small_cohort)
     assert not np.allclose(a.to_numpy(), c.to_numpy())
 
