@@ -50,10 +50,18 @@ def test_each_plot_writes_a_png(report, tmp_path):
         assert _is_png(tmp_path / f"{name}.png"), name
 
 
-def test_image_overlay(report, tmp_path):
-    rows = report.to_frame(kinds=["patch"])
-    size = int(rows[["x", "y"]].max().max()) + 256
-    report.plot_image("a", np.random.default_rng(0).random((size, size)), patch_size=256, path=tmp_path / "img.png")
+def test_image_overlay(tmp_path):
+    # A single 28 x 28 image whose 4 x 4 sub-patches (7 px) are the tokens, as the ViT encoder names them.
+    xs, ys = np.meshgrid(np.arange(4) * 7.0, np.arange(4) * 7.0)
+    values = np.arange(16, dtype=float) / np.arange(16).sum()
+    frame = pd.DataFrame({"sample_id": "img", "patient_id": "img", "modality": "images",
+                          "token": [f"img:{i}" for i in range(16)], "kind": "patch", "target_class": None,
+                          "value": values, "raw_value": values, "position": np.arange(16.0),
+                          "x": xs.ravel(), "y": ys.ravel()})
+    report = AttentionReport(frame)
+    fig = report.plot_image("img", np.random.default_rng(0).random((28, 28)), path=tmp_path / "img.png")
+    overlay = fig.axes[1].images[-1].get_array()
+    assert overlay.shape == (28, 28) and overlay[-1, -1] == values[-1] and overlay[0, 0] == 0.0
     assert _is_png(tmp_path / "img.png")
 
 
