@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -54,16 +55,45 @@ def _grid(values: Any) -> np.ndarray:
     return out
 
 
-def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarray, t_idx: np.ndarray) -> dict:
-    """Structured columns (slide_id, position, x, y / code, time) of the selected tokens.
+class _Strings:
+    """``[B][T]`` string grids as flat Arrow arrays (row-major, index ``b * T + t``), converted once per batch.
+
+    Rows are then gathered with Arrow's ``take`` in C++: no Python string object is created per row, which
+    is what made large bags (10^4 patches x 6 kinds per sample) slow to report.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, bool], tuple[Any, pa.Array]] = {}
+
+    def flat(self, values: Any, n_rows: int, n_cols: int, *, empty_is_null: bool = False) -> pa.Array:
+        key = (id(values), empty_is_null)
+        if key not in self._cache:
+            rows = values.tolist() if isinstance(values, np.ndarray) else values
+            flat = pa.array(rows, type=pa.list_(pa.string())).flatten() if n_rows else pa.array([], pa.string())
+            assert len(flat) == n_rows * n_cols, "token grids must be [B][T], padded with \"\""
+            if empty_is_null:  # "" marks padding / unknown: report it as missing
+                flat = pc.if_else(pc.equal(flat, ""), pa.scalar(None, pa.string()), flat)
+            self._cache[key] = (values, flat)  # keep ``values`` alive so that its id stays unique
+        return self._cache[key][1]
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.float64), type=pa.float64(), from_pandas=True)  # NaN -> null
+
+
+def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarray, t_idx: np.ndarray,
+                   strings: _Strings) -> dict[str, pa.Array]:
+    """Structured columns (slide_id, position, x, y / code, time) of the selected tokens ``(b_idx, t_idx)``.
 
     Taken from the record's own ``meta`` when the aggregator filled it, else from the batch when the
     record's tokens are exactly the batch's tokens of that modality (same T); otherwise left empty.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, pa.Array] = {}
     meta = dict(record.meta)
     source = batch.modalities.get(record.modality) if batch is not None else None
-    same_tokens = source is not None and source.n_tokens == record.mask.shape[1]
+    n_rows, n_cols = record.mask.shape[0], record.mask.shape[1]
+    same_tokens = source is not None and source.n_tokens == n_cols
+    flat = b_idx * n_cols + t_idx
     if record.modality == "images":
         if same_tokens:
             meta.setdefault("position", source.tensors.get("position"))
@@ -75,9 +105,9 @@ def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarr
             meta["x"], meta["y"] = coords[..., 0], coords[..., 1]
         for key in ("position", "x", "y"):
             if meta.get(key) is not None:
-                out[key] = _np(meta[key]).astype(float)[b_idx, t_idx]
+                out[key] = _floats(_np(meta[key])[b_idx, t_idx])
         if meta.get("slide_id") is not None:
-            out["slide_id"] = _grid(meta["slide_id"])[b_idx, t_idx]
+            out["slide_id"] = strings.flat(meta["slide_id"], n_rows, n_cols, empty_is_null=True).take(flat)
     elif record.modality == "events":
         if same_tokens:
             meta.setdefault("time", source.tensors.get("times"))
@@ -85,24 +115,21 @@ def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarr
         if meta.get("time") is None and meta.get("times") is not None:
             meta["time"] = meta["times"]
         if meta.get("time") is not None:
-            out["time"] = _np(meta["time"]).astype(float)[b_idx, t_idx]
+            out["time"] = _floats(_np(meta["time"])[b_idx, t_idx])
         if meta.get("code") is not None:
-            out["code"] = _grid(meta["code"])[b_idx, t_idx]
-    for key in ("slide_id", "code"):  # "" marks padding / unknown: report it as missing
-        if key in out:
-            out[key] = np.where(out[key] == "", None, out[key])
+            out["code"] = strings.flat(meta["code"], n_rows, n_cols, empty_is_null=True).take(flat)
     return out
 
 
-def records_to_frame(
+def records_to_table(
     batch: Batch | None,
     records: Sequence[AttentionRecord],
     *,
     sample_ids: Sequence[str] | None = None,
     patient_ids: Sequence[str] | None = None,
     kinds: Iterable[str] | None = None,
-) -> pd.DataFrame:
-    """Tidy rows (columns :data:`COLUMNS`) for the records of one batch.
+) -> pa.Table:
+    """Tidy rows (schema :data:`ARROW_SCHEMA`) for the records of one batch, built directly in Arrow.
 
     Args:
         batch: the batch the records were computed on (ids and structured token columns), or None when
@@ -113,8 +140,9 @@ def records_to_frame(
     sample_ids = list(batch.sample_ids if sample_ids is None else sample_ids)
     patient_ids = list(batch.patient_ids if patient_ids is None and batch is not None else patient_ids or sample_ids)
     keep = None if kinds is None else set(kinds)
-    sid, pid = np.asarray(sample_ids, dtype=object), np.asarray(patient_ids, dtype=object)
-    parts: list[pd.DataFrame] = []
+    sid, pid = pa.array(sample_ids, pa.string()), pa.array(patient_ids, pa.string())
+    strings = _Strings()
+    tables: list[pa.Table] = []
     for record in records:
         if keep is not None and record.kind not in keep:
             continue
@@ -124,30 +152,50 @@ def records_to_frame(
             # One row per class with token "clinical"; normalised over the classes, not over tokens.
             b_idx = np.flatnonzero(value.sum(axis=(1, 2)) > 0)
             t_idx = np.zeros_like(b_idx)
-            tokens = np.full(len(b_idx), "clinical", dtype=object)
-            extra: dict[str, Any] = {}
+            names = None
         else:
-            names = _grid(record.names)
+            names = strings.flat(record.names, *mask.shape)
             # Modality rows list every modality of the model; an absent one keeps its exact 0 weight.
-            real = (names != "") if record.kind == "modality" else mask
+            real = (pc.not_equal(names, "").to_numpy(zero_copy_only=False).reshape(mask.shape)
+                    if record.kind == "modality" else mask)
             b_idx, t_idx = np.nonzero(real)
-            tokens = names[b_idx, t_idx]
-            extra = _token_columns(record, batch, b_idx, t_idx)
         n = len(b_idx)
-        classes = [None] * n_classes if record.class_names is None else [str(c) for c in record.class_names]
+        # [B, C, T] -> class-major rows: each per-token column repeats C times, each class n times
+        if n_classes > 1:
+            b_idx, t_idx = np.tile(b_idx, n_classes), np.tile(t_idx, n_classes)
+        c_idx = np.repeat(np.arange(n_classes, dtype=np.int64), n)
+        target = (pa.nulls(n * n_classes, pa.string()) if record.class_names is None
+                  else pa.array([str(c) for c in record.class_names], pa.string()).take(c_idx))
         columns = {
-            "sample_id": np.tile(sid[b_idx], n_classes), "patient_id": np.tile(pid[b_idx], n_classes),
-            "modality": record.modality,
-            "token": np.tile(tokens, n_classes),
-            "kind": record.kind,
-            "target_class": classes[0] if n_classes == 1 else np.repeat(np.asarray(classes, dtype=object), n),
-            # [B, C, T] -> class-major rows, matching np.repeat of the class names above
-            "value": value[b_idx, :, t_idx].T.reshape(-1).astype(float),
-            "raw_value": raw[b_idx, :, t_idx].T.reshape(-1).astype(float),
-            **{k: np.tile(v, n_classes) for k, v in extra.items()},
+            "sample_id": sid.take(b_idx), "patient_id": pid.take(b_idx),
+            "modality": pa.repeat(pa.scalar(record.modality, pa.string()), n * n_classes),
+            "token": (pa.repeat(pa.scalar("clinical", pa.string()), n * n_classes) if names is None
+                      else names.take(b_idx * mask.shape[1] + t_idx)),
+            "kind": pa.repeat(pa.scalar(record.kind, pa.string()), n * n_classes),
+            "target_class": target,
+            "value": _floats(value[b_idx, c_idx, t_idx]),
+            "raw_value": _floats(raw[b_idx, c_idx, t_idx]),
+            **({} if names is None else _token_columns(record, batch, b_idx, t_idx, strings)),
         }
-        parts.append(pd.DataFrame(columns))
-    return _conform(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(COLUMNS)))
+        tables.append(pa.Table.from_arrays(
+            [columns.get(f.name, pa.nulls(n * n_classes, f.type)) for f in ARROW_SCHEMA], schema=ARROW_SCHEMA))
+    return pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
+
+
+def records_to_frame(
+    batch: Batch | None,
+    records: Sequence[AttentionRecord],
+    *,
+    sample_ids: Sequence[str] | None = None,
+    patient_ids: Sequence[str] | None = None,
+    kinds: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Tidy rows (columns :data:`COLUMNS`) for the records of one batch, as a DataFrame.
+
+    Same rows as :func:`records_to_table` (text as object with None for NA, numbers as float with NaN).
+    """
+    table = records_to_table(batch, records, sample_ids=sample_ids, patient_ids=patient_ids, kinds=kinds)
+    return _conform(table.to_pandas())
 
 
 def _conform(frame: pd.DataFrame) -> pd.DataFrame:
@@ -175,10 +223,12 @@ class ParquetStream:
         self._writer = pq.ParquetWriter(self._tmp, ARROW_SCHEMA)
         self.rows = 0
 
-    def write(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(_conform(frame), schema=ARROW_SCHEMA, preserve_index=False)
+    def write(self, rows: pa.Table | pd.DataFrame) -> None:
+        """Append one batch's rows (a table from :func:`records_to_table`, or a tidy frame) as a row group."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(
+            _conform(rows), schema=ARROW_SCHEMA, preserve_index=False)
         self._writer.write_table(table)
-        self.rows += len(frame)
+        self.rows += table.num_rows
 
     def close(self) -> Path:
         self._writer.close()
@@ -450,11 +500,10 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
     frames: list[pd.DataFrame] = []
     try:
         for batch, records, _ in model.iter_attention(cohort, batch_size=batch_size):
-            frame = records_to_frame(batch, records, kinds=kinds)
             if stream is not None:
-                stream.write(frame)
+                stream.write(records_to_table(batch, records, kinds=kinds))  # Arrow straight to Parquet
             else:
-                frames.append(frame)
+                frames.append(records_to_frame(batch, records, kinds=kinds))
     except BaseException as exc:
         if stream is not None:
             stream.abort(exc)
