@@ -10,7 +10,7 @@ from ..datasets.batch import ModalityBatch
 from .registry import Registry
 from .tokens import Tokens
 
-ENCODERS = Registry("encoder")
+ENCODERS = Registry("encoder", populate="clinfuse.encoders")
 
 
 class ModalityEncoder(nn.Module):

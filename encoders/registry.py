@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,10 +14,18 @@ from typing import Any
 class Registry:
     """Name -> component class, with the modalities each entry accepts (empty = any)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, populate: str | None = None) -> None:
+        """``populate``: a module that registers every entry when imported; it is imported on the first
+        lookup, so the registry is complete however it is reached (and packages can import lazily)."""
         self.what = what
         self._entries: dict[str, type] = {}
         self._modalities: dict[str, tuple[str, ...]] = {}
+        self._populate = populate
+
+    def _ensure(self) -> None:
+        if self._populate is not None:
+            module, self._populate = self._populate, None
+            importlib.import_module(module)
 
     def register(self, name: str, *, modalities: Iterable[str] = ()) -> Callable[[type], type]:
         def decorator(cls: type) -> type:
@@ -32,6 +41,7 @@ class Registry:
     def get(self, name: str) -> type:
         if not isinstance(name, str):
             raise TypeError(f"{self.what} name must be a string, got {type(name).__name__}")
+        self._ensure()
         if name not in self._entries:
             raise ValueError(f"unknown {self.what} {name!r}; registered: {', '.join(sorted(self._entries))}")
         return self._entries[name]
@@ -41,6 +51,7 @@ class Registry:
 
     def names(self, modality: str | None = None) -> list[str]:
         """Registered names, optionally only those that accept ``modality``."""
+        self._ensure()
         return sorted(
             n for n, mods in self._modalities.items() if modality is None or not mods or modality in mods
         )
@@ -50,10 +61,13 @@ class Registry:
         return self._modalities[name]
 
     def __contains__(self, name: object) -> bool:
+        self._ensure()
         return name in self._entries
 
     def __iter__(self):
+        self._ensure()
         return iter(sorted(self._entries))
 
     def __len__(self) -> int:
+        self._ensure()
         return len(self._entries)

@@ -1,22 +1,40 @@
-"""clinfuse.fusion: token types, aggregators, the PersAM head, task heads, FusionModel, explanations, CLI."""
+"""clinfuse.fusion: token types, aggregators, the PersAM head, task heads, FusionModel, explanations, CLI.
 
-from .base import AGGREGATORS, Aggregator, AggregatorOutput, create_aggregator, list_aggregators
-from . import aggregators  # noqa: F401  (registers every aggregator)
-from .records import ATTENTION_KINDS, AttentionRecord
-from .heads import ClassificationHead, CoxHead, DiscreteTimeHead
-from .losses import (classification_loss, cox_partial_nll, discrete_time_nll, hazards_to_survival, make_time_bins,
-                     risk_from_survival)
-from .network import FusionNetwork, NetworkOutput
-from .token_types import TokenTypeEmbedding
-from .report import AttentionReport, build_report
+Names are imported on first use (PEP 562), so that ``clinfuse --help`` and ``clinfuse --version`` answer at
+once instead of importing torch, Lightning and every model first. ``from clinfuse.fusion import X`` works
+as usual; the aggregator registry fills itself on its first lookup.
+"""
 
-__all__ = [
-    "AGGREGATORS", "ATTENTION_KINDS", "Aggregator", "AggregatorOutput", "AttentionRecord", "AttentionReport", "build_report",
-    "create_aggregator", "list_aggregators",
-    "ClassificationHead", "CoxHead", "DiscreteTimeHead", "FusionNetwork", "NetworkOutput", "TokenTypeEmbedding",
-    "classification_loss", "cox_partial_nll", "discrete_time_nll", "hazards_to_survival", "make_time_bins",
-    "risk_from_survival",
-]
-from .model import FusionModel
-from .crossval import CVResult, cross_validate
-__all__ += ["CVResult", "FusionModel", "cross_validate"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["AGGREGATORS", "Aggregator", "AggregatorOutput", "create_aggregator", "list_aggregators"], "base"),
+    **dict.fromkeys(["ATTENTION_KINDS", "AttentionRecord"], "records"),
+    **dict.fromkeys(["ClassificationHead", "CoxHead", "DiscreteTimeHead"], "heads"),
+    **dict.fromkeys(["classification_loss", "cox_partial_nll", "discrete_time_nll", "hazards_to_survival",
+                     "make_time_bins", "risk_from_survival"], "losses"),
+    **dict.fromkeys(["FusionNetwork", "NetworkOutput"], "network"),
+    "TokenTypeEmbedding": "token_types",
+    **dict.fromkeys(["AttentionReport", "build_report"], "report"),
+    "FusionModel": "model",
+    **dict.fromkeys(["CVResult", "cross_validate"], "crossval"),
+    "attention_shap_agreement": "shap_values",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clinfuse.fusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,7 +13,7 @@ from ..encoders.registry import Registry
 from ..encoders.tokens import Tokens
 from .records import AttentionRecord
 
-AGGREGATORS = Registry("aggregator")
+AGGREGATORS = Registry("aggregator", populate="clinfuse.fusion.aggregators")
 
 
 @dataclass

@@ -79,3 +79,16 @@ def test_built_wheel_holds_every_subpackage_and_no_bare_names(tmp_path):
     packaged = {".".join(n.split("/")[:-1]) for n in names if n.endswith("/__init__.py")}
     assert packaged == _packages_on_disk()
     assert "clinfuse/__init__.py" not in names  # namespace package
+
+
+def test_cli_starts_without_importing_torch():
+    code = "import sys; from clinfuse.fusion.cli import build_parser; build_parser(); " \
+           "sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0
+
+
+@pytest.mark.parametrize("module, registry, name", [("clinfuse.fusion.base", "AGGREGATORS", "persam"),
+                                                    ("clinfuse.encoders.base", "ENCODERS", "feature_bag")])
+def test_registries_are_complete_however_they_are_reached(module, registry, name):
+    code = f"from {module} import {registry} as R; import sys; sys.exit(0 if {name!r} in R and len(R) > 3 else 1)"
+    assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0
