@@ -54,7 +54,9 @@ phi             clinical     [B, C, 1]    phi, normalised over classes (uniform 
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
 feature         clinical     [B, C, K]    softmax_k of the class-record scores behind s_phi[c]
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
-                                          over the modality groups, renormalised over present ones
+                                          over the modality groups, renormalised over present ones; with
+                                          private instances the instance modality gets phi / (1 + phi)
+                                          (its weight in pooled[c]) and the others share the rest
 =============== ============ ============ ==========================================================
 ``feature`` exists only when ``clinical`` is a modality; ``modality`` only when ``n_layers >= 1``.
 """
@@ -98,6 +100,10 @@ class PersAM(Aggregator):
         dropout: dropout in the encoder.
         checkpoint_above: recompute encoder layers in backward when a training batch holds more instance
             tokens than this (saves memory on huge bags; None = never).
+        private_instances: the clinical, class and latent tokens do not read the instances in the encoder,
+            so the instance evidence reaches the head only through the explanatory pooling and the exported
+            attention is its only path (default). With False, class tokens also read the bag through the
+            encoder's own attention, a second, unexported route the model can learn to rely on instead.
     """
 
     attention_kinds = frozenset(
@@ -120,6 +126,7 @@ class PersAM(Aggregator):
         instance_ffn_mult: int = 1,
         dropout: float = 0.1,
         checkpoint_above: int | None = 8192,
+        private_instances: bool = True,
     ) -> None:
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
@@ -143,7 +150,10 @@ class PersAM(Aggregator):
 
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
-        self.layout = GroupLayout(n_context=len(self.context_modalities))
+        if not isinstance(private_instances, bool):
+            raise TypeError(f"persam: private_instances must be a bool, got {private_instances!r}")
+        self.private_instances = private_instances
+        self.layout = GroupLayout(n_context=len(self.context_modalities), private_instances=private_instances)
         self.encoder = GroupBalancedEncoder(
             d_model=d_model, n_heads=n_heads, n_layers=n_layers, layout=self.layout, dropout=float(dropout),
             large_ffn_mult=instance_ffn_mult, checkpoint_above=checkpoint_above,
@@ -285,7 +295,15 @@ class PersAM(Aggregator):
             groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
             groups.update(zip(self.context_modalities, lay.context))
             idx = [groups[m] for m in self.modalities]
-            share = class_w.mean(dim=(1, 2))[:, idx]  # [B, M]
+            share = class_w.mean(dim=1)[:, :, idx]  # [B, C, M] head mean
+            if self.private_instances:
+                # The class tokens never read the instances; class c gets them as phi[c] * evidence next to
+                # its own state (weight 1), so the instance modality's share is phi / (1 + phi) and the
+                # other modalities split the rest by the class token's group weights.
+                gate = (phi_raw / (1.0 + phi_raw))[..., None]  # [B, C, 1]
+                share = share * (1.0 - gate)
+                share[..., self.modalities.index(self.instance_modality)] = gate[..., 0]
+            share = share.mean(dim=1)  # [B, M] class mean
             present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)
             out.append(AttentionRecord(
                 kind="modality", modality="all", value=normalise_nonnegative(share, present)[:, None, :],

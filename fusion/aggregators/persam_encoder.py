@@ -38,12 +38,19 @@ from ..records import masked_normalise
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """Indices of the token groups. Query groups are ``0 .. n_query - 1``; key groups add ``self``."""
+    """Indices of the token groups. Query groups are ``0 .. n_query - 1``; key groups add ``self``.
+
+    ``private_instances``: the small groups (clinical, class, latents) do not read the instance group, so
+    instance content reaches the rest of the model only through the aggregator's attention pooling (the
+    exported attention is then the only path of the instance evidence, see ``persam.PersAM``). Instances
+    still read the small groups (they are personalised by the clinical tokens).
+    """
 
     n_context: int
 
     instances: int = 0
     clinical: int = 1
+    private_instances: bool = False
 
     @property
     def context(self) -> list[int]:
@@ -83,6 +90,8 @@ class GroupLayout:
         allowed = torch.zeros(self.n_query, self.n_key, dtype=torch.bool)
         for g in self.small:
             allowed[g, : self.n_query] = True  # small queries read every group (O(N) per query)
+            if self.private_instances:
+                allowed[g, self.instances] = False
         for g in self.large:
             allowed[g, self.small] = True
             allowed[g, self.self_group] = True  # plus themselves; never the other large tokens
