@@ -1,0 +1,136 @@
+"""Faithfulness of the explanations on a larger synthetic cohort (issue 6), for persam and abmil.
+
+Runs the checks of ``tests/test_faithfulness.py`` (its helper functions are reused) on held-out patients of
+a synthetic cohort with its planted ground truth and writes the figures to ``benchmarks/out/faithfulness.json``:
+
+* ``planted_auroc``: per-patient AUROC of the image attention for the planted patches (median, mean, and the
+  AUROC pooled over all held-out patches), for every image attention kind the aggregator exports;
+* ``top3``: share of signal carriers (clinical record, ``biomarker_level`` >= 1 sd from the mean) whose top 3
+  clinical variables hold ``biomarker_level``, by ``feature`` attention (if exported) and by |SHAP|;
+* ``deletion``: mean |change of P(poor outcome)| after removing the top 10% patches by attention vs a random
+  10% (5 draws), and their ratio;
+* ``personalisation`` (persam only): exploratory attention mass on type-A patches with the marker set
+  positive vs negative, and the share of patients for whom it is higher when positive.
+
+Usage: ``python benchmarks/bench_faithfulness.py [--n 400] [--aggregators persam abmil] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_faithfulness import (  # noqa: E402  (the test module holds the checks)
+    COHORT_PARAMS,
+    MODEL_PARAMS,
+    deletion_effects,
+    exploratory_type_a_mass,
+    planted_patch_auroc,
+    signal_carriers,
+    top3_share,
+)
+
+from clinfuse.datasets import make_synthetic_cohort, train_validation_split  # noqa: E402
+from clinfuse.fusion import FusionModel  # noqa: E402
+from clinfuse.fusion.shap_values import shap_values  # noqa: E402
+
+
+def pooled_auroc(report, truth, kind: str) -> float:
+    rows = report[(report["kind"] == kind) & (report["modality"] == "images")]
+    rows = rows.groupby(["sample_id", "position"], as_index=False)["value"].mean()
+    y, score = [], []
+    for sample, part in rows.groupby("sample_id"):
+        pos = part["position"].astype(int).to_numpy()
+        y.append(truth.relevant_patches[sample][pos])
+        # rank within the patient: attention sums to 1 per patient, so scale by the bag size
+        score.append(part["value"].to_numpy() * len(pos))
+    return float(roc_auc_score(np.concatenate(y), np.concatenate(score)))
+
+
+def run(aggregator: str, n: int, seed: int, n_shap: int) -> dict:
+    cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "n_patients": n, "seed": seed})
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
+    start = time.perf_counter()
+    model = FusionModel(**{**MODEL_PARAMS, "aggregator": aggregator, "seed": seed}).fit(cohort.subset(train_ids))
+    fit_s = time.perf_counter() - start
+    test = cohort.subset(test_ids)
+    report = model.explain(test).to_frame()
+    out: dict = {"aggregator": aggregator, "n_patients": n, "n_train": len(train_ids), "n_test": len(test_ids),
+                 "fit_seconds": round(fit_s, 1), "epochs_run": model.metrics_["epochs_run"],
+                 "best_epoch": model.metrics_["best_epoch"], "test_auc": round(float(model.score(test)), 4)}
+    image_kinds = sorted(set(report.loc[report["modality"] == "images", "kind"]))
+    out["planted_auroc"] = {}
+    for kind in image_kinds:
+        per = planted_patch_auroc(report, truth, kind=kind)
+        out["planted_auroc"][kind] = {"median": round(float(np.median(list(per.values()))), 4),
+                                      "mean": round(float(np.mean(list(per.values()))), 4),
+                                      "pooled": round(pooled_auroc(report, truth, kind), 4),
+                                      "n_patients": len(per)}
+    carriers = signal_carriers(cohort, list(test.sample_ids))
+    top3 = {"n_carriers": len(carriers)}
+    feature = report[(report["kind"] == "feature") & (report["modality"] == "clinical")]
+    if len(feature):
+        top3["attention"] = round(top3_share(feature, carriers), 4)
+    shap_ids = carriers[:n_shap]
+    shap = shap_values(model, test.subset(shap_ids), modality="clinical", background=test, n_background=10)
+    top3["shap"] = round(top3_share(shap.to_frame(), shap_ids), 4)
+    top3["n_shap"] = len(shap_ids)
+    out["top3_biomarker_level"] = top3
+    kind = "explanatory" if "explanatory" in image_kinds else "patch"
+    d_top, d_rand = deletion_effects(model, test, report, kind=kind)
+    out["deletion"] = {"kind": kind, "top10_mean_abs_dp": round(d_top, 5), "random10_mean_abs_dp": round(d_rand, 5),
+                       "ratio": round(d_top / max(d_rand, 1e-12), 2)}
+    if "exploratory" in image_kinds:
+        samples = [s for s in test.sample_ids if test.has(s, "clinical") and test.has(s, "images")
+                   and (truth.patch_type[s] == 1).any()]
+        pos = exploratory_type_a_mass(model, test, truth, samples, "positive")
+        neg = exploratory_type_a_mass(model, test, truth, samples, "negative")
+        out["personalisation"] = {"type_a_mass_positive": round(float(pos.mean()), 4),
+                                  "type_a_mass_negative": round(float(neg.mean()), 4),
+                                  "share_higher_when_positive": round(float((pos > neg).mean()), 4),
+                                  "n_patients": len(samples)}
+    else:
+        out["personalisation"] = None  # no clinical-guided attention to personalise
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aggregators", nargs="+", default=["persam", "abmil"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-shap", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faithfulness.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {"model_params": {k: v for k, v in MODEL_PARAMS.items() if k != "aggregator"},
+               "cohort_params": {**COHORT_PARAMS, "n_patients": args.n, "seed": args.seed},
+               "threads": args.threads, "runs": []}
+    for aggregator in args.aggregators:
+        res = run(aggregator, args.n, args.seed, args.n_shap)
+        print(json.dumps(res), flush=True)
+        results["runs"].append(res)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(results, fh, indent=2, default=str)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
