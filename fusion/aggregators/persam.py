@@ -98,8 +98,9 @@ class PersAM(Aggregator):
             real instances than this (quadratic; off by default).
         instance_ffn_mult: hidden width of the instance/context feed-forward, multiple of d (0 = none).
         dropout: dropout in the encoder.
-        checkpoint_above: recompute encoder layers in backward when a training batch holds more instance
-            tokens than this (saves memory on huge bags; None = never).
+        checkpoint_above: when a training batch holds more instance tokens than this, instance/context
+            tokens are updated in chunks recomputed in the backward pass (same result, a few ``[N, d]``
+            tensors of memory per layer on huge bags; None = never).
         private_instances: the clinical, class and latent tokens do not read the instances in the encoder,
             so the instance evidence reaches the head only through the explanatory pooling and the exported
             attention is its only path (default). With False, class tokens also read the bag through the

@@ -16,10 +16,17 @@ so 10,000 patches share one group weight with 20 clinical tokens instead of drow
 
 Cost is linear in the bag size N: instance (and context) queries read only the small groups (clinical,
 class, latents) and themselves; the small groups' queries read every group, which is O(N) per query. The
-optional full instance-to-instance attention (``full_below``) is quadratic and is used only for samples
-whose bag has fewer than ``full_below`` real instances (decided per sample, so a sample's output never
-depends on the other samples of its batch). Instance and context tokens get a narrow feed-forward
-(``large_ffn_mult``, default 1 x d) instead of the usual 4 x d.
+optional full instance-to-instance attention (PersAM's ``full_patch_attention_below``) is quadratic and is
+used only for samples whose bag has fewer real instances than that (decided per sample, so a sample's
+output never depends on the other samples of its batch).
+
+Patch-side work and memory: the scores are bilinear, so the queries and keys of large groups are never
+materialised (``q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j`` is computed with ``W_q^T k_j`` on the small side,
+and likewise for the keys and values that small queries read); per layer a large group costs its
+LayerNorm, one value projection, the output projection and a narrow feed-forward (``large_ffn_mult``,
+default 1 x d, instead of 4 x d). No dropout is applied to large groups. In training with a big batch
+(``checkpoint_above``) the large groups are updated in chunks of ``chunk_size`` tokens that are recomputed
+in the backward pass, so the stored activations per layer are a few ``[N, d]`` tensors.
 """
 
 from __future__ import annotations
