@@ -18,7 +18,10 @@ measures live tensors rather than the heap the allocator keeps after freeing (wi
 PersAM 100k peak read about 1.9 GB higher); ``--malloc-mmap-threshold 0`` measures with the default. Summary: ``t(100k) / t(10k)`` (goal <= 12) and ``peak_minus_input_mb``
 at 100k (goal < 2,048).
 
-    python benchmarks/bench_aggregators.py                     # all models, writes benchmarks/out/aggregators.json
+On a shared, oversubscribed machine pass ``--threads 1``: OpenMP threads spinning on busy cores made a
+1,000-patch PersAM step 20x slower (14 s instead of 0.6 s) with the default 2 threads.
+
+    python benchmarks/bench_aggregators.py --threads 1         # all models, writes benchmarks/out/aggregators.json
     python benchmarks/bench_aggregators.py --models persam --sizes 1000 10000
     python benchmarks/bench_aggregators.py --combine a.json b.json --out benchmarks/out/aggregators.json
 """
