@@ -22,14 +22,6 @@ NAMES = list_aggregators()
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors: extra intra-op threads only add contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def build(name: str, *, d_model: int = D, modalities=MODS, seed: int = 0):
     torch.manual_seed(seed)

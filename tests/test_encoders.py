@@ -27,15 +27,6 @@ D = 16
 VARIABLE_LENGTH = ("images", "events")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny: with 2 intra-op threads on a busy 2-core machine, thread synchronisation
-    dominates (measured 20-40x slower than 1 thread for the ViT), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _schema(modality: str, kind: str | None) -> dict[str, Any]:
     return random_schema(modality, image_kind=kind or "features")

@@ -27,15 +27,6 @@ FEAT = random_schema("images", image_kind="features")
 PIX = random_schema("images", image_kind="pixels")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny: with 2 intra-op threads on a busy 2-core machine, thread synchronisation
-    dominates (measured 20-40x slower than 1 thread for the ViT), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _pixel_batch(images: torch.Tensor, counts: list[int]) -> ModalityBatch:
     """Bags of ``counts[b]`` consecutive images from ``images [M, C, H, W]`` -> an images ModalityBatch."""

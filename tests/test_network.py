@@ -28,14 +28,6 @@ MODS = ("clinical", "genomics", "images", "events")
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: extra intra-op threads only add contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def encoders_for(schema: dict, mods) -> dict:
     return {m: ENCODERS.get(default_encoder(m, schema[m])).from_schema(schema[m], d_model=D) for m in mods}
