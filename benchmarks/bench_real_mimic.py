@@ -101,6 +101,9 @@ def main() -> None:
     p = base_parser(__doc__, data_default=DATA / "mimic3_demo")
     p.add_argument("--folds", type=int, default=5, help="k of the grouped, stratified k-fold")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold (seed 0, 1, ...)")
+    p.add_argument("--fusion-repeats", type=int, default=None,
+                   help="repeats for the fusion model (its splits are the first of the shared ones; "
+                        "default: --repeats)")
     p.add_argument("--max-epochs", type=int, default=None, help="default: the library's FusionModel default")
     args = p.parse_args()
     setup(args.threads)
@@ -129,14 +132,20 @@ def main() -> None:
                "folds": {}, "summary": {}}
     counts = code_counts(cohort)
     t_start = time.perf_counter()
-    jobs = [("logreg_codes", lambda tr, te: logreg_fold(cohort, counts, False, tr, te)),
-            ("logreg_codes_clinical", lambda tr, te: logreg_fold(cohort, counts, True, tr, te)),
-            ("fusion_event_transformer", lambda tr, te: fusion_fold(cohort, max_epochs, tr, te))]
-    for name, fn in jobs:
-        payload["folds"][name] = run_folds(name, splits, fn)
+    fusion_splits = splits[: args.folds * (args.fusion_repeats or args.repeats)]
+    payload["protocol"]["fusion_splits"] = len(fusion_splits)
+    jobs = [("logreg_codes", splits, lambda tr, te: logreg_fold(cohort, counts, False, tr, te)),
+            ("logreg_codes_clinical", splits, lambda tr, te: logreg_fold(cohort, counts, True, tr, te)),
+            ("fusion_event_transformer", fusion_splits, lambda tr, te: fusion_fold(cohort, max_epochs, tr, te))]
+
+    def save(name: str, rows: list[dict]) -> None:  # after every fold: a stopped run keeps what it finished
+        payload["folds"][name] = rows
         payload["summary"] = summarise(payload["folds"], metric="auc", reference=REFERENCE)
         payload["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write_json(out, payload)
+
+    for name, sp, fn in jobs:
+        save(name, run_folds(name, sp, fn, after_fold=lambda rows, name=name: save(name, rows)))
     payload["table_markdown"] = summary_table(payload["summary"], metric="auc", reference=REFERENCE,
                                               label="logreg(codes)", n_per_repeat=args.folds)
     write_json(out, payload)

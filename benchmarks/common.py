@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # the shared checkout of the real cohorts (../shared/data)
 OUT_DIR = Path(__file__).resolve().parent / "out"
-PACKAGES = ("clinfuse", "torch", "lightning", "lifelines", "scikit-learn", "numpy", "pandas", "anndata")
+PACKAGES = ("clinfuse", "torch", "pytorch-lightning", "lifelines", "scikit-learn", "numpy", "pandas", "anndata")
 
 
 def base_parser(description: str, *, data_default: Path) -> argparse.ArgumentParser:
@@ -176,9 +176,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def run_folds(name: str, splits: Sequence[tuple[list[str], list[str]]],
-              score_fold: Callable[[list[str], list[str]], dict[str, Any]], *, log: bool = True) -> list[dict]:
-    """Run ``score_fold(train_ids, test_ids)`` on every split; each row gets its index and wall time."""
-    rows = []
+              score_fold: Callable[[list[str], list[str]], dict[str, Any]], *, log: bool = True,
+              after_fold: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Run ``score_fold(train_ids, test_ids)`` on every split; each row gets its index and wall time.
+    ``after_fold(rows_so_far)`` runs after every fold (e.g. to save partial results of a slow model)."""
+    rows: list[dict] = []
     for i, (train_ids, test_ids) in enumerate(splits):
         row: dict[str, Any] = {"split": i}
         with timer(row):
@@ -187,6 +189,8 @@ def run_folds(name: str, splits: Sequence[tuple[list[str], list[str]]],
         if log:
             metric = {k: v for k, v in row.items() if k in ("c_index", "auc")}
             print(f"  {name:<24} split {i:>2}: {metric} ({row['seconds']:.1f} s)", flush=True)
+        if after_fold is not None:
+            after_fold(rows)
     return rows
 
 
