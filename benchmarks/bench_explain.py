@@ -27,14 +27,18 @@ Memory, per child:
   ``growth = peak - before`` isolates what predicting/explaining allocates.
 "Flat" means the peak at the largest n is within 20% of the peak at the smallest n (``flat_within``).
 
-Time: wall clock of each call (``time.perf_counter``); ``explain/predict`` = the ratio in the same process.
-The machine is shared (2 cores; see ``load_average``), so ratios are the meaningful figures.
+Time: wall clock of each call (``time.perf_counter``). With ``--repeats R`` the child alternates
+predict, explain, predict, explain, ... R times and ``explain_over_predict`` = median(explain) /
+median(predict): interleaving matters because the machine is shared (2 cores; see ``load_average``) and
+its load drifts by several times within minutes. ``--profile`` runs one extra child (smallest n) under
+cProfile; its times are not used in the summary (cProfile slows Python-heavy code more than torch kernels).
 
 Usage::
 
     python benchmarks/bench_explain.py                 # full: N = 1,000 x 10,000 x 128 (about 5 GB on disk)
     python benchmarks/bench_explain.py --quick         # smoke: n in (10, 30), 2,000-patch bags
     python benchmarks/bench_explain.py --profile       # also cProfile the explain of the smallest n
+    python benchmarks/bench_explain.py --sizes 20 60 200 --repeats 1 --baseline before.json   # embed a baseline
 
 Writes ``benchmarks/out/explain.json`` (``explain_quick.json`` with ``--quick``) atomically and prints it.
 """
@@ -169,7 +173,7 @@ class MemorySampler:
         self._thread.join()
 
 
-def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None) -> dict:
+def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None, repeats: int = 1) -> dict:
     import pyarrow.parquet as pq
     import torch
     from clinfuse.fusion import FusionModel
@@ -180,24 +184,31 @@ def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None) -> 
     result: dict = {"n": n, "mode": mode, "threads": torch.get_num_threads(),
                     "rss_before_mb": round(before["VmRSS"] / 1024, 1),
                     "anon_before_mb": round(before["RssAnon"] / 1024, 1)}
+    kinds = KINDS if mode == "kinds" else None
+    times: dict[str, list[float]] = {"predict": [], "explain": []}
     with MemorySampler() as sampler:
-        if mode == "full":
-            t0 = time.perf_counter()
-            proba = model.predict_proba(cohort)
-            result["predict_s"] = round(time.perf_counter() - t0, 3)
-            assert len(proba) == n
-        kinds = KINDS if mode == "kinds" else None
-        if profile is not None:
-            import cProfile
+        for _ in range(repeats):
+            if mode == "full":
+                t0 = time.perf_counter()
+                proba = model.predict_proba(cohort)
+                times["predict"].append(time.perf_counter() - t0)
+                assert len(proba) == n
+            if profile is not None:
+                import cProfile
 
-            prof = cProfile.Profile()
-            prof.enable()
-        t0 = time.perf_counter()
-        report = model.explain(cohort, out=out, kinds=kinds)
-        result["explain_s"] = round(time.perf_counter() - t0, 3)
-        if profile is not None:
-            prof.disable()
-            prof.dump_stats(profile)
+                prof = cProfile.Profile()
+                prof.enable()
+            t0 = time.perf_counter()
+            report = model.explain(cohort, out=out, kinds=kinds)
+            times["explain"].append(time.perf_counter() - t0)
+            if profile is not None:
+                prof.disable()
+                prof.dump_stats(profile)
+    for what, ts in times.items():
+        if ts:
+            result[f"{what}_s"] = round(float(np.median(ts)), 3)
+            if repeats > 1:
+                result[f"{what}_times_s"] = [round(t, 3) for t in ts]
     meta = pq.ParquetFile(report.path).metadata
     result.update({
         "kinds": kinds or model.attention_kinds, "rows": meta.num_rows, "row_groups": meta.num_row_groups,
@@ -213,11 +224,11 @@ def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None) -> 
     return result
 
 
-def run_child(workdir: Path, n: int, mode: str, profile: Path | None) -> dict:
+def run_child(workdir: Path, n: int, mode: str, profile: Path | None, repeats: int = 1) -> dict:
     warm_cache(workdir, n)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--n", str(n), "--mode", mode,
-               "--child-out", str(Path(tmp) / "attention.parquet")]
+               "--child-out", str(Path(tmp) / "attention.parquet"), "--repeats", str(repeats)]
         if profile is not None:
             cmd += ["--child-profile", str(profile)]
         t0 = time.perf_counter()
@@ -230,13 +241,34 @@ def run_child(workdir: Path, n: int, mode: str, profile: Path | None) -> dict:
 
 
 def _code_version() -> dict:
-    """Where ``clinfuse.fusion`` was imported from and the git commit of that tree (for before/after runs)."""
+    """Where ``clinfuse.fusion`` was imported from and a hash of the code measured (for before/after runs)."""
+    import hashlib
+
     import clinfuse.fusion
 
-    root = Path(clinfuse.fusion.__file__).resolve().parent.parent
-    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    return {"package_root": str(root), "git_head": head}
+    fusion = Path(clinfuse.fusion.__file__).resolve().parent
+    digest = {name: hashlib.sha1((fusion / name).read_bytes()).hexdigest()[:10] for name in ("report.py", "model.py")}
+    return {"package_root": str(fusion.parent), "sha1": digest}
+
+
+def _profile_summary(path: Path) -> dict:
+    """Seconds spent in the network vs the report (rows + Parquet) in one profiled explain."""
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    cum = {}
+    for (file, _, name), (_, _, _, ct, _) in stats.items():
+        key = f"{Path(file).name}:{name}"
+        if key in ("model.py:explain", "model.py:iter_attention", "network.py:forward", "report.py:write",
+                   "report.py:records_to_table", "report.py:records_to_frame", "core.py:write_table"):
+            cum[key] = round(max(cum.get(key, 0.0), ct), 3)
+    return {"file": str(path), "cumulative_s": cum}
+
+
+def _baseline(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    return {"file": str(path), "code": data.get("code"), "summary": data.get("summary"),
+            "results": data.get("results"), "load_average": data.get("load_average")}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -263,7 +295,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--kinds-at", type=int, nargs="*", default=None,
                     help="sizes that also get a kinds= restricted explain child (default: the smallest)")
-    ap.add_argument("--profile", action="store_true", help="cProfile the explain of the smallest n")
+    ap.add_argument("--profile", action="store_true", help="one extra cProfiled explain child (smallest n)")
+    ap.add_argument("--repeats", type=int, default=1, help="predict/explain pairs per child, interleaved")
+    ap.add_argument("--baseline", type=Path, default=None, help="an earlier explain.json to embed (before/after)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -273,7 +307,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.child:
-        print(json.dumps(child(args.workdir, args.n, args.mode, args.child_out, args.child_profile)))
+        print(json.dumps(child(args.workdir, args.n, args.mode, args.child_out, args.child_profile, args.repeats)))
         return
 
     sizes = args.sizes or ([10, 30] if args.quick else [100, 300, 1000])
@@ -284,13 +318,17 @@ def main() -> None:
     train_model(workdir)
 
     results = []
-    for i, n in enumerate(sizes):
-        kinds_at = sizes[:1] if args.kinds_at is None else args.kinds_at
+    kinds_at = sizes[:1] if args.kinds_at is None else args.kinds_at
+    for n in sizes:
         for mode in ("full", "kinds") if n in kinds_at else ("full",):
-            prof = out.with_suffix(f".n{n}.prof") if args.profile and i == 0 and mode == "full" else None
-            r = run_child(workdir, n, mode, prof)
+            r = run_child(workdir, n, mode, None, args.repeats)
             print(json.dumps(r), file=sys.stderr)
             results.append(r)
+    profile = None
+    if args.profile:
+        prof_path = out.with_suffix(f".n{sizes[0]}.prof")
+        run_child(workdir, sizes[0], "full", prof_path, 1)
+        profile = _profile_summary(prof_path)
 
     report = {
         "benchmark": "FusionModel.explain(cohort, out=.parquet) vs predict_proba on memory-mapped bags",
@@ -300,8 +338,11 @@ def main() -> None:
         "model": "persam, d_model 32, n_heads 2, 1 layer, batch_size 8, trained 2 epochs on 50 samples",
         "restricted_kinds": KINDS,
         "goal": "peak memory at the largest n within 20% of the smallest; explain <= 1.5x predict",
+        "repeats": args.repeats,
         "summary": summarise(results),
         "results": results,
+        "profile": profile,
+        "baseline": None if args.baseline is None else _baseline(args.baseline),
         "load_average": list(os.getloadavg()),
         "machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
     }
