@@ -32,7 +32,10 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_faithfulness import (  # noqa: E402  (the test module holds the checks)
+from clinfuse.datasets import make_synthetic_cohort, train_validation_split
+from clinfuse.fusion import FusionModel
+from clinfuse.fusion.shap_values import shap_values
+from test_faithfulness import (
     COHORT_PARAMS,
     MODEL_PARAMS,
     deletion_effects,
@@ -41,10 +44,6 @@ from test_faithfulness import (  # noqa: E402  (the test module holds the checks
     signal_carriers,
     top3_share,
 )
-
-from clinfuse.datasets import make_synthetic_cohort, train_validation_split  # noqa: E402
-from clinfuse.fusion import FusionModel  # noqa: E402
-from clinfuse.fusion.shap_values import shap_values  # noqa: E402
 
 
 def pooled_auroc(report, truth, kind: str) -> float:
@@ -71,6 +70,7 @@ def run(aggregator: str, n: int, seed: int, n_shap: int) -> dict:
                  "fit_seconds": round(fit_s, 1), "epochs_run": model.metrics_["epochs_run"],
                  "best_epoch": model.metrics_["best_epoch"], "test_auc": round(float(model.score(test)), 4)}
     image_kinds = sorted(set(report.loc[report["modality"] == "images", "kind"]))
+    predicted = model.predict(test)
     out["planted_auroc"] = {}
     for kind in image_kinds:
         per = planted_patch_auroc(report, truth, kind=kind)
@@ -78,6 +78,9 @@ def run(aggregator: str, n: int, seed: int, n_shap: int) -> dict:
                                       "mean": round(float(np.mean(list(per.values()))), 4),
                                       "pooled": round(pooled_auroc(report, truth, kind), 4),
                                       "n_patients": len(per)}
+        if report.loc[(report["kind"] == kind) & (report["modality"] == "images"), "target_class"].notna().any():
+            per = planted_patch_auroc(report, truth, kind=kind, target=predicted)
+            out["planted_auroc"][kind]["median_predicted_class"] = round(float(np.median(list(per.values()))), 4)
     carriers = signal_carriers(cohort, list(test.sample_ids))
     top3 = {"n_carriers": len(carriers)}
     feature = report[(report["kind"] == "feature") & (report["modality"] == "clinical")]

@@ -13,29 +13,39 @@ checked on held-out patients against what the generator planted (``datasets/synt
 * personalisation: for the same image bag, the exploratory attention mass on type-A patches is larger
   with ``marker_status = "positive"`` than with ``"negative"`` for a majority of patients.
 
-The measured figures are printed (``pytest -s``); ``benchmarks/bench_faithfulness.py`` runs the same checks on a
-larger cohort for persam and abmil.
+The issue's thresholds are asserted unchanged. The measured figures are printed (``pytest -s``);
+``benchmarks/bench_faithfulness.py`` runs the same checks on a larger cohort for persam and abmil.
+Training recipe: batch 4 (many more optimiser steps than the default 16 on ~110 training patients, which
+the attention needs to learn the rule), up to 30 epochs with patience 10; about 45 s of CPU.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
 from clinfuse.datasets import Cohort, ImageBags, make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.shap_values import shap_values
+from sklearn.metrics import roc_auc_score
 
 SEED = 0
 SIGNAL = "biomarker_level"
 
 
-def planted_patch_auroc(report: pd.DataFrame, truth, *, kind: str) -> dict[str, float]:
-    """Per sample: AUROC of the ``kind`` image attention (class-averaged) for the planted patches."""
+def planted_patch_auroc(report: pd.DataFrame, truth, *, kind: str,
+                        target: pd.Series | None = None) -> dict[str, float]:
+    """Per sample: AUROC of the ``kind`` image attention for the planted patches.
+
+    ``target``: sample -> class whose attention is scored (e.g. the predicted class: PersAM's explanatory
+    attention for class c is "what justifies class c"); None averages the classes.
+    """
     rows = report[(report["kind"] == kind) & (report["modality"] == "images")]
+    if target is not None:
+        rows = rows[rows["target_class"].astype(str) == rows["sample_id"].map(target.astype(str))]
     rows = rows.groupby(["sample_id", "position"], as_index=False)["value"].mean()  # average over classes
     out = {}
     for sample, part in rows.groupby("sample_id"):
@@ -116,9 +126,9 @@ def exploratory_type_a_mass(model: FusionModel, cohort: Cohort, truth, samples: 
 
 
 # ----------------------------------------------------------------------------------------------- fixture
-MODEL_PARAMS = dict(task="classification", aggregator="persam", batch_size=4, max_epochs=30,
-                    early_stopping_patience=10, verbose=False, seed=SEED)
-COHORT_PARAMS = dict(n_patients=200, modalities=("clinical", "images"), seed=SEED)
+MODEL_PARAMS = {"task": "classification", "aggregator": "persam", "batch_size": 4, "max_epochs": 30,
+                "early_stopping_patience": 10, "verbose": False, "seed": SEED}
+COHORT_PARAMS = {"n_patients": 200, "modalities": ("clinical", "images"), "seed": SEED}
 
 
 @pytest.fixture(scope="module")
@@ -129,34 +139,37 @@ def trained():
     model = FusionModel(**MODEL_PARAMS).fit(cohort.subset(train_ids))
     test = cohort.subset(test_ids)
     report = model.explain(test).to_frame()
-    return cohort, truth, model, test, report
+    return SimpleNamespace(cohort=cohort, truth=truth, model=model, test=test, report=report)
 
 
 # ----------------------------------------------------------------------------------------------- checks
 def test_model_learns_the_outcome(trained):
-    cohort, truth, model, test, report = trained
-    auc = model.score(test)
+    auc = trained.model.score(trained.test)
     print(f"held-out AUC {auc:.3f}")
     assert auc > 0.7  # a sanity floor: attention of a model that learned nothing would mean nothing
 
 
 def test_explanatory_attention_ranks_planted_patches(trained):
-    cohort, truth, model, test, report = trained
-    aurocs = planted_patch_auroc(report, truth, kind="explanatory")
+    """Explanatory attention averaged over the classes (the ``patch`` kind); that of the predicted class
+    (what justifies the prediction) is printed too."""
+    aurocs = planted_patch_auroc(trained.report, trained.truth, kind="explanatory")
+    predicted = planted_patch_auroc(trained.report, trained.truth, kind="explanatory",
+                                    target=trained.model.predict(trained.test))
     median = float(np.median(list(aurocs.values())))
-    print(f"planted-patch AUROC (explanatory, median over {len(aurocs)} held-out patients) {median:.3f}")
+    print(f"planted-patch AUROC (explanatory, class-averaged, median over {len(aurocs)} held-out patients) "
+          f"{median:.3f}; of the predicted class {np.median(list(predicted.values())):.3f}")
     assert len(aurocs) >= 30
     assert median >= 0.9
 
 
 def test_planted_clinical_variable_is_top3_by_attention_and_shap(trained):
-    cohort, truth, model, test, report = trained
-    assert truth.signal_variables == [SIGNAL]
-    carriers = signal_carriers(cohort, list(test.sample_ids))
+    t = trained
+    assert t.truth.signal_variables == [SIGNAL]
+    carriers = signal_carriers(t.cohort, list(t.test.sample_ids))
     assert len(carriers) >= 10
-    feature = report[(report["kind"] == "feature") & (report["modality"] == "clinical")]
+    feature = t.report[(t.report["kind"] == "feature") & (t.report["modality"] == "clinical")]
     share_att = top3_share(feature, carriers)
-    shap = shap_values(model, test.subset(carriers[:12]), modality="clinical", background=test,
+    shap = shap_values(t.model, t.test.subset(carriers[:12]), modality="clinical", background=t.test,
                        n_background=10).to_frame()
     share_shap = top3_share(shap, carriers[:12])
     print(f"{SIGNAL} in top 3: attention {share_att:.2f} of {len(carriers)}, |SHAP| {share_shap:.2f} of "
@@ -166,19 +179,18 @@ def test_planted_clinical_variable_is_top3_by_attention_and_shap(trained):
 
 
 def test_deleting_top_attention_patches_moves_the_prediction_more_than_random(trained):
-    cohort, truth, model, test, report = trained
-    d_top, d_rand = deletion_effects(model, test, report, kind="explanatory")
+    d_top, d_rand = deletion_effects(trained.model, trained.test, trained.report, kind="explanatory")
     print(f"deletion of 10% patches: top-attention mean |dP| {d_top:.4f}, random {d_rand:.4f}")
     assert d_top >= 2.0 * d_rand
     assert d_top > 0.01  # a real effect, not two rounding errors
 
 
 def test_flipping_the_marker_moves_exploratory_attention(trained):
-    cohort, truth, model, test, report = trained
-    samples = [s for s in test.sample_ids if test.has(s, "clinical") and test.has(s, "images")
-               and (truth.patch_type[s] == 1).any()]
-    pos = exploratory_type_a_mass(model, test, truth, samples, "positive")
-    neg = exploratory_type_a_mass(model, test, truth, samples, "negative")
+    t = trained
+    samples = [s for s in t.test.sample_ids if t.test.has(s, "clinical") and t.test.has(s, "images")
+               and (t.truth.patch_type[s] == 1).any()]
+    pos = exploratory_type_a_mass(t.model, t.test, t.truth, samples, "positive")
+    neg = exploratory_type_a_mass(t.model, t.test, t.truth, samples, "negative")
     moved = float((pos > neg).mean())
     print(f"exploratory mass on type-A patches: positive {pos.mean():.3f}, negative {neg.mean():.3f}; "
           f"higher when positive for {moved:.2f} of {len(samples)} patients")
