@@ -54,14 +54,24 @@ def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None
     if rows[["x", "y"]].notna().all().all() and len(rows):
         xy = rows[["x", "y"]].to_numpy(float)
         size = patch_size or _spacing(xy)
-        order = np.argsort(values)  # draw the strongest last, on top
-        sc = ax.scatter(xy[order, 0] + size / 2, xy[order, 1] + size / 2, c=values[order], cmap="inferno",
-                        marker="s", s=float(np.clip(6000.0 / len(rows), 2.0, 200.0)))
-        ax.invert_yaxis()
+        cells = np.rint((xy - xy.min(axis=0)) / size).astype(int)
+        width, height = cells.max(axis=0) + 1
+        if width * height <= 4_000_000:
+            # Patches on a grid (as tiling a slide gives): one raster cell per patch, blank elsewhere.
+            grid = np.full((height, width), np.nan)
+            grid[cells[:, 1], cells[:, 0]] = values
+            image = ax.imshow(grid, cmap="inferno", interpolation="nearest",
+                              extent=(xy[:, 0].min(), xy[:, 0].min() + width * size,
+                                      xy[:, 1].min() + height * size, xy[:, 1].min()))
+        else:  # too sparse for a raster: draw the strongest patches last, on top
+            order = np.argsort(values)
+            image = ax.scatter(xy[order, 0] + size / 2, xy[order, 1] + size / 2, c=values[order], cmap="inferno",
+                               marker="s", s=float(np.clip(6000.0 / len(rows), 2.0, 200.0)))
+            ax.invert_yaxis()
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.04)
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     else:
         ax.bar(np.arange(len(values)), values, color="tab:red")
         ax.set_xlabel(f"{rows['modality'].iloc[0]} token")
