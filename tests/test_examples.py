@@ -56,3 +56,14 @@ def test_run_yaml_trains_with_clinfuse_train(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     assert cli_main(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "model")]) == 0
     assert (tmp_path / "model" / "weights.pt").is_file()
+
+
+def test_patient_report_from_a_demo_folder(tmp_path, capsys):
+    assert cli_main(["demo", "--tiny", "--out", str(tmp_path / "demo")]) == 0
+    capsys.readouterr()
+    _load("patient_report").main(["--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "fig")])
+    out = capsys.readouterr().out
+    assert "modality weights:" in out and "top features:" in out
+    sample = out.splitlines()[0].split()[-1]
+    for name in (f"persam_{sample}.png", f"top_tokens_{sample}.png", "modality_weights.png"):
+        assert (tmp_path / "fig" / name).stat().st_size > 1000
