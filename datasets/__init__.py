@@ -9,7 +9,7 @@ from .preprocess import Preprocessor
 from .splits import make_splits, train_validation_split
 from .synthetic import SyntheticTruth, make_synthetic_cohort
 
-__all__ = ["MODALITIES", "TOKEN_KIND", "Batch", "ModalityBatch", "Cohort", "ImageBags", "ImageBag"]
+__all__ = ["MODALITIES", "TOKEN_KIND", "Batch", "Cohort", "ImageBag", "ImageBags", "ModalityBatch"]
 __all__ += ["CohortDataset", "Preprocessor", "collate_samples", "make_loader", "make_splits", "train_validation_split"]
 __all__ += ["SyntheticTruth", "make_synthetic_cohort"]
 __all__ += ["breastmnist_split_ids", "load_breastmnist", "load_gse7390", "load_mimic3_demo"]

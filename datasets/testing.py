@@ -103,7 +103,7 @@ def random_modality_batch(
         else:
             c, h, w = schema["channels"], schema["height"], schema["width"]
             tensors["pixels"] = torch.tensor(rng.random((B, T, c, h, w)), dtype=torch.float32)
-        for key, value in tensors.items():  # padding content is irrelevant, but keep it deterministic
+        for value in tensors.values():  # padding content is irrelevant, but keep it deterministic
             if value.dtype.is_floating_point:
                 value[~mask] = 0.0
         return ModalityBatch(modality, mask, present_t, tensors, names, {"slide_id": slide})

@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-
 from clinfuse.fusion import AttentionReport
 
 

@@ -24,7 +24,14 @@ _EXPORTS: dict[str, str] = {
     "attention_shap_agreement": "shap_values",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AGGREGATORS", "ATTENTION_KINDS", "Aggregator", "AggregatorOutput", "AttentionRecord",
+    "AttentionReport", "CVResult", "ClassificationHead", "CoxHead", "DiscreteTimeHead", "FusionModel",
+    "FusionNetwork", "NetworkOutput", "TokenTypeEmbedding", "attention_shap_agreement", "build_report",
+    "classification_loss", "cox_partial_nll", "create_aggregator", "cross_validate", "discrete_time_nll",
+    "hazards_to_survival", "list_aggregators", "make_time_bins", "risk_from_survival",
+]
+assert sorted(__all__) == sorted(_EXPORTS)  # one list of names, checked at import
 
 
 def __getattr__(name: str) -> Any:

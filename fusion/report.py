@@ -14,6 +14,7 @@ of the model, an absent one with weight 0 (and it has no token rows). ``phi`` is
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -237,10 +238,9 @@ class ParquetStream:
 
     def abort(self, exc: BaseException) -> None:
         self._writer.close()
-        try:
+        # atomic_path removes the temporary and re-raises ``exc``; the caller raises it itself.
+        with contextlib.suppress(type(exc)):
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
-        except BaseException:
-            pass  # atomic_path re-raises the original exception; the caller raises it itself.
 
 
 class AttentionReport:

@@ -6,13 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
 from clinfuse.datasets.batch import Batch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
 from clinfuse.fusion.figures import plot_risk_groups
 from clinfuse.fusion.records import AttentionRecord, masked_normalise
 from clinfuse.fusion.report import AttentionReport, records_to_frame
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

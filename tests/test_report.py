@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from clinfuse.datasets.batch import Batch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
 from clinfuse.fusion.records import AttentionRecord, masked_normalise

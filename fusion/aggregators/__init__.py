@@ -2,5 +2,11 @@
 
 Each module below adds itself with ``@AGGREGATORS.register(name)``; add one import line per new module.
 """
-from . import abmil, concat, cross_attention, hierarchical, self_attention  # noqa: F401
-from . import persam  # noqa: F401
+from . import (  # noqa: F401
+    abmil,
+    concat,
+    cross_attention,
+    hierarchical,
+    persam,
+    self_attention,
+)
