@@ -168,9 +168,6 @@ def test_explanatory_attention_ranks_planted_patches(trained):
     assert median >= 0.9
 
 
-@pytest.mark.xfail(reason=f"{KNOWN_GAP}: PersAM's feature kind is the class-record relevance behind phi, not the "
-                          "route the class tokens read the clinical record by; biomarker_level top-3 share 0.00",
-                   strict=False)
 def test_planted_clinical_variable_is_top3_by_attention(trained):
     t = trained
     assert t.truth.signal_variables == [SIGNAL]

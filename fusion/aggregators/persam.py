@@ -52,7 +52,9 @@ exploratory     instance     [B, 1, N]    psi, normalised over instances
 explanatory     instance     [B, C, N]    a', normalised over instances
 phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
-feature         clinical     [B, C, K]    softmax_k of the class-record scores behind s_phi[c]
+feature         clinical     [B, C, K]    class token c's last-layer attention within the clinical group
+                                          (head mean; raw = head-mean score): how c reads the record.
+                                          Without encoder layers: softmax_k of the scores behind s_phi[c]
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
                                           over the modality groups, renormalised over present ones; with
                                           private instances the instance modality gets phi / (1 + phi)
@@ -202,12 +204,12 @@ class PersAM(Aggregator):
                           torch.ones(B, param.shape[0], dtype=torch.bool, device=dev)))
         xs, masks = [p[0] for p in pairs], [p[1] for p in pairs]
 
-        class_w = None
+        class_w = class_clin = None
         if self.encoder is not None:
             full_ok = None
             if self.full_below > 0:
                 full_ok = masks[lay.instances].sum(1) < self.full_below
-            xs, class_w = self.encoder(xs, masks, full_ok)
+            xs, class_w, class_clin = self.encoder(xs, masks, full_ok)
         h, u, t = xs[lay.instances], xs[lay.clinical], xs[lay.cls]
         m_inst, m_clin = masks[lay.instances], masks[lay.clinical]
 
@@ -229,7 +231,7 @@ class PersAM(Aggregator):
 
         pooled = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h) + t
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
-                                explanatory, class_w, masks)
+                                explanatory, class_w, class_clin, masks)
         return AggregatorOutput(pooled=pooled, records=records)
 
     # ------------------------------------------------------------------ helpers
@@ -263,7 +265,7 @@ class PersAM(Aggregator):
         return full
 
     def _records(self, tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw, explanatory,
-                 class_w, masks) -> list[AttentionRecord]:
+                 class_w, class_clin, masks) -> list[AttentionRecord]:
         B = s_a.shape[0]
         mask3 = inst.mask[:, None, :]
         meta = record_meta(inst)
@@ -287,10 +289,16 @@ class PersAM(Aggregator):
         if self.has_clinical:
             clin = tokens["clinical"]
             cm = clin.mask[:, None, :]
-            if s_phi_k is None:  # no clinical token slots at all: nothing to weigh
-                s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])
-            out.append(rec("feature", masked_normalise(s_phi_k, cm), _exp_shifted(s_phi_k, cm),
-                           self.class_names, modality="clinical", tok=clin, meta={}))
+            if class_clin is not None:
+                # The route the clinical record takes to the prediction: each class token's attention
+                # within the clinical group in the last encoder layer (mean over heads; sums to 1).
+                value = masked_normalise(class_clin, cm[:, None]).mean(dim=1)
+                raw = class_clin.mean(dim=1).masked_fill(~cm, 0.0)
+            else:  # no encoder layer: the class-record scores behind phi are the only clinical reading
+                if s_phi_k is None:  # no clinical token slots at all: nothing to weigh
+                    s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])
+                value, raw = masked_normalise(s_phi_k, cm), _exp_shifted(s_phi_k, cm)
+            out.append(rec("feature", value, raw, self.class_names, modality="clinical", tok=clin, meta={}))
         if class_w is not None:
             lay = self.layout
             groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}

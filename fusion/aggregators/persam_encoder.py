@@ -143,7 +143,7 @@ class GroupBalancedLayer(nn.Module):
         masks: Sequence[torch.Tensor],
         full_ok: torch.Tensor | None,
         chunk: int | None = None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Update every group's tokens.
 
         Args:
@@ -154,7 +154,8 @@ class GroupBalancedLayer(nn.Module):
                 backward pass (``torch.utils.checkpoint``): same result, memory of one chunk.
 
         Returns:
-            The updated ``xs`` and the class queries' group weights ``[B, H, C, n_key]`` (for export).
+            The updated ``xs``, the class queries' group weights ``[B, H, C, n_key]`` and their attention
+            scores within the clinical group ``[B, H, C, K]`` (None without clinical tokens), both for export.
         """
         lay, H, d = self.layout, self.n_heads, self.d_model
         avail = torch.stack([m.any(dim=1) for m in masks], dim=1)  # [B, n_query]
@@ -189,11 +190,14 @@ class GroupBalancedLayer(nn.Module):
             read = torch.einsum("bhqd,hed->bhqe", read, w_v) + p.sum(-1, keepdim=True) * b_v[:, None]
             for g, part in zip(small, read.split(sizes, dim=2)):
                 atts[g] = atts[g] + part
+        class_clinical = None
         for g in small:
             probs, values = [], []
             for kg in small:
                 if bool(self.allowed[g, kg]):
                     sc = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
+                    if g == lay.cls and kg == lay.clinical:
+                        class_clinical = sc * self.scale  # how each class token reads the clinical record
                     probs.append(masked_normalise(sc * self.scale, masks[kg][:, None, None, :]) * ws[g][..., kg, None])
                     values.append(v[kg])
             att = atts[g] + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
@@ -223,7 +227,7 @@ class GroupBalancedLayer(nn.Module):
             else:
                 new_xs[g] = update(xs[g], full)
         assert class_weights is not None, "the class group is never empty"
-        return new_xs, class_weights
+        return new_xs, class_weights, class_clinical
 
     def _group_weights(self, g: int, hx: torch.Tensor, avail: torch.Tensor,
                        full_ok: torch.Tensor | None) -> torch.Tensor:
@@ -309,13 +313,15 @@ class GroupBalancedEncoder(nn.Module):
         self.checkpoint_above = checkpoint_above
 
     def forward(self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
-                full_ok: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Returns the normalised group outputs and the last layer's class-query group weights
-        ``[B, H, C, n_key]`` (None when ``n_layers == 0``)."""
+                full_ok: torch.Tensor | None
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Returns the normalised group outputs, the last layer's class-query group weights
+        ``[B, H, C, n_key]`` and class-query scores within the clinical group ``[B, H, C, K]`` (None when
+        ``n_layers == 0`` or without clinical tokens)."""
         n_inst = xs[0].shape[0] * xs[0].shape[1]
         use_ckpt = (self.training and torch.is_grad_enabled() and self.checkpoint_above is not None
                     and n_inst > self.checkpoint_above)
-        xs, class_weights = list(xs), None
+        xs, class_weights, class_clinical = list(xs), None, None
         for layer in self.layers:
-            xs, class_weights = layer(xs, masks, full_ok, self.chunk_size if use_ckpt else None)
-        return [self.norm(x) for x in xs], class_weights
+            xs, class_weights, class_clinical = layer(xs, masks, full_ok, self.chunk_size if use_ckpt else None)
+        return [self.norm(x) for x in xs], class_weights, class_clinical
