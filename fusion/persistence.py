@@ -21,10 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..datasets.atomic import atomic_path, write_text_atomic
 
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 1
@@ -62,28 +61,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically (temp file in the same folder + ``os.replace``)."""
-    write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def _default_mode(directory: bool) -> int:
-    """The mode a new file / folder gets under the user's umask (mkstemp/mkdtemp make them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _default_mode(False))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -108,23 +86,9 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         if any(target.iterdir()) and not (target / MARKER).exists():
             raise ValueError(f"output folder {target} exists and was not written by clinfuse; "
                              "choose a new or empty folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, _default_mode(True))
-    try:
+    with atomic_path(target, directory=True) as tmp:
         yield tmp
         (tmp / MARKER).write_text("written by clinfuse\n")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> None:
