@@ -28,8 +28,10 @@ SCRIPT = textwrap.dedent("""
                         verbose=False, strategy="ddp", devices=2, accelerator="cpu", seed=0)
     model.fit(cohort)
     rank = int(torch.distributed.get_rank())
-    print(f"rank={rank} world={model.world_size_} global_zero={model.is_global_zero_} "
-          f"epochs={len(model.history_)}", flush=True)
+    # one file per rank: both processes share the parent's stdout, so printed lines can interleave
+    with open(f"rank{rank}.txt", "w") as handle:
+        handle.write(f"rank={rank} world={model.world_size_} global_zero={model.is_global_zero_} "
+                     f"epochs={len(model.history_)}\\n")
     model.save(sys.argv[1])  # only rank 0 writes
 """)
 
@@ -41,9 +43,8 @@ def test_ddp_on_two_cpu_processes_trains_and_the_saved_model_predicts(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "model")], capture_output=True, text=True, check=False,
                             cwd=tmp_path, env=env, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
-    assert lines[0].startswith("rank=0 world=2 global_zero=True")
-    assert lines[1].startswith("rank=1 world=2 global_zero=False")
+    assert (tmp_path / "rank0.txt").read_text().startswith("rank=0 world=2 global_zero=True epochs=1")
+    assert (tmp_path / "rank1.txt").read_text().startswith("rank=1 world=2 global_zero=False epochs=1")
     assert not list(tmp_path.glob("lightning_logs")) and not list(tmp_path.glob("checkpoints"))
     model = FusionModel.load(tmp_path / "model")
     cohort, _ = make_synthetic_cohort(32, modalities=("clinical", "genomics"), n_genes=12, seed=3)
