@@ -92,8 +92,32 @@ def test_interrupted_stream_leaves_nothing_behind(fitted_classifier, tmp_path, m
     assert _files(tmp_path) == []  # no truncated file, no temporary
 
 
+def test_error_while_writing_in_the_background_reaches_the_caller(fitted_classifier, tmp_path, monkeypatch):
+    """A failure while a batch is converted or written (in the background thread) is raised by ``explain``
+    itself, and neither the file nor a temporary is left."""
+    import clinfuse.fusion.report as report_module
+
+    model, cohort = fitted_classifier.model, fitted_classifier.cohort
+    original, calls = report_module.records_to_table, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full while writing batch 2")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(report_module, "records_to_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        model.explain(cohort, out=tmp_path / "att.parquet")
+    assert _files(tmp_path) == []
+    # the next export works normally
+    monkeypatch.setattr(report_module, "records_to_table", original)
+    assert len(pd.read_parquet(model.explain(cohort, out=tmp_path / "att.parquet").path)) > 0
+
+
 def test_rows_are_written_batch_by_batch(fitted_classifier, tmp_path, monkeypatch):
-    """Each batch is written before the next is computed; the report is backed by the file, not by frames."""
+    """Batch k is written (in the background thread) before batch k + 2 is computed, so at most one batch is
+    in flight; the report is backed by the file, not by frames."""
     model, cohort = fitted_classifier.model, fitted_classifier.cohort
     events: list[tuple[str, int]] = []
     original_iter, original_write = model.iter_attention, ParquetStream.write
@@ -114,7 +138,14 @@ def test_rows_are_written_batch_by_batch(fitted_classifier, tmp_path, monkeypatc
 
     n_batches = math.ceil(len(cohort) / model.batch_size)
     assert n_batches >= 3
-    assert [e[0] for e in events] == ["batch", "write"] * n_batches  # interleaved: nothing accumulates
+    kinds = [e[0] for e in events]
+    assert kinds.count("batch") == kinds.count("write") == n_batches
+    batch_at = [i for i, k in enumerate(kinds) if k == "batch"]
+    write_at = [i for i, k in enumerate(kinds) if k == "write"]
+    for k in range(n_batches):  # nothing accumulates: write k follows batch k and precedes batch k + 2
+        assert batch_at[k] < write_at[k]
+        if k + 2 < n_batches:
+            assert write_at[k] < batch_at[k + 2]
     # the report holds the path; nothing was kept in memory (the frame is read lazily on first use)
     assert report.path == out and report._frame is None
     meta = pq.ParquetFile(out).metadata
