@@ -137,7 +137,7 @@ def test_survival_predictions(fitted_survival):
         model.predict_survival(test, [-1.0])
 
 
-def test_cox_head_uses_breslow_baseline(small_cohort):
+def test_cox_head_uses_breslow_baseline_and_survives_save_load(small_cohort, tmp_path):
     from clinfuse.datasets import make_synthetic_cohort
 
     cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"), n_genes=12, seed=4)
@@ -148,6 +148,11 @@ def test_cox_head_uses_breslow_baseline(small_cohort):
     order = np.argsort(risk.to_numpy())
     assert (np.diff(surv[500.0].to_numpy()[order]) <= 1e-9).all()  # higher risk, lower survival
     assert model.baseline_hazard_["times"] == sorted(model.baseline_hazard_["times"])
+    # the Breslow baseline is part of the saved model: the loaded one gives the same S(t)
+    loaded = FusionModel.load(model.save(tmp_path / "cox"))
+    assert loaded.survival_head == "cox" and loaded.baseline_hazard_ == model.baseline_hazard_
+    pd.testing.assert_series_equal(loaded.predict_risk(cohort), risk)
+    pd.testing.assert_frame_equal(loaded.predict_survival(cohort, [1.0, 50.0, 500.0]), surv)
 
 
 # ---------------------------------------------------------------------------------------- save / load
