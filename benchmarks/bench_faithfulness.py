@@ -64,16 +64,17 @@ def pooled_auroc(report, truth, kind: str) -> float:
     return float(roc_auc_score(np.concatenate(y), np.concatenate(score)))
 
 
-def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1) -> dict:
+def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overrides: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "n_patients": n, "seed": seed})
     train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
     start = time.perf_counter()
-    model = FusionModel(**{**MODEL_PARAMS, "aggregator": aggregator, "seed": seed}).fit(cohort.subset(train_ids))
+    params = {**MODEL_PARAMS, "aggregator": aggregator, "seed": seed, **(overrides or {})}
+    model = FusionModel(**params).fit(cohort.subset(train_ids))
     fit_s = time.perf_counter() - start
     test = cohort.subset(test_ids)
     report = model.explain(test).to_frame()
-    out: dict = {"aggregator": aggregator, "seed": seed, "n_patients": n, "n_train": len(train_ids), "n_test": len(test_ids),
+    out: dict = {"aggregator": aggregator, "overrides": overrides or {}, "seed": seed, "n_patients": n, "n_train": len(train_ids), "n_test": len(test_ids),
                  "fit_seconds": round(fit_s, 1), "epochs_run": model.metrics_["epochs_run"],
                  "best_epoch": model.metrics_["best_epoch"], "test_auc": round(float(model.score(test)), 4)}
     image_kinds = sorted(set(report.loc[report["modality"] == "images", "kind"]))
@@ -138,14 +139,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--n-shap", type=int, default=20)
+    parser.add_argument("--model-params", type=json.loads, default=None,
+                        help='JSON FusionModel keywords over the test\'s, e.g. \'{"aggregator_kwargs": {"n_layers": 0}}\'')
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faithfulness.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"command": "python benchmarks/bench_faithfulness.py " + " ".join(sys.argv[1:]),
-               "model_params": {k: v for k, v in MODEL_PARAMS.items() if k != "aggregator"},
+               "model_params": {**{k: v for k, v in MODEL_PARAMS.items() if k != "aggregator"},
+                                **(args.model_params or {})},
                "cohort_params": {**COHORT_PARAMS, "n_patients": args.n, "seed": args.seeds},
                "threads": args.threads, "runs": []}
-    jobs = [(a, n, seed, args.n_shap, args.threads) for a in args.aggregators for n in args.n for seed in args.seeds]
+    jobs = [(a, n, seed, args.n_shap, args.threads, args.model_params) for a in args.aggregators for n in args.n for seed in args.seeds]
     if args.workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

@@ -4,7 +4,9 @@ One PersAM model is trained once per module on a synthetic cohort (clinical + im
 checked on held-out patients against what the generator planted (``datasets/synthetic.py``):
 
 * planted patches: explanatory attention ranks the evidence patches (``truth.relevant_patches``) above the
-  others; the per-patient AUROC, *median over held-out patients* with both kinds of patch, is >= 0.9;
+  others; the per-patient AUROC, *median over held-out patients* with both kinds of patch, is >= 0.9. The
+  default PersAM misses it (a known failure); PersAM without its encoder (``n_layers=0``) reaches it on three
+  seeds, each with its own model (about 8 s each);
 * planted clinical variable: ``biomarker_level`` is among the top 3 clinical variables by ``feature``
   attention and by |SHAP| for a majority of the held-out patients who carry its signal (clinical record
   present and the biomarker at least one sd away from its mean, so that it moves the outcome);
@@ -154,7 +156,8 @@ KNOWN_GAP = ("known gap, issue 6 stays open: measured below the issue's threshol
 
 
 @pytest.mark.xfail(reason=f"{KNOWN_GAP}: median planted-patch AUROC 0.897 at this seed, 0.80 and 0.77 at seeds "
-                          "1 and 2; 0.89, 1.00 and 0.93 with 1,000 patients (benchmarks/out/faithfulness.json)",
+                          "1 and 2; 0.89, 1.00 and 0.93 with 1,000 patients (benchmarks/out/faithfulness.json); the "
+                          "encoder-free PersAM below reaches it",
                    strict=False)
 def test_explanatory_attention_ranks_planted_patches(trained):
     """Explanatory attention averaged over the classes (the ``patch`` kind); that of the predicted class
@@ -165,6 +168,31 @@ def test_explanatory_attention_ranks_planted_patches(trained):
     median = float(np.median(list(aurocs.values())))
     print(f"planted-patch AUROC (explanatory, class-averaged, median over {len(aurocs)} held-out patients) "
           f"{median:.3f}; of the predicted class {np.median(list(predicted.values())):.3f}")
+    assert len(aurocs) >= 30
+    assert median >= 0.9
+
+
+ENCODER_FREE = {"aggregator_kwargs": {"n_layers": 0}}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encoder_free_persam_ranks_planted_patches(seed):
+    """PersAM with its group-balanced encoder switched off (``aggregator_kwargs={"n_layers": 0}``: attention is
+    scored on the encoders' tokens and the clinical record reaches the prediction only through the exploratory
+    and phi attention) learns the planted rule from 140 patients on each of three seeds.
+
+    The default (one encoder layer, above) does not: there the class tokens also read the clinical record
+    and carry it to the head, a route by which the model fits the training labels before its attention has
+    learned the rule (``benchmarks/bench_faithfulness.py`` compares both)."""
+    cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "seed": seed})
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
+    model = FusionModel(**{**MODEL_PARAMS, "seed": seed, **ENCODER_FREE}).fit(cohort.subset(train_ids))
+    assert "modality" not in model.attention_kinds  # no encoder, no modality weights: nothing is faked
+    test = cohort.subset(test_ids)
+    report = model.explain(test, kinds=["explanatory"]).to_frame()
+    aurocs = planted_patch_auroc(report, truth, kind="explanatory")
+    median = float(np.median(list(aurocs.values())))
+    print(f"seed {seed}: encoder-free PersAM planted-patch AUROC median {median:.3f} over {len(aurocs)} patients")
     assert len(aurocs) >= 30
     assert median >= 0.9
 
