@@ -62,7 +62,11 @@ def test_fitted_attributes_and_training_history(fitted_classifier):
         assert hasattr(model, attr)
     assert model.classes_ == [0, 1]
     assert set(model.schema_) >= {"clinical", "genomics", "images", "events"}
-    assert 1 <= len(model.history_) <= 3
+    # one entry per epoch run; training ends when the epochs or the early-stopping patience run out
+    n_epochs = len(model.history_)
+    assert [h["epoch"] for h in model.history_] == list(range(n_epochs))
+    assert n_epochs == model.metrics_["epochs_run"]
+    assert n_epochs == min(model.max_epochs, model.best_epoch_ + 1 + model.early_stopping_patience)
     losses = [h["val_loss"] for h in model.history_]
     assert model.best_epoch_ == int(np.argmin(losses))  # the best epoch's weights are the ones kept
     # Early stopping used an inner split of the training samples only, and preprocessing saw only the rest.
