@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,17 +154,18 @@ def records_to_table(
 
     def per_token(record: AttentionRecord, names: pa.Array | None, real: np.ndarray) -> dict[str, pa.Array]:
         key = (record.modality, id(record.names), tuple(sorted(record.meta)))
-        for have_key, have_real, columns in shared:
-            if names is not None and have_key == key and np.array_equal(have_real, real):
-                return columns
+        if names is not None:  # (phi rows have no token grid: nothing to share)
+            for have_key, have_real, have_columns in shared:
+                if have_key == key and np.array_equal(have_real, real):
+                    return have_columns
         b_idx, t_idx = np.nonzero(real)
         columns = {"sample_id": sid.take(b_idx), "patient_id": pid.take(b_idx)}
         if names is None:
             columns["token"] = pa.repeat(pa.scalar("clinical", pa.string()), len(b_idx))
-        else:
-            columns["token"] = names.take(b_idx * real.shape[1] + t_idx)
-            columns.update(_token_columns(record, batch, b_idx, t_idx, strings))
-            shared.append((key, real, columns))
+            return columns
+        columns["token"] = names.take(b_idx * real.shape[1] + t_idx)
+        columns.update(_token_columns(record, batch, b_idx, t_idx, strings))
+        shared.append((key, real, columns))
         return columns
 
     tables: list[pa.Table] = []
@@ -271,7 +272,7 @@ class ParquetStream:
         self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def submit(self, make_rows: Any, *args: Any, **kwargs: Any) -> None:
+    def submit(self, make_rows: Callable[..., pa.Table | pd.DataFrame], *args: Any, **kwargs: Any) -> None:
         """Build rows with ``make_rows(*args, **kwargs)`` and ``write`` them in the background thread."""
         from concurrent.futures import ThreadPoolExecutor
 
