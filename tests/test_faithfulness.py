@@ -133,15 +133,21 @@ MODEL_PARAMS = {"task": "classification", "aggregator": "persam", "batch_size": 
 COHORT_PARAMS = {"n_patients": 200, "modalities": ("clinical", "images"), "seed": SEED}
 
 
+def fit_on_planted_cohort(seed: int = SEED, *, kinds: list[str] | None = None, **overrides) -> SimpleNamespace:
+    """The synthetic cohort of ``seed``, a model (``MODEL_PARAMS`` with ``overrides``) fitted on 70% of it and
+    the report of its attention (``kinds``, default all) on the held-out 30%."""
+    cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "seed": seed})
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
+    model = FusionModel(**{**MODEL_PARAMS, "seed": seed, **overrides}).fit(cohort.subset(train_ids))
+    test = cohort.subset(test_ids)
+    report = model.explain(test, kinds=kinds).to_frame()
+    return SimpleNamespace(cohort=cohort, truth=truth, model=model, test=test, report=report)
+
+
 @pytest.fixture(scope="module")
 def trained():
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    cohort, truth = make_synthetic_cohort(**COHORT_PARAMS)
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=SEED)
-    model = FusionModel(**MODEL_PARAMS).fit(cohort.subset(train_ids))
-    test = cohort.subset(test_ids)
-    report = model.explain(test).to_frame()
-    return SimpleNamespace(cohort=cohort, truth=truth, model=model, test=test, report=report)
+    return fit_on_planted_cohort()
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -184,13 +190,9 @@ def test_encoder_free_persam_ranks_planted_patches(seed):
     The default (one encoder layer, above) does not: there the class tokens also read the clinical record
     and carry it to the head, a route by which the model fits the training labels before its attention has
     learned the rule (``benchmarks/bench_faithfulness.py`` compares both)."""
-    cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "seed": seed})
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
-    model = FusionModel(**{**MODEL_PARAMS, "seed": seed, **ENCODER_FREE}).fit(cohort.subset(train_ids))
-    assert "modality" not in model.attention_kinds  # no encoder, no modality weights: nothing is faked
-    test = cohort.subset(test_ids)
-    report = model.explain(test, kinds=["explanatory"]).to_frame()
-    aurocs = planted_patch_auroc(report, truth, kind="explanatory")
+    t = fit_on_planted_cohort(seed, kinds=["explanatory"], **ENCODER_FREE)
+    assert "modality" not in t.model.attention_kinds  # no encoder, no modality weights: nothing is faked
+    aurocs = planted_patch_auroc(t.report, t.truth, kind="explanatory")
     median = float(np.median(list(aurocs.values())))
     print(f"seed {seed}: encoder-free PersAM planted-patch AUROC median {median:.3f} over {len(aurocs)} patients")
     assert len(aurocs) >= 30
