@@ -146,8 +146,10 @@ def test_survival_time_bins_and_cox_risk_token():
     assert CoxHead(d_model=D)(cox(tokens).pooled).shape == (2,)
 
 
-def test_fifty_thousand_instances_train_step_is_linear_in_memory():
-    model = _model(("clinical", "images"), n_outputs=2, n_layers=1, n_heads=2, checkpoint_above=1000).train()
+@pytest.mark.parametrize("encode_instances", [False, True])
+def test_fifty_thousand_instances_train_step_is_linear_in_memory(encode_instances):
+    model = _model(("clinical", "images"), n_outputs=2, n_layers=1, n_heads=2, checkpoint_above=1000,
+                   encode_instances=encode_instances).train()
     tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(1, 50_000), seed=8)
     out = model(tokens)  # a dense 50k x 50k score matrix would need 10 GB per head: this would not run
     out.pooled.sum().backward()
@@ -157,11 +159,15 @@ def test_fifty_thousand_instances_train_step_is_linear_in_memory():
     assert model.q_phi.weight.grad is not None and model.q_phi.weight.grad.abs().sum() > 0
 
 
-def test_checkpointing_changes_nothing_but_memory():
+@pytest.mark.parametrize("encode_instances", [False, True])
+def test_checkpointing_changes_nothing_but_memory(encode_instances):
     tokens = random_token_set(("clinical", "images", "events"), d_model=D, lengths=(30, 7), seed=9)
     grads = []
     for ckpt in (None, 0):
-        model = _model(("clinical", "images", "events"), checkpoint_above=ckpt).train()
+        model = _model(("clinical", "images", "events"), checkpoint_above=ckpt,
+                       encode_instances=encode_instances).train()
+        with torch.no_grad():
+            model.class_route_gate.fill_(0.5)  # open the encoder's route so its gradients are compared too
         out = model(tokens)
         out.pooled.square().sum().backward()
         grads.append((out.pooled.detach(), model.q_class.weight.grad.clone(), model.group_embed.grad.clone()))
@@ -171,8 +177,8 @@ def test_checkpointing_changes_nothing_but_memory():
 
 def test_full_patch_attention_is_per_sample_and_batch_independent():
     tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(6, 300), seed=10)
-    on = _model(("clinical", "images"), full_patch_attention_below=50)
-    off = _model(("clinical", "images"))
+    on = _model(("clinical", "images"), full_patch_attention_below=50, encode_instances=True)
+    off = _model(("clinical", "images"), encode_instances=True)
     with torch.no_grad():
         both = on(tokens).pooled
         alone = {m: dataclasses.replace(t, values=t.values[:1, :6], mask=t.mask[:1, :6], names=t.names[:1],
@@ -201,6 +207,10 @@ def test_full_patch_attention_is_per_sample_and_batch_independent():
     ({"class_names": ["a", "b"]}, ValueError),
     ({"n_latents": -1}, ValueError),
     ({"dropout": 1.5}, ValueError),
+    ({"full_patch_attention_below": 10}, ValueError),  # acts inside the encoder: needs encode_instances
+    ({"private_instances": False}, ValueError),
+    ({"encode_instances": 1}, TypeError),
+    ({"gate_class_route": "yes"}, TypeError),
 ])
 def test_bad_arguments_raise(kwargs, error):
     args = {"d_model": D, "modalities": ["clinical", "images"], "n_outputs": 3, **kwargs}
@@ -215,3 +225,29 @@ def test_bad_tokens_raise_with_the_modality_named():
         model({**tokens, "events": random_tokens("events", d_model=D, lengths=(3,))})
     with pytest.raises(ValueError, match="images"):
         model({**tokens, "images": random_tokens("images", d_model=D + 1, lengths=(3,))})
+
+
+def test_by_default_the_bag_skips_the_encoder_and_the_class_route_opens_from_zero():
+    """Default: the encoder sees an empty instance group, the scores read the encoders' instance tokens, and
+    the class tokens start as constants (gate 0) that the gate's gradient then opens."""
+    model = _model(("clinical", "images"), n_outputs=2).train()
+    tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(4, 40), seed=12)
+    seen = []
+    hook = model.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0][0].shape[1]))
+    out = model(tokens)
+    hook.remove()
+    assert seen == [0]  # the instance group given to the encoder is empty
+    assert model.class_route_gate.item() == 0.0
+    with torch.no_grad():  # gate 0: the encoder does not change the output yet
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+        torch.testing.assert_close(model.eval()(tokens).pooled, model(tokens).pooled)
+    model.train()
+    model(tokens).pooled.square().sum().backward()
+    assert model.class_route_gate.grad is not None and model.class_route_gate.grad.abs() > 0
+    # the encoded variant scores the encoder's outputs: its instance tokens differ from the inputs
+    encoded = _model(("clinical", "images"), n_outputs=2, encode_instances=True).eval()
+    with torch.no_grad():
+        assert (encoded(tokens).pooled - _model(("clinical", "images"), n_outputs=2).eval()(tokens).pooled
+                ).abs().max() > 1e-4
+    assert out.pooled.shape == (2, 2, D)  # two samples (bags of 4 and 40), two class tokens

@@ -10,7 +10,21 @@ Tokens (B samples, d = ``d_model``)
   for a Cox head); plus ``n_latents`` learned latent tokens.
 
 Encoder: :class:`~.persam_encoder.GroupBalancedEncoder` (attention within each token group, mixed by learned
-per-query group weights; linear in N; see that module). Its outputs are written ``h_l, u_k, t_c`` below.
+per-query group weights; see that module) over the clinical, context, class and latent tokens. By default the
+instances do not enter it (``encode_instances=False``): the scores below read the instance and clinical tokens
+as the modality encoders made them (plus a group embedding), and only the class tokens take the encoder's
+output, through a gate ``g`` (a learned scalar, 0 at the start: ReZero)::
+
+    t_c = t_c^in + g * (encoder(t)_c - t_c^in)
+
+Why: on the planted-rule cohort (``benchmarks/bench_faithfulness.py``, which runs both variants) the encoded
+variant let the class tokens carry the clinical record to the head, a route the model fits first; its
+attention then learned the rule on some seeds only, with a lower held-out AUC. Scoring the encoders' own
+tokens and opening the class route gradually learned the rule far more reliably, and the instance side costs
+no encoder work at all (linear in N with a small constant). ``encode_instances=True`` restores the encoded
+variant (instances read the clinical, class and latent tokens in the encoder and ``h_l, u_k`` below are the
+encoder's outputs; needed for ``full_patch_attention_below``). Below, ``h_l, u_k, t_c`` are the tokens the
+scores use.
 
 Scores and attention (``e = d_attn``; every ``W`` is a learned ``Linear(d, e, bias=False)``)
 ------------------------------------------------------------------------------------------------
@@ -52,9 +66,12 @@ exploratory     instance     [B, 1, N]    psi, normalised over instances
 explanatory     instance     [B, C, N]    a', normalised over instances
 phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
-feature         clinical     [B, C, K]    class token c's last-layer attention within the clinical group
-                                          (head mean; raw = head-mean score): how c reads the record.
-                                          Without encoder layers: softmax_k of the scores behind s_phi[c]
+feature         clinical     [B, C, K]    how much clinical token k moves class token c in the last encoder
+                                          layer: || sum_h p_h[c, k] W_o^h v_h[k] || (attention weighted by the
+                                          norm of what the token brings, Kobayashi et al. 2020; raw = that
+                                          norm times |g|, so a closed class route shows as raw ~ 0). It covers
+                                          the class route only: the record's effect through psi and phi is
+                                          in those kinds. Without encoder layers: softmax_k of the s_phi scores
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
                                           over the modality groups, renormalised over present ones; with
                                           private instances the instance modality gets phi / (1 + phi)
@@ -92,21 +109,27 @@ class PersAM(Aggregator):
         class_names: C names (default ``"0" .. "C-1"``, ``"risk"`` when C = 1).
         instance_modality: the modality whose tokens are the instances; default ``"images"`` if present,
             else the first of ``"genomics"``, ``"events"``.
-        n_layers: group-balanced encoder layers (0 = score the encoder inputs directly).
+        n_layers: group-balanced encoder layers (0 = no encoder: the class tokens are learned constants and
+            the clinical record acts only through the exploratory and phi attention).
         n_heads: encoder attention heads (d divisible by it).
         n_latents: learned latent tokens (a small summary group every token can read).
         d_attn: width e of the aggregation scores (default d).
         full_patch_attention_below: if > 0, instances also attend to each other for samples with fewer
-            real instances than this (quadratic; off by default).
+            real instances than this (quadratic; off by default; needs ``encode_instances=True``).
         instance_ffn_mult: hidden width of the instance/context feed-forward, multiple of d (0 = none).
         dropout: dropout in the encoder.
-        checkpoint_above: when a training batch holds more instance tokens than this, instance/context
-            tokens are updated in chunks recomputed in the backward pass (same result, a few ``[N, d]``
+        checkpoint_above: when a training batch holds more encoded instance/context tokens than this, they
+            are updated in chunks recomputed in the backward pass (same result, a few ``[N, d]``
             tensors of memory per layer on huge bags; None = never).
         private_instances: the clinical, class and latent tokens do not read the instances in the encoder,
             so the instance evidence reaches the head only through the explanatory pooling and the exported
             attention is its only path (default). With False, class tokens also read the bag through the
-            encoder's own attention, a second, unexported route the model can learn to rely on instead.
+            encoder's own attention, a second, unexported route the model can learn to rely on instead
+            (needs ``encode_instances=True``).
+        encode_instances: pass the instances through the encoder and score the encoder's outputs (see the
+            module docstring; off by default: the encoders' tokens are scored directly).
+        gate_class_route: the class tokens take the encoder's output through a learned gate that starts at
+            0 (default), instead of directly.
     """
 
     attention_kinds = frozenset(
@@ -130,6 +153,8 @@ class PersAM(Aggregator):
         dropout: float = 0.1,
         checkpoint_above: int | None = 8192,
         private_instances: bool = True,
+        encode_instances: bool = False,
+        gate_class_route: bool = True,
     ) -> None:
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
@@ -153,14 +178,21 @@ class PersAM(Aggregator):
 
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
-        if not isinstance(private_instances, bool):
-            raise TypeError(f"persam: private_instances must be a bool, got {private_instances!r}")
-        self.private_instances = private_instances
+        for name, value in (("private_instances", private_instances), ("encode_instances", encode_instances),
+                            ("gate_class_route", gate_class_route)):
+            if not isinstance(value, bool):
+                raise TypeError(f"persam: {name} must be a bool, got {value!r}")
+        if not encode_instances and (not private_instances or full_patch_attention_below > 0):
+            raise ValueError("persam: private_instances=False and full_patch_attention_below > 0 act on the "
+                             "instances inside the encoder; pass encode_instances=True with them")
+        self.private_instances, self.encode_instances = private_instances, encode_instances
         self.layout = GroupLayout(n_context=len(self.context_modalities), private_instances=private_instances)
         self.encoder = GroupBalancedEncoder(
             d_model=d_model, n_heads=n_heads, n_layers=n_layers, layout=self.layout, dropout=float(dropout),
             large_ffn_mult=instance_ffn_mult, checkpoint_above=checkpoint_above,
         ) if n_layers > 0 else None
+        # ReZero-style gate on the encoder's update of the class tokens (0 = the class tokens are constants)
+        self.class_route_gate = nn.Parameter(torch.zeros(())) if gate_class_route and n_layers > 0 else None
         self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
         self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -205,12 +237,19 @@ class PersAM(Aggregator):
         xs, masks = [p[0] for p in pairs], [p[1] for p in pairs]
 
         class_w = class_clin = None
+        h, u, t = xs[lay.instances], xs[lay.clinical], xs[lay.cls]
         if self.encoder is not None:
             full_ok = None
             if self.full_below > 0:
                 full_ok = masks[lay.instances].sum(1) < self.full_below
-            xs, class_w, class_clin = self.encoder(xs, masks, full_ok)
-        h, u, t = xs[lay.instances], xs[lay.clinical], xs[lay.cls]
+            enc_xs, enc_masks = list(xs), list(masks)
+            if not self.encode_instances:  # an empty instance group: the encoder never touches the bag
+                enc_xs[lay.instances], enc_masks[lay.instances] = xs[lay.instances][:, :0], masks[lay.instances][:, :0]
+            enc_xs, class_w, class_clin = self.encoder(enc_xs, enc_masks, full_ok)
+            if self.encode_instances:
+                h, u = enc_xs[lay.instances], enc_xs[lay.clinical]
+            t_enc = enc_xs[lay.cls]
+            t = t_enc if self.class_route_gate is None else t + self.class_route_gate * (t_enc - t)
         m_inst, m_clin = masks[lay.instances], masks[lay.clinical]
 
         s_a = torch.einsum("bnd,bcd->bcn", h, self.q_class(t) @ self.k_class.weight) * self.score_scale
@@ -290,10 +329,12 @@ class PersAM(Aggregator):
             clin = tokens["clinical"]
             cm = clin.mask[:, None, :]
             if class_clin is not None:
-                # The route the clinical record takes to the prediction: each class token's attention
-                # within the clinical group in the last encoder layer (mean over heads; sums to 1).
-                value = masked_normalise(class_clin, cm[:, None]).mean(dim=1)
-                raw = class_clin.mean(dim=1).masked_fill(~cm, 0.0)
+                # The route the clinical record takes to the prediction: how much each clinical token moves
+                # each class token in the last encoder layer (attention x value norm), normalised to sum 1.
+                raw = class_clin.masked_fill(~cm, 0.0)
+                value = normalise_nonnegative(raw, cm)
+                if self.class_route_gate is not None:  # what actually reaches the class tokens: a closed
+                    raw = raw * self.class_route_gate.abs()  # route (gate ~ 0) shows as raw ~ 0
             else:  # no encoder layer: the class-record scores behind phi are the only clinical reading
                 if s_phi_k is None:  # no clinical token slots at all: nothing to weigh
                     s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])

@@ -154,8 +154,9 @@ class GroupBalancedLayer(nn.Module):
                 backward pass (``torch.utils.checkpoint``): same result, memory of one chunk.
 
         Returns:
-            The updated ``xs``, the class queries' group weights ``[B, H, C, n_key]`` and their attention
-            scores within the clinical group ``[B, H, C, K]`` (None without clinical tokens), both for export.
+            The updated ``xs``, the class queries' group weights ``[B, H, C, n_key]`` and the norm of what
+            each clinical token adds to each class token ``[B, C, K]`` (None without clinical tokens; see
+            ``_contribution_norms``), both for export.
         """
         lay, H, d = self.layout, self.n_heads, self.d_model
         avail = torch.stack([m.any(dim=1) for m in masks], dim=1)  # [B, n_query]
@@ -196,9 +197,10 @@ class GroupBalancedLayer(nn.Module):
             for kg in small:
                 if bool(self.allowed[g, kg]):
                     sc = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
+                    prob = masked_normalise(sc * self.scale, masks[kg][:, None, None, :]) * ws[g][..., kg, None]
                     if g == lay.cls and kg == lay.clinical:
-                        class_clinical = sc * self.scale  # how each class token reads the clinical record
-                    probs.append(masked_normalise(sc * self.scale, masks[kg][:, None, None, :]) * ws[g][..., kg, None])
+                        class_clinical = self._contribution_norms(prob, v[kg])
+                    probs.append(prob)
                     values.append(v[kg])
             att = atts[g] + torch.cat(probs, dim=-1) @ torch.cat(values, dim=-2)
             new_xs[g] = self._finish(xs[g], att, large=False)
@@ -228,6 +230,17 @@ class GroupBalancedLayer(nn.Module):
                 new_xs[g] = update(xs[g], full)
         assert class_weights is not None, "the class group is never empty"
         return new_xs, class_weights, class_clinical
+
+    def _contribution_norms(self, prob: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``[B, C, K]``: the norm of what key token k adds to query c, ``|| sum_h p_h[c, k] W_o^h v_h[k] ||``.
+
+        ``prob`` ``[B, H, C, K]`` (group weight included), ``values`` ``[B, H, K, dh]``. Attention weights alone
+        ignore how large the value each token brings is; weighting by the norm of the transformed value is
+        the norm-based analysis of Kobayashi et al. (EMNLP 2020, "Attention is not only a weight").
+        """
+        w_out = rearrange(self.out.weight, "d (h e) -> h e d", h=self.n_heads)
+        per_token = torch.einsum("bhke,hed->bhkd", values, w_out)  # [B, H, K, d]
+        return torch.einsum("bhck,bhkd->bckd", prob, per_token).norm(dim=-1)
 
     def _group_weights(self, g: int, hx: torch.Tensor, avail: torch.Tensor,
                        full_ok: torch.Tensor | None) -> torch.Tensor:
@@ -294,16 +307,15 @@ class GroupBalancedEncoder(nn.Module):
     """``n_layers`` :class:`GroupBalancedLayer` and a final LayerNorm.
 
     Args:
-        checkpoint_above: during training, when the batch holds more than this many instance tokens,
-            instance and context tokens are updated in chunks of ``chunk_size`` that are recomputed in the
-            backward pass (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few
+        checkpoint_above: during training, when the batch holds more than this many instance and context
+            tokens, they are updated in chunks of ``chunk_size`` that are recomputed in the backward pass (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few
             ``[N, d]`` tensors per layer instead of all activations. Same result; None = never.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, n_layers: int, layout: GroupLayout, dropout: float,
                  large_ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
         super().__init__()
-        self.chunk_size = chunk_size
+        self.chunk_size, self.layout = chunk_size, layout
         self.layers = nn.ModuleList(
             GroupBalancedLayer(d_model=d_model, n_heads=n_heads, layout=layout, dropout=dropout,
                                large_ffn_mult=large_ffn_mult)
@@ -316,11 +328,11 @@ class GroupBalancedEncoder(nn.Module):
                 full_ok: torch.Tensor | None
                 ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """Returns the normalised group outputs, the last layer's class-query group weights
-        ``[B, H, C, n_key]`` and class-query scores within the clinical group ``[B, H, C, K]`` (None when
-        ``n_layers == 0`` or without clinical tokens)."""
-        n_inst = xs[0].shape[0] * xs[0].shape[1]
+        ``[B, H, C, n_key]`` and the norms of the clinical tokens' contributions to the class tokens
+        ``[B, C, K]`` (None when ``n_layers == 0`` or without clinical tokens)."""
+        n_large = sum(xs[g].shape[0] * xs[g].shape[1] for g in self.layout.large)
         use_ckpt = (self.training and torch.is_grad_enabled() and self.checkpoint_above is not None
-                    and n_inst > self.checkpoint_above)
+                    and n_large > self.checkpoint_above)
         xs, class_weights, class_clinical = list(xs), None, None
         for layer in self.layers:
             xs, class_weights, class_clinical = layer(xs, masks, full_ok, self.chunk_size if use_ckpt else None)
