@@ -3,7 +3,8 @@
 Setup (issue 4): one sample, N patch features of width D = 1,024 projected by ``Linear(1024, 256)`` (part of
 the measured model, as in ``feature_bag``), 20 clinical variables as 20 tokens, 4 classes, cross-entropy,
 d = 256. Each (model, N) runs in its own subprocess under an address-space limit (``RLIMIT_AS``) and a
-timeout; a model is stopped at its first failure, which is recorded. Models: ``persam``, the registry's
+timeout; a model is stopped at its first failure, which is recorded. Models: ``persam`` (and
+``persam_encoded``: ``encode_instances=True``, the bag passed through PersAM's encoder), the registry's
 ``abmil`` and ``self_attention`` when registered, and ``dense``: a plain 2-layer transformer over
 [CLS | clinical | all patches] (PyTorch ``TransformerEncoder``; quadratic in N) as the reference.
 
@@ -83,9 +84,11 @@ def _build(name: str):
             if name == "dense":
                 self.aggregator = Dense()
             else:
-                self.aggregator = create_aggregator(name, d_model=D_MODEL, modalities=["clinical", "images"],
-                                                    n_outputs=N_CLASSES,
-                                                    class_names=[f"c{i}" for i in range(N_CLASSES)])
+                # persam_encoded: PersAM with the bag passed through its encoder (the default up to 0.1.0)
+                kw = {"encode_instances": True, "gate_class_route": False} if name == "persam_encoded" else {}
+                self.aggregator = create_aggregator(name.removesuffix("_encoded"), d_model=D_MODEL,
+                                                    modalities=["clinical", "images"], n_outputs=N_CLASSES,
+                                                    class_names=[f"c{i}" for i in range(N_CLASSES)], **kw)
             self.head = ClassificationHead(d_model=D_MODEL, n_classes=N_CLASSES)
 
         def forward(self, features, clinical):

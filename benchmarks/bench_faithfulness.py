@@ -6,7 +6,8 @@ a synthetic cohort with its planted ground truth and writes the figures to ``ben
 * ``planted_auroc``: per-patient AUROC of the image attention for the planted patches (median, mean, and the
   AUROC pooled over all held-out patches), for every image attention kind the aggregator exports;
 * ``top3``: share of signal carriers (clinical record, ``biomarker_level`` >= 1 sd from the mean) whose top 3
-  clinical variables hold ``biomarker_level``, by ``feature`` attention (if exported) and by |SHAP|;
+  clinical variables hold ``biomarker_level``, by ``feature`` attention (if exported) and by |SHAP|; and by
+  |SHAP| the share of those with an image bag whose top 3 hold the rule variable ``marker_status``;
 * ``deletion``: mean |change of P(poor outcome)| after removing the top 10% patches by attention vs a random
   10% (5 draws), and their ratio;
 * ``personalisation`` (persam only): exploratory attention mass on type-A patches with the marker set
@@ -16,6 +17,9 @@ Several cohort sizes and seeds can be given (``--n 200 1000 --seeds 0 1 2``); ea
 is one run (its own cohort, split and model), run ``--workers`` at a time in separate processes, and
 ``summary`` gives, per aggregator and size, the planted-patch AUROC (median over held-out patients) of every
 seed and how many seeds reach the issue's 0.9.
+
+Aggregators: any registered name, or a named variant of ``VARIANTS`` (``persam_encoded``: the bag passed
+through PersAM's encoder, the earlier default; ``persam_encoder_free``: ``n_layers=0``).
 
 Usage: ``python benchmarks/bench_faithfulness.py [--n 400] [--seeds 0] [--aggregators persam abmil]
 [--threads 1] [--workers 1]``.
@@ -64,12 +68,21 @@ def pooled_auroc(report, truth, kind: str) -> float:
     return float(roc_auc_score(np.concatenate(y), np.concatenate(score)))
 
 
+# Named variants: (registered aggregator, its aggregator_kwargs)
+VARIANTS = {"persam_encoded": ("persam", {"encode_instances": True, "gate_class_route": False}),
+            "persam_encoder_free": ("persam", {"n_layers": 0})}
+
+
 def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overrides: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "n_patients": n, "seed": seed})
     train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
     start = time.perf_counter()
     params = {**MODEL_PARAMS, "aggregator": aggregator, "seed": seed, **(overrides or {})}
+    if aggregator in VARIANTS:
+        base, extra = VARIANTS[aggregator]
+        params["aggregator"] = base
+        params["aggregator_kwargs"] = {**extra, **params.get("aggregator_kwargs", {})}
     model = FusionModel(**params).fit(cohort.subset(train_ids))
     fit_s = time.perf_counter() - start
     test = cohort.subset(test_ids)
@@ -97,6 +110,8 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
     shap_ids = carriers[:n_shap]
     shap = shap_values(model, test.subset(shap_ids), modality="clinical", background=test, n_background=10)
     top3["shap"] = round(top3_share(shap.to_frame(), shap_ids), 4)
+    with_images = [s for s in shap_ids if test.has(s, "images")]
+    top3["shap_rule_variable"] = round(top3_share(shap.to_frame(), with_images, variable=truth.rule_variable), 4)
     top3["n_shap"] = len(shap_ids)
     out["top3_biomarker_level"] = top3
     kind = "explanatory" if "explanatory" in image_kinds else "patch"
@@ -123,8 +138,16 @@ def summarise(runs: list[dict]) -> dict:
     out: dict = {}
     for r in runs:
         kind = "explanatory" if "explanatory" in r["planted_auroc"] else "patch"
-        entry = out.setdefault(f"{r['aggregator']} n={r['n_patients']}", {"kind": kind, "by_seed": {}})
-        entry["by_seed"][str(r["seed"])] = r["planted_auroc"][kind]["median"]
+        entry = out.setdefault(f"{r['aggregator']} n={r['n_patients']}",
+                               {"kind": kind, "by_seed": {}, "test_auc": {}, "top3_attention": {},
+                                "top3_shap": {}, "deletion_ratio": {}})
+        seed = str(r["seed"])
+        entry["by_seed"][seed] = r["planted_auroc"][kind]["median"]
+        entry["test_auc"][seed] = r["test_auc"]
+        entry["top3_attention"][seed] = r["top3_biomarker_level"].get("attention")
+        entry["top3_shap"][seed] = r["top3_biomarker_level"]["shap"]
+        entry.setdefault("top3_shap_rule_variable", {})[seed] = r["top3_biomarker_level"]["shap_rule_variable"]
+        entry["deletion_ratio"][seed] = r["deletion"]["ratio"]
     for entry in out.values():
         values = list(entry["by_seed"].values())
         entry["seeds_at_or_above_0.9"] = f"{sum(v >= 0.9 for v in values)} of {len(values)}"

@@ -26,6 +26,7 @@ repeated k-fold folds overlap, so that interval is optimistic.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -106,11 +107,14 @@ def cox_fold(cohort, features: str, train_ids: list[str], test_ids: list[str]) -
 
 
 # ------------------------------------------------------------------------------------------- fusion models
-def fusion_fold(cohort, aggregator: str, max_epochs: int | None, train_ids: list[str], test_ids: list[str]) -> dict:
+def fusion_fold(cohort, aggregator: str, max_epochs: int | None, train_ids: list[str], test_ids: list[str],
+                aggregator_kwargs: dict | None = None) -> dict:
     """``FusionModel(task="survival", aggregator=...)`` with library defaults, fitted on the training fold."""
     from clinfuse.fusion import FusionModel
 
     kw = {} if max_epochs is None else {"max_epochs": max_epochs}
+    if aggregator_kwargs:
+        kw["aggregator_kwargs"] = aggregator_kwargs
     model = FusionModel(task="survival", aggregator=aggregator, verbose=False, **kw)
     t0 = time.perf_counter()
     model.fit(cohort.subset(train_ids))
@@ -129,6 +133,8 @@ def main() -> None:
                    help="repeats for hierarchical / self_attention / concat (default: --repeats)")
     p.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS), choices=AGGREGATORS)
     p.add_argument("--max-epochs", type=int, default=None, help="default: the library's FusionModel default")
+    p.add_argument("--persam-kwargs", type=json.loads, default=None,
+                   help='JSON aggregator_kwargs for persam (default: none, the library default), e.g. \'{"n_layers": 0}\'')
     args = p.parse_args()
     setup(args.threads)
     from clinfuse.datasets import load_gse7390, make_splits
@@ -147,7 +153,9 @@ def main() -> None:
                "protocol": {"splits": f"make_splits(cohort, 5, seed=0, repeats={args.repeats})",
                             "n_splits": len(splits), "other_aggregator_splits": len(other),
                             "fusion": "FusionModel(task='survival', aggregator=A, verbose=False), library "
-                                      "defaults" + ("" if max_epochs is None else f", max_epochs={max_epochs}"),
+                                      "defaults" + ("" if max_epochs is None else f", max_epochs={max_epochs}")
+                                      + ("" if not args.persam_kwargs else
+                                         f"; persam aggregator_kwargs={args.persam_kwargs}"),
                             "cox": "lifelines CoxPHFitter(penalizer=0.1); preprocessing fitted per training fold",
                             "ci": "95% t-interval of the mean paired per-fold difference; folds of repeated "
                                   "k-fold overlap, so it is optimistic"},
@@ -158,7 +166,9 @@ def main() -> None:
     jobs = [(f"cox_{f}", splits, lambda tr, te, f=f: cox_fold(cohort, f, tr, te))
             for f in ("clinical", "genes", "both")]
     jobs += [(a, splits if a == "persam" else other,
-              lambda tr, te, a=a: fusion_fold(cohort, a, max_epochs, tr, te)) for a in args.aggregators]
+              lambda tr, te, a=a: fusion_fold(cohort, a, max_epochs, tr, te,
+                                              args.persam_kwargs if a == "persam" else None))
+             for a in args.aggregators]
     for name, sp, fn in jobs:
         payload["folds"][name] = run_folds(name, sp, fn)
         payload["summary"] = summarise(payload["folds"], metric="c_index", reference=REFERENCE)
