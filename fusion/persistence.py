@@ -2,7 +2,7 @@
 
 A saved model is a folder::
 
-    config.json        {"format": "clinfuse-model", "format_version": 1, "class": "FusionModel", "params": {...}}
+    config.json        {"format": "clinfuse-model", "format_version": 2, "class": "FusionModel", "params": {...}}
     preprocessor.json  the fitted Preprocessor (Preprocessor.to_json; no pickle)
     schema.json        the data schema (modalities, columns, categories, genes, feature dimension, task)
     fitted.json        fitted attributes that are not tensors (classes, time bins, baseline hazard, history)
@@ -33,7 +33,10 @@ import torch
 from ..datasets.atomic import atomic_path, write_text_atomic
 
 FORMAT = "clinfuse-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 (clinfuse 0.1.0 before the PersAM change) built persam with its bag passed through the encoder and
+# no class-route gate; those defaults changed, so a format-1 persam model is rebuilt with them spelled out.
+_FORMAT1_PERSAM_KWARGS = {"encode_instances": True, "gate_class_route": False}
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
@@ -222,6 +225,8 @@ def load_model(cls: type, path: str | Path) -> Any:
     config = read_json(folder / "config.json")
     check_format(config, folder)
     params = dict(config["params"])
+    if int(config.get("format_version", 1)) < 2 and params.get("aggregator", "persam") == "persam":
+        params["aggregator_kwargs"] = {**_FORMAT1_PERSAM_KWARGS, **(params.get("aggregator_kwargs") or {})}
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:

@@ -174,6 +174,28 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
+def test_format_1_persam_folder_loads_as_the_earlier_architecture(small_cohort, tmp_path):
+    """A folder saved before PersAM's default changed (format 1: bag through the encoder, no class-route gate,
+    no aggregator_kwargs saved) loads as that architecture and predicts exactly as it did."""
+    earlier = {"encode_instances": True, "gate_class_route": False}
+    model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
+                        validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)
+    path = model.save(tmp_path / "v1")
+    config = json.loads((path / "config.json").read_text())
+    assert config["format_version"] == 2
+    config["format_version"] = 1
+    config["params"]["aggregator_kwargs"] = None  # format 1 had no such keywords: the defaults were these
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = FusionModel.load(path)
+    assert loaded.aggregator_kwargs == earlier
+    pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
+    # the same folder read as format 2 builds today's default, which the weights do not fit: a clear error
+    config["format_version"] = 2
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not fit the saved configuration"):
+        FusionModel.load(path)
+
+
 def test_survival_save_load_keeps_bins(fitted_survival, tmp_path):
     model, test = fitted_survival.model, fitted_survival.test
     loaded = FusionModel.load(model.save(tmp_path / "s"))
