@@ -181,7 +181,9 @@ def test_planted_clinical_variable_is_top3_by_attention(trained):
     assert len(carriers) >= 10
     feature = t.report[(t.report["kind"] == "feature") & (t.report["modality"] == "clinical")]
     share_att = top3_share(feature, carriers)
-    print(f"{SIGNAL} in top 3 by attention for {share_att:.2f} of {len(carriers)} signal carriers")
+    gate = t.model.network_.aggregator.class_route_gate.item()
+    print(f"{SIGNAL} in top 3 by attention for {share_att:.2f} of {len(carriers)} signal carriers "
+          f"(class-route gate {gate:.4f})")
     assert share_att > 0.5
 
 
