@@ -166,7 +166,7 @@ def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: fl
         "runs": [], "skipped": [], "summary": {},
     }
     for name in models:
-        if name != "dense" and name not in registered:
+        if name != "dense" and name.removesuffix("_encoded") not in registered:
             results["skipped"].append({"model": name, "reason": "not registered"})
             continue
         for n in sorted(sizes):
