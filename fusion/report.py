@@ -42,6 +42,11 @@ ARROW_SCHEMA = pa.schema([
     ("code", pa.string()), ("time", pa.float64()),
 ])
 _STRING_COLUMNS = [f.name for f in ARROW_SCHEMA if f.type == pa.string()]
+_DICT = pa.dictionary(pa.int32(), pa.string())
+# The streamed rows hold their text as dictionary arrays (indices into the batch's ids, token names, kinds):
+# built without hashing a string per row, and written as Parquet dictionary pages directly. The file stores
+# plain Parquet strings (no Arrow schema is stored), so every reader gets ``ARROW_SCHEMA`` back.
+STREAM_SCHEMA = pa.schema([pa.field(f.name, _DICT if f.type == pa.string() else f.type) for f in ARROW_SCHEMA])
 REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
 
 
@@ -122,6 +127,15 @@ def _token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarr
     return out
 
 
+def _coded(indices: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    """Rows ``dictionary[indices]`` as a dictionary array (no per-row string is built or hashed)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, dtype=np.int32), pa.int32()), dictionary)
+
+
+def _constant(value: str, n: int) -> pa.DictionaryArray:
+    return _coded(np.zeros(n, dtype=np.int32), pa.array([value], pa.string()))
+
+
 def _repeat_chunks(array: pa.Array, times: int) -> pa.Array | pa.ChunkedArray:
     """``array`` repeated ``times`` times end to end, as chunks that share its buffers (no copy)."""
     return array if times == 1 else pa.chunked_array([array] * times)
@@ -134,6 +148,7 @@ def records_to_table(
     sample_ids: Sequence[str] | None = None,
     patient_ids: Sequence[str] | None = None,
     kinds: Iterable[str] | None = None,
+    dictionary: bool = False,
 ) -> pa.Table:
     """Tidy rows (schema :data:`ARROW_SCHEMA`) for the records of one batch, built directly in Arrow.
 
@@ -142,6 +157,8 @@ def records_to_table(
             ``sample_ids`` is given.
         records: the batch's attention records.
         kinds: keep only these kinds (default: all).
+        dictionary: text columns as dictionary arrays (schema :data:`STREAM_SCHEMA`, what the Parquet stream
+            writes); the rows are the same.
     """
     sample_ids = list(batch.sample_ids if sample_ids is None else sample_ids)
     patient_ids = list(batch.patient_ids if patient_ids is None and batch is not None else patient_ids or sample_ids)
@@ -159,12 +176,18 @@ def records_to_table(
                 if have_key == key and np.array_equal(have_real, real):
                     return have_columns
         b_idx, t_idx = np.nonzero(real)
-        columns = {"sample_id": sid.take(b_idx), "patient_id": pid.take(b_idx)}
+        if dictionary:
+            columns = {"sample_id": _coded(b_idx, sid), "patient_id": _coded(b_idx, pid)}
+        else:
+            columns = {"sample_id": sid.take(b_idx), "patient_id": pid.take(b_idx)}
         if names is None:
-            columns["token"] = pa.repeat(pa.scalar("clinical", pa.string()), len(b_idx))
+            columns["token"] = (_constant("clinical", len(b_idx)) if dictionary
+                                else pa.repeat(pa.scalar("clinical", pa.string()), len(b_idx)))
             return columns
-        columns["token"] = names.take(b_idx * real.shape[1] + t_idx)
-        columns.update(_token_columns(record, batch, b_idx, t_idx, strings))
+        flat = b_idx * real.shape[1] + t_idx
+        columns["token"] = _coded(flat, names) if dictionary else names.take(flat)
+        for name, array in _token_columns(record, batch, b_idx, t_idx, strings).items():
+            columns[name] = pc.dictionary_encode(array) if dictionary and pa.types.is_string(array.type) else array
         shared.append((key, real, columns))
         return columns
 
@@ -188,20 +211,30 @@ def records_to_table(
         n = len(base["sample_id"])
         # [B, C, T] -> class-major rows: every per-token column repeats C times, each class holds n rows
         # (boolean selection keeps np.nonzero's row-major order, the order of the per-token columns)
-        target = (pa.nulls(n * n_classes, pa.string()) if record.class_names is None
-                  else pa.chunked_array([pa.repeat(pa.scalar(str(c), pa.string()), n) for c in record.class_names],
-                                        type=pa.string()))
+        text = pa.string() if not dictionary else _DICT
+        if record.class_names is None:
+            target = pa.nulls(n * n_classes, text)
+        elif dictionary:
+            target = _coded(np.repeat(np.arange(n_classes, dtype=np.int32), n),
+                            pa.array([str(c) for c in record.class_names], pa.string()))
+        else:
+            target = pa.chunked_array([pa.repeat(pa.scalar(str(c), pa.string()), n) for c in record.class_names],
+                                      type=pa.string())
         columns = {
             **{name: _repeat_chunks(array, n_classes) for name, array in base.items()},
-            "modality": pa.repeat(pa.scalar(record.modality, pa.string()), n * n_classes),
-            "kind": pa.repeat(pa.scalar(record.kind, pa.string()), n * n_classes),
+            "modality": (_constant(record.modality, n * n_classes) if dictionary
+                         else pa.repeat(pa.scalar(record.modality, pa.string()), n * n_classes)),
+            "kind": (_constant(record.kind, n * n_classes) if dictionary
+                     else pa.repeat(pa.scalar(record.kind, pa.string()), n * n_classes)),
             "target_class": target,
             "value": _floats(np.moveaxis(value, 1, 0)[:, real].reshape(-1)),
             "raw_value": _floats(np.moveaxis(raw, 1, 0)[:, real].reshape(-1)),
         }
+        schema = STREAM_SCHEMA if dictionary else ARROW_SCHEMA
         tables.append(pa.Table.from_arrays(
-            [columns.get(f.name, pa.nulls(n * n_classes, f.type)) for f in ARROW_SCHEMA], schema=ARROW_SCHEMA))
-    return pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
+            [columns.get(f.name, pa.nulls(n * n_classes, f.type)) for f in schema], schema=schema))
+    schema = STREAM_SCHEMA if dictionary else ARROW_SCHEMA
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def records_to_frame(
@@ -260,7 +293,8 @@ class ParquetStream:
         self.path = Path(path)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, ARROW_SCHEMA, **PARQUET_OPTIONS)
+        # store_schema=False: the file's text columns read back as plain strings (ARROW_SCHEMA)
+        self._writer = pq.ParquetWriter(self._tmp, STREAM_SCHEMA, store_schema=False, **PARQUET_OPTIONS)
         self._pool: Any = None
         self._pending: Any = None
         self.rows = 0
@@ -269,6 +303,8 @@ class ParquetStream:
         """Append one batch's rows (a table from :func:`records_to_table`, or a tidy frame) as a row group."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(
             _conform(rows), schema=ARROW_SCHEMA, preserve_index=False)
+        if table.schema != STREAM_SCHEMA:
+            table = table.cast(STREAM_SCHEMA)
         self._writer.write_table(table)
         self.rows += table.num_rows
 
@@ -573,7 +609,7 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
         for batch, records, _ in model.iter_attention(cohort, batch_size=batch_size):
             if stream is not None:
                 # Arrow straight to Parquet, in the background while the next batch is computed
-                stream.submit(records_to_table, batch, records, kinds=kinds)
+                stream.submit(records_to_table, batch, records, kinds=kinds, dictionary=True)
             else:
                 frames.append(records_to_frame(batch, records, kinds=kinds))
     except BaseException as exc:

@@ -33,6 +33,11 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     assert streamed.path == out and _files(tmp_path) == ["att.parquet"]
     on_disk = pd.read_parquet(out)
     assert list(on_disk.columns) == list(COLUMNS)
+    # rows are streamed as dictionary arrays; the file holds plain strings for every reader
+    import pyarrow.parquet as pq
+    from clinfuse.fusion.report import ARROW_SCHEMA
+
+    assert [f.type for f in pq.read_schema(out)] == [f.type for f in ARROW_SCHEMA]
     # same rows in the same order (both follow the loader's batches), values exactly equal
     pd.testing.assert_frame_equal(on_disk, memory.to_frame(), check_exact=True)
     pd.testing.assert_frame_equal(streamed.to_frame(), memory.to_frame(), check_exact=True)
