@@ -38,6 +38,11 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     from clinfuse.fusion.report import ARROW_SCHEMA
 
     assert [f.type for f in pq.read_schema(out)] == [f.type for f in ARROW_SCHEMA]
+    # sample_id has min/max statistics per row group, so a reader filtering one sample skips the others
+    meta = pq.ParquetFile(out).metadata
+    stats = [meta.row_group(g).column(0).statistics for g in range(meta.num_row_groups)]
+    assert meta.num_row_groups > 1 and all(s is not None and s.has_min_max for s in stats)
+    assert all(s.min <= s.max for s in stats)
     # same rows in the same order (both follow the loader's batches), values exactly equal
     pd.testing.assert_frame_equal(on_disk, memory.to_frame(), check_exact=True)
     pd.testing.assert_frame_equal(streamed.to_frame(), memory.to_frame(), check_exact=True)
