@@ -51,7 +51,13 @@ REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
 
 
 def _np(x: Any) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    """A tensor as numpy: bool stays bool, float32 is not copied, other dtypes become float32."""
+    if not isinstance(x, torch.Tensor):
+        return np.asarray(x)
+    x = x.detach()
+    if x.dtype not in (torch.bool, torch.float32):
+        x = x.float()
+    return x.cpu().numpy()
 
 
 def _grid(values: Any) -> np.ndarray:
