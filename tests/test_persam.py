@@ -99,6 +99,8 @@ def test_clinical_tokens_personalise_exploratory_attention():
 
 def test_many_instances_do_not_drown_the_clinical_group():
     model = _model(("clinical", "images"), n_layers=1)
+    with torch.no_grad():
+        model.class_route_gate.fill_(1.0)  # an open class route: the clinical group reaches the output
     small = random_token_set(("clinical", "images"), d_model=D, lengths=(50,), seed=4)
     extra = random_tokens("images", d_model=D, lengths=(5000,), seed=5)
     big_values = torch.cat([small["images"].values, extra.values], dim=1)
@@ -251,3 +253,21 @@ def test_by_default_the_bag_skips_the_encoder_and_the_class_route_opens_from_zer
         assert (encoded(tokens).pooled - _model(("clinical", "images"), n_outputs=2).eval()(tokens).pooled
                 ).abs().max() > 1e-4
     assert out.pooled.shape == (2, 2, D)  # two samples (bags of 4 and 40), two class tokens
+
+
+def test_modality_weights_follow_the_class_route_gate():
+    """With the gate closed the other modalities do not move the output, and their modality weight is ~0;
+    opened, they get a share."""
+    mods = ("clinical", "images", "events")
+    model = _model(mods, n_outputs=2)
+    tokens = random_token_set(mods, d_model=D, lengths=(6, 30), seed=13)
+    noisy = _replace(tokens, "events", values=torch.randn_like(tokens["events"].values) * 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(noisy).pooled, model(tokens).pooled, atol=0, rtol=0)
+        closed = _records(model(tokens))["modality"].value[:, 0]  # order: clinical, images, events
+        model.class_route_gate.fill_(1.0)
+        opened = _records(model(tokens))["modality"].value[:, 0]
+        assert (model(noisy).pooled - model(tokens).pooled).abs().max() > 1e-4
+    assert torch.allclose(closed[:, 1], torch.ones(2)) and closed[:, [0, 2]].max() < 1e-6
+    assert (opened[:, [0, 2]] > 0.01).all()
+    torch.testing.assert_close(opened.sum(1), torch.ones(2))

@@ -74,8 +74,9 @@ feature         clinical     [B, C, K]    how much clinical token k moves class 
                                           in those kinds. Without encoder layers: softmax_k of the s_phi scores
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
                                           over the modality groups, renormalised over present ones; with
-                                          private instances the instance modality gets phi / (1 + phi)
-                                          (its weight in pooled[c]) and the others share the rest
+                                          private instances the instance modality gets phi / (phi + |g|)
+                                          (its weight in pooled[c]; |g| -> 1 without the gate) and the
+                                          others share the rest (~0 while the class route is closed)
 =============== ============ ============ ==========================================================
 ``feature`` exists only when ``clinical`` is a modality; ``modality`` only when ``n_layers >= 1``.
 """
@@ -348,9 +349,14 @@ class PersAM(Aggregator):
             share = class_w.mean(dim=1)[:, :, idx]  # [B, C, M] head mean
             if self.private_instances:
                 # The class tokens never read the instances; class c gets them as phi[c] * evidence next to
-                # its own state (weight 1), so the instance modality's share is phi / (1 + phi) and the
-                # other modalities split the rest by the class token's group weights.
-                gate = (phi_raw / (1.0 + phi_raw))[..., None]  # [B, C, 1]
+                # the encoder's update of its own state, which enters with weight w = |g| (the class-route
+                # gate; 1 without one). So the instance modality's share is phi / (phi + w) and the other
+                # modalities split the rest by the class token's group weights: a closed route (g ~ 0) gives
+                # them ~0, as their tokens then barely move the output. (A sample without instances still
+                # gets shares that sum to 1 over its modalities: w is kept above 0.)
+                w = (self.class_route_gate.abs().clamp_min(torch.finfo(phi_raw.dtype).tiny)
+                     if self.class_route_gate is not None else phi_raw.new_ones(()))
+                gate = (phi_raw / (phi_raw + w))[..., None]  # [B, C, 1]
                 share = share * (1.0 - gate)
                 share[..., self.modalities.index(self.instance_modality)] = gate[..., 0]
             share = share.mean(dim=1)  # [B, M] class mean
