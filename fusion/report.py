@@ -43,9 +43,11 @@ ARROW_SCHEMA = pa.schema([
 ])
 _STRING_COLUMNS = [f.name for f in ARROW_SCHEMA if f.type == pa.string()]
 _DICT = pa.dictionary(pa.int32(), pa.string())
-# The streamed rows hold their text as dictionary arrays (indices into the batch's ids, token names, kinds):
-# built without hashing a string per row, and written as Parquet dictionary pages directly. The file stores
-# plain Parquet strings (no Arrow schema is stored), so every reader gets ``ARROW_SCHEMA`` back.
+# The streamed rows hold their text as dictionary arrays (indices into the batch's ids, token names, kinds),
+# built without creating or hashing a string per row; the Parquet writer takes them as they are (where the
+# dictionaries of one batch's records differ it falls back to plain pages for the rest of that column chunk,
+# which zstd then compresses). The file stores plain Parquet strings (no Arrow schema is stored), so every
+# reader gets ``ARROW_SCHEMA`` back.
 STREAM_SCHEMA = pa.schema([pa.field(f.name, _DICT if f.type == pa.string() else f.type) for f in ARROW_SCHEMA])
 REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
 
@@ -314,8 +316,10 @@ class ParquetStream:
         """Append one batch's rows (a table from :func:`records_to_table`, or a tidy frame) as a row group."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(
             _conform(rows), schema=ARROW_SCHEMA, preserve_index=False)
-        if table.schema != STREAM_SCHEMA:
-            table = table.cast(STREAM_SCHEMA)
+        if table.schema != STREAM_SCHEMA:  # text -> dictionary (dictionary_encode: cast needs pyarrow >= 16)
+            table = pa.Table.from_arrays(
+                [pc.dictionary_encode(table.column(f.name)) if f.type == _DICT else table.column(f.name).cast(f.type)
+                 for f in STREAM_SCHEMA], schema=STREAM_SCHEMA)
         self._writer.write_table(table)
         self.rows += table.num_rows
 

@@ -193,3 +193,14 @@ def test_streaming_many_samples_keeps_batches_bounded(fitted_classifier, tmp_pat
     # bags differ in size (6-16 patches), so batches differ a little; a cohort-sized write would be 3x larger
     assert max(large) <= 1.5 * max(small)
     assert sum(large) == len(pd.read_parquet(tmp_path / f"att{len(cohort)}.parquet"))
+
+
+def test_a_tidy_frame_streams_too(fitted_classifier, tmp_path):
+    """``ParquetStream.write`` also takes a tidy DataFrame (text converted to the stream's dictionary columns)."""
+    from clinfuse.fusion.report import ParquetStream
+
+    frame = fitted_classifier.model.explain(fitted_classifier.test, kinds=["patch"]).to_frame()
+    stream = ParquetStream(tmp_path / "frame.parquet")
+    stream.write(frame)
+    path = stream.close()
+    pd.testing.assert_frame_equal(pd.read_parquet(path), frame.reset_index(drop=True), check_exact=True)
