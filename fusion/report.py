@@ -140,10 +140,6 @@ def _coded(indices: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, dtype=np.int32), pa.int32()), dictionary)
 
 
-def _constant(value: str, n: int) -> pa.DictionaryArray:
-    return _coded(np.zeros(n, dtype=np.int32), pa.array([value], pa.string()))
-
-
 def _repeat_chunks(array: pa.Array, times: int) -> pa.Array | pa.ChunkedArray:
     """``array`` repeated ``times`` times end to end, as chunks that share its buffers (no copy)."""
     return array if times == 1 else pa.chunked_array([array] * times)
@@ -189,20 +185,38 @@ def records_to_table(
         else:
             columns = {"sample_id": sid.take(b_idx), "patient_id": pid.take(b_idx)}
         if names is None:
-            columns["token"] = (_constant("clinical", len(b_idx)) if dictionary
+            columns["token"] = (_coded(np.zeros(len(b_idx), np.int32), token_dict) if dictionary
                                 else pa.repeat(pa.scalar("clinical", pa.string()), len(b_idx)))
             return columns
         flat = b_idx * real.shape[1] + t_idx
-        columns["token"] = _coded(flat, names) if dictionary else names.take(flat)
+        columns["token"] = _coded(flat + offsets[id(record.names)], token_dict) if dictionary else names.take(flat)
         for name, array in _token_columns(record, batch, b_idx, t_idx, strings).items():
             columns[name] = pc.dictionary_encode(array) if dictionary and pa.types.is_string(array.type) else array
         shared.append((key, real, columns))
         return columns
 
+    kept = [r for r in records if keep is None or r.kind in keep]
+    if dictionary:
+        # One dictionary per text column for the whole batch: the Parquet writer then keeps dictionary
+        # pages for the row group (a dictionary that changes between chunks makes it fall back to plain).
+        def codes(values: list[str]) -> tuple[dict[str, int], pa.Array]:
+            unique = list(dict.fromkeys(values))
+            return {v: i for i, v in enumerate(unique)}, pa.array(unique, pa.string())
+
+        kind_code, kind_dict = codes([r.kind for r in kept])
+        modality_code, modality_dict = codes([r.modality for r in kept])
+        class_code, class_dict = codes([str(c) for r in kept for c in (r.class_names or [])])
+        grids, offsets, start = [pa.array(["clinical"], pa.string())], {}, 1  # "clinical": the phi rows' token
+        for r in kept:
+            if r.kind != "phi" and id(r.names) not in offsets:
+                grid = strings.flat(r.names, *r.mask.shape)
+                offsets[id(r.names)] = start
+                grids.append(grid)
+                start += len(grid)
+        token_dict = pa.concat_arrays(grids)
+
     tables: list[pa.Table] = []
-    for record in records:
-        if keep is not None and record.kind not in keep:
-            continue
+    for record in kept:
         value, raw, mask = _np(record.value), _np(record.raw), _np(record.mask).astype(bool)
         n_classes = value.shape[1]
         if record.kind == "phi":
@@ -223,16 +237,16 @@ def records_to_table(
         if record.class_names is None:
             target = pa.nulls(n * n_classes, text)
         elif dictionary:
-            target = _coded(np.repeat(np.arange(n_classes, dtype=np.int32), n),
-                            pa.array([str(c) for c in record.class_names], pa.string()))
+            index = np.array([class_code[str(c)] for c in record.class_names], dtype=np.int32)
+            target = _coded(np.repeat(index, n), class_dict)
         else:
             target = pa.chunked_array([pa.repeat(pa.scalar(str(c), pa.string()), n) for c in record.class_names],
                                       type=pa.string())
         columns = {
             **{name: _repeat_chunks(array, n_classes) for name, array in base.items()},
-            "modality": (_constant(record.modality, n * n_classes) if dictionary
-                         else pa.repeat(pa.scalar(record.modality, pa.string()), n * n_classes)),
-            "kind": (_constant(record.kind, n * n_classes) if dictionary
+            "modality": (_coded(np.full(n * n_classes, modality_code[record.modality], np.int32), modality_dict)
+                         if dictionary else pa.repeat(pa.scalar(record.modality, pa.string()), n * n_classes)),
+            "kind": (_coded(np.full(n * n_classes, kind_code[record.kind], np.int32), kind_dict) if dictionary
                      else pa.repeat(pa.scalar(record.kind, pa.string()), n * n_classes)),
             "target_class": target,
             "value": _floats(np.moveaxis(value, 1, 0)[:, real].reshape(-1)),
