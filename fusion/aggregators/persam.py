@@ -352,11 +352,11 @@ class PersAM(Aggregator):
                 # the encoder's update of its own state, which enters with weight w = |g| (the class-route
                 # gate; 1 without one). So the instance modality's share is phi / (phi + w) and the other
                 # modalities split the rest by the class token's group weights: a closed route (g ~ 0) gives
-                # them ~0, as their tokens then barely move the output. (A sample without instances still
-                # gets shares that sum to 1 over its modalities: w is kept above 0.)
-                w = (self.class_route_gate.abs().clamp_min(torch.finfo(phi_raw.dtype).tiny)
-                     if self.class_route_gate is not None else phi_raw.new_ones(()))
-                gate = (phi_raw / (phi_raw + w))[..., None]  # [B, C, 1]
+                # them ~0, as their tokens then barely move the output. A sample without instances has no
+                # evidence term: its class token's state is all there is, split by the group weights.
+                w = (self.class_route_gate.abs() if self.class_route_gate is not None else phi_raw.new_ones(()))
+                has_inst = tokens[self.instance_modality].mask.any(1).to(phi_raw.dtype)[:, None]  # [B, 1]
+                gate = (has_inst * phi_raw / (phi_raw + w).clamp_min(torch.finfo(phi_raw.dtype).tiny))[..., None]
                 share = share * (1.0 - gate)
                 share[..., self.modalities.index(self.instance_modality)] = gate[..., 0]
             share = share.mean(dim=1)  # [B, M] class mean
