@@ -326,16 +326,17 @@ class PersAM(Aggregator):
         out.append(AttentionRecord(kind="phi", modality="clinical", value=torch.softmax(s_phi, dim=1)[..., None],
                                    raw=phi_raw[..., None], mask=phi_mask, names=[["clinical"]] * B,
                                    class_names=self.class_names))
+        # |g|: the weight with which the encoder's update reaches the class tokens (1 without the gate)
+        route_weight = self.class_route_gate.abs() if self.class_route_gate is not None else phi_raw.new_ones(())
         if self.has_clinical:
             clin = tokens["clinical"]
             cm = clin.mask[:, None, :]
             if class_clin is not None:
                 # The route the clinical record takes to the prediction: how much each clinical token moves
                 # each class token in the last encoder layer (attention x value norm), normalised to sum 1.
-                raw = class_clin.masked_fill(~cm, 0.0)
-                value = normalise_nonnegative(raw, cm)
-                if self.class_route_gate is not None:  # what actually reaches the class tokens: a closed
-                    raw = raw * self.class_route_gate.abs()  # route (gate ~ 0) shows as raw ~ 0
+                # raw is what actually reaches the class tokens: a closed route (g ~ 0) shows as raw ~ 0.
+                value = normalise_nonnegative(class_clin, cm)
+                raw = class_clin.masked_fill(~cm, 0.0) * route_weight
             else:  # no encoder layer: the class-record scores behind phi are the only clinical reading
                 if s_phi_k is None:  # no clinical token slots at all: nothing to weigh
                     s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])
@@ -347,6 +348,8 @@ class PersAM(Aggregator):
             groups.update(zip(self.context_modalities, lay.context))
             idx = [groups[m] for m in self.modalities]
             share = class_w.mean(dim=1)[:, :, idx]  # [B, C, M] head mean
+            present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)  # [B, M]
+            i_inst = self.modalities.index(self.instance_modality)
             if self.private_instances:
                 # The class tokens never read the instances; class c gets them as phi[c] * evidence next to
                 # the encoder's update of its own state, which enters with weight w = |g| (the class-route
@@ -354,13 +357,12 @@ class PersAM(Aggregator):
                 # modalities split the rest by the class token's group weights: a closed route (g ~ 0) gives
                 # them ~0, as their tokens then barely move the output. A sample without instances has no
                 # evidence term: its class token's state is all there is, split by the group weights.
-                w = (self.class_route_gate.abs() if self.class_route_gate is not None else phi_raw.new_ones(()))
-                has_inst = tokens[self.instance_modality].mask.any(1).to(phi_raw.dtype)[:, None]  # [B, 1]
-                gate = (has_inst * phi_raw / (phi_raw + w).clamp_min(torch.finfo(phi_raw.dtype).tiny))[..., None]
+                has_inst = present[:, i_inst, None].to(phi_raw.dtype)  # [B, 1]
+                tiny = torch.finfo(phi_raw.dtype).tiny
+                gate = (has_inst * phi_raw / (phi_raw + route_weight).clamp_min(tiny))[..., None]  # [B, C, 1]
                 share = share * (1.0 - gate)
-                share[..., self.modalities.index(self.instance_modality)] = gate[..., 0]
+                share[..., i_inst] = gate[..., 0]
             share = share.mean(dim=1)  # [B, M] class mean
-            present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)
             out.append(AttentionRecord(
                 kind="modality", modality="all", value=normalise_nonnegative(share, present)[:, None, :],
                 raw=share[:, None, :], mask=present, names=[list(self.modalities)] * B, class_names=None))

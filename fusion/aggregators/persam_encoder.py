@@ -308,8 +308,9 @@ class GroupBalancedEncoder(nn.Module):
 
     Args:
         checkpoint_above: during training, when the batch holds more than this many instance and context
-            tokens, they are updated in chunks of ``chunk_size`` that are recomputed in the backward pass (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few
-            ``[N, d]`` tensors per layer instead of all activations. Same result; None = never.
+            tokens, they are updated in chunks of ``chunk_size`` that are recomputed in the backward pass
+            (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few ``[N, d]`` tensors
+            per layer instead of all activations. Same result; None = never.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, n_layers: int, layout: GroupLayout, dropout: float,
