@@ -44,10 +44,9 @@ ARROW_SCHEMA = pa.schema([
 _STRING_COLUMNS = [f.name for f in ARROW_SCHEMA if f.type == pa.string()]
 _DICT = pa.dictionary(pa.int32(), pa.string())
 # The streamed rows hold their text as dictionary arrays (indices into the batch's ids, token names, kinds),
-# built without creating or hashing a string per row; the Parquet writer takes them as they are (where the
-# dictionaries of one batch's records differ it falls back to plain pages for the rest of that column chunk,
-# which zstd then compresses). The file stores plain Parquet strings (no Arrow schema is stored), so every
-# reader gets ``ARROW_SCHEMA`` back.
+# built without creating or hashing a string per row, with one dictionary per column for a whole batch so
+# that the Parquet writer keeps dictionary pages (slide_id / code are encoded per modality). The file stores
+# plain Parquet strings (no Arrow schema is stored), so every reader gets ``ARROW_SCHEMA`` back.
 STREAM_SCHEMA = pa.schema([pa.field(f.name, _DICT if f.type == pa.string() else f.type) for f in ARROW_SCHEMA])
 REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
 
@@ -167,6 +166,7 @@ def records_to_table(
     sample_ids = list(batch.sample_ids if sample_ids is None else sample_ids)
     patient_ids = list(batch.patient_ids if patient_ids is None and batch is not None else patient_ids or sample_ids)
     keep = None if kinds is None else set(kinds)
+    schema = STREAM_SCHEMA if dictionary else ARROW_SCHEMA
     sid, pid = pa.array(sample_ids, pa.string()), pa.array(patient_ids, pa.string())
     strings = _Strings()
     # The per-token columns (ids, token, slide/position/x/y or code/time) of one modality are the same for
@@ -233,9 +233,8 @@ def records_to_table(
         n = len(base["sample_id"])
         # [B, C, T] -> class-major rows: every per-token column repeats C times, each class holds n rows
         # (boolean selection keeps np.nonzero's row-major order, the order of the per-token columns)
-        text = pa.string() if not dictionary else _DICT
         if record.class_names is None:
-            target = pa.nulls(n * n_classes, text)
+            target = pa.nulls(n * n_classes, schema.field("target_class").type)
         elif dictionary:
             index = np.array([class_code[str(c)] for c in record.class_names], dtype=np.int32)
             target = _coded(np.repeat(index, n), class_dict)
@@ -252,10 +251,8 @@ def records_to_table(
             "value": _floats(np.moveaxis(value, 1, 0)[:, real].reshape(-1)),
             "raw_value": _floats(np.moveaxis(raw, 1, 0)[:, real].reshape(-1)),
         }
-        schema = STREAM_SCHEMA if dictionary else ARROW_SCHEMA
         tables.append(pa.Table.from_arrays(
             [columns.get(f.name, pa.nulls(n * n_classes, f.type)) for f in schema], schema=schema))
-    schema = STREAM_SCHEMA if dictionary else ARROW_SCHEMA
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
