@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS
 
-VARIANTS = {"default": {}, "encoded (earlier default)": {"encode_instances": True, "gate_class_route": False},
+VARIANTS = {"default": {}, "encoded (earlier default)": dict(ENCODED_VARIANT_KWARGS),
             "open route (no gate)": {"gate_class_route": False}}
 
 

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
+from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS
 from clinfuse.fusion.shap_values import shap_values
 from test_faithfulness import (
     COHORT_PARAMS,
@@ -69,7 +70,7 @@ def pooled_auroc(report, truth, kind: str) -> float:
 
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
-VARIANTS = {"persam_encoded": ("persam", {"encode_instances": True, "gate_class_route": False}),
+VARIANTS = {"persam_encoded": ("persam", dict(ENCODED_VARIANT_KWARGS)),
             "persam_encoder_free": ("persam", {"n_layers": 0})}
 
 

@@ -34,9 +34,8 @@ from ..datasets.atomic import atomic_path, write_text_atomic
 
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 2
-# Format 1 (clinfuse 0.1.0 before the PersAM change) built persam with its bag passed through the encoder and
-# no class-route gate; those defaults changed, so a format-1 persam model is rebuilt with them spelled out.
-_FORMAT1_PERSAM_KWARGS = {"encode_instances": True, "gate_class_route": False}
+# Format 1 (clinfuse 0.1.0 before the PersAM change) built persam as what is now its encoded variant; those
+# defaults changed, so a format-1 persam model is rebuilt with them spelled out (see load_model).
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
@@ -226,7 +225,9 @@ def load_model(cls: type, path: str | Path) -> Any:
     check_format(config, folder)
     params = dict(config["params"])
     if int(config.get("format_version", 1)) < 2 and params.get("aggregator", "persam") == "persam":
-        params["aggregator_kwargs"] = {**_FORMAT1_PERSAM_KWARGS, **(params.get("aggregator_kwargs") or {})}
+        from .aggregators.persam import ENCODED_VARIANT_KWARGS
+
+        params["aggregator_kwargs"] = {**ENCODED_VARIANT_KWARGS, **(params.get("aggregator_kwargs") or {})}
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:

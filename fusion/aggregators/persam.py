@@ -97,6 +97,9 @@ from .persam_encoder import GroupBalancedEncoder, GroupLayout
 from .pooling import record_meta
 
 INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
+# The encoded variant: the bag passes through the encoder and the class route has no gate (the default of
+# clinfuse 0.1.0; saved models of that format are rebuilt with it, and the benchmarks compare against it).
+ENCODED_VARIANT_KWARGS: dict[str, bool] = {"encode_instances": True, "gate_class_route": False}
 
 
 @AGGREGATORS.register("persam")
