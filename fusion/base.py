@@ -24,10 +24,13 @@ class AggregatorOutput:
         pooled: ``[B, d]`` one vector per sample, or ``[B, C, d]`` one vector per class / time bin
             (PersAM pools per class; the head then scores each class from its own vector).
         records: the attention this aggregator exports, one :class:`AttentionRecord` per (kind, modality).
+        offsets: ``[B, C]`` added to the head's C outputs (logits, hazard logits, or the Cox risk with C = 1):
+            a term the aggregator scores itself, such as PersAM's clinical logits; None = nothing.
     """
 
     pooled: torch.Tensor
     records: list[AttentionRecord] = field(default_factory=list)
+    offsets: torch.Tensor | None = None
 
 
 class Aggregator(nn.Module):

@@ -115,4 +115,10 @@ class FusionNetwork(nn.Module):
         """``Batch`` -> :class:`NetworkOutput` (outputs, attention records, pooled vectors)."""
         tokens = self.drop_modalities(self.token_types(self.encode(batch)))
         agg = self.aggregator(tokens)
-        return NetworkOutput(outputs=self.head(agg.pooled), records=agg.records, pooled=agg.pooled)
+        outputs = self.head(agg.pooled)
+        if agg.offsets is not None:
+            if agg.offsets.numel() != outputs.numel():
+                raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} do not match "
+                                 f"the head's outputs {tuple(outputs.shape)}")
+            outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
+        return NetworkOutput(outputs=outputs, records=agg.records, pooled=agg.pooled)

@@ -33,9 +33,9 @@ import torch
 from ..datasets.atomic import atomic_path, write_text_atomic
 
 FORMAT = "clinfuse-model"
-FORMAT_VERSION = 2
-# Format 1 (clinfuse 0.1.0 before the PersAM change) built persam as what is now its encoded variant; those
-# defaults changed, so a format-1 persam model is rebuilt with them spelled out (see load_model).
+FORMAT_VERSION = 3
+# PersAM's defaults changed twice: format 1 built it as what is now its encoded variant, format 2 without
+# the clinical logit term. An older persam folder is rebuilt with its defaults spelled out (see load_model).
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
@@ -224,10 +224,13 @@ def load_model(cls: type, path: str | Path) -> Any:
     config = read_json(folder / "config.json")
     check_format(config, folder)
     params = dict(config["params"])
-    if int(config.get("format_version", 1)) < 2 and params.get("aggregator", "persam") == "persam":
-        from .aggregators.persam import ENCODED_VARIANT_KWARGS
+    version = int(config.get("format_version", 1))
+    if version < FORMAT_VERSION and params.get("aggregator", "persam") == "persam":
+        # rebuilt as the PersAM architecture the folder was saved with (the weights fit no other)
+        from .aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
 
-        params["aggregator_kwargs"] = {**ENCODED_VARIANT_KWARGS, **(params.get("aggregator_kwargs") or {})}
+        legacy = ENCODED_VARIANT_KWARGS if version < 2 else GATED_VARIANT_KWARGS
+        params["aggregator_kwargs"] = {**legacy, **(params.get("aggregator_kwargs") or {})}
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:

@@ -141,11 +141,12 @@ def test_survival_predictions(fitted_survival):
         model.predict_survival(test, [-1.0])
 
 
-def test_cox_head_uses_breslow_baseline_and_survives_save_load(small_cohort, tmp_path):
+@pytest.mark.parametrize("aggregator", ["concat", "persam"])  # persam adds its clinical term to the risk
+def test_cox_head_uses_breslow_baseline_and_survives_save_load(small_cohort, tmp_path, aggregator):
     from clinfuse.datasets import make_synthetic_cohort
 
     cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"), n_genes=12, seed=4)
-    model = FusionModel(task="survival", survival_head="cox", aggregator="concat", d_model=16, n_heads=2,
+    model = FusionModel(task="survival", survival_head="cox", aggregator=aggregator, d_model=16, n_heads=2,
                         max_epochs=2, validation_fraction=0.0, verbose=False).fit(cohort)
     risk = model.predict_risk(cohort)
     surv = model.predict_survival(cohort, [1.0, 50.0, 500.0])
@@ -174,23 +175,27 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
-def test_format_1_persam_folder_loads_as_the_earlier_architecture(small_cohort, tmp_path):
-    """A folder saved before PersAM's default changed (format 1: bag through the encoder, no class-route gate,
-    no aggregator_kwargs saved) loads as that architecture and predicts exactly as it did."""
-    earlier = {"encode_instances": True, "gate_class_route": False}
+@pytest.mark.parametrize("version, earlier", [
+    (1, {"encode_instances": True, "gate_class_route": False, "clinical_logits": False}),
+    (2, {"clinical_logits": False}),
+])
+def test_older_persam_folder_loads_as_its_architecture(small_cohort, tmp_path, version, earlier):
+    """Folders saved before PersAM's defaults changed (format 1: bag through the encoder, no class-route gate;
+    format 2: no clinical logit term; neither saved these keywords) load as the architecture they were saved
+    with and predict exactly as they did."""
     model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
                         validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)
-    path = model.save(tmp_path / "v1")
+    path = model.save(tmp_path / f"v{version}")
     config = json.loads((path / "config.json").read_text())
-    assert config["format_version"] == 2
-    config["format_version"] = 1
-    config["params"]["aggregator_kwargs"] = None  # format 1 had no such keywords: the defaults were these
+    assert config["format_version"] == 3
+    config["format_version"] = version
+    config["params"]["aggregator_kwargs"] = None  # the older formats had no such keywords: the defaults were these
     (path / "config.json").write_text(json.dumps(config))
     loaded = FusionModel.load(path)
     assert loaded.aggregator_kwargs == earlier
     pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
-    # the same folder read as format 2 builds today's default, which the weights do not fit: a clear error
-    config["format_version"] = 2
+    # the same folder read as the current format builds today's default, which the weights do not fit
+    config["format_version"] = 3
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not fit the saved configuration"):
         FusionModel.load(path)

@@ -213,6 +213,7 @@ def test_full_patch_attention_is_per_sample_and_batch_independent():
     ({"private_instances": False}, ValueError),
     ({"encode_instances": 1}, TypeError),
     ({"gate_class_route": "yes"}, TypeError),
+    ({"clinical_logits": 1}, TypeError),
 ])
 def test_bad_arguments_raise(kwargs, error):
     args = {"d_model": D, "modalities": ["clinical", "images"], "n_outputs": 3, **kwargs}
@@ -271,3 +272,38 @@ def test_modality_weights_follow_the_class_route_gate():
     assert torch.allclose(closed[:, 1], torch.ones(2)) and closed[:, [0, 2]].max() < 1e-6
     assert (opened[:, [0, 2]] > 0.01).all()
     torch.testing.assert_close(opened.sum(1), torch.ones(2))
+
+
+def test_clinical_logits_are_an_exact_linear_term_and_the_feature_export():
+    """The clinical term: 0 at the start (feature weights uniform), then output offsets equal to
+    sum_k <r_c, u_k> over present tokens, exactly linear in the tokens, with feature raw = |<r_c, u_k>|."""
+    mods = ("clinical", "images")
+    model = _model(mods, n_outputs=2)
+    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7), absent={"clinical": [2]}, seed=14)
+    clin = tokens["clinical"]
+    with torch.no_grad():
+        out = model(tokens)
+        assert torch.all(out.offsets == 0) and out.offsets.shape == (3, 2)
+        feature = _records(out)["feature"]
+        real = clin.mask[:, None, :].expand_as(feature.value)
+        torch.testing.assert_close(feature.value[real], (1.0 / clin.mask.sum(1))[:, None, None].expand_as(real)[real])
+        model.clinical_readout.weight.normal_()
+        r = model.clinical_readout.weight  # [C, d]
+        out = model(tokens)
+        share = torch.einsum("bkd,cd->bck", clin.values * clin.mask[..., None], r)  # [B, C, K]
+        torch.testing.assert_close(out.offsets, share.sum(-1))
+        assert torch.all(out.offsets[2] == 0)  # no clinical record: no clinical term
+        feature = _records(out)["feature"]
+        torch.testing.assert_close(feature.raw, share.abs() * clin.mask[:, None, :])
+        torch.testing.assert_close(feature.value.sum(-1)[:2], torch.ones(2, 2))
+        assert torch.all(feature.value[~clin.mask[:, None, :].expand_as(feature.value)] == 0)
+        # linear: moving one clinical token by delta moves output c by exactly <r_c, delta>
+        delta = torch.zeros_like(clin.values)
+        delta[0, 1] = torch.randn(D)
+        moved = model(_replace(tokens, "clinical", values=clin.values + delta)).offsets
+        torch.testing.assert_close(moved - out.offsets, torch.einsum("bkd,cd->bc", delta, r))
+        # without the term: no offsets, and the feature export describes the class route again
+        route = _model(mods, n_outputs=2, clinical_logits=False)
+        out = route(tokens)
+        assert out.offsets is None and route.clinical_readout is None
+        torch.testing.assert_close(_records(out)["feature"].value.sum(-1)[:2], torch.ones(2, 2))

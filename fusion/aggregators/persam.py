@@ -56,6 +56,20 @@ is trained, not only exported); the class token's own encoder state ``t_c`` carr
 modalities and is the only evidence for a sample without instances. Survival: the class tokens are the
 discrete time bins and the head's risk is ``-sum_k S(t_k)`` (higher = worse, as MCAT does); Cox: C = 1.
 
+Clinical logits (``clinical_logits=True``, the default)
+-------------------------------------------------------
+A linear term over the clinical tokens is added to the head's C outputs (``AggregatorOutput.offsets``)::
+
+    output[c] = head(pooled[c]) + sum_k <r_c, u_k>        (u_k: the clinical encoder's tokens, 0 when missing)
+
+The clinical encoder's tokens are linear in each variable's (standardised) value, so this is a per-class
+linear model of the record, a "wide" part next to the attention: ``r`` starts at 0 and is fitted with the
+rest. Why: a clinical variable that moves the outcome on its own (``biomarker_level`` on the synthetic
+cohort) otherwise has to reach the head through the class route, which stays nearly closed, or through
+phi; the model then did not use it (|SHAP| ~ 1e-3 on 3 of 5 seeds, ``benchmarks/bench_faithfulness.py``),
+and with the term it did on 5 of 5 without losing the planted-patch attention. The rule variable still
+acts through psi and phi: the term cannot read the images, so it cannot stand in for the rule.
+
 Exported records (``AttentionRecord``; T = that modality's tokens)
 -----------------------------------------------------------------
 =============== ============ ============ ==========================================================
@@ -66,17 +80,21 @@ exploratory     instance     [B, 1, N]    psi, normalised over instances
 explanatory     instance     [B, C, N]    a', normalised over instances
 phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
-feature         clinical     [B, C, K]    how much clinical token k moves class token c in the last encoder
-                                          layer: || sum_h p_h[c, k] W_o^h v_h[k] || (attention weighted by the
-                                          norm of what the token brings, Kobayashi et al. 2020; raw = that
-                                          norm times |g|, so a closed class route shows as raw ~ 0). It covers
-                                          the class route only: the record's effect through psi and phi is
-                                          in those kinds. Without encoder layers: softmax_k of the s_phi scores
+feature         clinical     [B, C, K]    with clinical logits (default): |<r_c, u_k>|, token k's exact share
+                                          of output c's clinical term (normalised; raw = |share|, in logits;
+                                          uniform while the term is all 0). Without them: how much token k
+                                          moves class token c in the last encoder layer,
+                                          || sum_h p_h[c, k] W_o^h v_h[k] || (attention weighted by the norm
+                                          of what the token brings, Kobayashi et al. 2020; raw = that norm
+                                          times |g|, so a closed class route shows as raw ~ 0); without
+                                          encoder layers, softmax_k of the s_phi scores. Either way the
+                                          record's effect through psi and phi is in those kinds, not here
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
                                           over the modality groups, renormalised over present ones; with
                                           private instances the instance modality gets phi / (phi + |g|)
                                           (its weight in pooled[c]; |g| -> 1 without the gate) and the
-                                          others share the rest (~0 while the class route is closed)
+                                          others share the rest (~0 while the class route is closed); the
+                                          clinical logit term is not in it (logits, not pooled weights)
 =============== ============ ============ ==========================================================
 ``feature`` exists only when ``clinical`` is a modality; ``modality`` only when ``n_layers >= 1``.
 """
@@ -99,7 +117,10 @@ from .pooling import record_meta
 INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
 # The encoded variant: the bag passes through the encoder and the class route has no gate (the default of
 # clinfuse 0.1.0; saved models of that format are rebuilt with it, and the benchmarks compare against it).
-ENCODED_VARIANT_KWARGS: dict[str, bool] = {"encode_instances": True, "gate_class_route": False}
+ENCODED_VARIANT_KWARGS: dict[str, bool] = {"encode_instances": True, "gate_class_route": False,
+                                           "clinical_logits": False}
+# The default of clinfuse 0.2.0 (saved-model format 2): the gated variant without the clinical logit term.
+GATED_VARIANT_KWARGS: dict[str, bool] = {"clinical_logits": False}
 
 
 @AGGREGATORS.register("persam")
@@ -134,6 +155,8 @@ class PersAM(Aggregator):
             module docstring; off by default: the encoders' tokens are scored directly).
         gate_class_route: the class tokens take the encoder's output through a learned gate that starts at
             0 (default), instead of directly.
+        clinical_logits: add a linear term over the clinical tokens to the C outputs (default; see the
+            module docstring "Clinical logits"), so that clinical variables reach the prediction directly.
     """
 
     attention_kinds = frozenset(
@@ -159,6 +182,7 @@ class PersAM(Aggregator):
         private_instances: bool = True,
         encode_instances: bool = False,
         gate_class_route: bool = True,
+        clinical_logits: bool = True,
     ) -> None:
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
@@ -183,7 +207,7 @@ class PersAM(Aggregator):
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
         for name, value in (("private_instances", private_instances), ("encode_instances", encode_instances),
-                            ("gate_class_route", gate_class_route)):
+                            ("gate_class_route", gate_class_route), ("clinical_logits", clinical_logits)):
             if not isinstance(value, bool):
                 raise TypeError(f"persam: {name} must be a bool, got {value!r}")
         if not encode_instances and (not private_instances or full_patch_attention_below > 0):
@@ -197,6 +221,11 @@ class PersAM(Aggregator):
         ) if n_layers > 0 else None
         # ReZero-style gate on the encoder's update of the class tokens (0 = the class tokens are constants)
         self.class_route_gate = nn.Parameter(torch.zeros(())) if gate_class_route and n_layers > 0 else None
+        # The clinical logit term: row c reads every clinical token (0 at the start: no effect until trained)
+        self.clinical_readout = None
+        if clinical_logits and self.has_clinical:
+            self.clinical_readout = nn.Linear(d_model, n_outputs, bias=False)
+            nn.init.zeros_(self.clinical_readout.weight)
         self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
         self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -273,9 +302,16 @@ class PersAM(Aggregator):
         explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
 
         pooled = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h) + t
+        clin_logits = offsets = None
+        if self.clinical_readout is not None:
+            clin = tokens["clinical"]
+            # [B, C, K]: clinical token k's exact additive share of class c's output (0 on missing slots)
+            clin_logits = torch.einsum("bkd,cd->bck", clin.values * clin.mask[..., None].to(dt),
+                                       self.clinical_readout.weight)
+            offsets = clin_logits.sum(-1)
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
-                                explanatory, class_w, class_clin, masks)
-        return AggregatorOutput(pooled=pooled, records=records)
+                                explanatory, class_w, class_clin, clin_logits, masks)
+        return AggregatorOutput(pooled=pooled, records=records, offsets=offsets)
 
     # ------------------------------------------------------------------ helpers
     def _check_tokens(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
@@ -308,7 +344,7 @@ class PersAM(Aggregator):
         return full
 
     def _records(self, tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw, explanatory,
-                 class_w, class_clin, masks) -> list[AttentionRecord]:
+                 class_w, class_clin, clin_logits, masks) -> list[AttentionRecord]:
         B = s_a.shape[0]
         mask3 = inst.mask[:, None, :]
         meta = record_meta(inst)
@@ -334,7 +370,12 @@ class PersAM(Aggregator):
         if self.has_clinical:
             clin = tokens["clinical"]
             cm = clin.mask[:, None, :]
-            if class_clin is not None:
+            if clin_logits is not None:
+                # The clinical logit term: |its exact additive share of class c's output| per clinical token
+                raw = clin_logits.abs().masked_fill(~cm, 0.0)
+                uniform = cm.to(raw.dtype).expand_as(raw)  # an untrained (all-zero) term weighs them alike
+                value = normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), cm)
+            elif class_clin is not None:
                 # The route the clinical record takes to the prediction: how much each clinical token moves
                 # each class token in the last encoder layer (attention x value norm), normalised to sum 1.
                 # raw is what actually reaches the class tokens: a closed route (g ~ 0) shows as raw ~ 0.
