@@ -19,7 +19,8 @@ is one run (its own cohort, split and model), run ``--workers`` at a time in sep
 seed and how many seeds reach the issue's 0.9.
 
 Aggregators: any registered name, or a named variant of ``VARIANTS`` (``persam_encoded``: the bag passed
-through PersAM's encoder, the earlier default; ``persam_encoder_free``: ``n_layers=0``).
+through PersAM's encoder, the first default; ``persam_gated``: the second default, without the clinical logit
+term; ``persam_encoder_free``: ``n_layers=0``).
 
 Usage: ``python benchmarks/bench_faithfulness.py [--n 400] [--seeds 0] [--aggregators persam abmil]
 [--threads 1] [--workers 1]``.
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
-from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS
+from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
 from clinfuse.fusion.shap_values import shap_values
 from test_faithfulness import (
     COHORT_PARAMS,
@@ -71,6 +72,7 @@ def pooled_auroc(report, truth, kind: str) -> float:
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
 VARIANTS = {"persam_encoded": ("persam", dict(ENCODED_VARIANT_KWARGS)),
+            "persam_gated": ("persam", dict(GATED_VARIANT_KWARGS)),
             "persam_encoder_free": ("persam", {"n_layers": 0})}
 
 
