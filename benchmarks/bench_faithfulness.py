@@ -19,7 +19,7 @@ is one run (its own cohort, split and model), run ``--workers`` at a time in sep
 seed and how many seeds reach the issue's 0.9.
 
 Aggregators: any registered name, or a named variant of ``VARIANTS`` (``persam_encoded``: the bag passed
-through PersAM's encoder, the first default; ``persam_gated``: the second default, without the clinical logit
+through PersAM's encoder, the first default; ``persam_gated``: the second default, without the modality logit
 term; ``persam_encoder_free``: ``n_layers=0``).
 
 Usage: ``python benchmarks/bench_faithfulness.py [--n 400] [--seeds 0] [--aggregators persam abmil]

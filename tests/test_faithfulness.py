@@ -9,7 +9,7 @@ generator planted (``datasets/synthetic.py``):
 * planted clinical variables: ``biomarker_level`` is among the top 3 clinical variables by ``feature``
   attention and by |SHAP| for a majority of the held-out patients who carry its signal (clinical record
   present and the biomarker at least one sd away from its mean, so that it moves the outcome); it reaches
-  the prediction through PersAM's clinical logit term, which the ``feature`` kind describes; the rule
+  the prediction through PersAM's clinical logit term (one of its modality logit terms), which the ``feature`` kind describes; the rule
   variable ``marker_status`` is in the top 3 by |SHAP| for a majority of those with an image bag;
 * deletion: removing a patient's top 10% patches by attention moves the predicted probability on
   average at least 2x more than removing a random 10% (mean over 5 random draws per patient);

@@ -176,12 +176,12 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
 
 
 @pytest.mark.parametrize("version, earlier", [
-    (1, {"encode_instances": True, "gate_class_route": False, "clinical_logits": False}),
-    (2, {"clinical_logits": False}),
+    (1, {"encode_instances": True, "gate_class_route": False, "modality_logits": False}),
+    (2, {"modality_logits": False}),
 ])
 def test_older_persam_folder_loads_as_its_architecture(small_cohort, tmp_path, version, earlier):
     """Folders saved before PersAM's defaults changed (format 1: bag through the encoder, no class-route gate;
-    format 2: no clinical logit term; neither saved these keywords) load as the architecture they were saved
+    format 2: no modality logit terms; neither saved these keywords) load as the architecture they were saved
     with and predict exactly as they did."""
     model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
                         validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)

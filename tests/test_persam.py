@@ -213,7 +213,7 @@ def test_full_patch_attention_is_per_sample_and_batch_independent():
     ({"private_instances": False}, ValueError),
     ({"encode_instances": 1}, TypeError),
     ({"gate_class_route": "yes"}, TypeError),
-    ({"clinical_logits": 1}, TypeError),
+    ({"modality_logits": 1}, TypeError),
 ])
 def test_bad_arguments_raise(kwargs, error):
     args = {"d_model": D, "modalities": ["clinical", "images"], "n_outputs": 3, **kwargs}
@@ -274,36 +274,44 @@ def test_modality_weights_follow_the_class_route_gate():
     torch.testing.assert_close(opened.sum(1), torch.ones(2))
 
 
-def test_clinical_logits_are_an_exact_linear_term_and_the_feature_export():
-    """The clinical term: 0 at the start (feature weights uniform), then output offsets equal to
-    sum_k <r_c, u_k> over present tokens, exactly linear in the tokens, with feature raw = |<r_c, u_k>|."""
-    mods = ("clinical", "images")
+def test_modality_logits_are_exact_linear_terms_and_their_exports():
+    """The modality logit terms: 0 at the start (token weights uniform), then output offsets equal to
+    sum_k <r_c, u_k> over the present clinical tokens plus mean_j <r^events_c, z_j> over the present event
+    tokens, exactly linear in the tokens, with feature / event raw = |each token's share|."""
+    mods = ("clinical", "images", "events")
     model = _model(mods, n_outputs=2)
-    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7), absent={"clinical": [2]}, seed=14)
-    clin = tokens["clinical"]
+    assert model.attention_kinds >= {"feature", "event", "patch"}
+    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7), absent={"clinical": [2], "events": [1]}, seed=14)
+    clin, ev = tokens["clinical"], tokens["events"]
     with torch.no_grad():
         out = model(tokens)
         assert torch.all(out.offsets == 0) and out.offsets.shape == (3, 2)
         feature = _records(out)["feature"]
         real = clin.mask[:, None, :].expand_as(feature.value)
         torch.testing.assert_close(feature.value[real], (1.0 / clin.mask.sum(1))[:, None, None].expand_as(real)[real])
-        model.clinical_readout.weight.normal_()
-        r = model.clinical_readout.weight  # [C, d]
+        for readout in model.readouts.values():
+            readout.weight.normal_()
+        r, q = model.readouts["clinical"].weight, model.readouts["events"].weight  # [C, d]
         out = model(tokens)
         share = torch.einsum("bkd,cd->bck", clin.values * clin.mask[..., None], r)  # [B, C, K]
-        torch.testing.assert_close(out.offsets, share.sum(-1))
-        assert torch.all(out.offsets[2] == 0)  # no clinical record: no clinical term
-        feature = _records(out)["feature"]
-        torch.testing.assert_close(feature.raw, share.abs() * clin.mask[:, None, :])
-        torch.testing.assert_close(feature.value.sum(-1)[:2], torch.ones(2, 2))
-        assert torch.all(feature.value[~clin.mask[:, None, :].expand_as(feature.value)] == 0)
+        n_ev = ev.mask.sum(1, keepdim=True).clamp_min(1)
+        ev_share = torch.einsum("bjd,cd->bcj", ev.values * (ev.mask / n_ev)[..., None], q)
+        torch.testing.assert_close(out.offsets, share.sum(-1) + ev_share.sum(-1))
+        recs = _records(out)
+        assert recs["event"].modality == "events" and recs["event"].class_names == ["0", "1"]
+        torch.testing.assert_close(recs["feature"].raw, share.abs() * clin.mask[:, None, :])
+        torch.testing.assert_close(recs["event"].raw, ev_share.abs() * ev.mask[:, None, :])
+        torch.testing.assert_close(recs["feature"].value.sum(-1)[[0, 1]], torch.ones(2, 2))
+        torch.testing.assert_close(recs["event"].value.sum(-1)[[0, 2]], torch.ones(2, 2))
+        for kind, tok in (("feature", clin), ("event", ev)):
+            assert torch.all(recs[kind].value[~tok.mask[:, None, :].expand_as(recs[kind].value)] == 0), kind
         # linear: moving one clinical token by delta moves output c by exactly <r_c, delta>
         delta = torch.zeros_like(clin.values)
         delta[0, 1] = torch.randn(D)
         moved = model(_replace(tokens, "clinical", values=clin.values + delta)).offsets
         torch.testing.assert_close(moved - out.offsets, torch.einsum("bkd,cd->bc", delta, r))
-        # without the term: no offsets, and the feature export describes the class route again
-        route = _model(mods, n_outputs=2, clinical_logits=False)
+        # without the terms: no offsets, no event kind, and the feature export describes the class route again
+        route = _model(mods, n_outputs=2, modality_logits=False)
         out = route(tokens)
-        assert out.offsets is None and route.clinical_readout is None
-        torch.testing.assert_close(_records(out)["feature"].value.sum(-1)[:2], torch.ones(2, 2))
+        assert out.offsets is None and route.readouts is None and "event" not in route.attention_kinds
+        torch.testing.assert_close(_records(out)["feature"].value.sum(-1)[[0, 1]], torch.ones(2, 2))

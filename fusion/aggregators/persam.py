@@ -56,19 +56,22 @@ is trained, not only exported); the class token's own encoder state ``t_c`` carr
 modalities and is the only evidence for a sample without instances. Survival: the class tokens are the
 discrete time bins and the head's risk is ``-sum_k S(t_k)`` (higher = worse, as MCAT does); Cox: C = 1.
 
-Clinical logits (``clinical_logits=True``, the default)
+Modality logits (``modality_logits=True``, the default)
 -------------------------------------------------------
-A linear term over the clinical tokens is added to the head's C outputs (``AggregatorOutput.offsets``)::
+A linear term per non-instance modality m (clinical, context) is added to the head's C outputs
+(``AggregatorOutput.offsets``)::
 
-    output[c] = head(pooled[c]) + sum_k <r_c, u_k>        (u_k: the clinical encoder's tokens, 0 when missing)
+    output[c] = head(pooled[c]) + sum_k <r_c, u_k> + sum_m mean_j <r^m_c, z^m_j>
 
-The clinical encoder's tokens are linear in each variable's (standardised) value, so this is a per-class
-linear model of the record, a "wide" part next to the attention: ``r`` starts at 0 and is fitted with the
-rest. Why: a clinical variable that moves the outcome on its own (``biomarker_level`` on the synthetic
-cohort) otherwise has to reach the head through the class route, which stays nearly closed, or through
-phi; the model then did not use it (|SHAP| ~ 1e-3 on 3 of 5 seeds, ``benchmarks/bench_faithfulness.py``),
-and with the term it did on 5 of 5 without losing the planted-patch attention. The rule variable still
-acts through psi and phi: the term cannot read the images, so it cannot stand in for the rule.
+(u_k: the clinical tokens, summed over the variables; z^m_j: modality m's tokens, averaged because their
+number varies; missing tokens count 0.) The clinical encoder's tokens are linear in each variable's
+standardised value, so the clinical term is a per-class linear model of the record: a "wide" part next to
+the attention. Every ``r`` starts at 0 and is fitted with the rest. Why: a clinical variable, gene or event
+that moves the outcome on its own (``biomarker_level`` on the synthetic cohort) otherwise has to reach the
+head through the class route, which stays nearly closed, or through phi; the model then did not use it
+(|SHAP| ~ 1e-3 on 3 of 5 seeds, ``benchmarks/bench_faithfulness.py``), and with the term it did on 5 of 5
+without losing the planted-patch attention. The rule variable still acts through psi and phi: the terms
+cannot read the instances, so they cannot stand in for the rule.
 
 Exported records (``AttentionRecord``; T = that modality's tokens)
 -----------------------------------------------------------------
@@ -80,7 +83,7 @@ exploratory     instance     [B, 1, N]    psi, normalised over instances
 explanatory     instance     [B, C, N]    a', normalised over instances
 phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
-feature         clinical     [B, C, K]    with clinical logits (default): |<r_c, u_k>|, token k's exact share
+feature         clinical     [B, C, K]    with modality logits (default): |<r_c, u_k>|, token k's exact share
                                           of output c's clinical term (normalised; raw = |share|, in logits;
                                           uniform while the term is all 0). Without them: how much token k
                                           moves class token c in the last encoder layer,
@@ -89,14 +92,18 @@ feature         clinical     [B, C, K]    with clinical logits (default): |<r_c,
                                           times |g|, so a closed class route shows as raw ~ 0); without
                                           encoder layers, softmax_k of the s_phi scores. Either way the
                                           record's effect through psi and phi is in those kinds, not here
+gene/event      context      [B, C, T]    modality logits only, for a context modality: |its logit term's
+                                          share per token| (the mean's 1/T included), normalised; raw =
+                                          |share| in logits; uniform while the term is all 0
 modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
                                           over the modality groups, renormalised over present ones; with
                                           private instances the instance modality gets phi / (phi + |g|)
                                           (its weight in pooled[c]; |g| -> 1 without the gate) and the
                                           others share the rest (~0 while the class route is closed); the
-                                          clinical logit term is not in it (logits, not pooled weights)
+                                          modality logit terms are not in it (logits, not pooled weights)
 =============== ============ ============ ==========================================================
-``feature`` exists only when ``clinical`` is a modality; ``modality`` only when ``n_layers >= 1``.
+``feature`` exists only when ``clinical`` is a modality; gene/event of a context modality only with modality
+logits; ``modality`` only when ``n_layers >= 1``.
 """
 
 from __future__ import annotations
@@ -118,9 +125,9 @@ INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
 # The encoded variant: the bag passes through the encoder and the class route has no gate (the default of
 # clinfuse 0.1.0; saved models of that format are rebuilt with it, and the benchmarks compare against it).
 ENCODED_VARIANT_KWARGS: dict[str, bool] = {"encode_instances": True, "gate_class_route": False,
-                                           "clinical_logits": False}
-# The default of clinfuse 0.2.0 (saved-model format 2): the gated variant without the clinical logit term.
-GATED_VARIANT_KWARGS: dict[str, bool] = {"clinical_logits": False}
+                                           "modality_logits": False}
+# The default of saved-model format 2: the gated variant without the modality logit terms.
+GATED_VARIANT_KWARGS: dict[str, bool] = {"modality_logits": False}
 
 
 @AGGREGATORS.register("persam")
@@ -155,8 +162,8 @@ class PersAM(Aggregator):
             module docstring; off by default: the encoders' tokens are scored directly).
         gate_class_route: the class tokens take the encoder's output through a learned gate that starts at
             0 (default), instead of directly.
-        clinical_logits: add a linear term over the clinical tokens to the C outputs (default; see the
-            module docstring "Clinical logits"), so that clinical variables reach the prediction directly.
+        modality_logits: add a linear term per non-instance modality (clinical, context) to the C outputs
+            (default; module docstring "Modality logits"), so that they reach the prediction directly.
     """
 
     attention_kinds = frozenset(
@@ -182,7 +189,7 @@ class PersAM(Aggregator):
         private_instances: bool = True,
         encode_instances: bool = False,
         gate_class_route: bool = True,
-        clinical_logits: bool = True,
+        modality_logits: bool = True,
     ) -> None:
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
@@ -207,7 +214,7 @@ class PersAM(Aggregator):
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
         for name, value in (("private_instances", private_instances), ("encode_instances", encode_instances),
-                            ("gate_class_route", gate_class_route), ("clinical_logits", clinical_logits)):
+                            ("gate_class_route", gate_class_route), ("modality_logits", modality_logits)):
             if not isinstance(value, bool):
                 raise TypeError(f"persam: {name} must be a bool, got {value!r}")
         if not encode_instances and (not private_instances or full_patch_attention_below > 0):
@@ -221,11 +228,13 @@ class PersAM(Aggregator):
         ) if n_layers > 0 else None
         # ReZero-style gate on the encoder's update of the class tokens (0 = the class tokens are constants)
         self.class_route_gate = nn.Parameter(torch.zeros(())) if gate_class_route and n_layers > 0 else None
-        # The clinical logit term: row c reads every clinical token (0 at the start: no effect until trained)
-        self.clinical_readout = None
-        if clinical_logits and self.has_clinical:
-            self.clinical_readout = nn.Linear(d_model, n_outputs, bias=False)
-            nn.init.zeros_(self.clinical_readout.weight)
+        # The modality logit terms: row c of modality m's readout reads m's tokens (0 at the start)
+        self.readouts = None
+        if modality_logits and (self.has_clinical or self.context_modalities):
+            self.readouts = nn.ModuleDict({m: nn.Linear(d_model, n_outputs, bias=False) for m in self.modalities
+                                           if m != self.instance_modality})
+            for readout in self.readouts.values():
+                nn.init.zeros_(readout.weight)
         self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
         self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -237,6 +246,8 @@ class PersAM(Aggregator):
         self.q_phi, self.k_phi = lin(), lin()      # phi:         class token  x clinical
 
         kinds = {"class_wise", "exploratory", "explanatory", "phi", TOKEN_KIND[self.instance_modality]}
+        if self.readouts is not None:
+            kinds.update(TOKEN_KIND[m] for m in self.context_modalities)
         if self.has_clinical:
             kinds.add("feature")
         if n_layers > 0:
@@ -302,15 +313,16 @@ class PersAM(Aggregator):
         explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
 
         pooled = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h) + t
-        clin_logits = offsets = None
-        if self.clinical_readout is not None:
-            clin = tokens["clinical"]
-            # [B, C, K]: clinical token k's exact additive share of class c's output (0 on missing slots)
-            clin_logits = torch.einsum("bkd,cd->bck", clin.values * clin.mask[..., None].to(dt),
-                                       self.clinical_readout.weight)
-            offsets = clin_logits.sum(-1)
+        shares: dict[str, torch.Tensor] = {}  # modality -> [B, C, T]: token k's exact share of output c
+        for m, readout in (self.readouts or {}).items():
+            tok = tokens[m]
+            weight = tok.mask.to(dt)  # clinical: a sum over the variables; others: a mean over their tokens
+            if m != "clinical":
+                weight = weight / weight.sum(1, keepdim=True).clamp_min(1.0)
+            shares[m] = torch.einsum("btd,cd->bct", tok.values * weight[..., None], readout.weight)
+        offsets = sum(share.sum(-1) for share in shares.values()) if shares else None
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
-                                explanatory, class_w, class_clin, clin_logits, masks)
+                                explanatory, class_w, class_clin, shares, masks)
         return AggregatorOutput(pooled=pooled, records=records, offsets=offsets)
 
     # ------------------------------------------------------------------ helpers
@@ -344,7 +356,7 @@ class PersAM(Aggregator):
         return full
 
     def _records(self, tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw, explanatory,
-                 class_w, class_clin, clin_logits, masks) -> list[AttentionRecord]:
+                 class_w, class_clin, shares, masks) -> list[AttentionRecord]:
         B = s_a.shape[0]
         mask3 = inst.mask[:, None, :]
         meta = record_meta(inst)
@@ -370,11 +382,8 @@ class PersAM(Aggregator):
         if self.has_clinical:
             clin = tokens["clinical"]
             cm = clin.mask[:, None, :]
-            if clin_logits is not None:
-                # The clinical logit term: |its exact additive share of class c's output| per clinical token
-                raw = clin_logits.abs().masked_fill(~cm, 0.0)
-                uniform = cm.to(raw.dtype).expand_as(raw)  # an untrained (all-zero) term weighs them alike
-                value = normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), cm)
+            if "clinical" in shares:
+                value, raw = _share_weights(shares["clinical"], cm)
             elif class_clin is not None:
                 # The route the clinical record takes to the prediction: how much each clinical token moves
                 # each class token in the last encoder layer (attention x value norm), normalised to sum 1.
@@ -386,6 +395,12 @@ class PersAM(Aggregator):
                     s_phi_k = clin.values.new_zeros(B, self.n_outputs, clin.values.shape[1])
                 value, raw = masked_normalise(s_phi_k, cm), _exp_shifted(s_phi_k, cm)
             out.append(rec("feature", value, raw, self.class_names, modality="clinical", tok=clin, meta={}))
+        for m in self.context_modalities:  # genes / events: their logit term's per-token shares
+            if m in shares:
+                tok = tokens[m]
+                value, raw = _share_weights(shares[m], tok.mask[:, None, :])
+                out.append(rec(TOKEN_KIND[m], value, raw, self.class_names, modality=m, tok=tok,
+                               meta=record_meta(tok)))
         if class_w is not None:
             lay = self.layout
             groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
@@ -438,6 +453,16 @@ def _class_names(class_names: Sequence[Any] | None, n_outputs: int) -> list[str]
     if len(names) != n_outputs:
         raise ValueError(f"persam: {len(names)} class_names {names} for n_outputs={n_outputs}")
     return names
+
+
+def _share_weights(shares: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A logit term's per-token shares ``[B, C, T]`` -> (value: |share| normalised over real tokens, raw: |share|).
+
+    An all-zero term (untrained) weighs the real tokens alike, so that the values still sum to 1.
+    """
+    raw = shares.abs().masked_fill(~mask, 0.0)
+    uniform = mask.to(raw.dtype).expand_as(raw)
+    return normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), mask), raw
 
 
 def _exp_shifted(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
