@@ -34,6 +34,7 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     on_disk = pd.read_parquet(out)
     assert list(on_disk.columns) == list(COLUMNS)
     # rows are streamed as dictionary arrays; the file holds plain strings for every reader
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from clinfuse.fusion.report import ARROW_SCHEMA
 
@@ -43,8 +44,12 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     stats = [meta.row_group(g).column(0).statistics for g in range(meta.num_row_groups)]
     assert meta.num_row_groups > 1 and all(s is not None and s.has_min_max for s in stats)
     assert all(s.min <= s.max for s in stats)
+    # numbers are stored as float32 (the model's precision) and read back by the report as float64
+    floats = [f.name for f in ARROW_SCHEMA if pa.types.is_floating(f.type)]
+    assert all(f.type == pa.float32() for f in ARROW_SCHEMA if f.name in floats)
+    assert (on_disk[floats].dtypes == "float32").all()
     # same rows in the same order (both follow the loader's batches), values exactly equal
-    pd.testing.assert_frame_equal(on_disk, memory.to_frame(), check_exact=True)
+    pd.testing.assert_frame_equal(on_disk.astype({c: "float64" for c in floats}), memory.to_frame(), check_exact=True)
     pd.testing.assert_frame_equal(streamed.to_frame(), memory.to_frame(), check_exact=True)
     # every sample and every kind the model provides is there
     assert set(on_disk.sample_id) == set(cohort.sample_ids)
@@ -55,7 +60,7 @@ def test_kinds_restricts_the_streamed_rows(fitted_classifier, tmp_path):
     model, cohort = fitted_classifier.model, fitted_classifier.test
     kinds = ["modality", "explanatory"]
     assert set(kinds) < set(model.attention_kinds)
-    streamed = pd.read_parquet(model.explain(cohort, out=tmp_path / "k.parquet", kinds=kinds).path)
+    streamed = model.explain(cohort, out=tmp_path / "k.parquet", kinds=kinds).to_frame()  # read from the file
     assert set(streamed.kind) == set(kinds)
     full = model.explain(cohort).to_frame()
     expected = full[full.kind.isin(kinds)]
@@ -197,10 +202,10 @@ def test_streaming_many_samples_keeps_batches_bounded(fitted_classifier, tmp_pat
 
 def test_a_tidy_frame_streams_too(fitted_classifier, tmp_path):
     """``ParquetStream.write`` also takes a tidy DataFrame (text converted to the stream's dictionary columns)."""
-    from clinfuse.fusion.report import ParquetStream
+    from clinfuse.fusion.report import AttentionReport, ParquetStream
 
     frame = fitted_classifier.model.explain(fitted_classifier.test, kinds=["patch"]).to_frame()
     stream = ParquetStream(tmp_path / "frame.parquet")
     stream.write(frame)
     path = stream.close()
-    pd.testing.assert_frame_equal(pd.read_parquet(path), frame.reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(AttentionReport(path=path).to_frame(), frame.reset_index(drop=True), check_exact=True)
