@@ -106,8 +106,14 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
         splits = []
         for r in range(repeats):
             splitter = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=int(seed) + r)
-            for train, test in splitter.split(np.zeros((len(ids), 1)), strata, groups):
-                splits.append(([ids[i] for i in train], [ids[i] for i in test]))
+            pairs = list(splitter.split(np.zeros((len(ids), 1)), strata, groups))
+            if any(len(test) == 0 for _, test in pairs):
+                # With few patients per fold the stratified assignment can leave a fold without patients
+                warnings.warn(f"make_splits: stratifying {n_groups} patients into {folds} folds left a fold empty "
+                              f"(repeat {r}); that repeat is grouped by patient (shuffled) but not stratified",
+                              UserWarning, stacklevel=2)
+                pairs = _shuffled_group_folds(groups, int(folds), int(seed) + r)
+            splits.extend(([ids[i] for i in train], [ids[i] for i in test]) for train, test in pairs)
         return validate_splits(cohort, splits)
     if repeats != 1:
         raise ValueError("repeats applies to folds=int only; give a repeated splitter or repeated pairs instead")
@@ -118,6 +124,15 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
         return validate_splits(cohort, list(folds))
     raise TypeError(f"folds must be an int, a scikit-learn splitter or (train_ids, test_ids) pairs, "
                     f"got {type(folds).__name__}")
+
+
+def _shuffled_group_folds(groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Patients shuffled by ``seed`` and dealt to the folds in turn: every fold gets at least one patient."""
+    patients = list(dict.fromkeys(groups.tolist()))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    fold_of = {patients[j]: k % folds for k, j in enumerate(order)}
+    assigned = np.array([fold_of[g] for g in groups.tolist()])
+    return [(np.flatnonzero(assigned != k), np.flatnonzero(assigned == k)) for k in range(folds)]
 
 
 def train_validation_split(cohort: Any, fraction: float = 0.2, *, seed: int = 0) -> Split:
