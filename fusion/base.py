@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,12 +25,19 @@ class AggregatorOutput:
             (PersAM pools per class; the head then scores each class from its own vector).
         records: the attention this aggregator exports, one :class:`AttentionRecord` per (kind, modality).
         offsets: ``[B, C]`` added to the head's C outputs (logits, hazard logits, or the Cox risk with C = 1):
-            a term the aggregator scores itself, such as PersAM's clinical logits; None = nothing.
+            a term the aggregator scores itself, such as PersAM's modality logits; None = nothing.
+        score_parts: additive parts of ``pooled`` (name -> same shape) whose exact share of the head's scores
+            ``finish_records`` needs; the network computes them with ``head.part_scores`` (outside training).
+        finish_records: ``part scores -> records`` that replace the records of the same (kind, modality),
+            e.g. PersAM's modality weights measured in logits; not called when the head cannot split its
+            scores exactly (a hidden layer).
     """
 
     pooled: torch.Tensor
     records: list[AttentionRecord] = field(default_factory=list)
     offsets: torch.Tensor | None = None
+    score_parts: dict[str, torch.Tensor] | None = None
+    finish_records: Callable[[dict[str, torch.Tensor]], list[AttentionRecord]] | None = None
 
 
 class Aggregator(nn.Module):

@@ -25,7 +25,7 @@ class _ScoreHead(nn.Module):
             raise ValueError(f"{name}: hidden must be a positive int or None, got {hidden!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
-        self.d_model, self.n_outputs = d_model, n_outputs
+        self.d_model, self.n_outputs, self.hidden = d_model, n_outputs, hidden
         width = hidden or d_model
         self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width), nn.GELU())
                      if hidden else nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout)))
@@ -45,6 +45,27 @@ class _ScoreHead(nn.Module):
                              f"one per output ({self.n_outputs})")
         # class c is scored from its own vector with row c of the same linear layer
         return torch.einsum("bcd,cd->bc", h, self.score.weight) + self.score.bias
+
+
+    def part_scores(self, pooled: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the scores.
+
+        Without a hidden layer the head is ``w_c . LayerNorm(v) + b_c``, which is linear in ``v`` once the
+        LayerNorm's scale ``sigma(v)`` is fixed: part X contributes ``<w_c * gamma, X - mean(X)> / sigma(v)``
+        (``[B, C]``), and the shares of parts that sum to ``v`` sum to the score minus ``b_c + w_c . beta``.
+        None with a hidden layer (no exact split).
+        """
+        if self.hidden:
+            return None
+        norm = self.body[0]
+        sigma = torch.sqrt(pooled.var(-1, unbiased=False, keepdim=True) + norm.eps)
+        weight = self.score.weight * norm.weight if norm.weight is not None else self.score.weight  # [C, d]
+        out = {}
+        for name, part in parts.items():
+            centred = (part - part.mean(-1, keepdim=True)) / sigma
+            out[name] = (torch.einsum("bcd,cd->bc", centred, weight) if centred.dim() == 3
+                         else centred @ weight.T)
+        return out
 
 
 class ClassificationHead(_ScoreHead):

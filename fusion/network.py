@@ -121,4 +121,12 @@ class FusionNetwork(nn.Module):
                 raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} do not match "
                                  f"the head's outputs {tuple(outputs.shape)}")
             outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
-        return NetworkOutput(outputs=outputs, records=agg.records, pooled=agg.pooled)
+        records = agg.records
+        split = getattr(self.head, "part_scores", None)
+        if not self.training and agg.score_parts and agg.finish_records is not None and split is not None:
+            scores = split(agg.pooled, agg.score_parts)
+            if scores is not None:  # records measured on the head's own scores replace the aggregator's
+                extra = agg.finish_records(scores)
+                replaced = {(r.kind, r.modality) for r in extra}
+                records = [r for r in records if (r.kind, r.modality) not in replaced] + extra
+        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)

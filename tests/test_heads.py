@@ -49,6 +49,31 @@ def test_heads_accept_pooled_and_per_class_inputs(make, n_out):
     out.sum().backward()
 
 
+@pytest.mark.parametrize("make, n_out", [
+    (lambda: ClassificationHead(d_model=8, n_classes=3), 3),
+    (lambda: DiscreteTimeHead(d_model=8, n_bins=4), 4),
+    (lambda: CoxHead(d_model=8), 1),
+])
+@pytest.mark.parametrize("per_class", [False, True])
+def test_part_scores_split_the_scores_exactly(make, n_out, per_class):
+    """Parts that sum to the pooled vector get shares that sum to the score minus b_c + w_c . beta."""
+    torch.manual_seed(1)
+    head = make().eval()
+    with torch.no_grad():
+        head.body[0].weight.normal_()  # a non-trivial LayerNorm affine
+        head.body[0].bias.normal_()
+    shape = (5, n_out, 8) if per_class else (5, 8)
+    parts = {"a": torch.randn(shape), "b": torch.randn(shape) * 3, "c": torch.randn(shape) + 2}
+    pooled = sum(parts.values())
+    shares = head.part_scores(pooled, parts)
+    assert set(shares) == set(parts) and all(v.shape == (5, n_out) for v in shares.values())
+    constant = head.score.bias + head.score.weight @ head.body[0].bias  # [C]
+    torch.testing.assert_close(sum(shares.values()) + constant, head.scores(pooled), atol=1e-5, rtol=1e-5)
+    hidden = type(head)(d_model=8, hidden=4, **({} if n_out == 1 else
+                                                {"n_classes" if isinstance(head, ClassificationHead) else "n_bins": n_out}))
+    assert hidden.part_scores(pooled, parts) is None  # no exact split through a hidden layer
+
+
 def test_heads_with_hidden_layer_and_bad_arguments():
     assert ClassificationHead(d_model=8, n_classes=2, hidden=16, dropout=0.2)(torch.randn(3, 8)).shape == (3, 2)
     with pytest.raises(ValueError, match="n_classes"):

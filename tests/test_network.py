@@ -227,3 +227,33 @@ def test_discrete_time_survival_trains_better_than_chance():
     cindex = concordance_index(t, -r, e)  # lifelines: higher score = longer survival
     assert cindex > 0.6, f"held-out c-index {cindex:.3f}"
     assert np.isfinite(r).all()
+
+
+def test_persam_modality_weights_are_measured_on_the_outputs():
+    """In evaluation, PersAM's modality record is rebuilt from the head's exact split of the scores: the
+    instance evidence, the class route (by group weights) and each modality's logit term, in logits."""
+    net, schema = network("persam", mods=MODS)
+    net.eval()
+    batch = random_batch(schema, MODS, lengths=(5, 3, 9), absent={"images": [1], "events": [2]}, seed=3)
+    with torch.no_grad():
+        closed = {r.kind: r for r in net(batch).records}["modality"]
+        # terms and gate at 0 (untrained): only the image evidence reaches the outputs
+        names = closed.names[0]
+        i_img, i_ev = names.index("images"), names.index("events")
+        torch.testing.assert_close(closed.value[[0, 2], 0, i_img], torch.ones(2))
+        torch.testing.assert_close(closed.value.sum(-1), torch.ones(3, 1))
+        assert closed.value[1, 0, i_img] == 0  # no bag: no image weight
+        net.aggregator.readouts["events"].weight.normal_(0, 5.0)
+        out = net(batch)
+        opened = {r.kind: r for r in out.records}["modality"]
+        assert sum(r.kind == "modality" for r in out.records) == 1
+        agg = net.aggregator(net.drop_modalities(net.token_types(net.encode(batch))))
+        ev_share = {r.kind: r for r in agg.records}["event"]
+        assert (opened.value[[0, 1], 0, i_ev] > 0.05).all() and opened.value[2, 0, i_ev] == 0  # events absent
+        torch.testing.assert_close(opened.value.sum(-1), torch.ones(3, 1))
+        # the events' raw weight is the class mean of |its logit term| (no class route: the gate is 0)
+        term = agg.offsets  # only the events term is non-zero
+        torch.testing.assert_close(opened.raw[:, 0, i_ev], term.abs().mean(1))
+        assert ev_share.raw.shape[1] == 2
+    net.train()  # training skips the split: the aggregator's own record is kept
+    assert sum(r.kind == "modality" for r in net(batch).records) == 1

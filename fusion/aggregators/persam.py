@@ -95,12 +95,16 @@ feature         clinical     [B, C, K]    with modality logits (default): |<r_c,
 gene/event      context      [B, C, T]    modality logits only, for a context modality: |its logit term's
                                           share per token| (the mean's 1/T included), normalised; raw =
                                           |share| in logits; uniform while the term is all 0
-modality        all          [B, 1, M]    last layer's class-token group weights (head and class mean)
-                                          over the modality groups, renormalised over present ones; with
-                                          private instances the instance modality gets phi / (phi + |g|)
-                                          (its weight in pooled[c]; |g| -> 1 without the gate) and the
-                                          others share the rest (~0 while the class route is closed); the
-                                          modality logit terms are not in it (logits, not pooled weights)
+modality        all          [B, 1, M]    in a FusionNetwork (evaluation, head without a hidden layer): each
+                                          modality's |share of output c| in logits, class mean, normalised
+                                          over present modalities: the instance modality |head share of the
+                                          evidence phi * sum a' h|; the class route's |head share of
+                                          t_c - t_c^in| split by the class tokens' last-layer group weights;
+                                          each other modality plus |its logit term| (``head.part_scores``,
+                                          exact because LayerNorm is linear once its scale is fixed).
+                                          Standalone (no head): the weights in pooled[c] instead, instance
+                                          phi / (phi + |g|), the rest by group weights (the logit terms are
+                                          not in this fallback)
 =============== ============ ============ ==========================================================
 ``feature`` exists only when ``clinical`` is a modality; gene/event of a context modality only with modality
 logits; ``modality`` only when ``n_layers >= 1``.
@@ -109,6 +113,7 @@ logits; ``modality`` only when ``n_layers >= 1``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -312,7 +317,8 @@ class PersAM(Aggregator):
         phi_raw = _exp_shifted(s_phi, torch.ones_like(s_phi, dtype=torch.bool))  # [B, C]
         explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
 
-        pooled = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h) + t
+        evidence = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h)
+        pooled = evidence + t
         shares: dict[str, torch.Tensor] = {}  # modality -> [B, C, T]: token k's exact share of output c
         for m, readout in (self.readouts or {}).items():
             tok = tokens[m]
@@ -323,7 +329,43 @@ class PersAM(Aggregator):
         offsets = sum(share.sum(-1) for share in shares.values()) if shares else None
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
                                 explanatory, class_w, class_clin, shares, masks)
-        return AggregatorOutput(pooled=pooled, records=records, offsets=offsets)
+        score_parts = finish = None
+        if class_w is not None:  # modality weights in logits, once the head has scored these parts
+            score_parts = {"instances": evidence, "route": t - xs[lay.cls]}
+            finish = partial(self._modality_in_logits, tokens=tokens, class_w=class_w, shares=shares)
+        return AggregatorOutput(pooled=pooled, records=records, offsets=offsets, score_parts=score_parts,
+                                finish_records=finish)
+
+    def _modality_in_logits(self, scores: dict[str, torch.Tensor], *, tokens: Mapping[str, Tokens],
+                            class_w: torch.Tensor, shares: dict[str, torch.Tensor]) -> list[AttentionRecord]:
+        """The ``modality`` record measured on the outputs: each modality's |share| of output c, in logits.
+
+        ``scores``: the head's exact shares ``[B, C]`` of the instance evidence ``phi[c] * sum_l a'[c, l] h_l``
+        and of the class route's update ``t_c - t_c^in`` (``head.part_scores``). The instance modality gets
+        |evidence share|; the route's |share| is split over the modalities by the class tokens' last-layer
+        group weights (the instance group only if the class tokens read the instances); every other
+        modality adds |its logit term| (the sum of its token shares). Class mean, normalised over present
+        modalities (uniform when all are 0, e.g. untrained); raw = the class mean in logits.
+        """
+        lay = self.layout
+        groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
+        groups.update(zip(self.context_modalities, lay.context))
+        present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)  # [B, M]
+        i_inst = self.modalities.index(self.instance_modality)
+        route = class_w.mean(dim=1)[:, :, [groups[m] for m in self.modalities]] * present[:, None, :]  # [B, C, M]
+        if self.private_instances:
+            route[..., i_inst] = 0.0
+        tiny = torch.finfo(route.dtype).tiny
+        weight = scores["route"].abs()[..., None] * route / route.sum(-1, keepdim=True).clamp_min(tiny)
+        weight[..., i_inst] += scores["instances"].abs() * present[:, i_inst, None]
+        for m, share in shares.items():
+            weight[..., self.modalities.index(m)] += share.sum(-1).abs()
+        raw = weight.mean(dim=1)  # [B, M]
+        uniform = present.to(raw.dtype)
+        value = normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), present)
+        B = raw.shape[0]
+        return [AttentionRecord(kind="modality", modality="all", value=value[:, None, :], raw=raw[:, None, :],
+                                mask=present, names=[list(self.modalities)] * B, class_names=None)]
 
     # ------------------------------------------------------------------ helpers
     def _check_tokens(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
