@@ -105,7 +105,10 @@ def _build(name: str):
                                    present=one),
             }
             out = self.aggregator(tokens)
-            return self.head(out if isinstance(out, torch.Tensor) else out.pooled)
+            if isinstance(out, torch.Tensor):
+                return self.head(out)
+            scores = self.head(out.pooled)  # PersAM's modality logit terms count too, as in FusionNetwork
+            return scores if out.offsets is None else scores + out.offsets.reshape(scores.shape)
 
     return Bench().train()
 

@@ -167,9 +167,13 @@ def plot_top_tokens(report: AttentionReport, sample_id: str, *, kinds: tuple[str
     present = [kind for kind in kinds if kind in report.kinds]
     if not present:
         raise ValueError(f"this report has none of the kinds {list(kinds)} (it has {report.kinds})")
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], present):
-        top = report.top_tokens(sample_id, k=k, kind=kind)
+    # only the kinds this sample has rows of (a sample without genes has no gene weights)
+    tops = {kind: report.top_tokens(sample_id, k=k, kind=kind) for kind in present}
+    tops = {kind: top for kind, top in tops.items() if not top.empty}
+    if not tops:
+        raise ValueError(f"sample {sample_id!r} has no {present} rows in this report (its modalities are absent)")
+    fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 3.6), squeeze=False)
+    for ax, (kind, top) in zip(axes[0], tops.items()):
         top = top[top["target_class"].isna() | (top["target_class"] == top["target_class"].iloc[0])]
         ax.barh(np.arange(len(top))[::-1], top["value"], color="tab:blue")
         ax.set_yticks(np.arange(len(top))[::-1], top["token"], fontsize=7)

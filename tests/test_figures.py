@@ -49,6 +49,14 @@ def test_each_plot_writes_a_png(report, tmp_path):
         assert _is_png(tmp_path / f"{name}.png"), name
 
 
+def test_top_tokens_plot_skips_the_kinds_a_sample_lacks(report, tmp_path):
+    """Sample "b" has no clinical record: no feature panel, the others are drawn; none at all is an error."""
+    report.plot_top_tokens("b", kinds=("feature", "patch"), path=tmp_path / "b.png")
+    assert _is_png(tmp_path / "b.png")
+    with pytest.raises(ValueError, match="'b' has no"):
+        report.plot_top_tokens("b", kinds=("feature",))
+
+
 def test_image_overlay(tmp_path):
     # A single 28 x 28 image whose 4 x 4 sub-patches (7 px) are the tokens, as the ViT encoder names them.
     xs, ys = np.meshgrid(np.arange(4) * 7.0, np.arange(4) * 7.0)

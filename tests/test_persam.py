@@ -315,3 +315,34 @@ def test_modality_logits_are_exact_linear_terms_and_their_exports():
         out = route(tokens)
         assert out.offsets is None and route.readouts is None and "event" not in route.attention_kinds
         torch.testing.assert_close(_records(out)["feature"].value.sum(-1)[[0, 1]], torch.ones(2, 2))
+
+
+def test_exported_shares_are_measured_against_the_training_mean_token():
+    """After training-mode passes, a token equal to the running-mean (reference) token has share 0, the
+    outputs do not depend on the reference, and a saved state dict restores it into a fresh model."""
+    mods = ("clinical", "images", "events")
+    model = _model(mods, n_outputs=2)
+    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7), seed=15)
+    with torch.no_grad():
+        for readout in model.readouts.values():
+            readout.weight.normal_()
+        before = model(tokens).offsets
+        assert model.reference_clinical.shape == (0, D)  # nothing seen yet
+        model.train()(tokens)
+        model.eval()
+        clin = tokens["clinical"]
+        ref = model.reference_clinical
+        assert ref.shape == (clin.values.shape[1], D) and model.reference_events.shape == (1, D)
+        expected = (clin.values * clin.mask[..., None]).sum(0) / clin.mask.sum(0).clamp_min(1)[:, None]
+        torch.testing.assert_close(ref, expected)  # first batch: its mean per variable
+        out = model(tokens)
+        torch.testing.assert_close(out.offsets, before)  # predictions never depend on the reference
+        at_mean = _replace(tokens, "clinical", values=ref.expand_as(clin.values).clone())
+        feature = _records(model(at_mean))["feature"]
+        assert feature.raw.abs().max() < 1e-5  # every variable at its average: no share
+        shares = torch.einsum("bkd,cd->bck", (clin.values - ref) * clin.mask[..., None], model.readouts["clinical"].weight)
+        torch.testing.assert_close(_records(out)["feature"].raw, shares.abs() * clin.mask[:, None, :])
+        fresh = _model(mods, n_outputs=2, seed=3)
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(fresh.reference_clinical, ref)
+        torch.testing.assert_close(_records(fresh(tokens))["feature"].raw, _records(out)["feature"].raw)

@@ -240,6 +240,11 @@ class PersAM(Aggregator):
                                            if m != self.instance_modality})
             for readout in self.readouts.values():
                 nn.init.zeros_(readout.weight)
+        # The exported shares are measured against a reference token per modality (per variable for clinical,
+        # [K, d]; one for the others, [1, d]): the running mean of the training tokens, so that a variable at
+        # its average contributes ~0 instead of the constant <r_c, b_k> of its token. Empty until trained.
+        for m in (self.readouts or {}):
+            self.register_buffer(f"reference_{m}", torch.zeros(0, d_model))
         self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
         self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -319,14 +324,22 @@ class PersAM(Aggregator):
 
         evidence = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h)
         pooled = evidence + t
-        shares: dict[str, torch.Tensor] = {}  # modality -> [B, C, T]: token k's exact share of output c
+        offsets = None
+        shares: dict[str, torch.Tensor] = {}  # modality -> [B, C, T]: token k's share of output c vs the reference
         for m, readout in (self.readouts or {}).items():
             tok = tokens[m]
+            if self.training:
+                self._update_reference(m, tok)
             weight = tok.mask.to(dt)  # clinical: a sum over the variables; others: a mean over their tokens
             if m != "clinical":
                 weight = weight / weight.sum(1, keepdim=True).clamp_min(1.0)
-            shares[m] = torch.einsum("btd,cd->bct", tok.values * weight[..., None], readout.weight)
-        offsets = sum(share.sum(-1) for share in shares.values()) if shares else None
+            term = torch.einsum("btd,cd->bc", tok.values * weight[..., None], readout.weight)
+            offsets = term if offsets is None else offsets + term
+            reference = getattr(self, f"reference_{m}")
+            if reference.shape[0] not in (1, tok.values.shape[1]):  # not fitted yet: the shares of the term itself
+                reference = torch.zeros_like(reference[:1]) if reference.shape[0] else tok.values.new_zeros(1, d)
+            shares[m] = torch.einsum("btd,cd->bct", (tok.values - reference.to(dt)) * weight[..., None],
+                                     readout.weight)
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
                                 explanatory, class_w, class_clin, shares, masks)
         score_parts = finish = None
@@ -335,6 +348,33 @@ class PersAM(Aggregator):
             finish = partial(self._modality_in_logits, tokens=tokens, class_w=class_w, shares=shares)
         return AggregatorOutput(pooled=pooled, records=records, offsets=offsets, score_parts=score_parts,
                                 finish_records=finish)
+
+    @torch.no_grad()
+    def _update_reference(self, modality: str, tok: Tokens, momentum: float = 0.1) -> None:
+        """Running mean of the modality's real training tokens (per slot for clinical, pooled for the others)."""
+        values, mask = tok.values.detach().float(), tok.mask
+        if modality == "clinical":
+            count = mask.sum(0)  # [K]
+            mean = (values * mask[..., None]).sum(0) / count.clamp_min(1)[:, None]  # [K, d]
+        else:
+            count = mask.sum().reshape(1)
+            mean = ((values * mask[..., None]).sum((0, 1)) / count.clamp_min(1))[None]  # [1, d]
+        if not bool(count.any()):
+            return
+        name = f"reference_{modality}"
+        old = getattr(self, name)
+        if old.shape != mean.shape:  # first batch (or the token count changed): start from this batch
+            setattr(self, name, torch.where(count[:, None] > 0, mean, 0.0).to(old))
+            return
+        blend = old + momentum * (mean.to(old) - old)
+        setattr(self, name, torch.where(count[:, None] > 0, blend, old))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for m in (self.readouts or {}):  # the references' size is only known once trained
+            key = f"{prefix}reference_{m}"
+            if key in state_dict:
+                setattr(self, f"reference_{m}", torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _modality_in_logits(self, scores: dict[str, torch.Tensor], *, tokens: Mapping[str, Tokens],
                             class_w: torch.Tensor, shares: dict[str, torch.Tensor]) -> list[AttentionRecord]:
