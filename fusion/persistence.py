@@ -35,7 +35,7 @@ from ..datasets.atomic import atomic_path, write_text_atomic
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 3
 # PersAM's defaults changed twice: format 1 built it as what is now its encoded variant, format 2 without
-# the clinical logit term. An older persam folder is rebuilt with its defaults spelled out (see load_model).
+# the modality logit terms. An older persam folder is rebuilt with its defaults spelled out (see load_model).
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",

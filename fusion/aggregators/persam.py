@@ -53,7 +53,7 @@ Pooling (``pooled`` ``[B, C, d]``, class c scored from its own vector by the hea
 
 phi[c] (raw, max 1) gates the instance evidence for class c by its relevance to the clinical record (so phi
 is trained, not only exported); the class token's own encoder state ``t_c`` carries the clinical and context
-modalities and is the only evidence for a sample without instances. Survival: the class tokens are the
+modalities and, with the modality logit terms below, is the only evidence for a sample without instances. Survival: the class tokens are the
 discrete time bins and the head's risk is ``-sum_k S(t_k)`` (higher = worse, as MCAT does); Cox: C = 1.
 
 Modality logits (``modality_logits=True``, the default)
@@ -63,15 +63,23 @@ A linear term per non-instance modality m (clinical, context) is added to the he
 
     output[c] = head(pooled[c]) + sum_k <r_c, u_k> + sum_m mean_j <r^m_c, z^m_j>
 
-(u_k: the clinical tokens, summed over the variables; z^m_j: modality m's tokens, averaged because their
-number varies; missing tokens count 0.) The clinical encoder's tokens are linear in each variable's
-standardised value, so the clinical term is a per-class linear model of the record: a "wide" part next to
-the attention. Every ``r`` starts at 0 and is fitted with the rest. Why: a clinical variable, gene or event
+(u_k: the clinical tokens as the network gives them, i.e. the encoder's tokens plus the token-type embedding,
+not the group-embedded ones the scores use; summed over the variables. z^m_j: modality m's tokens, averaged
+because their number varies. Padding and absent modalities count 0; a missing value inside a record is its
+learned missing-value token.) With the ``feature_tokens`` clinical encoder each token is affine in its
+variable's standardised value, so the clinical term is a per-class linear model of the record: a "wide" part
+next to the attention (the ``mlp`` clinical encoder gives one nonlinear token instead). Every ``r`` starts at 0 and is fitted with the rest. Why: a clinical variable, gene or event
 that moves the outcome on its own (``biomarker_level`` on the synthetic cohort) otherwise has to reach the
 head through the class route, which stays nearly closed, or through phi; the model then did not use it
 (|SHAP| ~ 1e-3 on 3 of 5 seeds, ``benchmarks/bench_faithfulness.py``), and with the term it did on 5 of 5
 without losing the planted-patch attention. The rule variable still acts through psi and phi: the terms
 cannot read the instances, so they cannot stand in for the rule.
+
+The exported per-token shares are ``<r_c, u_k - ref_k>``: measured against a reference token, the running mean
+of the training tokens (per clinical variable; one for each other modality; buffers ``reference_<m>``,
+updated in training only, never used by the outputs). A variable at its training average then weighs ~0
+instead of the constant ``<r_c, b_k>`` its token carries. Before any training the reference is empty and
+the shares are those of the term itself.
 
 Exported records (``AttentionRecord``; T = that modality's tokens)
 -----------------------------------------------------------------
@@ -83,25 +91,26 @@ exploratory     instance     [B, 1, N]    psi, normalised over instances
 explanatory     instance     [B, C, N]    a', normalised over instances
 phi             clinical     [B, C, 1]    phi, normalised over classes (uniform without clinical data)
 patch/gene/event instance    [B, 1, N]    class average of explanatory (raw == value: already sums to 1)
-feature         clinical     [B, C, K]    with modality logits (default): |<r_c, u_k>|, token k's exact share
-                                          of output c's clinical term (normalised; raw = |share|, in logits;
-                                          uniform while the term is all 0). Without them: how much token k
-                                          moves class token c in the last encoder layer,
+feature         clinical     [B, C, K]    with modality logits (default): |<r_c, u_k - ref_k>|, token k's share
+                                          of output c's clinical term against the reference (normalised; raw
+                                          = |share|, in logits; uniform while all are 0). Without them: how
+                                          much token k moves class token c in the last encoder layer,
                                           || sum_h p_h[c, k] W_o^h v_h[k] || (attention weighted by the norm
                                           of what the token brings, Kobayashi et al. 2020; raw = that norm
                                           times |g|, so a closed class route shows as raw ~ 0); without
                                           encoder layers, softmax_k of the s_phi scores. Either way the
                                           record's effect through psi and phi is in those kinds, not here
 gene/event      context      [B, C, T]    modality logits only, for a context modality: |its logit term's
-                                          share per token| (the mean's 1/T included), normalised; raw =
-                                          |share| in logits; uniform while the term is all 0
+                                          share per token against the reference| (the mean's 1/T
+                                          included), normalised; raw = |share| in logits
 modality        all          [B, 1, M]    in a FusionNetwork (evaluation, head without a hidden layer): each
                                           modality's |share of output c| in logits, class mean, normalised
                                           over present modalities: the instance modality |head share of the
                                           evidence phi * sum a' h|; the class route's |head share of
                                           t_c - t_c^in| split by the class tokens' last-layer group weights;
-                                          each other modality plus |its logit term| (``head.part_scores``,
-                                          exact because LayerNorm is linear once its scale is fixed).
+                                          each other modality plus |its logit term - the reference's|
+                                          (``head.part_scores``, exact because LayerNorm is linear once its
+                                          scale is fixed).
                                           Standalone (no head): the weights in pooled[c] instead, instance
                                           phi / (phi + |g|), the rest by group weights (the logit terms are
                                           not in this fallback)
@@ -147,7 +156,7 @@ class PersAM(Aggregator):
         instance_modality: the modality whose tokens are the instances; default ``"images"`` if present,
             else the first of ``"genomics"``, ``"events"``.
         n_layers: group-balanced encoder layers (0 = no encoder: the class tokens are learned constants and
-            the clinical record acts only through the exploratory and phi attention).
+            the clinical record acts only through the exploratory and phi attention and the logit terms).
         n_heads: encoder attention heads (d divisible by it).
         n_latents: learned latent tokens (a small summary group every token can read).
         d_attn: width e of the aggregation scores (default d).
