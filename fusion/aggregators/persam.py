@@ -76,7 +76,7 @@ without losing the planted-patch attention. The rule variable still acts through
 cannot read the instances, so they cannot stand in for the rule.
 
 The exported per-token shares are ``<r_c, u_k - ref_k>``: measured against a reference token, the running mean
-of the training tokens (per clinical variable; one for each other modality; buffers ``reference_<m>``,
+of the training tokens (per clinical variable and per gene / gene set; one for events; buffers ``reference_<m>``,
 updated in training only, never used by the outputs). A variable at its training average then weighs ~0
 instead of the constant ``<r_c, b_k>`` its token carries. Before any training the reference is empty and
 the shares are those of the term itself.
@@ -249,8 +249,8 @@ class PersAM(Aggregator):
                                            if m != self.instance_modality})
             for readout in self.readouts.values():
                 nn.init.zeros_(readout.weight)
-        # The exported shares are measured against a reference token per modality (per variable for clinical,
-        # [K, d]; one for the others, [1, d]): the running mean of the training tokens, so that a variable at
+        # The exported shares are measured against a reference token per modality (per slot for clinical and
+        # genomics, [K, d]; one for events, [1, d]): the running mean of the training tokens, so that a variable at
         # its average contributes ~0 instead of the constant <r_c, b_k> of its token. Empty until trained.
         for m in (self.readouts or {}):
             self.register_buffer(f"reference_{m}", torch.zeros(0, d_model))
@@ -360,9 +360,10 @@ class PersAM(Aggregator):
 
     @torch.no_grad()
     def _update_reference(self, modality: str, tok: Tokens, momentum: float = 0.1) -> None:
-        """Running mean of the modality's real training tokens (per slot for clinical, pooled for the others)."""
+        """Running mean of the modality's real training tokens: per slot for clinical variables and genes / gene
+        sets (a fixed token per slot), pooled over the tokens for events (a sequence)."""
         values, mask = tok.values.detach().float(), tok.mask
-        if modality == "clinical":
+        if modality in ("clinical", "genomics"):
             count = mask.sum(0)  # [K]
             mean = (values * mask[..., None]).sum(0) / count.clamp_min(1)[:, None]  # [K, d]
         else:
