@@ -46,7 +46,6 @@ class _ScoreHead(nn.Module):
         # class c is scored from its own vector with row c of the same linear layer
         return torch.einsum("bcd,cd->bc", h, self.score.weight) + self.score.bias
 
-
     def part_scores(self, pooled: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the scores.
 

@@ -346,7 +346,7 @@ class PersAM(Aggregator):
             offsets = term if offsets is None else offsets + term
             reference = getattr(self, f"reference_{m}")
             if reference.shape[0] not in (1, tok.values.shape[1]):  # not fitted yet: the shares of the term itself
-                reference = torch.zeros_like(reference[:1]) if reference.shape[0] else tok.values.new_zeros(1, d)
+                reference = tok.values.new_zeros(1, d)
             shares[m] = torch.einsum("btd,cd->bct", (tok.values - reference.to(dt)) * weight[..., None],
                                      readout.weight)
         records = self._records(tokens, inst, s_a, s_psi, s_phi, s_phi_k, a_raw, psi_raw, phi_raw,
@@ -397,12 +397,8 @@ class PersAM(Aggregator):
         modality adds |its logit term| (the sum of its token shares). Class mean, normalised over present
         modalities (uniform when all are 0, e.g. untrained); raw = the class mean in logits.
         """
-        lay = self.layout
-        groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
-        groups.update(zip(self.context_modalities, lay.context))
-        present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)  # [B, M]
-        i_inst = self.modalities.index(self.instance_modality)
-        route = class_w.mean(dim=1)[:, :, [groups[m] for m in self.modalities]] * present[:, None, :]  # [B, C, M]
+        idx, present, i_inst = self._modality_columns(tokens)
+        route = class_w.mean(dim=1)[:, :, idx] * present[:, None, :]  # [B, C, M]
         if self.private_instances:
             route[..., i_inst] = 0.0
         tiny = torch.finfo(route.dtype).tiny
@@ -411,13 +407,21 @@ class PersAM(Aggregator):
         for m, share in shares.items():
             weight[..., self.modalities.index(m)] += share.sum(-1).abs()
         raw = weight.mean(dim=1)  # [B, M]
-        uniform = present.to(raw.dtype)
-        value = normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), present)
+        value = _normalise_or_uniform(raw, present)
         B = raw.shape[0]
         return [AttentionRecord(kind="modality", modality="all", value=value[:, None, :], raw=raw[:, None, :],
                                 mask=present, names=[list(self.modalities)] * B, class_names=None)]
 
     # ------------------------------------------------------------------ helpers
+    def _modality_columns(self, tokens: Mapping[str, Tokens]) -> tuple[list[int], torch.Tensor, int]:
+        """For the modality records: each modality's encoder group (in ``self.modalities`` order), which
+        modalities each sample has ``[B, M]``, and the instance modality's column."""
+        lay = self.layout
+        groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
+        groups.update(zip(self.context_modalities, lay.context))
+        present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)
+        return [groups[m] for m in self.modalities], present, self.modalities.index(self.instance_modality)
+
     def _check_tokens(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
         """Validate ``tokens``; a modality of the model missing from the mapping is absent for every sample."""
         if not isinstance(tokens, Mapping):
@@ -494,13 +498,8 @@ class PersAM(Aggregator):
                 out.append(rec(TOKEN_KIND[m], value, raw, self.class_names, modality=m, tok=tok,
                                meta=record_meta(tok)))
         if class_w is not None:
-            lay = self.layout
-            groups = {self.instance_modality: lay.instances, "clinical": lay.clinical}
-            groups.update(zip(self.context_modalities, lay.context))
-            idx = [groups[m] for m in self.modalities]
+            idx, present, i_inst = self._modality_columns(tokens)
             share = class_w.mean(dim=1)[:, :, idx]  # [B, C, M] head mean
-            present = torch.stack([tokens[m].mask.any(1) for m in self.modalities], dim=1)  # [B, M]
-            i_inst = self.modalities.index(self.instance_modality)
             if self.private_instances:
                 # The class tokens never read the instances; class c gets them as phi[c] * evidence next to
                 # the encoder's update of its own state, which enters with weight w = |g| (the class-route
@@ -553,8 +552,13 @@ def _share_weights(shares: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     An all-zero term (untrained) weighs the real tokens alike, so that the values still sum to 1.
     """
     raw = shares.abs().masked_fill(~mask, 0.0)
+    return _normalise_or_uniform(raw, mask), raw
+
+
+def _normalise_or_uniform(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Non-negative ``raw`` normalised over the real entries (last dim); all 0 -> the real entries alike."""
     uniform = mask.to(raw.dtype).expand_as(raw)
-    return normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), mask), raw
+    return normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), mask)
 
 
 def _exp_shifted(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
