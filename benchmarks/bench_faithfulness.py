@@ -1,7 +1,8 @@
 """Faithfulness of the explanations on a larger synthetic cohort (issue 6), for persam and abmil.
 
-Runs the checks of ``tests/test_faithfulness.py`` (its helper functions are reused) on held-out patients of
-a synthetic cohort with its planted ground truth and writes the figures to ``benchmarks/out/faithfulness.json``:
+Runs the checks of ``tests/test_faithfulness.py`` (the metrics and recipe of
+``clinfuse.fusion.explain.faithfulness``) on held-out patients of a synthetic cohort with its planted ground
+truth and writes the figures to ``benchmarks/out/faithfulness.json``:
 
 * ``planted_auroc``: per-patient AUROC of the image attention for the planted patches (median, mean, and the
   AUROC pooled over all held-out patches), for every image attention kind the aggregator exports;
@@ -38,37 +39,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
-from clinfuse.fusion.shap_values import shap_values
-from test_faithfulness import (
+from clinfuse.fusion.explain.faithfulness import (
     COHORT_PARAMS,
     MODEL_PARAMS,
     deletion_effects,
-    exploratory_type_a_mass,
     planted_patch_auroc,
+    pooled_planted_auroc,
     signal_carriers,
     top3_share,
+    type_a_mass,
 )
-
-
-def pooled_auroc(report, truth, kind: str) -> float:
-    rows = report[(report["kind"] == kind) & (report["modality"] == "images")]
-    rows = rows.groupby(["sample_id", "position"], as_index=False)["value"].mean()
-    y, score = [], []
-    for sample, part in rows.groupby("sample_id"):
-        pos = part["position"].astype(int).to_numpy()
-        y.append(truth.relevant_patches[sample][pos])
-        # rank within the patient: attention sums to 1 per patient, so scale by the bag size
-        score.append(part["value"].to_numpy() * len(pos))
-    return float(roc_auc_score(np.concatenate(y), np.concatenate(score)))
-
+from clinfuse.fusion.explain.shap import shap_values
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
 VARIANTS = {"persam_encoded": ("persam", dict(ENCODED_VARIANT_KWARGS)),
@@ -100,19 +87,20 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
         per = planted_patch_auroc(report, truth, kind=kind)
         out["planted_auroc"][kind] = {"median": round(float(np.median(list(per.values()))), 4),
                                       "mean": round(float(np.mean(list(per.values()))), 4),
-                                      "pooled": round(pooled_auroc(report, truth, kind), 4),
+                                      "pooled": round(pooled_planted_auroc(report, truth, kind=kind), 4),
                                       "n_patients": len(per)}
         if report.loc[(report["kind"] == kind) & (report["modality"] == "images"), "target_class"].notna().any():
             per = planted_patch_auroc(report, truth, kind=kind, target=predicted)
             out["planted_auroc"][kind]["median_predicted_class"] = round(float(np.median(list(per.values()))), 4)
-    carriers = signal_carriers(cohort, list(test.sample_ids))
+    signal = truth.signal_variables[0]
+    carriers = signal_carriers(cohort, list(test.sample_ids), variable=signal)
     top3 = {"n_carriers": len(carriers)}
     feature = report[(report["kind"] == "feature") & (report["modality"] == "clinical")]
     if len(feature):
-        top3["attention"] = round(top3_share(feature, carriers), 4)
+        top3["attention"] = round(top3_share(feature, carriers, variable=signal), 4)
     shap_ids = carriers[:n_shap]
     shap = shap_values(model, test.subset(shap_ids), modality="clinical", background=test, n_background=10)
-    top3["shap"] = round(top3_share(shap.to_frame(), shap_ids), 4)
+    top3["shap"] = round(top3_share(shap.to_frame(), shap_ids, variable=signal), 4)
     with_images = [s for s in shap_ids if test.has(s, "images")]
     top3["shap_rule_variable"] = round(top3_share(shap.to_frame(), with_images, variable=truth.rule_variable), 4)
     top3["n_shap"] = len(shap_ids)
@@ -124,8 +112,8 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
     if "exploratory" in image_kinds:
         samples = [s for s in test.sample_ids if test.has(s, "clinical") and test.has(s, "images")
                    and (truth.patch_type[s] == 1).any()]
-        pos = exploratory_type_a_mass(model, test, truth, samples, "positive")
-        neg = exploratory_type_a_mass(model, test, truth, samples, "negative")
+        pos = type_a_mass(model, test, truth, samples, "positive", kind="exploratory")
+        neg = type_a_mass(model, test, truth, samples, "negative", kind="exploratory")
         out["personalisation"] = {"type_a_mass_positive": round(float(pos.mean()), 4),
                                   "type_a_mass_negative": round(float(neg.mean()), 4),
                                   "share_higher_when_positive": round(float((pos > neg).mean()), 4),

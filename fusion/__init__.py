@@ -18,10 +18,9 @@ _EXPORTS: dict[str, str] = {
                      "make_time_bins", "risk_from_survival"], "losses"),
     **dict.fromkeys(["FusionNetwork", "NetworkOutput"], "network"),
     "TokenTypeEmbedding": "token_types",
-    **dict.fromkeys(["AttentionReport", "build_report"], "report"),
+    **dict.fromkeys(["AttentionReport", "build_report", "attention_shap_agreement"], "explain"),
     "FusionModel": "model",
     **dict.fromkeys(["CVResult", "cross_validate"], "crossval"),
-    "attention_shap_agreement": "shap_values",
 }
 
 __all__ = [

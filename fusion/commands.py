@@ -10,10 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from .persistence import atomic_dir, to_jsonable, write_json
+from .persistence import atomic_dir, write_json
+from .predictions import prediction_frame
 
 DEMO_SIZES = {
     # n_patients, patches per bag, max_epochs; "tiny" is for tests (seconds), the default under 2 minutes.
@@ -34,132 +34,61 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     rows = {"all": {k: v for k, v in metrics.items() if k != "by_pattern"}}
     rows.update(metrics.get("by_pattern", {}))
     frame = pd.DataFrame(rows).T
-    cols = [c for c in frame.columns if c not in ("n", "n_events")] + [c for c in ("n", "n_events") if c in frame]
+    counted = [c for c in ("n", "n_events") if c in frame]
+    cols = [c for c in frame.columns if c not in ("n", "n_events")] + counted
     frame = frame[cols]
     counts = {c: (lambda v: "" if pd.isna(v) else str(int(v))) for c in ("n", "n_events") if c in frame}
     return frame.to_string(formatters={**{c: _fmt for c in frame.columns}, **counts})
-
-
-def prediction_frame(model: Any, cohort: Any) -> pd.DataFrame:
-    """One row per sample: predictions (probabilities and label, or risk and S(t) at the bin ends), the
-    sample's missingness pattern, and its targets when the cohort has them."""
-    from .metrics import pattern_names
-
-    ids = [str(s) for s in cohort.sample_ids]
-    if model.task == "classification":
-        proba = model.predict_proba(cohort)
-        frame = proba.add_prefix("proba_")
-        frame["prediction"] = np.asarray(proba.columns, dtype=object)[np.argmax(proba.to_numpy(), axis=1)]
-        if cohort.labels is not None:
-            frame["label"] = cohort.labels.loc[ids].to_numpy()
-    else:
-        frame = model.predict_risk(cohort).to_frame("risk")
-        if model.survival_head == "discrete":
-            times = [t for t in model.time_bins_[1:] if math.isfinite(t)]
-        else:
-            times = list(np.quantile(model.baseline_hazard_["times"], [0.25, 0.5, 0.75]))
-        surv = model.predict_survival(cohort, times)
-        for t in times:
-            frame[f"S(t={t:g})"] = surv[t].to_numpy()
-        if cohort.survival is not None:
-            frame["time"] = cohort.survival.loc[ids, "time"].to_numpy()
-            frame["event"] = cohort.survival.loc[ids, "event"].to_numpy()
-    presence = cohort.presence().reindex(index=ids, columns=model.modalities_, fill_value=False)
-    frame["pattern"] = pattern_names(presence).to_numpy()
-    return frame
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, float_format="%.6g")
 
 
-def plot_training_curve(history: list[dict[str, float]], path: Path, best_epoch: int | None = None) -> None:
-    from .figures import _plt, _save
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
-    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", linestyle="--", label="kept weights (best epoch)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.set_title("training curve (validation = inner split)")
-    _save(fig, path)
-    plt.close(fig)
-
-
 def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3) -> tuple[Any, list[str]]:
-    """Attention tables (Parquet + CSV) and figures of ``cohort`` into ``out``; returns (report, figure names)."""
-    from . import figures
+    """Attention tables (Parquet + CSV) and figures of ``cohort`` into ``out``; returns (report, figures).
+
+    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``).
+    """
+    from .explain import figures
 
     report = model.explain(cohort, out=out / "attention.parquet")
     report.to_csv(out / "attention.csv")
     written = []
-    kinds = set(model.attention_kinds)
-    plt = figures._plt()
-    if "modality" in kinds:
+    plt = figures.pyplot()
+    if "modality" in model.attention_kinds:
         plt.close(figures.plot_modality_weights(report, path=out / "modality_weights.png"))
         written.append("modality_weights.png")
-    patch_kind = "explanatory" if "explanatory" in kinds else "patch" if "patch" in kinds else None
-    if patch_kind is not None:
-        with_patches = report.sample_ids_with(patch_kind)[:max_figures]
-        for sid in with_patches:
-            name = f"attention_{sid}.png"
-            if patch_kind == "explanatory":
-                fig = figures.plot_persam_trio(report, sid, path=out / name)
-            else:
-                fig = figures.plot_patch_attention(report, sid, kind="patch", path=out / name)
-            plt.close(fig)
-            written.append(name)
+    figure = figures.sample_figure(getattr(model.network_.aggregator, "sample_figure", "patches"))
+    for sid in report.sample_ids_with(figure.kind)[:max_figures]:
+        name = f"attention_{sid}.png"
+        plt.close(figure.draw(report, sid, path=out / name))
+        written.append(name)
     return report, written
 
 
 # --------------------------------------------------------------------------------------------- demo
-def relevant_patch_attention(report: Any, truth: Any, labels: pd.Series) -> dict[str, Any]:
-    """Per attention kind over patches, the mean over samples of (attention mass on the patches the
-    planted rule makes evidence) / (their share of the bag): 1 = no better than uniform, higher = the
-    attention finds the evidence. Class-specific kinds are read for the sample's true class."""
-    out: dict[str, Any] = {}
-    frame = report.to_frame()
-    for kind in ("patch", "class_wise", "exploratory", "explanatory"):
-        rows_k = frame[(frame["kind"] == kind) & (frame["modality"] == "images")]
-        ratios = []
-        for sid, rows in rows_k.groupby("sample_id"):
-            relevant = truth.relevant_patches.get(sid)
-            if relevant is None or not relevant.any() or relevant.all():
-                continue
-            if rows["target_class"].notna().any():
-                rows = rows[rows["target_class"] == str(labels[sid])]
-            if rows.empty:
-                continue
-            mass = float(rows["value"].to_numpy()[relevant[rows["position"].to_numpy(int)]].sum())
-            ratios.append(mass / float(relevant.mean()))
-        if ratios:
-            out[kind] = {"lift": float(np.mean(ratios)), "n_samples": len(ratios)}
-    return out
-
-
 def run_demo(args: Any) -> int:
     import torch
 
     from ..datasets import make_synthetic_cohort, train_validation_split
+    from .explain.faithfulness import planted_patch_lift
+    from .explain.figures import plot_training_curve
     from .model import FusionModel
 
     size = DEMO_SIZES["tiny" if getattr(args, "tiny", False) else "default"]
     # Small model: intra-op threads cost more in synchronisation than they gain (and keep runs comparable).
     torch.set_num_threads(1)
-    cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification", n_patches=size["n_patches"],
-                                          seed=0)
+    cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification",
+                                          n_patches=size["n_patches"], seed=0)
     print(cohort.summary())
     train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=0)
     train, test = cohort.subset(train_ids), cohort.subset(test_ids)
     print(f"\ntraining PersAM on {len(train)} samples (early stopping on an inner split), "
           f"testing on {len(test)} held-out samples")
-    model = FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4, max_epochs=size["max_epochs"],
-                        batch_size=16, early_stopping_patience=6, verbose=False, seed=0)
+    model = FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4,
+                        max_epochs=size["max_epochs"], batch_size=16, early_stopping_patience=6,
+                        verbose=False, seed=0)
     model.fit(train)
     metrics = model.evaluate(test)
     print("\nheld-out test metrics (per missingness pattern):")
@@ -169,8 +98,8 @@ def run_demo(args: Any) -> int:
         preds = prediction_frame(model, test)
         write_csv(preds, out / "predictions.csv")
         report, figs = write_attention(model, test, out)
-        lift = relevant_patch_attention(report, truth, test.labels)
-        plot_training_curve(model.history_, out / "training_curve.png", model.best_epoch_)
+        lift = planted_patch_lift(report, truth, test.labels)
+        plot_training_curve(model.history_, best_epoch=model.best_epoch_, path=out / "training_curve.png")
         write_json(out / "metrics.json", {"test": metrics, "validation": model.metrics_.get("validation"),
                                           "best_epoch": model.best_epoch_, "history": model.history_,
                                           "attention": lift, "n_train": len(train), "n_test": len(test),
@@ -232,6 +161,6 @@ def run_explain(args: Any) -> int:
         _report, figs = write_attention(model, cohort, out)
         write_csv(prediction_frame(model, cohort), out / "predictions.csv")
         write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator})
-    print(f"wrote attention ({', '.join(to_jsonable(model.attention_kinds))}) for {len(cohort)} samples to "
+    print(f"wrote attention ({', '.join(model.attention_kinds)}) for {len(cohort)} samples to "
           f"{Path(args.out)}/: attention.parquet, attention.csv, predictions.csv, {', '.join(figs)}")
     return 0

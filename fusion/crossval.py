@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from . import metrics as M
+from .predictions import prediction_frame
 
 
 @dataclass
@@ -41,16 +42,7 @@ class CVResult:
 
 
 def _fold_predictions(model: Any, test: Any, repeat: int, fold: int) -> pd.DataFrame:
-    ids = [str(s) for s in test.sample_ids]
-    if model.task == "classification":
-        proba = model.predict_proba(test)
-        frame = proba.add_prefix("proba_")
-        frame["label"] = test.labels.loc[ids].to_numpy()
-        frame["prediction"] = np.asarray(proba.columns, dtype=object)[np.argmax(proba.to_numpy(), axis=1)]
-    else:
-        frame = model.predict_risk(test).to_frame("risk")
-        surv = test.survival.loc[ids]
-        frame["time"], frame["event"] = surv["time"].to_numpy(float), surv["event"].to_numpy(int)
+    frame = prediction_frame(model, test, survival_curves=False, pattern=False)
     frame.insert(0, "fold", fold)
     frame.insert(0, "repeat", repeat)
     return frame.reset_index()

@@ -299,7 +299,7 @@ class FusionModel(BaseEstimator):
 
     def explain(self, cohort: Any, out: str | Path | None = None, kinds: Sequence[str] | None = None):
         """Per-sample attention as an ``AttentionReport`` (streamed to ``out``, a .parquet path, if given)."""
-        from .report import build_report
+        from .explain import build_report
 
         self._check_fitted()
         return build_report(self, cohort, out=out, kinds=kinds)
@@ -309,9 +309,9 @@ class FusionModel(BaseEstimator):
 
         A permutation explainer over that modality's preprocessed inputs, the other modalities held at each
         sample's own values; ``background`` (a cohort, default: ``cohort``) fills masked inputs. See
-        :func:`clinfuse.fusion.shap_values.shap_values` for the keywords.
+        :func:`clinfuse.fusion.explain.shap.shap_values` for the keywords.
         """
-        from .shap_values import shap_values
+        from .explain.shap import shap_values
 
         self._check_fitted()
         return shap_values(self, cohort, modality=modality, background=background, **kwargs)

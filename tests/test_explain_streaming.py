@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from clinfuse.fusion.report import COLUMNS, ParquetStream
+from clinfuse.fusion.explain import COLUMNS, ParquetStream
 
 SORT = ["sample_id", "kind", "modality", "token", "target_class"]
 
@@ -36,7 +36,7 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     # rows are streamed as dictionary arrays; the file holds plain strings for every reader
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from clinfuse.fusion.report import ARROW_SCHEMA
+    from clinfuse.fusion.explain import ARROW_SCHEMA
 
     assert [f.type for f in pq.read_schema(out)] == [f.type for f in ARROW_SCHEMA]
     # sample_id has min/max statistics per row group, so a reader filtering one sample skips the others
@@ -110,7 +110,7 @@ def test_interrupted_stream_leaves_nothing_behind(fitted_classifier, tmp_path, m
 def test_error_while_writing_in_the_background_reaches_the_caller(fitted_classifier, tmp_path, monkeypatch):
     """A failure while a batch is converted or written (in the background thread) is raised by ``explain``
     itself, and neither the file nor a temporary is left."""
-    import clinfuse.fusion.report as report_module
+    import clinfuse.fusion.explain.run as report_module
 
     model, cohort = fitted_classifier.model, fitted_classifier.cohort
     original, calls = report_module.records_to_table, []
@@ -202,7 +202,7 @@ def test_streaming_many_samples_keeps_batches_bounded(fitted_classifier, tmp_pat
 
 def test_a_tidy_frame_streams_too(fitted_classifier, tmp_path):
     """``ParquetStream.write`` also takes a tidy DataFrame (text converted to the stream's dictionary columns)."""
-    from clinfuse.fusion.report import AttentionReport, ParquetStream
+    from clinfuse.fusion.explain import AttentionReport, ParquetStream
 
     frame = fitted_classifier.model.explain(fitted_classifier.test, kinds=["patch"]).to_frame()
     stream = ParquetStream(tmp_path / "frame.parquet")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from clinfuse.datasets.batch import Batch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
-from clinfuse.fusion.figures import plot_risk_groups
+from clinfuse.fusion.explain import AttentionReport, records_to_frame
+from clinfuse.fusion.explain.figures import plot_risk_groups
 from clinfuse.fusion.records import AttentionRecord, masked_normalise
-from clinfuse.fusion.report import AttentionReport, records_to_frame
 from PIL import Image
 
 

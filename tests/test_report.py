@@ -10,8 +10,8 @@ import pytest
 import torch
 from clinfuse.datasets.batch import Batch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
+from clinfuse.fusion.explain import COLUMNS, AttentionReport, ParquetStream, records_to_frame
 from clinfuse.fusion.records import AttentionRecord, masked_normalise
-from clinfuse.fusion.report import COLUMNS, AttentionReport, ParquetStream, records_to_frame
 
 CLASSES = ["low", "high"]
 

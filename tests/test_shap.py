@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clinfuse.fusion.shap_values import attention_shap_agreement, shap_values
+from clinfuse.fusion.explain.shap import attention_shap_agreement, shap_values
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,28 @@
-"""Figures of an :class:`~clinfuse.fusion.report.AttentionReport` (matplotlib, Agg backend, PNG).
+"""Figures of an :class:`~.report.AttentionReport` and of a fit (matplotlib, Agg backend, PNG).
 
 Every function returns the matplotlib ``Figure`` and, given ``path``, also writes it atomically as PNG.
+:data:`SAMPLE_FIGURES` names the per-sample figure each aggregator asks for (its ``sample_figure``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ..datasets.atomic import atomic_path
+from ...datasets.atomic import atomic_path
+from .exporters import grid_spacing
 
 if TYPE_CHECKING:  # pragma: no cover
     from .report import AttentionReport
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -26,7 +31,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path | None):
+def save_png(fig, path: str | Path | None):
     if path is not None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -53,7 +58,7 @@ def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None
     values = rows["value"].to_numpy(float)
     if rows[["x", "y"]].notna().all().all() and len(rows):
         xy = rows[["x", "y"]].to_numpy(float)
-        size = patch_size or _spacing(xy)
+        size = patch_size or grid_spacing(xy)
         cells = np.rint((xy - xy.min(axis=0)) / size).astype(int)
         width, height = cells.max(axis=0) + 1
         if width * height <= 4_000_000:
@@ -65,8 +70,8 @@ def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None
                                       xy[:, 1].min() + height * size, xy[:, 1].min()))
         else:  # too sparse for a raster: draw the strongest patches last, on top
             order = np.argsort(values)
-            image = ax.scatter(xy[order, 0] + size / 2, xy[order, 1] + size / 2, c=values[order], cmap="inferno",
-                               marker="s", s=float(np.clip(6000.0 / len(rows), 2.0, 200.0)))
+            image = ax.scatter(xy[order, 0] + size / 2, xy[order, 1] + size / 2, c=values[order],
+                               cmap="inferno", marker="s", s=float(np.clip(6000.0 / len(rows), 2.0, 200.0)))
             ax.invert_yaxis()
         ax.set_aspect("equal")
         ax.set_xticks([])
@@ -79,29 +84,23 @@ def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None
     ax.set_title(title, fontsize=9)
 
 
-def _spacing(xy: np.ndarray) -> float:
-    steps = np.concatenate([np.diff(np.unique(xy[:, i])) for i in range(2)])
-    steps = steps[steps > 0]
-    return float(steps.min()) if len(steps) else 1.0
-
-
 def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str = "patch",
                          target_class: str | None = None, patch_size: float | None = None,
                          path: str | Path | None = None):
     """Heatmap of one sample's patch attention drawn at the patch coordinates."""
-    plt = _plt()
+    plt = pyplot()
     rows = _patch_rows(report, sample_id, kind, target_class)
     fig, ax = plt.subplots(figsize=(5, 4.5))
     cls = rows["target_class"].dropna().unique()
     _draw_instances(ax, rows, f"{sample_id}: {kind}" + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndarray, *, kind: str = "patch",
                          target_class: str | None = None, patch_size: float | None = None,
                          path: str | Path | None = None):
     """For pixel inputs: the image with its sub-patch attention overlaid (tokens carry pixel x, y)."""
-    plt = _plt()
+    plt = pyplot()
     rows = _patch_rows(report, sample_id, kind, target_class)
     img = np.asarray(image, dtype=float)
     if img.ndim == 3 and img.shape[0] in (1, 3):
@@ -110,7 +109,7 @@ def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndar
     if rows[["x", "y"]].isna().any().any():
         raise ValueError(f"sample {sample_id!r}: tokens have no pixel coordinates to overlay on the image")
     xy = rows[["x", "y"]].to_numpy(float)
-    size = patch_size or _spacing(xy)
+    size = patch_size or grid_spacing(xy)
     heat = np.zeros(img.shape[:2])
     for (x, y), v in zip(xy.astype(int), rows["value"].to_numpy(float)):
         heat[y:y + int(size), x:x + int(size)] = v
@@ -124,26 +123,26 @@ def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndar
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_persam_trio(report: AttentionReport, sample_id: str, *, target_class: str | None = None,
                      patch_size: float | None = None, path: str | Path | None = None):
     """PersAM for one sample: class-wise, exploratory and explanatory attention side by side."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, kind in zip(axes, ("class_wise", "exploratory", "explanatory")):
         rows = _patch_rows(report, sample_id, kind, None if kind == "exploratory" else target_class)
         cls = rows["target_class"].dropna().unique()
         _draw_instances(ax, rows, kind + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
     fig.suptitle(f"PersAM attention, sample {sample_id}", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_modality_weights(report: AttentionReport, *, samples: list[str] | None = None, max_samples: int = 40,
                           path: str | Path | None = None):
     """Stacked bars: the modality weights of each sample (absent modalities weigh 0)."""
-    plt = _plt()
+    plt = pyplot()
     weights = report.modality_weights()
     if samples is not None:
         weights = weights.loc[[str(s) for s in samples]]
@@ -157,13 +156,14 @@ def plot_modality_weights(report: AttentionReport, *, samples: list[str] | None 
     ax.set_ylabel("modality weight")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def plot_top_tokens(report: AttentionReport, sample_id: str, *, kinds: tuple[str, ...] = ("feature", "gene", "event"),
-                    k: int = 10, path: str | Path | None = None):
+def plot_top_tokens(report: AttentionReport, sample_id: str, *,
+                    kinds: tuple[str, ...] = ("feature", "gene", "event"), k: int = 10,
+                    path: str | Path | None = None):
     """Horizontal bars of one sample's top clinical variables, genes and events (the kinds it has)."""
-    plt = _plt()
+    plt = pyplot()
     present = [kind for kind in kinds if kind in report.kinds]
     if not present:
         raise ValueError(f"this report has none of the kinds {list(kinds)} (it has {report.kinds})")
@@ -171,7 +171,8 @@ def plot_top_tokens(report: AttentionReport, sample_id: str, *, kinds: tuple[str
     tops = {kind: report.top_tokens(sample_id, k=k, kind=kind) for kind in present}
     tops = {kind: top for kind, top in tops.items() if not top.empty}
     if not tops:
-        raise ValueError(f"sample {sample_id!r} has no {present} rows in this report (its modalities are absent)")
+        raise ValueError(f"sample {sample_id!r} has no {present} rows in this report "
+                         "(its modalities are absent)")
     fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 3.6), squeeze=False)
     for ax, (kind, top) in zip(axes[0], tops.items()):
         top = top[top["target_class"].isna() | (top["target_class"] == top["target_class"].iloc[0])]
@@ -179,7 +180,7 @@ def plot_top_tokens(report: AttentionReport, sample_id: str, *, kinds: tuple[str
         ax.set_yticks(np.arange(len(top))[::-1], top["token"], fontsize=7)
         ax.set_title(f"top {kind} ({sample_id})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_risk_groups(risk: pd.Series, time: Any, event: Any, *, path: str | Path | None = None):
@@ -187,21 +188,60 @@ def plot_risk_groups(risk: pd.Series, time: Any, event: Any, *, path: str | Path
     from lifelines import KaplanMeierFitter
     from lifelines.statistics import logrank_test
 
-    plt = _plt()
+    plt = pyplot()
     risk = pd.Series(risk).astype(float)
     time = np.asarray(time, dtype=float)
     event = np.asarray(event, dtype=int)
     if not (len(risk) == len(time) == len(event)):
-        raise ValueError(f"risk, time and event must have one value per sample ({len(risk)}, {len(time)}, {len(event)})")
+        raise ValueError("risk, time and event must have one value per sample "
+                         f"({len(risk)}, {len(time)}, {len(event)})")
     high = (risk > risk.median()).to_numpy()
     if high.all() or not high.any():
         raise ValueError("all predicted risks are equal: cannot split into high- and low-risk groups")
     test = logrank_test(time[high], time[~high], event[high], event[~high])
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for mask, label in ((~high, "low risk"), (high, "high risk")):
-        KaplanMeierFitter().fit(time[mask], event[mask], label=f"{label} (n={mask.sum()})").plot_survival_function(ax=ax)
+        fitter = KaplanMeierFitter().fit(time[mask], event[mask], label=f"{label} (n={mask.sum()})")
+        fitter.plot_survival_function(ax=ax)
     ax.set_title(f"predicted risk groups, log-rank p = {test.p_value:.3g}", fontsize=9)
     ax.set_xlabel("time")
     ax.set_ylabel("survival probability")
     fig.p_value = float(test.p_value)
-    return _save(fig, path)
+    return save_png(fig, path)
+
+
+def plot_training_curve(history: list[dict[str, float]], *, best_epoch: int | None = None,
+                        path: str | Path | None = None):
+    """Training and validation loss per epoch, with the epoch whose weights were kept."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", linestyle="--", label="kept weights (best epoch)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("training curve (validation = inner split)")
+    return save_png(fig, path)
+
+
+class SampleFigure(NamedTuple):
+    """A per-sample figure: ``draw(report, sample_id, path=...)``, for the samples with rows of ``kind``."""
+
+    draw: Callable[..., Any]
+    kind: str
+
+
+SAMPLE_FIGURES: dict[str, SampleFigure] = {
+    "patches": SampleFigure(partial(plot_patch_attention, kind="patch"), "patch"),
+    "persam": SampleFigure(plot_persam_trio, "explanatory"),
+}
+
+
+def sample_figure(name: str) -> SampleFigure:
+    """The entry of :data:`SAMPLE_FIGURES` called ``name`` (an aggregator's ``sample_figure``)."""
+    if name not in SAMPLE_FIGURES:
+        raise ValueError(f"unknown sample figure {name!r}; registered figures are {sorted(SAMPLE_FIGURES)}")
+    return SAMPLE_FIGURES[name]

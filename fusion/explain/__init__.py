@@ -1,0 +1,20 @@
+"""Explanations of a fitted model: the tidy attention table and what is built on it.
+
+``table`` (records -> rows, the columns), ``stream`` (the atomic, threaded Parquet writer), ``report``
+(``AttentionReport``, the query API), ``exporters`` (CSV, Parquet, JSON, AnnData, GeoJSON), ``figures``,
+``shap`` (SHAP attributions and their agreement with attention), ``faithfulness`` (metrics against a
+synthetic cohort's planted truth) and ``run`` (``build_report``: the model over a cohort).
+"""
+
+from __future__ import annotations
+
+from .report import AttentionReport
+from .run import build_report
+from .shap import attention_shap_agreement, shap_values
+from .stream import ParquetStream
+from .table import ARROW_SCHEMA, COLUMNS, records_to_frame, records_to_table
+
+__all__ = [
+    "ARROW_SCHEMA", "COLUMNS", "AttentionReport", "ParquetStream", "attention_shap_agreement", "build_report",
+    "records_to_frame", "records_to_table", "shap_values",
+]
