@@ -249,7 +249,8 @@ def _code_version() -> dict:
     import clinfuse.fusion
 
     fusion = Path(clinfuse.fusion.__file__).resolve().parent
-    digest = {name: hashlib.sha1((fusion / name).read_bytes()).hexdigest()[:10] for name in ("report.py", "model.py")}
+    names = ("explain/table.py", "explain/stream.py", "explain/run.py", "model.py")
+    digest = {name: hashlib.sha1((fusion / name).read_bytes()).hexdigest()[:10] for name in names}
     return {"package_root": str(fusion.parent), "sha1": digest}
 
 
@@ -261,8 +262,8 @@ def _profile_summary(path: Path) -> dict:
     cum = {}
     for (file, _, name), (_, _, _, ct, _) in stats.items():
         key = f"{Path(file).name}:{name}"
-        if key in ("model.py:explain", "model.py:iter_attention", "network.py:forward", "report.py:write",
-                   "report.py:records_to_table", "report.py:records_to_frame", "core.py:write_table"):
+        if key in ("model.py:explain", "model.py:iter_attention", "network.py:forward", "stream.py:write",
+                   "table.py:records_to_table", "table.py:records_to_frame", "core.py:write_table"):
             cum[key] = round(max(cum.get(key, 0.0), ct), 3)
     return {"file": str(path), "cumulative_s": cum}
 

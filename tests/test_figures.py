@@ -9,7 +9,7 @@ import torch
 from clinfuse.datasets.batch import Batch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
 from clinfuse.fusion.explain import AttentionReport, records_to_frame
-from clinfuse.fusion.explain.figures import plot_risk_groups
+from clinfuse.fusion.explain.figures import plot_risk_groups, sample_figure
 from clinfuse.fusion.records import AttentionRecord, masked_normalise
 from PIL import Image
 
@@ -47,6 +47,17 @@ def test_each_plot_writes_a_png(report, tmp_path):
     report.plot_top_tokens("a", path=tmp_path / "top.png")
     for name in ("patches", "persam", "modality", "top"):
         assert _is_png(tmp_path / f"{name}.png"), name
+
+
+def test_sample_figures_are_looked_up_by_name(report, tmp_path):
+    """The CLI draws the figure an aggregator names (``sample_figure``); an unknown name lists the known ones."""
+    for name in ("patches", "persam"):
+        figure = sample_figure(name)
+        assert report.sample_ids_with(figure.kind) == ["a", "b"]
+        figure.draw(report, "a", path=tmp_path / f"{name}.png")
+        assert _is_png(tmp_path / f"{name}.png"), name
+    with pytest.raises(ValueError, match=r"unknown sample figure 'zzz'.*\['patches', 'persam'\]"):
+        sample_figure("zzz")
 
 
 def test_top_tokens_plot_skips_the_kinds_a_sample_lacks(report, tmp_path):
