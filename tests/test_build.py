@@ -37,7 +37,8 @@ def schema():
 
 
 def _components(config):
-    """(registered name, class, resolved kwargs, built module) of each encoder, the aggregator and the head."""
+    """(registered name, class, resolved kwargs, where in the network) of each encoder, the aggregator and
+    the head."""
     from clinfuse.encoders import ENCODERS
     from clinfuse.fusion.base import AGGREGATORS
     from clinfuse.fusion.build import HEADS
@@ -101,13 +102,16 @@ def test_a_format3_reference_folder_resaves_as_format4_and_reloads_identically(t
 def test_n_layers_none_leaves_every_component_its_own_default(schema):
     config = _resolve(schema, n_layers=None, encoders={"images": "vit"})
     net = build_network(schema, config)
-    for name, cls, kwargs, _ in _components(config):
-        own = component_defaults(name, cls)
-        shared_given = {"n_heads", "dropout"} & shared_keywords_of(cls)
-        assert {k: v for k, v in kwargs.items() if k not in shared_given} == \
-            json.loads(json.dumps({k: v for k, v in own.items() if k in kwargs and k not in shared_given})), name
-    assert _n_layers(net.encoders["events"]) == component_defaults("event_transformer", type(net.encoders["events"]))[
-        "n_layers"]
+    for name, cls, kwargs, where in _components(config):
+        own = json.loads(json.dumps(component_defaults(name, cls)))
+        given = {"n_heads", "dropout"} & shared_keywords_of(cls)  # TINY sets these two
+        assert {k: v for k, v in kwargs.items() if k not in given} == \
+            {k: v for k, v in own.items() if k in kwargs and k not in given}, name
+        # complete: every keyword with a default but those the builder supplies (from the schema, the targets)
+        supplied = {"d_model", "gene_sets", "has_values", "n_outputs", "class_names"}
+        assert set(own) - set(kwargs) <= supplied, name
+        if "n_layers" in shared_keywords_of(cls):
+            assert _n_layers(_module(net, where)) == own["n_layers"], name
     assert _n_layers(net.encoders["images"]) == 2  # the ViT's own default
 
 
