@@ -34,6 +34,10 @@ HEADS: dict[str, tuple[type[nn.Module], str | None]] = {
 }
 """Head name -> (class, the constructor keyword that receives ``n_outputs``)."""
 
+# Keywords the builder passes itself (never stored): sizes and the outputs' names.
+_AGGREGATOR_SUPPLIED = frozenset({"d_model", "modalities", "n_outputs", "class_names"})
+_TOKEN_TYPES_SUPPLIED = frozenset({"d_model", "modalities"})
+
 NETWORK_KEYS = ("d_model", "modalities", "modality_dropout", "n_outputs", "class_names", "token_types",
                 "encoders", "aggregator", "head")
 
@@ -94,7 +98,11 @@ def _schema_keywords(cls: type, schema_entry: Mapping[str, Any], *, d_model: int
         def __init__(self, **kwargs: Any) -> None:  # no super().__init__: nothing is built
             seen.update(kwargs)
 
-    _Recorder.from_schema(schema_entry, d_model=d_model, **given)
+    try:
+        _Recorder.from_schema(schema_entry, d_model=d_model, **given)
+    except TypeError as exc:  # "got multiple values for keyword argument ...": one the schema supplies
+        raise ValueError(f"encoder {cls.registry_name!r}: {exc}; keywords that the data schema supplies "
+                         "cannot be given") from None
     return frozenset(seen) - set(given) - {"d_model"}
 
 
@@ -117,6 +125,7 @@ def _full_kwargs(label: str, name: str, cls: type, *, shared: Mapping[str, Any],
     for k, v in component_defaults(name, cls).items():
         if k not in supplied:
             kw.setdefault(k, v)
+    kw = {k: kw[k] for k in _keywords(cls) if k in kw}  # in the constructor's order
     try:
         return json.loads(json.dumps(kw, default=_json_value, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -174,10 +183,6 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
             "n_outputs": int(n_outputs), "class_names": [str(c) for c in class_names],
             "token_types": {"name": "token_types", "kwargs": token_kwargs}, "encoders": encoders,
             "aggregator": {"name": agg, "kwargs": agg_kwargs}, "head": {"name": head, "kwargs": head_kwargs}}
-
-
-_AGGREGATOR_SUPPLIED = frozenset({"d_model", "modalities", "n_outputs", "class_names"})
-_TOKEN_TYPES_SUPPLIED = frozenset({"d_model", "modalities"})
 
 
 def _head_supplied(name: str) -> frozenset[str]:
