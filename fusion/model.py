@@ -2,7 +2,8 @@
 
 Hyperparameters live in ``__init__`` only (keyword-only, stored unchanged, so ``get_params`` /
 ``set_params`` / ``sklearn.base.clone`` work); everything learned by :meth:`FusionModel.fit` is an attribute
-ending in ``_``. Prediction runs in plain PyTorch (no Trainer) in the calling process.
+ending in ``_``, assigned in one place (``_set_fitted``, from a ``FittedState``). Prediction runs in plain
+PyTorch (no Trainer) in the calling process; metrics are computed from the predictions.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ class FusionModel(BaseEstimator):
     # ----------------------------------------------------------------------------------------- explain
     @property
     def attention_kinds(self) -> list[str]:
-        """Attention kinds the fitted aggregator exports for this model's modalities (API.md order)."""
+        """Attention kinds the fitted aggregator exports for this model's modalities (``ATTENTION_KINDS`` order)."""
         self._check_fitted()
         declared = set(getattr(self.network_.aggregator, "attention_kinds", ()))
         token_kinds = {TOKEN_KIND[m] for m in self.modalities_}
