@@ -18,11 +18,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 __all__ = [
     "balanced_accuracy",
+    "breslow_baseline",
     "brier_scores",
     "classification_metrics",
     "concordance_index",
     "default_brier_times",
-    "evaluate_model",
+    "evaluate_classification",
+    "evaluate_survival",
     "integrated_brier_score",
     "km_censoring",
     "metrics_by_pattern",
@@ -225,31 +227,36 @@ def breslow_baseline(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> d
     return {"times": times.tolist(), "cumhaz": (np.asarray(out) * np.exp(-risk.max())).tolist()}
 
 
-def evaluate_model(model: Any, cohort: Any) -> dict[str, Any]:
-    """``FusionModel.evaluate``: every metric on ``cohort``, overall and per missingness pattern."""
-    model._check_fitted()
-    model._require_targets(cohort, "evaluate")
-    ids = [str(s) for s in cohort.sample_ids]
-    presence = cohort.presence().reindex(index=ids, columns=model.modalities_, fill_value=False)
-    _, arrays = model._predict_arrays(cohort)  # one pass over the data for every metric
-    index = pd.Index(ids, name="sample_id")
-    if model.task == "classification":
-        proba = pd.DataFrame(arrays["proba"], index=index, columns=list(model.classes_))
-        y = pd.Series(cohort.labels.loc[ids].to_numpy(), index=index)
+def evaluate_classification(labels: pd.Series, proba: pd.DataFrame, presence: pd.DataFrame) -> dict[str, Any]:
+    """:func:`classification_metrics` of every sample, and per missingness pattern (``by_pattern``).
 
-        def compute(sel: pd.Index) -> dict[str, float]:
-            return classification_metrics(y.loc[sel].tolist(), proba.loc[sel])
-    else:
-        surv = cohort.survival.loc[ids]
-        surv.index = index
-        times = default_brier_times(surv["time"], surv["event"])
-        risk = pd.Series(arrays["risk"], index=index)
-        curves = model._survival_frame(ids, arrays, times) if len(times) >= 2 else None
+    Args:
+        labels: ``[n]`` true labels, indexed by sample id.
+        proba: ``[n, C]`` predicted class probabilities (columns: the classes), same index.
+        presence: ``[n, M]`` bool, which modalities each sample has (``Cohort.presence()``), same index.
+    """
 
-        def compute(sel: pd.Index) -> dict[str, float]:
-            s = surv.loc[sel]
-            return survival_metrics(s["time"], s["event"], risk.loc[sel],
-                                    None if curves is None else curves.loc[sel], censoring=model.censoring_)
-    out: dict[str, Any] = compute(pd.Index(ids))
-    out["by_pattern"] = metrics_by_pattern(presence, compute)
-    return out
+    def compute(ids: pd.Index) -> dict[str, float]:
+        return classification_metrics(labels.loc[ids].tolist(), proba.loc[ids])
+
+    return {**compute(labels.index), "by_pattern": metrics_by_pattern(presence, compute)}
+
+
+def evaluate_survival(targets: pd.DataFrame, risk: pd.Series, survival: pd.DataFrame | None,
+                      presence: pd.DataFrame, *, censoring: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """:func:`survival_metrics` of every sample, and per missingness pattern (``by_pattern``).
+
+    Args:
+        targets: ``time`` and ``event`` columns, indexed by sample id.
+        risk: ``[n]`` predicted risk (higher = worse), same index.
+        survival: predicted S(t), samples x evaluation times (None: no integrated Brier score).
+        presence: ``[n, M]`` bool, which modalities each sample has, same index.
+        censoring: the training samples' censoring curve (:func:`km_censoring`) for the IPCW weights.
+    """
+
+    def compute(ids: pd.Index) -> dict[str, float]:
+        part = targets.loc[ids]
+        return survival_metrics(part["time"], part["event"], risk.loc[ids],
+                                None if survival is None else survival.loc[ids], censoring=censoring)
+
+    return {**compute(targets.index), "by_pattern": metrics_by_pattern(presence, compute)}

@@ -2,12 +2,14 @@
 
 Hyperparameters live in ``__init__`` only (keyword-only, stored unchanged, so ``get_params`` /
 ``set_params`` / ``sklearn.base.clone`` work); everything learned by :meth:`FusionModel.fit` is an attribute
-ending in ``_``. Prediction runs in plain PyTorch (no Trainer) in the calling process.
+ending in ``_``, assigned in one place (``_set_fitted``, from a ``FittedState``). Prediction runs in plain
+PyTorch (no Trainer) in the calling process; metrics are computed from the predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from sklearn.exceptions import NotFittedError
 
 from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
 from . import metrics as M
+from .build import SHARED_KEYWORDS
+from .fitted import FittedState
 from .records import ATTENTION_KINDS, AttentionRecord
 
 TASKS = ("classification", "survival")
@@ -33,8 +37,9 @@ class FusionModel(BaseEstimator):
         aggregator: registered aggregator name ("persam", "self_attention", ...; ``list_aggregators()``).
         encoders: modality -> registered encoder name; modalities not named get
             ``clinfuse.encoders.default_encoder``.
-        d_model, n_heads, n_layers, dropout: token width and the shared transformer settings, passed to every
-            encoder / aggregator whose constructor takes them.
+        d_model, n_heads, n_layers, dropout, ffn_mult: token width and the shared settings (attention
+            heads, layers, dropout, feed-forward width as a multiple of d_model), each passed to every encoder,
+            aggregator and head that has the concept; None leaves each component its own default.
         modality_dropout: probability of dropping a whole modality of a training sample (missing modalities
             at prediction time are then a trained case).
         survival_head: "discrete" (discrete-time hazards over ``n_time_bins`` bins of the training event
@@ -56,8 +61,9 @@ class FusionModel(BaseEstimator):
     """
 
     def __init__(self, *, task: str = "classification", aggregator: str = "persam",
-                 encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int = 4, n_layers: int = 1,
-                 dropout: float = 0.1, modality_dropout: float = 0.1, survival_head: str = "discrete",
+                 encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int | None = 4,
+                 n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
+                 modality_dropout: float = 0.1, survival_head: str = "discrete",
                  n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16, max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
@@ -73,6 +79,7 @@ class FusionModel(BaseEstimator):
         self.n_heads = n_heads
         self.n_layers = n_layers
         self.dropout = dropout
+        self.ffn_mult = ffn_mult
         self.modality_dropout = modality_dropout
         self.survival_head = survival_head
         self.n_time_bins = n_time_bins
@@ -106,17 +113,20 @@ class FusionModel(BaseEstimator):
         if self.survival_head not in SURVIVAL_HEADS:
             raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {self.survival_head!r}")
         AGGREGATORS.get(self.aggregator)  # unknown name -> ValueError listing the registered ones
-        for name in ("d_model", "n_heads", "n_layers", "max_epochs", "batch_size", "accumulate_grad_batches"):
+        for name in ("d_model", "n_heads", "n_layers", "ffn_mult", "max_epochs", "batch_size",
+                     "accumulate_grad_batches"):
             v = getattr(self, name)
+            if v is None and name in SHARED_KEYWORDS:
+                continue
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.d_model % self.n_heads:
+        if self.n_heads is not None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.task == "survival" and self.survival_head == "discrete" and (
                 not isinstance(self.n_time_bins, int | np.integer) or self.n_time_bins < 2):
             raise ValueError(f"n_time_bins must be an int >= 2, got {self.n_time_bins!r}")
         for name in ("dropout", "modality_dropout"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
+            if getattr(self, name) is not None and not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
@@ -157,9 +167,30 @@ class FusionModel(BaseEstimator):
         Without ``validation``, early stopping uses an inner grouped, stratified split of ``cohort``
         (``validation_fraction``); the preprocessor sees the training part only. Returns ``self``.
         """
+        from .persistence import data_shapes
         from .training import fit_model
 
-        return fit_model(self, cohort, validation)
+        run = fit_model(self, cohort, validation)
+        self._set_fitted(replace(run.state, training_shapes=data_shapes(run.train)))
+        # What is measured by predicting with the fitted network completes the state.
+        if self.task == "survival" and self.survival_head == "cox":
+            surv = run.train.survival.loc[run.train.sample_ids]
+            baseline = M.breslow_baseline(self.predict_risk(run.train).to_numpy(float),
+                                          surv["time"].to_numpy(float), surv["event"].to_numpy(int))
+            self._set_fitted(replace(self._fitted_state(), baseline_hazard=baseline))
+        if run.validation is not None:
+            metrics = {**self.metrics_, "validation": self.evaluate(run.validation)}
+            self._set_fitted(replace(self._fitted_state(), metrics=metrics))
+        return self
+
+    def _set_fitted(self, state: FittedState) -> None:
+        """Assign every fitted attribute (``FittedState`` field + ``_``): the one place fit and load do."""
+        for f in fields(state):
+            setattr(self, f"{f.name}_", getattr(state, f.name))
+
+    def _fitted_state(self) -> FittedState:
+        self._check_fitted()
+        return FittedState(**{f.name: getattr(self, f"{f.name}_") for f in fields(FittedState)})
 
     # --------------------------------------------------------------------------------------- inference
     @property
@@ -283,14 +314,26 @@ class FusionModel(BaseEstimator):
         ``integrated_brier_score`` (IPCW, censoring Kaplan-Meier of the training samples, over 20 times
         between the 10th and 90th percentile of the cohort's event times), ``n``, ``n_events``.
         """
-        from .metrics import evaluate_model
-
-        return evaluate_model(self, cohort)
+        self._check_fitted()
+        self._require_targets(cohort, "evaluate")
+        ids = [str(s) for s in cohort.sample_ids]
+        presence = cohort.presence().reindex(index=ids, columns=self.modalities_, fill_value=False)
+        _, arrays = self._predict_arrays(cohort)  # one pass over the data for every metric
+        index = pd.Index(ids, name="sample_id")
+        if self.task == "classification":
+            labels = pd.Series(cohort.labels.loc[ids].to_numpy(), index=index)
+            proba = pd.DataFrame(arrays["proba"], index=index, columns=list(self.classes_))
+            return M.evaluate_classification(labels, proba, presence)
+        targets = cohort.survival.loc[ids].set_axis(index)
+        times = M.default_brier_times(targets["time"], targets["event"])
+        curves = self._survival_frame(ids, arrays, times) if len(times) >= 2 else None
+        return M.evaluate_survival(targets, pd.Series(arrays["risk"], index=index), curves, presence,
+                                   censoring=self.censoring_)
 
     # ----------------------------------------------------------------------------------------- explain
     @property
     def attention_kinds(self) -> list[str]:
-        """Attention kinds the fitted aggregator exports for this model's modalities (API.md order)."""
+        """Attention kinds the fitted aggregator exports for this model's modalities (``ATTENTION_KINDS`` order)."""
         self._check_fitted()
         declared = set(getattr(self.network_.aggregator, "attention_kinds", ()))
         token_kinds = {TOKEN_KIND[m] for m in self.modalities_}
@@ -322,12 +365,15 @@ class FusionModel(BaseEstimator):
         In multi-process training only the rank-0 process writes; others return without writing."""
         from .persistence import save_model
 
-        self._check_fitted()
-        return save_model(self, path)
+        return save_model(path, class_name=type(self).__name__, params=self.get_params(),
+                          state=self._fitted_state())
 
     @classmethod
     def load(cls, path: str | Path) -> FusionModel:
         """Load a folder written by :meth:`save` (weights read with ``torch.load(weights_only=True)``)."""
         from .persistence import load_model
 
-        return load_model(cls, path)
+        params, state = load_model(path, valid_params=set(cls().get_params()))
+        model = cls(**params)
+        model._set_fitted(state)
+        return model

@@ -2,11 +2,13 @@
 
 A saved model is a folder::
 
-    config.json        {"format": "clinfuse-model", "format_version": 2, "class": "FusionModel", "params": {...}}
+    config.json        {"format": "clinfuse-model", "format_version": 4, "class": "FusionModel",
+                        "params": the user's hyperparameters (get_params), "network": the resolved network
+                        configuration (build.resolve_network_config), which load builds exactly}
     preprocessor.json  the fitted Preprocessor (Preprocessor.to_json; no pickle)
     schema.json        the data schema (modalities, columns, categories, genes, feature dimension, task)
     fitted.json        fitted attributes that are not tensors (classes, time bins, baseline hazard, history)
-    weights.pt         ``network.state_dict()``: tensors only, read back with ``torch.load(weights_only=True)``
+    weights.pt         ``network.state_dict()``: tensors only, read with ``torch.load(weights_only=True)``
     metrics.json       validation metrics of the fit
     provenance.json    clinfuse and dependency versions, python, time, fingerprint of the training data
 
@@ -31,11 +33,12 @@ import numpy as np
 import torch
 
 from ..datasets.atomic import atomic_path, write_text_atomic
+from .build import build_network, output_names, resolve_network_config
+from .fitted import FittedState
 
 FORMAT = "clinfuse-model"
-FORMAT_VERSION = 3
-# PersAM's defaults changed twice: format 1 built it as what is now its encoded variant, format 2 without
-# the modality logit terms. An older persam folder is rebuilt with its defaults spelled out (see load_model).
+FORMAT_VERSION = 4
+OLDEST_FORMAT_VERSION = 3  # older folders left defaults unsaved that have changed since: retrain them
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
@@ -168,13 +171,21 @@ def check_format(config: Mapping[str, Any], folder: Path) -> None:
     if config.get("format") != FORMAT:
         raise ValueError(f"{folder} does not hold a clinfuse model (config.json format is "
                          f"{config.get('format')!r}, expected {FORMAT!r})")
-    if int(config.get("format_version", -1)) > FORMAT_VERSION:
-        raise ValueError(f"{folder} was saved by a newer clinfuse (format_version "
-                         f"{config.get('format_version')}, this one reads <= {FORMAT_VERSION}); upgrade clinfuse")
+    version = config.get("format_version", 1)  # format 1 did not write it
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError(f"{folder}/config.json: format_version must be an int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{folder} was saved by a newer clinfuse (format_version {version}, this one reads "
+                         f"<= {FORMAT_VERSION}); upgrade clinfuse")
+    if version < OLDEST_FORMAT_VERSION:
+        raise ValueError(f"{folder} was saved in format_version {version}, which this clinfuse no longer "
+                         f"reads (it reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): retrain the model "
+                         "and save it again")
 
 
 # ------------------------------------------------------------------------------------------- the model
-_FITTED_JSON = ("classes_", "time_bins_", "history_", "best_epoch_", "baseline_hazard_", "censoring_", "metrics_")
+# fitted.json holds these FittedState fields (keys with the attributes' trailing "_", as format 3 wrote them)
+_FITTED_JSON = ("classes", "time_bins", "history", "best_epoch", "baseline_hazard", "censoring", "metrics")
 
 
 def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -191,32 +202,55 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_model(model: Any, path: str | Path) -> Path:
-    """Write ``model`` (fitted) to folder ``path`` atomically; returns the folder.
+def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], state: FittedState) -> Path:
+    """Write a fitted model (its hyperparameters and fitted state) to folder ``path`` atomically.
 
     In multi-process training (DDP) every process holds the same weights; only rank 0 writes.
     """
     path = Path(path)
-    if not getattr(model, "is_global_zero_", True):
+    if not state.is_global_zero:
         return path
     with atomic_dir(path) as tmp:
         write_json(tmp / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                         "class": type(model).__name__, "params": _jsonable_params(model.get_params())})
-        model.preprocessor_.to_json(tmp / "preprocessor.json")
-        write_json(tmp / "schema.json", model.schema_)
-        write_json(tmp / "fitted.json", {k: getattr(model, k, None) for k in _FITTED_JSON})
-        save_weights(tmp / WEIGHTS, model.network_.state_dict())
-        write_json(tmp / "metrics.json", getattr(model, "metrics_", {}) or {})
-        prov = (provenance(model.training_ids_, model.training_shapes_) if hasattr(model, "training_ids_")
-                else model.provenance_)  # a loaded model re-saved keeps its original provenance
-        write_json(tmp / "provenance.json", prov)
+                                         "class": class_name, "params": _jsonable_params(params),
+                                         "network": state.network_config})
+        state.preprocessor.to_json(tmp / "preprocessor.json")
+        write_json(tmp / "schema.json", state.schema)
+        write_json(tmp / "fitted.json", {f"{k}_": getattr(state, k) for k in _FITTED_JSON})
+        save_weights(tmp / WEIGHTS, state.network.state_dict())
+        write_json(tmp / "metrics.json", state.metrics or {})
+        # a loaded model re-saved keeps its original provenance
+        write_json(tmp / "provenance.json",
+                   state.provenance or provenance(state.training_ids, state.training_shapes))
     return path.expanduser().resolve()
 
 
-def load_model(cls: type, path: str | Path) -> Any:
-    """Rebuild a ``FusionModel`` from a folder written by :func:`save_model`."""
+def _format3_network(schema: dict[str, Any], params: dict[str, Any],
+                     fitted: dict[str, Any]) -> dict[str, Any]:
+    """The format-3 reader: the network configuration of a folder that stored only ``params``.
+
+    Format 3 derived the network from the hyperparameters: FusionModel's n_heads, n_layers and dropout went
+    to every component whose constructor took them then (the ViT, CNN and FT-Transformer called their
+    layer count ``depth`` and never got n_layers; no feed-forward width was shared), every other keyword
+    was the component's default.
+    """
+    took = {"n_heads": {"event_transformer", "gene_transformer", "tabular_ft_transformer", "vit",
+                        "cross_attention", "persam", "self_attention"},
+            "n_layers": {"event_transformer", "gene_transformer", "persam", "self_attention"}}
+
+    def format3_shared(cls: type) -> frozenset[str]:
+        name = getattr(cls, "registry_name", "")  # heads are not registered: they got dropout only
+        return frozenset({"dropout", *(k for k, names in took.items() if name in names)})
+
+    names = output_names(params["task"], params["survival_head"], classes=fitted.get("classes_"),
+                         time_bins=fitted.get("time_bins_"))
+    return resolve_network_config(schema, {**params, "ffn_mult": None}, n_outputs=len(names),
+                                  class_names=names, shared_keywords=format3_shared)
+
+
+def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, Any], FittedState]:
+    """Read a folder written by :func:`save_model`: the hyperparameters and the fitted state."""
     from ..datasets.preprocess import Preprocessor
-    from .training import build_network
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -224,42 +258,28 @@ def load_model(cls: type, path: str | Path) -> Any:
     config = read_json(folder / "config.json")
     check_format(config, folder)
     params = dict(config["params"])
-    version = int(config.get("format_version", 1))
-    if version < FORMAT_VERSION and params.get("aggregator", "persam") == "persam":
-        # rebuilt as the PersAM architecture the folder was saved with (the weights fit no other)
-        from .aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
-
-        legacy = ENCODED_VARIANT_KWARGS if version < 2 else GATED_VARIANT_KWARGS
-        params["aggregator_kwargs"] = {**legacy, **(params.get("aggregator_kwargs") or {})}
-    valid = set(cls().get_params())
-    unknown = sorted(set(params) - valid)
+    unknown = sorted(set(params) - valid_params)
     if unknown:
-        raise ValueError(f"{folder}/config.json has unknown hyperparameter(s) {unknown}; valid: {sorted(valid)}")
-    model = cls(**params)
-    model.preprocessor_ = Preprocessor.from_json(folder / "preprocessor.json")
-    model.schema_ = read_json(folder / "schema.json")
-    if model.schema_ != json.loads(json.dumps(model.preprocessor_.schema_)):
+        raise ValueError(f"{folder}/config.json has unknown hyperparameter(s) {unknown}; "
+                         f"valid: {sorted(valid_params)}")
+    preprocessor = Preprocessor.from_json(folder / "preprocessor.json")
+    schema = read_json(folder / "schema.json")
+    if schema != json.loads(json.dumps(preprocessor.schema_)):
         raise ValueError(f"{folder}: schema.json does not match preprocessor.json (the folder was modified)")
     fitted = read_json(folder / "fitted.json")
-    for key in _FITTED_JSON:
-        setattr(model, key, fitted.get(key))
-    if model.time_bins_ is not None:  # JSON has no infinity: the open last edge was written as null
-        model.time_bins_ = [math.inf if v is None else float(v) for v in model.time_bins_]
-    if model.task == "classification":
-        names = [str(c) for c in model.classes_]
-    elif model.survival_head == "discrete":
-        e = model.time_bins_
-        names = [f"{e[k]:g}-{e[k + 1]:g}" for k in range(len(e) - 1)]
-    else:
-        names = ["risk"]
-    network = build_network(model.schema_, params=model.get_params(), n_outputs=len(names), class_names=names)
-    state = load_weights(folder / WEIGHTS)
+    if fitted.get("time_bins_") is not None:  # JSON has no infinity: the open last edge was written as null
+        fitted["time_bins_"] = [math.inf if v is None else float(v) for v in fitted["time_bins_"]]
+    network_config = (config.get("network") if int(config["format_version"]) >= 4
+                      else _format3_network(schema, params, fitted))
     try:
-        network.load_state_dict(state, strict=True)
+        network = build_network(schema, network_config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{folder}/config.json: {exc}") from exc
+    try:
+        network.load_state_dict(load_weights(folder / WEIGHTS), strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{folder}/{WEIGHTS} does not fit the saved configuration: {exc}") from exc
-    model.network_ = network.eval()
-    prov = read_json(folder / "provenance.json")
-    model.provenance_ = prov
-    model.is_global_zero_ = True
-    return model
+    state = FittedState(preprocessor=preprocessor, schema=schema, network=network.eval(),
+                        network_config=network_config, provenance=read_json(folder / "provenance.json"),
+                        **{k: fitted.get(f"{k}_") for k in _FITTED_JSON})
+    return params, state

@@ -13,6 +13,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from torch import nn
 
 from ..datasets.batch import Batch
 from . import metrics as M
+from .build import build_network, output_names, resolve_network_config
+from .fitted import FittedState
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
 
@@ -224,92 +227,6 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     )
 
 
-# --------------------------------------------------------------------------------------- network building
-_SHARED_ENCODER_KW = ("dropout", "n_heads", "n_layers")
-
-
-def _accepts(cls: type, name: str) -> bool:
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def build_encoders(schema: dict[str, Any], *, modalities: list[str], names: dict[str, str] | None, d_model: int,
-                   shared: dict[str, Any], encoder_kwargs: dict[str, dict[str, Any]] | None) -> dict[str, nn.Module]:
-    """One encoder per modality: the named one, else ``default_encoder(modality, schema[modality])``.
-
-    ``shared`` hyperparameters (dropout, n_heads, n_layers) go to every encoder whose constructor takes
-    them; ``encoder_kwargs[modality]`` are passed as given (an unknown keyword is the encoder's TypeError).
-    """
-    from .. import encoders as enc
-
-    names, encoder_kwargs = dict(names or {}), dict(encoder_kwargs or {})
-    for what, mapping in (("encoders", names), ("encoder_kwargs", encoder_kwargs)):
-        unknown = [m for m in mapping if m not in modalities]
-        if unknown:
-            raise ValueError(f"{what} names modality {unknown} that the training data does not have "
-                             f"(it has {modalities})")
-    out = {}
-    for m in modalities:
-        name = names.get(m) or enc.default_encoder(m, schema[m])
-        cls = enc.ENCODERS.get(name)
-        allowed = enc.ENCODERS.modalities_of(name)
-        if allowed and m not in allowed:
-            raise ValueError(f"encoder {name!r} does not accept modality {m!r}; for {m} use one of "
-                             f"{enc.list_encoders(m)}")
-        kw = {k: v for k, v in shared.items() if k in _SHARED_ENCODER_KW and _accepts(cls, k)}
-        kw.update(encoder_kwargs.get(m, {}))
-        out[m] = cls.from_schema(schema[m], d_model=d_model, **kw)
-    return out
-
-
-def build_aggregator(name: str, *, d_model: int, modalities: list[str], n_outputs: int, class_names: list[str],
-                     shared: dict[str, Any], aggregator_kwargs: dict[str, Any] | None) -> nn.Module:
-    """``create_aggregator`` with the shared hyperparameters its constructor takes, then the user's kwargs."""
-    from .base import AGGREGATORS
-
-    cls = AGGREGATORS.get(name)
-    kw = {k: v for k, v in shared.items() if _accepts(cls, k)}
-    kw.update(aggregator_kwargs or {})
-    return cls(d_model=d_model, modalities=list(modalities), n_outputs=int(n_outputs),
-               class_names=[str(c) for c in class_names], **kw)
-
-
-def build_head(task: str, survival_head: str, *, d_model: int, n_outputs: int, dropout: float) -> nn.Module:
-    from . import heads as H
-
-    if task == "classification":
-        cls, kw = H.ClassificationHead, {"n_classes": n_outputs}
-    elif survival_head == "cox":
-        cls, kw = H.CoxHead, {}
-    else:
-        cls, kw = H.DiscreteTimeHead, {"n_bins": n_outputs}
-    kw["d_model"] = d_model
-    if _accepts(cls, "dropout"):
-        kw["dropout"] = dropout
-    return cls(**kw)
-
-
-def build_network(schema: dict[str, Any], *, params: dict[str, Any], n_outputs: int,
-                  class_names: list[str]) -> nn.Module:
-    """The ``FusionNetwork`` of a FusionModel's hyperparameters for a fitted data schema."""
-    from .network import FusionNetwork
-
-    modalities = [m for m in ("clinical", "genomics", "images", "events") if m in schema]
-    shared = {"n_heads": params["n_heads"], "n_layers": params["n_layers"], "dropout": params["dropout"]}
-    d = int(params["d_model"])
-    encoders = build_encoders(schema, modalities=modalities, names=params["encoders"], d_model=d, shared=shared,
-                              encoder_kwargs=params["encoder_kwargs"])
-    aggregator = build_aggregator(params["aggregator"], d_model=d, modalities=modalities, n_outputs=n_outputs,
-                                  class_names=class_names, shared=shared,
-                                  aggregator_kwargs=params["aggregator_kwargs"])
-    head = build_head(params["task"], params["survival_head"], d_model=d, n_outputs=n_outputs,
-                      dropout=params["dropout"])
-    return FusionNetwork(encoders=encoders, aggregator=aggregator, head=head, d_model=d, modalities=modalities,
-                         modality_dropout=float(params["modality_dropout"]))
-
-
 # ------------------------------------------------------------------------------------------------- fit
 def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor | None:
     if spec is None:
@@ -330,13 +247,42 @@ def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor
     raise TypeError(f"class_weights must be None, 'balanced' or a dict, got {type(spec).__name__}")
 
 
-def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
-    """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights."""
+@dataclass
+class TrainingRun:
+    """What :func:`fit_model` returns: the fitted state and the cohorts it was trained and validated on.
+
+    The estimator completes the state with what it measures by predicting (the Cox baseline hazard on
+    ``train``, the metrics on ``validation``) and assigns it.
+    """
+
+    state: FittedState
+    train: Any
+    validation: Any | None
+
+
+def _split(model: Any, cohort: Any, validation: Any | None) -> tuple[Any, Any | None]:
+    """The training and validation cohorts: as given, else an inner grouped, stratified split."""
+    from ..datasets.splits import train_validation_split
+
+    if validation is not None:
+        if getattr(validation, "task", None) != model.task:
+            raise ValueError(f"validation must be a cohort with {model.task} targets")
+        return cohort, validation
+    if float(model.validation_fraction) > 0:
+        train_ids, val_ids = train_validation_split(cohort, fraction=float(model.validation_fraction),
+                                                    seed=int(model.seed))
+        return cohort.subset(train_ids), cohort.subset(val_ids)
+    return cohort, None
+
+
+def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> TrainingRun:
+    """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights.
+
+    Reads the estimator's hyperparameters only; nothing is assigned to it.
+    """
     from ..datasets.loading import make_loader
     from ..datasets.preprocess import Preprocessor
-    from ..datasets.splits import train_validation_split
-    from .metrics import breslow_baseline, km_censoring
-    from .persistence import data_shapes
+    from .losses import make_time_bins
 
     model._validate_params()
     if not hasattr(cohort, "check_fittable"):
@@ -347,44 +293,29 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
                          f"use FusionModel(task={cohort.task!r})")
     with quiet_lightning(model.verbose):
         pl.seed_everything(int(model.seed), workers=True, verbose=False)
-    if validation is not None:
-        if getattr(validation, "task", None) != model.task:
-            raise ValueError(f"validation must be a cohort with {model.task} targets")
-        train = cohort
-    elif float(model.validation_fraction) > 0:
-        train_ids, val_ids = train_validation_split(cohort, fraction=float(model.validation_fraction),
-                                                    seed=int(model.seed))
-        train, validation = cohort.subset(train_ids), cohort.subset(val_ids)
-    else:
-        train = cohort
+    train, validation = _split(model, cohort, validation)
 
     pre = Preprocessor(top_genes=model.top_genes, **(model.preprocessor_kwargs or {})).fit(train)
     schema = pre.schema_
-    params = model.get_params()
-    bin_edges = class_weights = None
+    classes = bin_edges = class_weights = censoring = None
     if model.task == "classification":
         classes = list(schema["task"]["classes"])
-        names, n_out = [str(c) for c in classes], len(classes)
         class_weights = _class_weight_tensor(model.class_weights, classes,
                                              train.labels.loc[train.sample_ids].tolist())
     else:
-        classes = None
         surv = train.survival.loc[train.sample_ids]
+        censoring = M.km_censoring(surv["time"].to_numpy(float), surv["event"].to_numpy(int))
         if model.survival_head == "discrete":
-            from .losses import make_time_bins
-
             bin_edges = torch.as_tensor(make_time_bins(torch.as_tensor(surv["time"].to_numpy(float)),
                                                        torch.as_tensor(surv["event"].to_numpy(float)),
                                                        int(model.n_time_bins))).float()
-            e = bin_edges.tolist()
-            names, n_out = [f"{e[k]:g}-{e[k + 1]:g}" for k in range(len(e) - 1)], len(e) - 1
-        else:
-            names, n_out = ["risk"], 1
-    network = build_network(schema, params=params, n_outputs=n_out, class_names=names)
-    module = FusionLightningModule(network, task=model.task, survival_head=model.survival_head,
-                                   bin_edges=bin_edges, class_weights=class_weights, lr=model.lr,
-                                   weight_decay=model.weight_decay, warmup_epochs=model.warmup_epochs,
-                                   max_epochs=model.max_epochs)
+    time_bins = None if bin_edges is None else bin_edges.tolist()
+    names = output_names(model.task, model.survival_head, classes=classes, time_bins=time_bins)
+    config = resolve_network_config(schema, model.get_params(), n_outputs=len(names), class_names=names)
+    module = FusionLightningModule(build_network(schema, config), task=model.task,
+                                   survival_head=model.survival_head, bin_edges=bin_edges,
+                                   class_weights=class_weights, lr=model.lr, weight_decay=model.weight_decay,
+                                   warmup_epochs=model.warmup_epochs, max_epochs=model.max_epochs)
     seed = int(model.seed)
     train_loader = make_loader(train, pre, batch_size=int(model.batch_size), shuffle=True, train=True,
                                max_patches=model.max_patches, seed=seed)
@@ -403,27 +334,12 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Any:
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
-    network = module.network.cpu().eval()
-    model.preprocessor_, model.schema_, model.network_ = pre, schema, network
-    model.classes_ = classes
-    model.time_bins_ = None if bin_edges is None else bin_edges.tolist()
-    model.history_ = list(module.history)
-    model.best_epoch_ = module.best_epoch
-    model.is_global_zero_ = bool(trainer.is_global_zero)
-    model.world_size_ = int(trainer.world_size)
-    model.training_ids_ = [str(s) for s in train.sample_ids]
-    model.training_shapes_ = data_shapes(train)
-    model.baseline_hazard_ = model.censoring_ = None
-    if model.task == "survival":
-        surv = train.survival.loc[train.sample_ids]
-        t, ev = surv["time"].to_numpy(float), surv["event"].to_numpy(int)
-        model.censoring_ = km_censoring(t, ev)
-        if model.survival_head == "cox":
-            risk = model.predict_risk(train).to_numpy(float)
-            model.baseline_hazard_ = breslow_baseline(risk, t, ev)
-    model.validation_ids_ = None if validation is None else [str(s) for s in validation.sample_ids]
-    model.metrics_ = {"best_epoch": module.best_epoch, "best_val_loss": module.best_val_loss
-                      if math.isfinite(module.best_val_loss) else None, "epochs_run": len(module.history)}
-    if validation is not None:
-        model.metrics_["validation"] = model.evaluate(validation)
-    return model
+    best_val = module.best_val_loss if math.isfinite(module.best_val_loss) else None
+    state = FittedState(
+        preprocessor=pre, schema=schema, network=module.network.cpu().eval(), network_config=config,
+        classes=classes, time_bins=time_bins, history=list(module.history), best_epoch=module.best_epoch,
+        censoring=censoring, is_global_zero=bool(trainer.is_global_zero), world_size=int(trainer.world_size),
+        metrics={"best_epoch": module.best_epoch, "best_val_loss": best_val, "epochs_run": len(module.history)},
+        training_ids=[str(s) for s in train.sample_ids],
+        validation_ids=None if validation is None else [str(s) for s in validation.sample_ids])
+    return TrainingRun(state=state, train=train, validation=validation)

@@ -175,27 +175,21 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
-@pytest.mark.parametrize("version, earlier", [
-    (1, {"encode_instances": True, "gate_class_route": False, "modality_logits": False}),
-    (2, {"modality_logits": False}),
-])
-def test_older_persam_folder_loads_as_its_architecture(small_cohort, tmp_path, version, earlier):
-    """Folders saved before PersAM's defaults changed (format 1: bag through the encoder, no class-route gate;
-    format 2: no modality logit terms; neither saved these keywords) load as the architecture they were saved
-    with and predict exactly as they did."""
+def test_load_builds_the_saved_network_configuration(small_cohort, tmp_path):
+    """The folder stores the resolved network (format 4) and load builds exactly that: a PersAM without its
+    modality logit terms loads as such, and the same folder claiming today's default no longer fits its
+    weights. (Formats 1 and 2, which left such defaults unsaved, are refused: tests/test_build.py.)"""
+    earlier = {"modality_logits": False}
     model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
                         validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)
-    path = model.save(tmp_path / f"v{version}")
+    path = model.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    assert config["format_version"] == 3
-    config["format_version"] = version
-    config["params"]["aggregator_kwargs"] = None  # the older formats had no such keywords: the defaults were these
-    (path / "config.json").write_text(json.dumps(config))
+    assert config["format_version"] == 4
+    assert config["network"]["aggregator"]["kwargs"]["modality_logits"] is False
     loaded = FusionModel.load(path)
     assert loaded.aggregator_kwargs == earlier
     pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
-    # the same folder read as the current format builds today's default, which the weights do not fit
-    config["format_version"] = 3
+    config["network"]["aggregator"]["kwargs"]["modality_logits"] = True
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not fit the saved configuration"):
         FusionModel.load(path)

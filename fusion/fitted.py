@@ -1,0 +1,48 @@
+"""What a fit learns, as one value: training returns it, persistence writes and reads it, and the
+estimator assigns it (``FusionModel._set_fitted``) as its ``*_`` attributes, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class FittedState:
+    """The fitted attributes of a FusionModel (attribute = field name + ``_``).
+
+    Attributes:
+        preprocessor: the fitted ``Preprocessor``; schema: its ``schema_`` (sizes the network).
+        network: the trained ``FusionNetwork`` (CPU, eval mode).
+        network_config: the resolved configuration it was built from (``build.resolve_network_config``).
+        classes: class labels (classification) or None; time_bins: the discrete-time bin edges or None.
+        history: one dict per epoch (train_loss, val_loss, val_metric); best_epoch: the epoch kept.
+        baseline_hazard: Breslow ``{"times", "cumhaz"}`` (Cox head) or None.
+        censoring: Kaplan-Meier censoring curve of the training targets (survival) or None.
+        metrics: best epoch, best validation loss, epochs run, and the validation metrics.
+        is_global_zero, world_size: the process's rank 0 flag and the number of training processes.
+        training_ids, validation_ids, training_shapes: what the model was trained and validated on (a
+            loaded model has None: its ``provenance`` keeps what was recorded when it was saved).
+        provenance: the saved ``provenance.json`` of a loaded model; None after ``fit``.
+    """
+
+    preprocessor: Any
+    schema: dict[str, Any]
+    network: nn.Module
+    network_config: dict[str, Any]
+    classes: list[Any] | None = None
+    time_bins: list[float] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    baseline_hazard: dict[str, list[float]] | None = None
+    censoring: dict[str, list[float]] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    is_global_zero: bool = True
+    world_size: int = 1
+    training_ids: list[str] | None = None
+    validation_ids: list[str] | None = None
+    training_shapes: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+

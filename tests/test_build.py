@@ -1,0 +1,174 @@
+"""One construction path: the resolved network configuration, shared keywords, and the saved config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from clinfuse.fusion import FusionModel
+from clinfuse.fusion.build import (
+    build_network,
+    component_defaults,
+    resolve_network_config,
+    shared_keywords_of,
+)
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference_models"
+TINY = {"d_model": 16, "n_heads": 2, "max_epochs": 1, "validation_fraction": 0.0, "verbose": False, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def saved(small_cohort, tmp_path_factory):
+    model = FusionModel(**TINY).fit(small_cohort)
+    return model, model.save(tmp_path_factory.mktemp("build") / "model")
+
+
+@pytest.fixture(scope="module")
+def schema():
+    """A schema with all four modalities, pixel images (so the ViT is built)."""
+    from clinfuse.datasets import Preprocessor, make_synthetic_cohort
+
+    cohort, _ = make_synthetic_cohort(12, n_patches=(2, 4), feature_dim=8, n_genes=12, n_codes=6, seed=0)
+    schema = dict(Preprocessor().fit(cohort).schema_)
+    schema["images"] = {"kind": "pixels", "channels": 3, "height": 8, "width": 8}
+    return schema
+
+
+def _components(config):
+    """(registered name, class, resolved kwargs, where in the network) of each encoder, the aggregator and
+    the head."""
+    from clinfuse.encoders import ENCODERS
+    from clinfuse.fusion.base import AGGREGATORS
+    from clinfuse.fusion.build import HEADS
+
+    return ([(s["name"], ENCODERS.get(s["name"]), s["kwargs"], m) for m, s in config["encoders"].items()]
+            + [(config["aggregator"]["name"], AGGREGATORS.get(config["aggregator"]["name"]),
+                config["aggregator"]["kwargs"], "aggregator"),
+               (config["head"]["name"], HEADS[config["head"]["name"]][0], config["head"]["kwargs"], "head")])
+
+
+def _module(net, where):
+    return getattr(net, where) if where in ("aggregator", "head") else net.encoders[where]
+
+
+def _n_layers(module) -> int:
+    """Transformer layers of the encoders (``transformer.layers``), PersAM (``encoder.layers``) or
+    self-attention (``blocks``)."""
+    for attr in ("transformer", "encoder"):
+        if hasattr(getattr(module, attr, None), "layers"):
+            return len(getattr(module, attr).layers)
+    return len(module.blocks)
+
+
+def _resolve(schema, **params):
+    model = FusionModel(**{**TINY, **params})
+    return resolve_network_config(schema, model.get_params(), n_outputs=2, class_names=["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------- the config
+def test_the_resolved_config_is_saved_and_a_format4_folder_reloads_identically(saved, small_cohort):
+    model, path = saved
+    config = json.loads((path / "config.json").read_text())
+    assert config["format_version"] == 4
+    assert config["params"] == json.loads(json.dumps(model.get_params()))
+    assert config["network"] == model.network_config_
+    genomics = config["network"]["encoders"]["genomics"]
+    assert genomics["name"] == "gene_transformer"
+    assert not {"genes", "gene_sets", "d_model"} & set(genomics["kwargs"])  # the schema supplies them
+    assert not {"numeric", "categorical"} & set(config["network"]["encoders"]["clinical"]["kwargs"])
+    loaded = FusionModel.load(path)
+    assert loaded.network_config_ == model.network_config_ and loaded.get_params() == model.get_params()
+    pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
+
+
+def test_a_format3_reference_folder_resaves_as_format4_and_reloads_identically(tmp_path):
+    from clinfuse.fusion.config import load_data_config
+
+    folder = REFERENCE / "persam_classification"
+    old = FusionModel.load(folder / "model")
+    # format 3: the shared n_heads / n_layers / dropout reached the components that took them
+    assert old.network_config_["aggregator"]["kwargs"]["n_layers"] == 1
+    assert old.network_config_["aggregator"]["kwargs"]["n_heads"] == 2
+    new = FusionModel.load(old.save(tmp_path / "v4"))
+    assert json.loads((tmp_path / "v4" / "config.json").read_text())["format_version"] == 4
+    assert new.network_config_ == old.network_config_
+    cohort = load_data_config(folder / "data.yaml").to_cohort(task=old.task, require_targets=True)
+    pd.testing.assert_frame_equal(new.predict_proba(cohort), old.predict_proba(cohort))
+
+
+# ------------------------------------------------------------------------------------- shared keywords
+def test_n_layers_none_leaves_every_component_its_own_default(schema):
+    config = _resolve(schema, n_layers=None, encoders={"images": "vit"})
+    net = build_network(schema, config)
+    for name, cls, kwargs, where in _components(config):
+        own = json.loads(json.dumps(component_defaults(name, cls)))
+        given = {"n_heads", "dropout"} & shared_keywords_of(cls)  # TINY sets these two
+        assert {k: v for k, v in kwargs.items() if k not in given} == \
+            {k: v for k, v in own.items() if k in kwargs and k not in given}, name
+        # complete: every keyword with a default but those the builder supplies (from the schema, the targets)
+        supplied = {"d_model", "gene_sets", "has_values", "n_outputs", "class_names"}
+        assert set(own) - set(kwargs) <= supplied, name
+        if "n_layers" in shared_keywords_of(cls):
+            assert _n_layers(_module(net, where)) == own["n_layers"], name
+    assert _n_layers(net.encoders["images"]) == 2  # the ViT's own default
+
+
+def test_shared_n_layers_and_ffn_mult_reach_every_component_that_has_the_concept(schema):
+    for aggregator in ("persam", "self_attention"):
+        config = _resolve(schema, n_layers=3, ffn_mult=3, aggregator=aggregator, encoders={"images": "vit"},
+                          encoder_kwargs={"clinical": {"dropout": 0.0}})
+        net = build_network(schema, config)
+        reached = []
+        for name, cls, kwargs, where in _components(config):
+            if "n_layers" in shared_keywords_of(cls):
+                reached.append(name)
+                assert kwargs["n_layers"] == 3, name
+                assert _n_layers(_module(net, where)) == 3, name
+            if "ffn_mult" in shared_keywords_of(cls):
+                assert kwargs["ffn_mult"] == 3, name
+        assert {"gene_transformer", "event_transformer", aggregator} <= set(reached)
+        assert config["encoders"]["clinical"]["kwargs"]["dropout"] == 0.0  # the user's keyword wins
+        assert config["head"]["kwargs"]["dropout"] == 0.1
+
+
+def test_unknown_keywords_and_modalities_are_named(schema):
+    with pytest.raises(ValueError, match=r"gene_transformer.*n_layerz"):
+        _resolve(schema, encoder_kwargs={"genomics": {"n_layerz": 2}})
+    with pytest.raises(ValueError, match="encoder_kwargs names modality"):
+        _resolve(schema, encoder_kwargs={"pixels": {"n_layers": 2}})
+    with pytest.raises(ValueError, match="feature_tokens"):
+        _resolve(schema, encoders={"genomics": "feature_tokens"})
+
+
+# ------------------------------------------------------------------------------------ saved config.json
+def _edit(path: Path, edit) -> None:
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_an_unknown_keyword_in_a_saved_config_is_named(saved, tmp_path):
+    import shutil
+
+    _, path = saved
+    bad = Path(shutil.copytree(path, tmp_path / "bad"))
+    _edit(bad, lambda c: c["network"]["encoders"]["genomics"]["kwargs"].update(n_layerz=2))
+    with pytest.raises(ValueError, match=r"config\.json.*gene_transformer.*n_layerz"):
+        FusionModel.load(bad)
+    _edit(bad, lambda c: c["network"]["encoders"]["genomics"]["kwargs"].pop("n_layerz"))
+    _edit(bad, lambda c: c["network"]["aggregator"].update(name="nope"))
+    with pytest.raises(ValueError, match=r"unknown aggregator 'nope'; registered: .*persam"):
+        FusionModel.load(bad)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_folders_older_than_format3_are_refused_with_the_retrain_message(saved, tmp_path, version):
+    import shutil
+
+    _, path = saved
+    old = Path(shutil.copytree(path, tmp_path / f"v{version}"))
+    _edit(old, lambda c: c.update(format_version=version))
+    with pytest.raises(ValueError, match=rf"{old.name}.*format_version {version}.*retrain"):
+        FusionModel.load(old)
