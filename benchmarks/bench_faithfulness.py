@@ -45,7 +45,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
-from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
 from clinfuse.fusion.shap_values import shap_values
 from test_faithfulness import (
     COHORT_PARAMS,
@@ -71,8 +70,11 @@ def pooled_auroc(report, truth, kind: str) -> float:
 
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
-VARIANTS = {"persam_encoded": ("persam", dict(ENCODED_VARIANT_KWARGS)),
-            "persam_gated": ("persam", dict(GATED_VARIANT_KWARGS)),
+# persam_encoded: PersAM's first default (the bag through its encoder, no class-route gate, no logit terms);
+# persam_gated: its second default (no modality logit terms)
+VARIANTS = {"persam_encoded": ("persam", {"encode_instances": True, "gate_class_route": False,
+                                          "modality_logits": False}),
+            "persam_gated": ("persam", {"modality_logits": False}),
             "persam_encoder_free": ("persam", {"n_layers": 0})}
 
 

@@ -225,12 +225,9 @@ def load_model(cls: type, path: str | Path) -> Any:
     check_format(config, folder)
     params = dict(config["params"])
     version = int(config.get("format_version", 1))
-    if version < FORMAT_VERSION and params.get("aggregator", "persam") == "persam":
-        # rebuilt as the PersAM architecture the folder was saved with (the weights fit no other)
-        from .aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
-
-        legacy = ENCODED_VARIANT_KWARGS if version < 2 else GATED_VARIANT_KWARGS
-        params["aggregator_kwargs"] = {**legacy, **(params.get("aggregator_kwargs") or {})}
+    if version < FORMAT_VERSION:
+        raise ValueError(f"{folder} was saved in format_version {version}, which this clinfuse no longer reads "
+                         f"(it reads {FORMAT_VERSION}); retrain the model with this version and save it again")
     valid = set(cls().get_params())
     unknown = sorted(set(params) - valid)
     if unknown:

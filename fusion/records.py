@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
@@ -20,10 +20,8 @@ class AttentionRecord:
         kind: one of :data:`ATTENTION_KINDS`.
         modality: the modality whose tokens are weighed; ``"all"`` for ``kind == "modality"`` (then the
             tokens are the modalities themselves).
-        value: float ``[B, C, T]``: normalised weights. For every kind but ``phi`` each ``value[b, c]``
-            sums to 1 over the real tokens ``mask[b]`` and is exactly 0 on padding; a sample whose mask is
-            all False has all zeros. ``phi`` is ``[B, C, 1]`` normalised over the C classes.
-            C = 1 for class-independent kinds (``class_names`` is None then).
+        value: float ``[B, C, T]``: normalised weights (see ``normalised_over``). C = 1 for
+            class-independent kinds (``class_names`` is None then).
         raw: float ``[B, C, T]``: the unnormalised scores (logits or products) behind ``value``.
         mask: bool ``[B, T]``, True = real token.
         names: ``[B][T]`` token names ("" for padding).
@@ -31,6 +29,10 @@ class AttentionRecord:
         meta: structured per-token columns for the report, e.g. ``{"x": Tensor[B, T], "y": ...,
             "slide_id": [B][T], "position": Tensor[B, T]}`` for patches, ``{"code": [B][T], "time":
             Tensor[B, T]}`` for events.
+        normalised_over: ``"tokens"`` (default): each ``value[b, c]`` sums to 1 over the real tokens
+            ``mask[b]`` and is exactly 0 on padding; a sample whose mask is all False has all zeros.
+            ``"classes"``: each ``value[b, :, t]`` of a real token sums to 1 over the C classes (a per-class
+            weight of one reading, e.g. a single token per sample).
     """
 
     kind: str
@@ -41,18 +43,18 @@ class AttentionRecord:
     names: list[list[str]]
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    normalised_over: Literal["tokens", "classes"] = "tokens"
 
     def __post_init__(self) -> None:
         assert self.kind in ATTENTION_KINDS, f"unknown attention kind {self.kind!r}"
         assert self.value.dim() == 3 and self.raw.shape == self.value.shape, "value/raw must be [B, C, T]"
-        if self.kind != "phi":
-            assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
+        assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
+        assert self.normalised_over in ("tokens", "classes"), f"normalised_over={self.normalised_over!r}"
 
     def detach(self) -> AttentionRecord:
-        return AttentionRecord(
-            kind=self.kind, modality=self.modality, value=self.value.detach().float().cpu(),
-            raw=self.raw.detach().float().cpu(), mask=self.mask.detach().cpu(), names=self.names,
-            class_names=self.class_names,
+        return replace(
+            self, value=self.value.detach().float().cpu(), raw=self.raw.detach().float().cpu(),
+            mask=self.mask.detach().cpu(),
             meta={k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.meta.items()},
         )
 

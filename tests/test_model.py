@@ -175,30 +175,20 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
-@pytest.mark.parametrize("version, earlier", [
-    (1, {"encode_instances": True, "gate_class_route": False, "modality_logits": False}),
-    (2, {"modality_logits": False}),
-])
-def test_older_persam_folder_loads_as_its_architecture(small_cohort, tmp_path, version, earlier):
-    """Folders saved before PersAM's defaults changed (format 1: bag through the encoder, no class-route gate;
-    format 2: no modality logit terms; neither saved these keywords) load as the architecture they were saved
-    with and predict exactly as they did."""
-    model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
-                        validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)
-    path = model.save(tmp_path / f"v{version}")
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_folder_is_refused_with_a_retrain_message(fitted_classifier, tmp_path, version):
+    """Folders of formats 1 and 2 (saved before PersAM's defaults changed, without these keywords) are refused
+    with a message naming the folder and saying to retrain; the current format loads."""
+    path = fitted_classifier.model.save(tmp_path / f"v{version}")
     config = json.loads((path / "config.json").read_text())
     assert config["format_version"] == 3
     config["format_version"] = version
-    config["params"]["aggregator_kwargs"] = None  # the older formats had no such keywords: the defaults were these
     (path / "config.json").write_text(json.dumps(config))
-    loaded = FusionModel.load(path)
-    assert loaded.aggregator_kwargs == earlier
-    pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
-    # the same folder read as the current format builds today's default, which the weights do not fit
+    with pytest.raises(ValueError, match=f"(?s){path.name}.*format_version {version}.*retrain"):
+        FusionModel.load(path)
     config["format_version"] = 3
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="does not fit the saved configuration"):
-        FusionModel.load(path)
+    FusionModel.load(path)
 
 
 def test_survival_save_load_keeps_bins(fitted_survival, tmp_path):

@@ -58,6 +58,7 @@ def test_explanatory_is_normalised_product_of_class_wise_phi_psi():
     # raw scores are exp(score - max): in (0, 1] with max exactly 1 over real instances
     assert torch.all(a.amax(-1) == 1) and torch.all(psi.amax(-1) == 1)
     torch.testing.assert_close(recs["phi"].value.sum(1), torch.ones(3, 1))
+    assert recs["phi"].normalised_over == "classes" and recs["phi"].names == [["clinical"]] * 3
 
 
 @pytest.mark.parametrize("how", ["model_without_clinical", "sample_without_clinical"])

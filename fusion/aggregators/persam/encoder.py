@@ -23,7 +23,7 @@ output never depends on the other samples of its batch).
 Patch-side work and memory: the scores are bilinear, so the queries and keys of large groups are never
 materialised (``q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j`` is computed with ``W_q^T k_j`` on the small side,
 and likewise for the keys and values that small queries read); per layer a large group costs its
-LayerNorm, one value projection, the output projection and a narrow feed-forward (``large_ffn_mult``,
+LayerNorm, one value projection, the output projection and a narrow feed-forward (``ffn_mult``,
 default 1 x d, instead of 4 x d). No dropout is applied to large groups. In training with a big batch
 (``checkpoint_above``) the large groups are updated in chunks of ``chunk_size`` tokens that are recomputed
 in the backward pass, so the stored activations per layer are a few ``[N, d]`` tensors.
@@ -40,7 +40,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
-from ..records import masked_normalise
+from ...records import masked_normalise
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,12 @@ class GroupBalancedLayer(nn.Module):
         layout: the group layout.
         dropout: dropout on the attention and feed-forward outputs of the small groups (clinical, class,
             latents); none on instance/context tokens, where it would cost more than the layer itself.
-        large_ffn_mult: hidden width of the feed-forward of instance/context tokens, as a multiple of d
+        ffn_mult: hidden width of the feed-forward of instance/context tokens, as a multiple of d
             (0 = no feed-forward on them). Small groups use 4 x d.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, layout: GroupLayout, dropout: float,
-                 large_ffn_mult: int) -> None:
+                 ffn_mult: int) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.layout = d_model, n_heads, layout
         self.scale = (d_model // n_heads) ** -0.5
@@ -134,7 +134,7 @@ class GroupBalancedLayer(nn.Module):
         self.register_buffer("allowed", layout.allowed(), persistent=False)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn_small = _ffn(d_model, 4, dropout)
-        self.ffn_large = _ffn(d_model, large_ffn_mult, 0.0) if large_ffn_mult > 0 else None
+        self.ffn_large = _ffn(d_model, ffn_mult, 0.0) if ffn_mult > 0 else None
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -314,12 +314,12 @@ class GroupBalancedEncoder(nn.Module):
     """
 
     def __init__(self, *, d_model: int, n_heads: int, n_layers: int, layout: GroupLayout, dropout: float,
-                 large_ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
+                 ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
         super().__init__()
         self.chunk_size, self.layout = chunk_size, layout
         self.layers = nn.ModuleList(
             GroupBalancedLayer(d_model=d_model, n_heads=n_heads, layout=layout, dropout=dropout,
-                               large_ffn_mult=large_ffn_mult)
+                               ffn_mult=ffn_mult)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
