@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 import torch
 
+from ..encoders.layers import masked_normalise
+
+__all__ = ["ATTENTION_KINDS", "AttentionRecord", "masked_normalise", "normalise_nonnegative"]
+
 ATTENTION_KINDS: tuple[str, ...] = (
     "modality", "feature", "gene", "event", "patch", "class_wise", "exploratory", "explanatory", "phi",
 )
@@ -57,25 +61,6 @@ class AttentionRecord:
             mask=self.mask.detach().cpu(),
             meta={k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.meta.items()},
         )
-
-
-def masked_normalise(scores: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
-    """Softmax of ``scores`` over the real tokens only, with exact zeros on padding.
-
-    Args:
-        scores: float ``[..., T]`` (or with T at ``dim``) raw scores (logits).
-        mask: bool broadcastable to ``scores``; True = real token.
-
-    Returns:
-        Weights of the same shape; sums to 1 over real tokens, all zeros where no token is real.
-        Numerically stable (max-subtracted), no NaN even for an all-False mask.
-    """
-    neg = torch.finfo(scores.dtype).min
-    masked = scores.masked_fill(~mask, neg)
-    peak = masked.amax(dim=dim, keepdim=True).detach()
-    expd = torch.exp(masked - peak) * mask
-    total = expd.sum(dim=dim, keepdim=True)
-    return expd / total.clamp_min(torch.finfo(scores.dtype).tiny)
 
 
 def normalise_nonnegative(weights: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:

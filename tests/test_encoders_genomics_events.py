@@ -14,9 +14,9 @@ import torch
 from clinfuse.datasets.batch import ModalityBatch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
 from clinfuse.encoders import create_encoder
-from clinfuse.encoders.attention import MaskedTransformer, masked_attention
 from clinfuse.encoders.events import EventTransformer
 from clinfuse.encoders.genomics import GeneTransformer
+from clinfuse.encoders.layers import MaskedTransformer, masked_attention
 
 D = 16
 
