@@ -347,3 +347,12 @@ def test_exported_shares_are_measured_against_the_training_mean_token():
         fresh.load_state_dict(model.state_dict())
         torch.testing.assert_close(fresh.reference_clinical, ref)
         torch.testing.assert_close(_records(fresh(tokens))["feature"].raw, _records(out)["feature"].raw)
+
+
+def test_instance_ffn_mult_is_a_deprecated_name_of_ffn_mult():
+    with pytest.warns(DeprecationWarning, match="ffn_mult"):
+        old = _model(("clinical", "images"), n_layers=1, n_heads=2, instance_ffn_mult=2)
+    new = _model(("clinical", "images"), n_layers=1, n_heads=2, ffn_mult=2)
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    assert old.encoder.layers[0].ffn_large[0].out_features == 2 * old.d_model
+    assert PersAM.sample_figure == "persam"
