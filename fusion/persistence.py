@@ -34,8 +34,8 @@ from ..datasets.atomic import atomic_path, write_text_atomic
 
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 3
-# PersAM's defaults changed twice: format 1 built it as what is now its encoded variant, format 2 without
-# the modality logit terms. An older persam folder is rebuilt with its defaults spelled out (see load_model).
+# Folders of older formats (saved before the component defaults they relied on changed) are refused by
+# load_model with a message to retrain.
 MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
