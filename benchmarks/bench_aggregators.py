@@ -85,9 +85,8 @@ def _build(name: str):
                 self.aggregator = Dense()
             else:
                 # persam_encoded: PersAM with the bag passed through its encoder (the default up to 0.1.0)
-                from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS
-
-                kw = dict(ENCODED_VARIANT_KWARGS) if name == "persam_encoded" else {}
+                kw = ({"encode_instances": True, "gate_class_route": False, "modality_logits": False}
+                      if name == "persam_encoded" else {})
                 self.aggregator = create_aggregator(name.removesuffix("_encoded"), d_model=D_MODEL,
                                                     modalities=["clinical", "images"], n_outputs=N_CLASSES,
                                                     class_names=[f"c{i}" for i in range(N_CLASSES)], **kw)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
 
-VARIANTS = {"default": {}, "gated (previous default, no modality logits)": dict(GATED_VARIANT_KWARGS),
-            "encoded (first default)": dict(ENCODED_VARIANT_KWARGS),
+VARIANTS = {"default": {}, "gated (previous default, no modality logits)": {"modality_logits": False},
+            "encoded (first default)": {"encode_instances": True, "gate_class_route": False,
+                                        "modality_logits": False},
             "open route (no gate)": {"gate_class_route": False}}
 
 

@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
-from clinfuse.fusion.aggregators.persam import ENCODED_VARIANT_KWARGS, GATED_VARIANT_KWARGS
 from clinfuse.fusion.explain.faithfulness import (
     COHORT_PARAMS,
     MODEL_PARAMS,
@@ -58,8 +57,11 @@ from clinfuse.fusion.explain.faithfulness import (
 from clinfuse.fusion.explain.shap import shap_values
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
-VARIANTS = {"persam_encoded": ("persam", dict(ENCODED_VARIANT_KWARGS)),
-            "persam_gated": ("persam", dict(GATED_VARIANT_KWARGS)),
+# persam_encoded: PersAM's first default (the bag through its encoder, no class-route gate, no logit terms);
+# persam_gated: its second default (no modality logit terms)
+VARIANTS = {"persam_encoded": ("persam", {"encode_instances": True, "gate_class_route": False,
+                                          "modality_logits": False}),
+            "persam_gated": ("persam", {"modality_logits": False}),
             "persam_encoder_free": ("persam", {"n_layers": 0})}
 
 

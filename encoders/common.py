@@ -70,11 +70,12 @@ def sincos_2d(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max_wav
     """Fixed 2-D sinusoidal encoding of patch coordinates (not differentiable in ``coords``: they are data).
 
     Args:
-        coords: float ``[..., 2]`` (x, y); a row with any NaN gets a zero vector (no positional term), so
-            patches of unknown position are not pretended to sit at the origin.
+        coords: float ``[..., 2]`` (x, y); a row with a NaN (or infinite) coordinate gets a zero vector (no
+            positional term), so patches of unknown position are not pretended to sit at the origin.
         d_model: output width; the first ``4 * (d_model // 4)`` channels are used (x sin, x cos, y sin, y cos
             over geometric frequencies, as in ViT/MAE 2-D encodings), the rest stay 0.
-        scale: coordinates are multiplied by it first (e.g. 1/256 = one unit per 256-pixel tile).
+        scale: coordinates are multiplied by it first (e.g. 1/256 = one unit per 256-pixel tile). The one
+            convention of clinfuse: callers that speak of a tile size pass ``scale=1 / size``.
 
     Returns:
         float ``[..., d_model]``.
@@ -98,11 +99,11 @@ def sincos_tables(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max
     """Per axis, ``(table [U + 1, 2 * (d_model // 4)], index [M])`` for ``coords [M, 2]``.
 
     ``table[index]`` is that axis's (sin, cos) block of :func:`sincos_2d`; the last table row is zeros and
-    is where rows with a NaN coordinate point, so they get no positional term. Lets a caller add the encoding
+    is where rows with an unknown (NaN or infinite) coordinate point, so they get no positional term. Lets a caller add the encoding
     chunk by chunk without materialising ``[M, d_model]``.
     """
     n_freq = d_model // 4
-    known = ~torch.isnan(coords).any(dim=-1)  # [M]
+    known = torch.isfinite(coords).all(dim=-1)  # [M]
     xy = torch.where(known[:, None], coords, torch.zeros_like(coords)) * scale
     omega = max_wavelength ** (-torch.arange(n_freq, device=coords.device, dtype=coords.dtype) / n_freq)
     out = []

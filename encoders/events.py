@@ -12,7 +12,7 @@ Token t of sample b (real when ``mask[b, t]``) is the sum of
 * optionally a segment (admission / visit) embedding; segments beyond ``n_segments - 1`` share the last one.
 
 then LayerNorm and masked transformer layers (key-padding masks, memory linear in the number of events,
-see :mod:`clinfuse.encoders.attention`), so the preprocessor's 8,192 events per patient fit. The tokens carry
+see :mod:`clinfuse.encoders.layers`), so the preprocessor's 8,192 events per patient fit. The tokens carry
 ``meta["times"]`` ``[B, T]``, ``meta["code"]`` ``[B][T]`` (raw codes), ``meta["segments"]`` ``[B, T]`` and
 ``meta["n_cut"]`` ``[B]`` (older events the preprocessor cut, so reports can say how many were not seen).
 """
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ..datasets.batch import ModalityBatch
-from .attention import AttentionKind, MaskedTransformer, check_heads
 from .base import ENCODERS, ModalityEncoder
+from .common import check_heads, check_positive_int
+from .layers import AttentionKind, MaskedTransformer
 from .tokens import Tokens
 
 
@@ -58,7 +59,7 @@ class EventTransformer(ModalityEncoder):
         d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``).
         use_segments: add a segment embedding; n_segments: its size (older segments share the last row).
         min_period, max_period: range of the sinusoid periods, in days.
-        attention, n_latents, query_chunk_size: see :class:`~clinfuse.encoders.attention.MaskedTransformer`.
+        attention, n_latents, query_chunk_size: see :class:`~clinfuse.encoders.layers.MaskedTransformer`.
         max_tokens: raise ``ValueError`` when a batch has more events per sample than this (None = no limit).
     """
 
@@ -82,7 +83,8 @@ class EventTransformer(ModalityEncoder):
         max_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        check_heads(d_model, n_heads, where="event_transformer")
+        check_positive_int(d_model, "d_model", owner="event_transformer")
+        check_heads(d_model, n_heads, owner="event_transformer")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
             raise ValueError(f"event_transformer (events): vocab_size must be a non-negative integer, got {vocab_size!r}")
         if n_segments < 1:

@@ -18,7 +18,7 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   attention times these weights spreads it over genes.
 
 Memory: with ``attention="full"`` SDPA's fused CPU kernel keeps memory linear in the number of tokens
-(see :mod:`clinfuse.encoders.attention`), so a full 20,000-gene profile runs; time grows as T^2.
+(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs; time grows as T^2.
 ``benchmarks/bench_encoders_sequences.py`` (batch 8, d_model 64, 2 layers, forward + backward, on a
 heavily shared 2-core CPU): 2,000 genes 18 s and 238 MB peak RSS growth; 20,000 genes 840 s and 1.45 GB
 (one [B, H, T, T] weight matrix alone would be 49 GB); ``attention="latent"`` (32 latents) on 20,000
@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from ..datasets.batch import ModalityBatch
-from .attention import AttentionKind, MaskedTransformer, check_heads
 from .base import ENCODERS, ModalityEncoder
+from .common import check_heads, check_positive_int
+from .layers import AttentionKind, MaskedTransformer
 from .tokens import Tokens
 
 
@@ -96,7 +97,7 @@ class GeneTransformer(ModalityEncoder):
         set_hidden: hidden width of each set's MLP.
         attention: ``"full"`` (exact, O(T^2) time, O(T) memory) or ``"latent"`` (O(T * n_latents)).
         n_latents: latents per block when ``attention="latent"``.
-        query_chunk_size: queries per SDPA call (see :mod:`~clinfuse.encoders.attention`); None = one call.
+        query_chunk_size: queries per SDPA call (see :mod:`~clinfuse.encoders.layers`); None = one call.
         max_tokens: raise ``ValueError`` when a batch has more tokens than this (None = no limit).
     """
 
@@ -118,7 +119,8 @@ class GeneTransformer(ModalityEncoder):
         max_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        check_heads(d_model, n_heads, where="gene_transformer")
+        check_positive_int(d_model, "d_model", owner="gene_transformer")
+        check_heads(d_model, n_heads, owner="gene_transformer")
         self.genes = [str(g) for g in genes]
         if not self.genes:
             raise ValueError("gene_transformer (genomics): the schema has no genes")

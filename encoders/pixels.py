@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ..datasets.batch import ModalityBatch
-from .attention import MaskedTransformer
 from .base import ENCODERS, ModalityEncoder
 from .common import (
     check_heads,
@@ -28,6 +27,7 @@ from .common import (
     load_weights,
     require_tensor,
 )
+from .layers import MaskedTransformer
 from .tokens import Tokens
 
 
@@ -161,7 +161,7 @@ class ViTEncoder(ModalityEncoder):
         patch_size: sub-patch side (default: 16 from 64 pixels up, else a quarter of the short side).
         d_model, depth, n_heads, ffn_mult, dropout: transformer width, layers, heads (d_model % n_heads == 0),
             hidden-width multiplier of its feed-forward and dropout (the shared masked SDPA transformer of
-            :mod:`clinfuse.encoders.attention`).
+            :mod:`clinfuse.encoders.layers`).
         chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
             training, the activations of every real image are kept for backward whatever the chunk size).
         weights_path: optional local state-dict file to initialise the whole encoder from.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,23 +21,19 @@ class AggregatorOutput:
     """What an aggregator returns for a batch of B samples.
 
     Attributes:
-        pooled: ``[B, d]`` one vector per sample, or ``[B, C, d]`` one vector per class / time bin
-            (PersAM pools per class; the head then scores each class from its own vector).
+        pooled: ``[B, d]`` one vector per sample, or ``[B, C, d]`` one vector per class / time bin (the head
+            then scores each class from its own vector).
         records: the attention this aggregator exports, one :class:`AttentionRecord` per (kind, modality).
-        offsets: ``[B, C]`` added to the head's C outputs (logits, hazard logits, or the Cox risk with C = 1):
-            a term the aggregator scores itself, such as PersAM's modality logits; None = nothing.
-        score_parts: additive parts of ``pooled`` (name -> same shape) whose exact share of the head's scores
-            ``finish_records`` needs; the network computes them with ``head.part_scores`` (outside training).
-        finish_records: ``part scores -> records`` that replace the records of the same (kind, modality),
-            e.g. PersAM's modality weights measured in logits; not called when the head cannot split its
-            scores exactly (a hidden layer).
+        offsets: optional ``[B, C]`` added to the head's C outputs (logits, hazard logits, or the Cox risk
+            with C = 1): a term the aggregator scores itself, outside the pooled vector; None = nothing.
+        extras: aggregator-private state (key = the aggregator's registry name by convention) that its
+            :meth:`Aggregator.explain` reads; generic code never looks inside.
     """
 
     pooled: torch.Tensor
     records: list[AttentionRecord] = field(default_factory=list)
     offsets: torch.Tensor | None = None
-    score_parts: dict[str, torch.Tensor] | None = None
-    finish_records: Callable[[dict[str, torch.Tensor]], list[AttentionRecord]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Aggregator(nn.Module):
@@ -47,15 +43,29 @@ class Aggregator(nn.Module):
     (the modalities of the schema, canonical order), ``n_outputs`` (C: classes, time bins, or 1 for a Cox
     risk), ``class_names`` (C names), plus the aggregator's own hyperparameters.
 
-    ``attention_kinds`` declares the report kinds the aggregator fills (API.md); kinds it does not
-    declare are absent from its report, never filled with a constant.
+    Class attributes:
+        attention_kinds: the report kinds the aggregator fills (an instance may narrow it to its
+            configuration); kinds it does not declare are absent from its report, never filled with a
+            constant.
+        sample_figure: the name of the per-sample figure that shows its attention best, which the CLI draws:
+            ``"patches"`` (the patch attention over the slide, the default), or the name of a figure an
+            aggregator brings for its own kinds.
     """
 
     registry_name: ClassVar[str] = ""
     attention_kinds: ClassVar[frozenset[str]] = frozenset()
+    sample_figure: ClassVar[str] = "patches"
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def explain(self, output: AggregatorOutput, head: nn.Module) -> list[AttentionRecord]:
+        """The records to export for ``output`` once ``head`` has scored it (evaluation only).
+
+        The default returns ``output.records``; an aggregator may override it to measure its attention on the
+        head's scores (e.g. with the head's exact split of its scores, ``part_scores``).
+        """
+        return output.records
 
 
 def create_aggregator(name: str, **kwargs: Any) -> Aggregator:
@@ -67,7 +77,8 @@ def list_aggregators() -> list[str]:
     return AGGREGATORS.names()
 
 
-def check_common_args(*, d_model: int, modalities: Sequence[str], n_outputs: int, n_heads: int | None = None) -> None:
+def check_common_args(*, d_model: int, modalities: Sequence[str], n_outputs: int,
+                      n_heads: int | None = None) -> None:
     """Validate the constructor arguments every aggregator shares (clear ``ValueError``/``TypeError``)."""
     if not isinstance(d_model, int) or d_model <= 0:
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")

@@ -1,7 +1,7 @@
 """Task heads: the patient vector(s) from an aggregator -> classification logits, hazard logits or a Cox risk.
 
-Every head accepts a pooled ``[B, d]`` vector or per-class vectors ``[B, C, d]`` (PersAM pools once per
-class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the pooled
+Every head accepts a pooled ``[B, d]`` vector or per-class vectors ``[B, C, d]`` (an aggregator may pool
+once per class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the pooled
 vector, or class c's own vector ``v[:, c]``.
 """
 
@@ -49,6 +49,8 @@ class _ScoreHead(nn.Module):
     def part_scores(self, pooled: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the scores.
 
+        A generic head method for :meth:`Aggregator.explain`: an aggregator whose pooled vector is a sum of
+        parts can measure each part in the head's output units (logits), e.g. to weigh modalities.
         Without a hidden layer the head is ``w_c . LayerNorm(v) + b_c``, which is linear in ``v`` once the
         LayerNorm's scale ``sigma(v)`` is fixed: part X contributes ``<w_c * gamma, X - mean(X)> / sigma(v)``
         (``[B, C]``), and the shares of parts that sum to ``v`` sum to the score minus ``b_c + w_c . beta``.
@@ -96,7 +98,7 @@ class DiscreteTimeHead(_ScoreHead):
 class CoxHead(_ScoreHead):
     """One log-risk per sample ``[B]`` (higher = worse) for the Cox partial likelihood.
 
-    A per-class input must have a single vector (``[B, 1, d]``: PersAM with one risk token).
+    A per-class input must have a single vector (``[B, 1, d]``: one risk token).
     """
 
     def __init__(self, *, d_model: int, hidden: int | None = None, dropout: float = 0.0) -> None:

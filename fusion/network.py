@@ -21,7 +21,8 @@ class NetworkOutput:
 
     Attributes:
         outputs: classification logits ``[B, C]``, discrete-time hazard logits ``[B, K]`` or Cox risk ``[B]``.
-        records: the aggregator's :class:`AttentionRecord` list (one per kind and modality).
+        records: the aggregator's :class:`AttentionRecord` list (one per kind and modality); outside training
+            the list :meth:`Aggregator.explain` returns.
         pooled: the aggregator's patient vector(s), ``[B, d]`` or ``[B, C, d]``.
     """
 
@@ -61,7 +62,7 @@ class FusionNetwork(nn.Module):
         if missing or extra:
             raise ValueError(f"FusionNetwork: encoders must be given for exactly the modalities {list(modalities)}; "
                              f"missing {missing}, unexpected {extra}")
-        if not isinstance(aggregator, nn.Module):
+        if not isinstance(aggregator, Aggregator):
             raise TypeError(f"FusionNetwork: aggregator must be an Aggregator module, got {type(aggregator).__name__}")
         if not isinstance(modality_dropout, (int, float)) or not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"FusionNetwork: modality_dropout must be in [0, 1), got {modality_dropout!r}")
@@ -121,12 +122,6 @@ class FusionNetwork(nn.Module):
                 raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} do not match "
                                  f"the head's outputs {tuple(outputs.shape)}")
             outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
-        records = agg.records
-        split = getattr(self.head, "part_scores", None)
-        if not self.training and agg.score_parts and agg.finish_records is not None and split is not None:
-            scores = split(agg.pooled, agg.score_parts)
-            if scores is not None:  # records measured on the head's own scores replace the aggregator's
-                extra = agg.finish_records(scores)
-                replaced = {(r.kind, r.modality) for r in extra}
-                records = [r for r in records if (r.kind, r.modality) not in replaced] + extra
+        # outside training the aggregator may measure its attention on the head's scores
+        records = agg.records if self.training else self.aggregator.explain(agg, self.head)
         return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
+
+from ..encoders.layers import masked_normalise
+
+__all__ = ["ATTENTION_KINDS", "AttentionRecord", "masked_normalise", "normalise_nonnegative"]
 
 ATTENTION_KINDS: tuple[str, ...] = (
     "modality", "feature", "gene", "event", "patch", "class_wise", "exploratory", "explanatory", "phi",
@@ -20,10 +24,8 @@ class AttentionRecord:
         kind: one of :data:`ATTENTION_KINDS`.
         modality: the modality whose tokens are weighed; ``"all"`` for ``kind == "modality"`` (then the
             tokens are the modalities themselves).
-        value: float ``[B, C, T]``: normalised weights. For every kind but ``phi`` each ``value[b, c]``
-            sums to 1 over the real tokens ``mask[b]`` and is exactly 0 on padding; a sample whose mask is
-            all False has all zeros. ``phi`` is ``[B, C, 1]`` normalised over the C classes.
-            C = 1 for class-independent kinds (``class_names`` is None then).
+        value: float ``[B, C, T]``: normalised weights (see ``normalised_over``). C = 1 for
+            class-independent kinds (``class_names`` is None then).
         raw: float ``[B, C, T]``: the unnormalised scores (logits or products) behind ``value``.
         mask: bool ``[B, T]``, True = real token.
         names: ``[B][T]`` token names ("" for padding).
@@ -31,6 +33,10 @@ class AttentionRecord:
         meta: structured per-token columns for the report, e.g. ``{"x": Tensor[B, T], "y": ...,
             "slide_id": [B][T], "position": Tensor[B, T]}`` for patches, ``{"code": [B][T], "time":
             Tensor[B, T]}`` for events.
+        normalised_over: ``"tokens"`` (default): each ``value[b, c]`` sums to 1 over the real tokens
+            ``mask[b]`` and is exactly 0 on padding; a sample whose mask is all False has all zeros.
+            ``"classes"``: each ``value[b, :, t]`` of a real token sums to 1 over the C classes (a per-class
+            weight of one reading, e.g. a single token per sample).
     """
 
     kind: str
@@ -41,39 +47,20 @@ class AttentionRecord:
     names: list[list[str]]
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    normalised_over: Literal["tokens", "classes"] = "tokens"
 
     def __post_init__(self) -> None:
         assert self.kind in ATTENTION_KINDS, f"unknown attention kind {self.kind!r}"
         assert self.value.dim() == 3 and self.raw.shape == self.value.shape, "value/raw must be [B, C, T]"
-        if self.kind != "phi":
-            assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
+        assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
+        assert self.normalised_over in ("tokens", "classes"), f"normalised_over={self.normalised_over!r}"
 
     def detach(self) -> AttentionRecord:
-        return AttentionRecord(
-            kind=self.kind, modality=self.modality, value=self.value.detach().float().cpu(),
-            raw=self.raw.detach().float().cpu(), mask=self.mask.detach().cpu(), names=self.names,
-            class_names=self.class_names,
+        return replace(
+            self, value=self.value.detach().float().cpu(), raw=self.raw.detach().float().cpu(),
+            mask=self.mask.detach().cpu(),
             meta={k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.meta.items()},
         )
-
-
-def masked_normalise(scores: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
-    """Softmax of ``scores`` over the real tokens only, with exact zeros on padding.
-
-    Args:
-        scores: float ``[..., T]`` (or with T at ``dim``) raw scores (logits).
-        mask: bool broadcastable to ``scores``; True = real token.
-
-    Returns:
-        Weights of the same shape; sums to 1 over real tokens, all zeros where no token is real.
-        Numerically stable (max-subtracted), no NaN even for an all-False mask.
-    """
-    neg = torch.finfo(scores.dtype).min
-    masked = scores.masked_fill(~mask, neg)
-    peak = masked.amax(dim=dim, keepdim=True).detach()
-    expd = torch.exp(masked - peak) * mask
-    total = expd.sum(dim=dim, keepdim=True)
-    return expd / total.clamp_min(torch.finfo(scores.dtype).tiny)
 
 
 def normalise_nonnegative(weights: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:

@@ -8,7 +8,6 @@ information the encoders may not give: the admission ``segment`` of events and t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..datasets.batch import MODALITIES
+from ..encoders.common import sincos_2d
 from ..encoders.tokens import Tokens
 
 
@@ -29,8 +29,9 @@ class TokenTypeEmbedding(nn.Module):
             (``Tokens.meta["segments"]`` ``[B, T]``, clipped to ``max_segments - 1``). Off by default: the
             event encoder may already encode it.
         max_segments: size of the segment table.
-        patch_coords: also add a 2-D sinusoidal encoding of the patch coordinates (``meta["coords"]``,
-            scaled by ``coord_scale``; NaN coordinates add nothing). Off by default: a bag is a set.
+        patch_coords: also add the 2-D sinusoidal encoding of the patch coordinates
+            (:func:`~clinfuse.encoders.common.sincos_2d` of ``meta["coords"] / coord_scale``; unknown (NaN)
+            coordinates add nothing). Off by default: a bag is a set.
         coord_scale: coordinates are divided by this (e.g. the patch size in pixels) before encoding.
     """
 
@@ -55,17 +56,6 @@ class TokenTypeEmbedding(nn.Module):
             nn.init.normal_(self.segment_embedding.weight, std=0.02)
         self.patch_coords, self.coord_scale = patch_coords, coord_scale
 
-    def _coord_encoding(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[B, T, 2]`` -> ``[B, T, d]``: sin/cos of x and y at d/4 frequencies each (0 where NaN)."""
-        quarter = self.d_model // 4
-        freqs = torch.exp(torch.arange(quarter, device=coords.device, dtype=torch.float32)
-                          * (-math.log(10000.0) / max(quarter, 1)))
-        c = torch.nan_to_num(coords.float() / self.coord_scale, nan=0.0)
-        angles = c[..., :, None] * freqs  # [B, T, 2, d/4]
-        enc = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
-        known = torch.isfinite(coords).all(dim=-1, keepdim=True)
-        return enc * known
-
     def forward(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
         """modality -> Tokens ``[B, T, d]``, returned with the embeddings added (mask, names, meta unchanged)."""
         out = {}
@@ -81,6 +71,8 @@ class TokenTypeEmbedding(nn.Module):
                 seg = t.meta["segments"].long().clamp(0, self.segment_embedding.num_embeddings - 1)
                 values = values + self.segment_embedding(seg).to(values.dtype)
             if m == "images" and self.patch_coords and "coords" in t.meta:
-                values = values + self._coord_encoding(t.meta["coords"]).to(values.dtype)
+                # the encoders' 2-D sin-cos encoding, coordinates in units of coord_scale (0 where unknown)
+                enc = sincos_2d(t.meta["coords"].float(), self.d_model, scale=1.0 / self.coord_scale)
+                values = values + enc.to(values.dtype)
             out[m] = replace(t, values=values)
         return out

@@ -47,7 +47,7 @@ def select(tokens: dict[str, Tokens], rows: list[int], *, trim: bool = False) ->
 def check_record_invariants(records, *, tol: float = 1e-5) -> None:
     for r in records:
         assert torch.isfinite(r.value).all() and torch.isfinite(r.raw).all(), (r.kind, r.modality)
-        if r.kind == "phi":
+        if r.normalised_over == "classes":
             sums = r.value.sum(dim=1)
             assert torch.allclose(sums, torch.ones_like(sums), atol=tol)
             continue

@@ -14,9 +14,9 @@ import torch
 from clinfuse.datasets.batch import ModalityBatch
 from clinfuse.datasets.testing import random_modality_batch, random_schema
 from clinfuse.encoders import create_encoder
-from clinfuse.encoders.attention import MaskedTransformer, masked_attention
 from clinfuse.encoders.events import EventTransformer
 from clinfuse.encoders.genomics import GeneTransformer
+from clinfuse.encoders.layers import MaskedTransformer, masked_attention
 
 D = 16
 
@@ -208,6 +208,32 @@ def test_chunked_attention_matches_single_call_and_empty_rows_are_zero():
         _close(a, b, atol=1e-6, rtol=1e-5)
         assert bool(torch.isfinite(a).all())
     assert one[1].abs().max() == 0.0
+
+
+def test_state_dicts_written_before_the_shared_layers_still_load():
+    """Keys of the self-attention aggregator's old block (``norm1 / attn.to_q / ff.3``) and of the encoders'
+    old feed-forward (``ffn.2``) are renamed on load (``layers.LEGACY_NAMES``) and give the same outputs."""
+    from clinfuse.encoders.layers import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(d_model=D, n_heads=4).eval()
+    new = block.state_dict()
+    rename = {"norm_attn.": "norm1.", "norm_ffn.": "norm2.", "attn.q_proj.": "attn.to_q.",
+              "attn.kv_proj.": "attn.to_kv.", "attn.out_proj.": "attn.out.", "ffn.": "ff."}
+    old = {}
+    for key, value in new.items():
+        for a, b in rename.items():
+            if key.startswith(a):
+                key = b + key[len(a):]
+                break
+        old[key] = value
+    encoder_style = {k.replace("ffn.3.", "ffn.2."): v for k, v in new.items()}
+    x, mask = torch.randn(2, 5, D), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    for state in (old, encoder_style):
+        other = TransformerBlock(d_model=D, n_heads=4).eval()
+        other.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            _close(other(x, mask), block(x, mask), atol=0.0, rtol=0.0)
 
 
 def test_transformer_zeroes_padding_rows():

@@ -155,6 +155,34 @@ def test_token_type_optional_segment_and_coordinate_terms():
     im = out["images"].values - tokens["images"].values - emb.type_embedding[2]
     assert im[0, 0].abs().max() < 1e-6  # unknown coordinates add nothing
     assert im[0, 1].abs().max() > 1e-2
+    # the encoders' one 2-D sin-cos encoding, coordinates in units of coord_scale
+    from clinfuse.encoders.common import sincos_2d
+
+    want = sincos_2d(tokens["images"].meta["coords"], D, scale=1 / emb.coord_scale)
+    torch.testing.assert_close(im, want, atol=1e-6, rtol=0)
+
+
+def test_default_explain_returns_the_records_and_training_skips_it():
+    """``Aggregator.explain`` defaults to the aggregator's own records; the network calls it outside
+    training only."""
+    net, schema = network("abmil", mods=("clinical", "images"))
+    batch = random_batch(schema, ("clinical", "images"), lengths=(3, 5), seed=1)
+    calls = []
+    original = type(net.aggregator).explain
+
+    def spy(self, output, head):
+        calls.append(head)
+        return original(self, output, head)
+
+    net.aggregator.explain = spy.__get__(net.aggregator)
+    net.eval()
+    with torch.no_grad():
+        out = net(batch)
+    assert calls == [net.head] and [r.kind for r in out.records] == ["patch"]
+    net.train()
+    net(batch)
+    assert len(calls) == 1
+    assert type(net.aggregator).sample_figure == "patches"
 
 
 # ------------------------------------------------------------------------------ training on the synthetic cohort

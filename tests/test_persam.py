@@ -58,6 +58,7 @@ def test_explanatory_is_normalised_product_of_class_wise_phi_psi():
     # raw scores are exp(score - max): in (0, 1] with max exactly 1 over real instances
     assert torch.all(a.amax(-1) == 1) and torch.all(psi.amax(-1) == 1)
     torch.testing.assert_close(recs["phi"].value.sum(1), torch.ones(3, 1))
+    assert recs["phi"].normalised_over == "classes" and recs["phi"].names == [["clinical"]] * 3
 
 
 @pytest.mark.parametrize("how", ["model_without_clinical", "sample_without_clinical"])
@@ -346,3 +347,12 @@ def test_exported_shares_are_measured_against_the_training_mean_token():
         fresh.load_state_dict(model.state_dict())
         torch.testing.assert_close(fresh.reference_clinical, ref)
         torch.testing.assert_close(_records(fresh(tokens))["feature"].raw, _records(out)["feature"].raw)
+
+
+def test_instance_ffn_mult_is_a_deprecated_name_of_ffn_mult():
+    with pytest.warns(DeprecationWarning, match="ffn_mult"):
+        old = _model(("clinical", "images"), n_layers=1, n_heads=2, instance_ffn_mult=2)
+    new = _model(("clinical", "images"), n_layers=1, n_heads=2, ffn_mult=2)
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    assert old.encoder.layers[0].ffn_large[0].out_features == 2 * old.d_model
+    assert PersAM.sample_figure == "persam"

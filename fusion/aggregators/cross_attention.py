@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.layers import FeedForward, MultiHeadAttention
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from .pooling import (
@@ -30,13 +31,13 @@ from .pooling import (
     check_tokens,
     token_record,
 )
-from .self_attention import MaskedAttention
 
 
 def default_pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:
     """Genomics (else clinical, else events) queries the patches (else the first other modality)."""
     mods = list(modalities)
-    key = "images" if "images" in mods else next((m for m in ("events", "genomics", "clinical") if m in mods), None)
+    key = ("images" if "images" in mods
+           else next((m for m in ("events", "genomics", "clinical") if m in mods), None))
     query = next((m for m in ("genomics", "clinical", "events") if m in mods and m != key), None)
     if key is None or query is None:
         raise ValueError(f"cross_attention needs two modalities (one queries the other), got {mods}; "
@@ -45,16 +46,15 @@ def default_pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:
 
 
 class _CoAttention(nn.Module):
-    """One (query modality -> key modality) co-attention layer followed by attention pooling of the queries."""
+    """One (query modality -> key modality) co-attention layer, then attention pooling of the queries."""
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float, max_query_tokens: int) -> None:
         super().__init__()
         self.extra_query = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
         self.norm_q, self.norm_k = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = MaskedAttention(d_model=d_model, n_heads=n_heads, dropout=dropout)
+        self.attn = MultiHeadAttention(d_model=d_model, n_heads=n_heads, attention_dropout=dropout)
         self.norm_ff = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(2 * d_model, d_model))
+        self.ff = FeedForward(d_model=d_model, ffn_mult=2, dropout=dropout)
         self.summariser = GatedAttentionPooling(d_model=d_model, n_branches=min(max_query_tokens, 8))
         self.pool = GatedAttentionPooling(d_model=d_model)
         self.max_query_tokens = max_query_tokens
@@ -79,7 +79,7 @@ class _CoAttention(nn.Module):
                        for b, s in enumerate(capped.summarised.tolist())]
         k_present = key.mask.any(dim=1, keepdim=True)
         # a query whose sample lacks every key gets no update (its attention row is all zeros)
-        out, attn = self.attn(self.norm_q(q), self.norm_k(key.values), key.mask)
+        out, attn = self.attn(self.norm_q(q), self.norm_k(key.values), key.mask, need_weights=True)
         h = q + out
         h = h + self.ff(self.norm_ff(h))
         pooled, _, _ = self.pool(h, q_mask)
@@ -113,7 +113,8 @@ class CrossAttentionAggregator(Aggregator):
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
         if not isinstance(max_query_tokens, int) or max_query_tokens <= 0:
-            raise ValueError(f"cross_attention: max_query_tokens must be a positive int, got {max_query_tokens!r}")
+            raise ValueError(f"cross_attention: max_query_tokens must be a positive int, "
+                             f"got {max_query_tokens!r}")
         self.d_model, self.modalities = d_model, tuple(modalities)
         pair_list = default_pairs(self.modalities) if pairs is None else [tuple(p) for p in pairs]
         for p in pair_list:
@@ -138,7 +139,7 @@ class CrossAttentionAggregator(Aggregator):
         self.attention_kinds = frozenset(TOKEN_KIND[k] for _, k in self.pairs)
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:
-        """``tokens``: modality -> Tokens ``[B, T_m, d]`` -> pooled ``[B, d]`` + one record per key modality."""
+        """``tokens``: modality -> Tokens ``[B, T_m, d]`` -> pooled ``[B, d]``, a record per key modality."""
         check_tokens(tokens, self.modalities, self.d_model)
         B, like = batch_size_of(tokens)
         parts, by_key = [], {}

@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.layers import TransformerBlock
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
-from ..records import masked_normalise
 from .pooling import (
     GatedAttentionPooling,
     batch_size_of,
@@ -32,57 +31,6 @@ from .pooling import (
     presence_matrix,
     token_record,
 )
-
-
-class MaskedAttention(nn.Module):
-    """Multi-head attention whose softmax is :func:`masked_normalise` (exact zeros on padded keys).
-
-    A query row without any real key gets all-zero weights (output 0) instead of NaN.
-    """
-
-    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.scale = (d_model // n_heads) ** -0.5
-        self.to_q = nn.Linear(d_model, d_model)
-        self.to_kv = nn.Linear(d_model, 2 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``queries [B, Lq, d]`` attend to ``keys [B, Lk, d]`` (``key_mask [B, Lk]``).
-
-        Returns:
-            output ``[B, Lq, d]`` and the attention ``[B, H, Lq, Lk]`` (before dropout).
-        """
-        h = self.n_heads
-        q = rearrange(self.to_q(queries), "b l (h e) -> b h l e", h=h)
-        k, v = (rearrange(t, "b l (h e) -> b h l e", h=h) for t in self.to_kv(keys).chunk(2, dim=-1))
-        logits = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scale
-        attn = masked_normalise(logits, key_mask[:, None, None, :])
-        out = torch.einsum("bhqk,bhke->bhqe", self.drop(attn), v)
-        return self.out(rearrange(out, "b h l e -> b l (h e)")), attn
-
-
-class TransformerBlock(nn.Module):
-    """Pre-norm transformer block (attention + feed-forward) over ``[B, L, d]`` with a key padding mask."""
-
-    def __init__(self, *, d_model: int, n_heads: int, ff_mult: int = 2, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
-        self.attn = MaskedAttention(d_model=d_model, n_heads=n_heads, dropout=dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, ff_mult * d_model), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(ff_mult * d_model, d_model))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.norm1(x)
-        out, attn = self.attn(h, h, mask)
-        x = x + self.drop(out)
-        x = x + self.drop(self.ff(self.norm2(x)))
-        return x, attn
 
 
 @AGGREGATORS.register("self_attention")
@@ -114,12 +62,17 @@ class SelfAttentionAggregator(Aggregator):
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.limits = {m: (max_patch_tokens if m == "images" else max_tokens) for m in self.modalities}
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
-        self.summarisers = nn.ModuleDict({m: GatedAttentionPooling(d_model=d_model, n_branches=n_summary_tokens)
+        self.summarisers = nn.ModuleDict({m: GatedAttentionPooling(d_model=d_model,
+                                                                   n_branches=n_summary_tokens)
                                           for m in self.modalities})
-        self.blocks = nn.ModuleList(TransformerBlock(d_model=d_model, n_heads=n_heads, dropout=dropout)
+        # dropout on the attention weights, inside the feed-forward and on both block outputs
+        self.blocks = nn.ModuleList(TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_mult=2,
+                                                     dropout=dropout, attention_dropout=dropout,
+                                                     ffn_dropout=dropout)
                                     for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.attention_kinds = frozenset({"modality"} | {TOKEN_KIND[m] for m in self.modalities if m in TOKEN_KIND})
+        self.attention_kinds = frozenset({"modality"}
+                                         | {TOKEN_KIND[m] for m in self.modalities if m in TOKEN_KIND})
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:
         """``tokens``: modality -> Tokens ``[B, T_m, d]`` -> pooled ``[B, d]`` + records."""
@@ -133,7 +86,7 @@ class SelfAttentionAggregator(Aggregator):
                          + [capped[m].mask for m in order], dim=1)
         attn = None
         for block in self.blocks:
-            seq, attn = block(seq, mask)
+            seq, attn = block(seq, mask, need_weights=True)
         cls_row = attn[:, :, 0, :].mean(dim=1)  # [B, L] head-averaged CLS attention of the last layer
         pooled = self.norm(seq[:, 0])
 

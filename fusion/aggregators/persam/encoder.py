@@ -23,7 +23,7 @@ output never depends on the other samples of its batch).
 Patch-side work and memory: the scores are bilinear, so the queries and keys of large groups are never
 materialised (``q_l . k_j = h_l . (W_q^T k_j) + b_q . k_j`` is computed with ``W_q^T k_j`` on the small side,
 and likewise for the keys and values that small queries read); per layer a large group costs its
-LayerNorm, one value projection, the output projection and a narrow feed-forward (``large_ffn_mult``,
+LayerNorm, one value projection, the output projection and a narrow feed-forward (``ffn_mult``,
 default 1 x d, instead of 4 x d). No dropout is applied to large groups. In training with a big batch
 (``checkpoint_above``) the large groups are updated in chunks of ``chunk_size`` tokens that are recomputed
 in the backward pass, so the stored activations per layer are a few ``[N, d]`` tensors.
@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
-from ..records import masked_normalise
+from ....encoders.layers import FeedForward, attention_weights, checkpointed, masked_normalise
 
 
 @dataclass(frozen=True)
@@ -114,12 +113,12 @@ class GroupBalancedLayer(nn.Module):
         layout: the group layout.
         dropout: dropout on the attention and feed-forward outputs of the small groups (clinical, class,
             latents); none on instance/context tokens, where it would cost more than the layer itself.
-        large_ffn_mult: hidden width of the feed-forward of instance/context tokens, as a multiple of d
+        ffn_mult: hidden width of the feed-forward of instance/context tokens, as a multiple of d
             (0 = no feed-forward on them). Small groups use 4 x d.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, layout: GroupLayout, dropout: float,
-                 large_ffn_mult: int) -> None:
+                 ffn_mult: int) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.layout = d_model, n_heads, layout
         self.scale = (d_model // n_heads) ** -0.5
@@ -133,8 +132,9 @@ class GroupBalancedLayer(nn.Module):
         self.group_bias = nn.Parameter(torch.zeros(layout.n_query, n_heads, layout.n_key))
         self.register_buffer("allowed", layout.allowed(), persistent=False)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn_small = _ffn(d_model, 4, dropout)
-        self.ffn_large = _ffn(d_model, large_ffn_mult, 0.0) if large_ffn_mult > 0 else None
+        # (the pre-norm ``norm2`` is shared by every group; the output dropout is applied in ``_finish``)
+        self.ffn_small = FeedForward(d_model=d_model, ffn_mult=4, dropout=dropout)
+        self.ffn_large = FeedForward(d_model=d_model, ffn_mult=ffn_mult) if ffn_mult > 0 else None
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -151,7 +151,8 @@ class GroupBalancedLayer(nn.Module):
             masks: per query group, bool ``[B, L_g]``, True = real token.
             full_ok: bool ``[B]``: samples whose instances also attend to each other (or None: none do).
             chunk: if given, large groups are updated in chunks of this many tokens, each recomputed in the
-                backward pass (``torch.utils.checkpoint``): same result, memory of one chunk.
+                backward pass (:func:`~clinfuse.encoders.layers.checkpointed`): same result, memory of one
+                chunk.
 
         Returns:
             The updated ``xs``, the class queries' group weights ``[B, H, C, n_key]`` and the norm of what
@@ -196,8 +197,7 @@ class GroupBalancedLayer(nn.Module):
             probs, values = [], []
             for kg in small:
                 if bool(self.allowed[g, kg]):
-                    sc = torch.einsum("bhqe,bhke->bhqk", q[g], k[kg])
-                    prob = masked_normalise(sc * self.scale, masks[kg][:, None, None, :]) * ws[g][..., kg, None]
+                    prob = attention_weights(q[g], k[kg], masks[kg]) * ws[g][..., kg, None]
                     if g == lay.cls and kg == lay.clinical:
                         class_clinical = self._contribution_norms(prob, v[kg])
                     probs.append(prob)
@@ -220,8 +220,7 @@ class GroupBalancedLayer(nn.Module):
                 return self._large_update(g, x, full_part, folded, v, masks, avail, full_ok)
 
             if chunk is not None and xs[g].shape[1] > chunk:
-                parts = [torch.utils.checkpoint.checkpoint(update, x, None if full is None else fp,
-                                                           use_reentrant=False)
+                parts = [checkpointed(update, x, None if full is None else fp)
                          for x, fp in zip(xs[g].split(chunk, dim=1),
                                           full.split(chunk, dim=2) if full is not None else
                                           [None] * -(-xs[g].shape[1] // chunk))]
@@ -232,11 +231,12 @@ class GroupBalancedLayer(nn.Module):
         return new_xs, class_weights, class_clinical
 
     def _contribution_norms(self, prob: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``[B, C, K]``: the norm of what key token k adds to query c, ``|| sum_h p_h[c, k] W_o^h v_h[k] ||``.
+        """``[B, C, K]``: the norm of what key token k adds to query c,
+        ``|| sum_h p_h[c, k] W_o^h v_h[k] ||``.
 
-        ``prob`` ``[B, H, C, K]`` (group weight included), ``values`` ``[B, H, K, dh]``. Attention weights alone
-        ignore how large the value each token brings is; weighting by the norm of the transformed value is
-        the norm-based analysis of Kobayashi et al. (EMNLP 2020, "Attention is not only a weight").
+        ``prob`` ``[B, H, C, K]`` (group weight included), ``values`` ``[B, H, K, dh]``. Attention weights
+        alone ignore how large the value each token brings is; weighting by the norm of the transformed value
+        is the norm-based analysis of Kobayashi et al. (EMNLP 2020, "Attention is not only a weight").
         """
         w_out = rearrange(self.out.weight, "d (h e) -> h e d", h=self.n_heads)
         per_token = torch.einsum("bhke,hed->bhkd", values, w_out)  # [B, H, K, d]
@@ -280,7 +280,7 @@ class GroupBalancedLayer(nn.Module):
         drop = nn.Identity() if large else self.drop
         x = x + drop(self.out(rearrange(att, "b h l e -> b l (h e)")))
         ffn = self.ffn_large if large else self.ffn_small
-        return x + ffn(self.norm2(x)) if ffn is not None else x
+        return x + drop(ffn(self.norm2(x))) if ffn is not None else x
 
     def _full_instances(self, h, mask, full_ok) -> torch.Tensor:
         """Unweighted instance-to-instance attention ``[B, H, N, dh]`` for the samples in ``full_ok`` (zeros
@@ -290,17 +290,8 @@ class GroupBalancedLayer(nn.Module):
         sub_mask = mask[idx]
         last = int(sub_mask.any(0).nonzero().max()) + 1  # keys/queries beyond the last real one are padding
         q, k, v = rearrange(self.qkv(h[idx, :last]), "b l (three h e) -> three b h l e", three=3, h=H)
-        s = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scale
-        o = F.pad(masked_normalise(s, sub_mask[:, None, None, :last]) @ v, (0, 0, 0, h.shape[1] - last))
+        o = F.pad(attention_weights(q, k, sub_mask[:, :last]) @ v, (0, 0, 0, h.shape[1] - last))
         return h.new_zeros(h.shape[0], H, h.shape[1], d // H).index_add(0, idx, o)
-
-
-def _ffn(d_model: int, mult: int, dropout: float) -> nn.Sequential:
-    # The pre-norm is applied by the caller (``norm2``), shared by every group.
-    return nn.Sequential(
-        nn.Linear(d_model, mult * d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(mult * d_model, d_model),
-        nn.Dropout(dropout),
-    )
 
 
 class GroupBalancedEncoder(nn.Module):
@@ -309,17 +300,17 @@ class GroupBalancedEncoder(nn.Module):
     Args:
         checkpoint_above: during training, when the batch holds more than this many instance and context
             tokens, they are updated in chunks of ``chunk_size`` that are recomputed in the backward pass
-            (``torch.utils.checkpoint``), so the memory of a 100,000-patch bag is a few ``[N, d]`` tensors
-            per layer instead of all activations. Same result; None = never.
+            (:func:`~clinfuse.encoders.layers.checkpointed`), so the memory of a 100,000-patch bag is a few
+            ``[N, d]`` tensors per layer instead of all activations. Same result; None = never.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, n_layers: int, layout: GroupLayout, dropout: float,
-                 large_ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
+                 ffn_mult: int, checkpoint_above: int | None, chunk_size: int = 8192) -> None:
         super().__init__()
         self.chunk_size, self.layout = chunk_size, layout
         self.layers = nn.ModuleList(
             GroupBalancedLayer(d_model=d_model, n_heads=n_heads, layout=layout, dropout=dropout,
-                               large_ffn_mult=large_ffn_mult)
+                               ffn_mult=ffn_mult)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
@@ -336,5 +327,6 @@ class GroupBalancedEncoder(nn.Module):
                     and n_large > self.checkpoint_above)
         xs, class_weights, class_clinical = list(xs), None, None
         for layer in self.layers:
-            xs, class_weights, class_clinical = layer(xs, masks, full_ok, self.chunk_size if use_ckpt else None)
+            chunk = self.chunk_size if use_ckpt else None
+            xs, class_weights, class_clinical = layer(xs, masks, full_ok, chunk)
         return [self.norm(x) for x in xs], class_weights, class_clinical
