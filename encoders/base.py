@@ -22,6 +22,9 @@ class ModalityEncoder(nn.Module):
     """
 
     registry_name: ClassVar[str] = ""
+    shared_keywords: ClassVar[frozenset[str]] = frozenset()
+    """The FusionModel-wide keywords (``n_heads, n_layers, dropout, ffn_mult``) this encoder has, under
+    those names; the estimator passes each one the user sets to every component that declares it."""
 
     def forward(self, batch: ModalityBatch) -> Tokens:  # pragma: no cover - interface
         raise NotImplementedError

@@ -86,6 +86,8 @@ class FeatureTokensEncoder(ModalityEncoder):
     Output: ``Tokens [B, Kn + Kc, d]``, names = the columns (the batch's names), rows of absent samples 0.
     """
 
+    shared_keywords = frozenset({"dropout"})
+
     def __init__(self, *, numeric: Sequence[str], categorical: Mapping[str, Sequence[str]], d_model: int,
                  dropout: float = 0.0) -> None:
         super().__init__()
@@ -138,6 +140,8 @@ class ClinicalMLPEncoder(ModalityEncoder):
 
     Output: ``Tokens [B, 1, d]`` named ``"clinical"`` ("" and mask False for absent samples).
     """
+
+    shared_keywords = frozenset({"dropout"})
 
     def __init__(self, *, numeric: Sequence[str], categorical: Mapping[str, Sequence[str]], d_model: int,
                  hidden: Sequence[int] = (64,), cat_dim: int = 4, dropout: float = 0.1) -> None:

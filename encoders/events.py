@@ -63,6 +63,8 @@ class EventTransformer(ModalityEncoder):
         max_tokens: raise ``ValueError`` when a batch has more events per sample than this (None = no limit).
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     def __init__(
         self,
         *,
@@ -70,7 +72,7 @@ class EventTransformer(ModalityEncoder):
         has_values: bool = True,
         d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 2,
+        n_layers: int = 1,
         ffn_mult: int = 2,
         dropout: float = 0.1,
         use_segments: bool = True,

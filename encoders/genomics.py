@@ -101,6 +101,8 @@ class GeneTransformer(ModalityEncoder):
         max_tokens: raise ``ValueError`` when a batch has more tokens than this (None = no limit).
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     def __init__(
         self,
         *,
@@ -108,7 +110,7 @@ class GeneTransformer(ModalityEncoder):
         gene_sets: Mapping[str, Sequence[str]] | None = None,
         d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 2,
+        n_layers: int = 1,
         ffn_mult: int = 2,
         dropout: float = 0.1,
         use_gene_sets: bool | None = None,

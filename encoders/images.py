@@ -49,6 +49,8 @@ class FeatureBagEncoder(ModalityEncoder):
     on its own input row, so padding never affects real patches.
     """
 
+    shared_keywords = frozenset({"dropout"})
+
     CHUNK_ROWS = 16384  # rows per chunk of the no-grad path: 16384 x d floats of temporary memory
 
     def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,

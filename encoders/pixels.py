@@ -79,7 +79,7 @@ class CNNEncoder(ModalityEncoder):
         in_channels: C of the images (any H, W: global average pooling ends the network).
         d_model: token width.
         width: channels of the first stage; stage i has ``width * 2**min(i, 2)`` channels.
-        depth: number of residual stages; every stage after the first halves the resolution.
+        n_layers: number of residual stages; every stage after the first halves the resolution.
         dropout: dropout on the output tokens.
         chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
             training, the activations of every real image are kept for backward whatever the chunk size).
@@ -89,20 +89,22 @@ class CNNEncoder(ModalityEncoder):
     ``position``, ``slide_id`` passed through; padding rows are 0.
     """
 
-    def __init__(self, *, in_channels: int, d_model: int, width: int = 32, depth: int = 3, dropout: float = 0.0,
+    shared_keywords = frozenset({"n_layers", "dropout"})
+
+    def __init__(self, *, in_channels: int, d_model: int, width: int = 32, n_layers: int = 3, dropout: float = 0.0,
                  chunk_size: int = 256, weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         owner = "cnn"
         self.in_channels = check_positive_int(in_channels, "in_channels", owner=owner)
         self.d_model = check_positive_int(d_model, "d_model", owner=owner)
         check_positive_int(width, "width", owner=owner)
-        check_positive_int(depth, "depth", owner=owner)
+        check_positive_int(n_layers, "n_layers", owner=owner)
         self.chunk_size = check_positive_int(chunk_size, "chunk_size", owner=owner)
         check_probability(dropout, "dropout", owner=owner)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
                                   nn.GroupNorm(min(8, width), width), nn.GELU())
         stages, c = [], width
-        for i in range(depth):
+        for i in range(n_layers):
             c_out = width * 2 ** min(i, 2)
             stages.append(_ResidualBlock(c, c_out, stride=1 if i == 0 else 2))
             c = c_out
@@ -159,7 +161,7 @@ class ViTEncoder(ModalityEncoder):
         in_channels, image_size: C and (H, W) of the images; images whose sides are not multiples of the
             patch size are zero-padded at the bottom/right (no pixel is dropped).
         patch_size: sub-patch side (default: 16 from 64 pixels up, else a quarter of the short side).
-        d_model, depth, n_heads, ffn_mult, dropout: transformer width, layers, heads (d_model % n_heads == 0),
+        d_model, n_layers, n_heads, ffn_mult, dropout: transformer width, layers, heads (d_model % n_heads == 0),
             hidden-width multiplier of its feed-forward and dropout (the shared masked SDPA transformer of
             :mod:`clinfuse.encoders.layers`).
         chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
@@ -169,8 +171,10 @@ class ViTEncoder(ModalityEncoder):
     Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, T, d]`` with T = max over samples of its token count.
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     def __init__(self, *, in_channels: int, image_size: tuple[int, int], d_model: int, patch_size: int | None = None,
-                 depth: int = 2, n_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0,
+                 n_layers: int = 2, n_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0,
                  tokens: str = "auto", chunk_size: int = 256,
                  weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
@@ -181,7 +185,7 @@ class ViTEncoder(ModalityEncoder):
         self.height = check_positive_int(int(image_size[0]), "image_size[0]", owner=owner)
         self.width = check_positive_int(int(image_size[1]), "image_size[1]", owner=owner)
         self.d_model = check_positive_int(d_model, "d_model", owner=owner)
-        check_positive_int(depth, "depth", owner=owner)
+        check_positive_int(n_layers, "n_layers", owner=owner)
         check_heads(d_model, n_heads, owner=owner)
         check_probability(dropout, "dropout", owner=owner)
         self.chunk_size = check_positive_int(chunk_size, "chunk_size", owner=owner)
@@ -198,7 +202,7 @@ class ViTEncoder(ModalityEncoder):
         init_trunc_normal(self.cls)
         init_trunc_normal(self.pos)
         check_positive_int(ffn_mult, "ffn_mult", owner=owner)
-        self.transformer = MaskedTransformer(d_model=d_model, n_heads=n_heads, n_layers=depth, ffn_mult=ffn_mult,
+        self.transformer = MaskedTransformer(d_model=d_model, n_heads=n_heads, n_layers=n_layers, ffn_mult=ffn_mult,
                                              dropout=dropout)
         if weights_path is not None:
             load_weights(self, weights_path, owner=owner)

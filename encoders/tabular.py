@@ -46,8 +46,8 @@ class TabularFTTransformerEncoder(ModalityEncoder):
 
     Args:
         numeric, categorical: the schema's columns. d_model: token width (= the backbone's ``input_embed_dim``).
-        n_heads, depth: attention heads (d_model % n_heads == 0) and blocks (``num_attn_blocks``).
-        ff_hidden_multiplier, activation: the backbone's position-wise feed-forward (GEGLU by default).
+        n_heads, n_layers: attention heads (d_model % n_heads == 0) and blocks (``num_attn_blocks``).
+        ffn_mult, activation: the backbone's position-wise feed-forward (GEGLU by default).
         dropout: used for its attention, feed-forward and add-norm dropouts.
         output: ``"tokens"`` (default): one token per clinical variable, taken from the backbone's transformer
             outputs; a numeric variable's token is the sum of its value token and its missing-indicator token.
@@ -58,16 +58,18 @@ class TabularFTTransformerEncoder(ModalityEncoder):
     a present sample is a real token).
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     def __init__(self, *, numeric: Sequence[str], categorical: Mapping[str, Sequence[str]], d_model: int,
-                 n_heads: int = 4, depth: int = 2, ff_hidden_multiplier: int = 2, activation: str = "GEGLU",
+                 n_heads: int = 4, n_layers: int = 2, ffn_mult: int = 2, activation: str = "GEGLU",
                  dropout: float = 0.1, output: str = "tokens") -> None:
         super().__init__()
         owner = "tabular_ft_transformer"
         self.numeric, self.categorical = clinical_columns(numeric, categorical, owner)
         self.d_model = check_positive_int(d_model, "d_model", owner=owner)
         check_heads(d_model, n_heads, owner=owner)
-        check_positive_int(depth, "depth", owner=owner)
-        check_positive_int(ff_hidden_multiplier, "ff_hidden_multiplier", owner=owner)
+        check_positive_int(n_layers, "n_layers", owner=owner)
+        check_positive_int(ffn_mult, "ffn_mult", owner=owner)
         check_probability(dropout, "dropout", owner=owner)
         if output not in ("tokens", "cls"):
             raise ValueError(f"{owner}: output must be 'tokens' or 'cls', got {output!r}")
@@ -80,9 +82,9 @@ class TabularFTTransformerEncoder(ModalityEncoder):
             "continuous_dim": 2 * kn, "categorical_cardinality": [len(v) + 2 for v in self.categorical.values()],
             "input_embed_dim": d_model, "embedding_initialization": "kaiming_uniform", "embedding_bias": True,
             "share_embedding_strategy": "fraction", "shared_embedding_fraction": 0.25, "embedding_dropout": 0.0,
-            "num_heads": n_heads, "num_attn_blocks": depth, "transformer_head_dim": None,
+            "num_heads": n_heads, "num_attn_blocks": n_layers, "transformer_head_dim": None,
             "attn_dropout": dropout, "add_norm_dropout": dropout, "ff_dropout": dropout,
-            "ff_hidden_multiplier": ff_hidden_multiplier, "transformer_activation": activation,
+            "ff_hidden_multiplier": ffn_mult, "transformer_activation": activation,
             "attn_feature_importance": False, "batch_norm_continuous_input": False, "virtual_batch_size": None,
         })
         self.backbone = FTTransformerBackbone(config)
@@ -132,6 +134,8 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
 
     Output: ``Tokens [B, 1, d]`` named ``"clinical"`` (Linear(backbone output, d) + LayerNorm); 0 for absent samples.
     """
+
+    shared_keywords = frozenset({"dropout"})
 
     def __init__(self, *, numeric: Sequence[str], categorical: Mapping[str, Sequence[str]], d_model: int,
                  layers: str = "64-32", cat_dim: int | None = None, activation: str = "ReLU",

@@ -53,6 +53,8 @@ class Aggregator(nn.Module):
     """
 
     registry_name: ClassVar[str] = ""
+    shared_keywords: ClassVar[frozenset[str]] = frozenset()
+    """The FusionModel-wide keywords (``n_heads, n_layers, dropout, ffn_mult``) this aggregator has."""
     attention_kinds: ClassVar[frozenset[str]] = frozenset()
     sample_figure: ClassVar[str] = "patches"
 

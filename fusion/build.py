@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,11 +42,10 @@ _TOKEN_TYPES_SUPPLIED = frozenset({"d_model", "modalities"})
 NETWORK_KEYS = ("d_model", "modalities", "modality_dropout", "n_outputs", "class_names", "token_types",
                 "encoders", "aggregator", "head")
 
-# TEMPORARY: FusionModel's n_layers used to default to 1 and override these components' own default of 2.
-# Until their defaults are 1, this table keeps a fit with n_layers=None identical; remove it then.
-_TEMPORARY_DEFAULTS: dict[str, dict[str, Any]] = {name: {"n_layers": 1} for name in
-                                                  ("event_transformer", "gene_transformer", "persam",
-                                                   "self_attention")}
+RENAMED_KEYWORDS: dict[str, str] = {"depth": "n_layers", "ff_hidden_multiplier": "ffn_mult",
+                                    "instance_ffn_mult": "ffn_mult"}
+"""Earlier names of component keywords (a user's ``encoder_kwargs`` / ``aggregator_kwargs``, a saved
+format-3 folder): accepted with a DeprecationWarning and stored under the current name."""
 
 
 def head_name(task: str, survival_head: str) -> str:
@@ -64,16 +64,24 @@ def output_names(task: str, survival_head: str, *, classes: Sequence | None,
 
 
 # ------------------------------------------------------------------------------------------- keywords
-def _shared_keywords_from_signature(cls: type) -> frozenset[str]:
-    """TEMPORARY fallback for a class without ``shared_keywords``: the shared names its constructor takes.
-    Remove it once every encoder, aggregator and head declares ``shared_keywords``."""
-    return frozenset(k for k in SHARED_KEYWORDS if k in _keywords(cls))
-
-
 def shared_keywords_of(cls: type) -> frozenset[str]:
-    """The shared concepts (of :data:`SHARED_KEYWORDS`) a component class has, as it declares them."""
-    declared = getattr(cls, "shared_keywords", None)
-    return frozenset(declared) if declared is not None else _shared_keywords_from_signature(cls)
+    """The shared concepts (of :data:`SHARED_KEYWORDS`) a component class declares it has."""
+    return frozenset(cls.shared_keywords)
+
+
+def _current_names(label: str, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` with earlier keyword names (:data:`RENAMED_KEYWORDS`) replaced by the current ones."""
+    out = {}
+    for key, value in given.items():
+        new = RENAMED_KEYWORDS.get(key, key)
+        if new != key:
+            if new in given:
+                raise ValueError(f"{label} {name!r}: {key!r} is the earlier name of {new!r}; "
+                                 "give one of them")
+            warnings.warn(f"{label} {name!r}: the keyword {key!r} is now called {new!r}", DeprecationWarning,
+                          stacklevel=4)
+        out[new] = value
+    return out
 
 
 def _keywords(cls: type) -> dict[str, inspect.Parameter]:
@@ -81,10 +89,9 @@ def _keywords(cls: type) -> dict[str, inspect.Parameter]:
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
-def component_defaults(name: str, cls: type) -> dict[str, Any]:
-    """The constructor defaults of a component (its own, with the TEMPORARY table above applied)."""
-    own = {k: p.default for k, p in _keywords(cls).items() if p.default is not inspect.Parameter.empty}
-    return {**own, **_TEMPORARY_DEFAULTS.get(name, {})}
+def component_defaults(cls: type) -> dict[str, Any]:
+    """The constructor defaults of a component class."""
+    return {k: p.default for k, p in _keywords(cls).items() if p.default is not inspect.Parameter.empty}
 
 
 def _schema_keywords(cls: type, schema_entry: Mapping[str, Any], *, d_model: int,
@@ -116,13 +123,14 @@ def _full_kwargs(label: str, name: str, cls: type, *, shared: Mapping[str, Any],
                  supplied: frozenset[str], concepts: Callable[[type], frozenset[str]]) -> dict[str, Any]:
     """Every keyword of one component: the shared values of the concepts it has (None = its own default),
     then the user's keywords, then its defaults. ``supplied`` (d_model, schema sizes) are never stored."""
+    given = _current_names(label, name, given)
     known = set(_keywords(cls)) - supplied
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"{label} {name!r} has no keyword(s) {unknown}; it takes {sorted(known)}")
     kw = {k: v for k, v in shared.items() if v is not None and k in concepts(cls)}
     kw.update(given)
-    for k, v in component_defaults(name, cls).items():
+    for k, v in component_defaults(cls).items():
         if k not in supplied:
             kw.setdefault(k, v)
     kw = {k: kw[k] for k in _keywords(cls) if k in kw}  # in the constructor's order
@@ -163,7 +171,7 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
     for m in modalities:
         name = names.get(m) or enc.default_encoder(m, schema[m])
         cls = _encoder_class(name, m)
-        given = dict(encoder_kwargs.get(m) or {})
+        given = _current_names(f"encoder ({m})", name, dict(encoder_kwargs.get(m) or {}))
         supplied = _schema_keywords(cls, schema[m], d_model=d_model, given=given) | {"d_model"}
         kwargs = _full_kwargs(f"encoder ({m})", name, cls, shared=shared, given=given, supplied=supplied,
                               concepts=shared_keywords)

@@ -14,6 +14,8 @@ from torch import nn
 class _ScoreHead(nn.Module):
     """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` -> ``[B, C]``."""
 
+    shared_keywords = frozenset({"dropout"})
+
     def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_n_layers_none_leaves_every_component_its_own_default(schema):
     config = _resolve(schema, n_layers=None, encoders={"images": "vit"})
     net = build_network(schema, config)
     for name, cls, kwargs, where in _components(config):
-        own = json.loads(json.dumps(component_defaults(name, cls)))
+        own = json.loads(json.dumps(component_defaults(cls)))
         given = {"n_heads", "dropout"} & shared_keywords_of(cls)  # TINY sets these two
         assert {k: v for k, v in kwargs.items() if k not in given} == \
             {k: v for k, v in own.items() if k in kwargs and k not in given}, name
@@ -172,3 +173,27 @@ def test_folders_older_than_format3_are_refused_with_the_retrain_message(saved, 
     _edit(old, lambda c: c.update(format_version=version))
     with pytest.raises(ValueError, match=rf"{old.name}.*format_version {version}.*retrain"):
         FusionModel.load(old)
+
+
+def test_every_component_declares_exactly_the_shared_keywords_its_constructor_has():
+    from clinfuse.encoders import ENCODERS
+    from clinfuse.fusion.base import AGGREGATORS
+    from clinfuse.fusion.build import HEADS, SHARED_KEYWORDS
+
+    classes = [ENCODERS.get(n) for n in ENCODERS.names()] + [AGGREGATORS.get(n) for n in AGGREGATORS.names()]
+    classes += [cls for cls, _ in HEADS.values()]
+    for cls in classes:
+        takes = {k for k in SHARED_KEYWORDS if k in inspect.signature(cls.__init__).parameters}
+        assert set(shared_keywords_of(cls)) == takes, cls.__name__
+
+
+def test_earlier_keyword_names_are_accepted_with_a_warning_and_stored_under_the_current_name(schema):
+    with pytest.warns(DeprecationWarning, match="'depth' is now called 'n_layers'"):
+        config = _resolve(schema, encoders={"images": "vit"}, encoder_kwargs={"images": {"depth": 3}})
+    assert config["encoders"]["images"]["kwargs"]["n_layers"] == 3
+    assert "depth" not in config["encoders"]["images"]["kwargs"]
+    with pytest.warns(DeprecationWarning, match="instance_ffn_mult"):
+        config = _resolve(schema, aggregator_kwargs={"instance_ffn_mult": 2})
+    assert config["aggregator"]["kwargs"]["ffn_mult"] == 2
+    with pytest.raises(ValueError, match="earlier name of 'ffn_mult'"):
+        _resolve(schema, aggregator_kwargs={"instance_ffn_mult": 2, "ffn_mult": 2})

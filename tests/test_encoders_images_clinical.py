@@ -192,7 +192,7 @@ def test_weights_file_initialises_and_mismatch_is_clear(cls: type, tmp_path: Pat
 
 
 def test_cnn_any_image_size_and_channel_check() -> None:
-    enc = CNNEncoder(in_channels=2, d_model=8, width=8, depth=2).eval()
+    enc = CNNEncoder(in_channels=2, d_model=8, width=8, n_layers=2).eval()
     for h, w in ((5, 9), (32, 20)):
         out = enc(_pixel_batch(torch.rand(3, 2, h, w), [2, 1]))
         assert out.values.shape == (2, 2, 8) and torch.isfinite(out.values).all()

@@ -349,10 +349,7 @@ def test_exported_shares_are_measured_against_the_training_mean_token():
         torch.testing.assert_close(_records(fresh(tokens))["feature"].raw, _records(out)["feature"].raw)
 
 
-def test_instance_ffn_mult_is_a_deprecated_name_of_ffn_mult():
-    with pytest.warns(DeprecationWarning, match="ffn_mult"):
-        old = _model(("clinical", "images"), n_layers=1, n_heads=2, instance_ffn_mult=2)
-    new = _model(("clinical", "images"), n_layers=1, n_heads=2, ffn_mult=2)
-    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
-    assert old.encoder.layers[0].ffn_large[0].out_features == 2 * old.d_model
+def test_ffn_mult_sets_the_instance_feed_forward_width():
+    model = _model(("clinical", "images"), n_layers=1, n_heads=2, ffn_mult=2)
+    assert model.encoder.layers[0].ffn_large[0].out_features == 2 * model.d_model
     assert PersAM.sample_figure == "persam"

@@ -37,6 +37,8 @@ class ABMILAggregator(Aggregator):
         dropout: dropout in the attention MLP.
     """
 
+    shared_keywords = frozenset({"dropout"})
+
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
                  class_names: Sequence[str] | None = None, instance_modality: str | None = None,
                  hidden: int | None = None, gated: bool = True, dropout: float = 0.0) -> None:

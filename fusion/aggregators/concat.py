@@ -24,6 +24,8 @@ class ConcatAggregator(Aggregator):
         dropout: dropout in the projection MLP.
     """
 
+    shared_keywords = frozenset({"dropout"})
+
     attention_kinds = frozenset()
 
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,

@@ -106,6 +106,8 @@ class CrossAttentionAggregator(Aggregator):
     Modalities in no pair join the fused vector as masked means (a learned vector when absent).
     """
 
+    shared_keywords = frozenset({"n_heads", "dropout"})
+
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
                  class_names: Sequence[str] | None = None, pairs: Sequence[Sequence[str]] | None = None,
                  both_ways: bool = False, n_heads: int = 4, max_query_tokens: int = 64,

@@ -39,6 +39,8 @@ class HierarchicalAggregator(Aggregator):
     A sample without any modality gets a learned "nothing known" vector, so the prediction stays finite.
     """
 
+    shared_keywords = frozenset({"dropout"})
+
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
                  class_names: Sequence[str] | None = None, hidden: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()

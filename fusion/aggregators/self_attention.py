@@ -41,19 +41,24 @@ class SelfAttentionAggregator(Aggregator):
         d_model: token width; modalities: the schema's modalities; n_outputs, class_names: unused here
             (the head scores the pooled vector) but validated for the common constructor.
         n_layers: transformer blocks (>= 1). n_heads: attention heads (divides d_model).
+        ffn_mult: feed-forward width of the blocks, in multiples of d_model.
         max_patch_tokens: an image bag with more patches is summarised into ``n_summary_tokens`` tokens.
         max_tokens: the same cap for the other modalities (long event histories, un-grouped genes).
         n_summary_tokens: Q, tokens a summarised modality contributes.
         dropout: dropout in the blocks.
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
-                 class_names: Sequence[str] | None = None, n_layers: int = 2, n_heads: int = 4,
+                 class_names: Sequence[str] | None = None, n_layers: int = 1, n_heads: int = 4,
+                 ffn_mult: int = 2,
                  max_patch_tokens: int = 256, max_tokens: int = 1024, n_summary_tokens: int = 8,
                  dropout: float = 0.1) -> None:
         super().__init__()
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
-        for name, value in (("n_layers", n_layers), ("max_patch_tokens", max_patch_tokens),
+        for name, value in (("n_layers", n_layers), ("ffn_mult", ffn_mult),
+                            ("max_patch_tokens", max_patch_tokens),
                             ("max_tokens", max_tokens), ("n_summary_tokens", n_summary_tokens)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"self_attention: {name} must be a positive int, got {value!r}")
@@ -66,7 +71,7 @@ class SelfAttentionAggregator(Aggregator):
                                                                    n_branches=n_summary_tokens)
                                           for m in self.modalities})
         # dropout on the attention weights, inside the feed-forward and on both block outputs
-        self.blocks = nn.ModuleList(TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_mult=2,
+        self.blocks = nn.ModuleList(TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_mult=ffn_mult,
                                                      dropout=dropout, attention_dropout=dropout,
                                                      ffn_dropout=dropout)
                                     for _ in range(n_layers))

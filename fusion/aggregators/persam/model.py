@@ -37,7 +37,6 @@ term per non-instance modality is added to the outputs (:mod:`.reference`). The 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,7 +73,7 @@ class PersAM(Aggregator):
         full_patch_attention_below: if > 0, instances also attend to each other for samples with fewer
             real instances than this (quadratic; off by default; needs ``encode_instances=True``).
         ffn_mult: hidden width of the instance/context feed-forward in the encoder, multiple of d (0 = none;
-            the small groups use 4 x d). ``instance_ffn_mult`` is its deprecated name.
+            the small groups use 4 x d).
         dropout: dropout in the encoder.
         checkpoint_above: when a training batch holds more encoded instance/context tokens than this, they
             are updated in chunks recomputed in the backward pass (same result, a few ``[N, d]``
@@ -92,6 +91,8 @@ class PersAM(Aggregator):
             (default; :mod:`.reference`), so that they reach the prediction directly.
     """
 
+    shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
+
     attention_kinds = frozenset(
         {"class_wise", "exploratory", "explanatory", "phi", "patch", "gene", "event", "feature", "modality"}
     )  # the union over configurations; each instance narrows it to what it actually exports
@@ -105,7 +106,7 @@ class PersAM(Aggregator):
         n_outputs: int,
         class_names: Sequence[str] | None = None,
         instance_modality: str | None = None,
-        n_layers: int = 2,
+        n_layers: int = 1,
         n_heads: int = 4,
         n_latents: int = 4,
         d_attn: int | None = None,
@@ -117,13 +118,8 @@ class PersAM(Aggregator):
         encode_instances: bool = False,
         gate_class_route: bool = True,
         modality_logits: bool = True,
-        instance_ffn_mult: int | None = None,
     ) -> None:
         super().__init__()
-        if instance_ffn_mult is not None:
-            warnings.warn("persam: instance_ffn_mult is deprecated, pass ffn_mult", DeprecationWarning,
-                          stacklevel=2)
-            ffn_mult = instance_ffn_mult
         check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
