@@ -40,7 +40,8 @@ class Cohort:
         clinical: DataFrame indexed by sample id; NaN = missing value.
         genomics: AnnData, obs_names = sample ids, var_names = genes (``.X`` dense or scipy sparse).
         images: :class:`ImageBags` (a plain dict is passed to :meth:`ImageBags.from_features`).
-        events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``, ``segment``].
+        events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``,
+            ``segment``].
         labels: Series sample -> class label (any hashable).  Exclusive with ``survival``.
         survival: DataFrame indexed by sample with ``time`` (> 0) and ``event`` (0/1).
         groups: Series sample -> patient id (for grouped splits); every sample must be in it.
@@ -50,27 +51,19 @@ class Cohort:
         index_time: Series sample -> prediction time (days or datetimes, same axis as event times);
             samples absent from it (or NaN) use their latest event.
         name: a label for summaries.
-        excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict with
+        excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict
+            with
             ``what, modality, sample_id, count, reason``.
     """
 
     def __init__(
-        self,
-        *,
-        clinical: pd.DataFrame | None = None,
-        genomics: Any = None,
-        images: ImageBags | Mapping | None = None,
-        events: pd.DataFrame | None = None,
-        labels: pd.Series | None = None,
-        survival: pd.DataFrame | None = None,
-        groups: pd.Series | Mapping | None = None,
-        clinical_types: Mapping[str, str] | None = None,
-        genomics_layer: str | None = None,
-        gene_sets: Any = None,
-        index_time: pd.Series | Mapping | None = None,
-        name: str | None = None,
-        excluded: Iterable[Mapping[str, Any]] | None = None,
-        **more: Any,
+        self, *, clinical: pd.DataFrame | None = None, genomics: Any = None,
+        images: ImageBags | Mapping | None = None, events: pd.DataFrame | None = None,
+        labels: pd.Series | None = None, survival: pd.DataFrame | None = None,
+        groups: pd.Series | Mapping | None = None, clinical_types: Mapping[str, str] | None = None,
+        genomics_layer: str | None = None, gene_sets: Any = None,
+        index_time: pd.Series | Mapping | None = None, name: str | None = None,
+        excluded: Iterable[Mapping[str, Any]] | None = None, **more: Any,
     ) -> None:
         given = {"clinical": clinical, "genomics": genomics, "images": images, "events": events,
                  "clinical_types": clinical_types, "genomics_layer": genomics_layer, "gene_sets": gene_sets,
@@ -99,7 +92,8 @@ class Cohort:
         data_ids = self._data_ids()
         if not data_ids:
             raise ValueError(
-                f"cohort: no sample has any modality; pass at least one of {', '.join(MODALITY_REGISTRY.names())}"
+                "cohort: no sample has any modality; pass at least one of "
+                f"{', '.join(MODALITY_REGISTRY.names())}"
             )
         self.labels: pd.Series | None = None
         self.survival: pd.DataFrame | None = None
@@ -121,15 +115,8 @@ class Cohort:
         gone = [s for s in order if s not in left]
         if gone:
             why = " / ".join(m.cut_reason for m in cut_by if m.cut_reason) or "their data were cut"
-            self.excluded.append(
-                {
-                    "what": "samples with no data left",
-                    "modality": None,
-                    "sample_id": None,
-                    "count": len(gone),
-                    "reason": f"{why}: {format_ids(gone)}",
-                }
-            )
+            self.excluded.append({"what": "samples with no data left", "modality": None, "sample_id": None,
+                                  "count": len(gone), "reason": f"{why}: {format_ids(gone)}"})
             order = [s for s in order if s in left]
             if not order:
                 raise ValueError(next((m.cut_everything_error for m in cut_by if m.cut_everything_error),
@@ -206,7 +193,8 @@ class Cohort:
                 continue
             if len(unknown) == len(ids):
                 raise ValueError(
-                    f"{modality}: none of its sample ids matches a {what} sample (e.g. {format_ids(ids[:3])} vs "
+                    f"{modality}: none of its sample ids matches a {what} sample (e.g. "
+                    f"{format_ids(ids[:3])} vs "
                     f"{format_ids(target_ids[:3])}); expected the same sample ids in every input"
                 )
             raise ValueError(
@@ -340,7 +328,8 @@ class Cohort:
             )
 
     def summary(self) -> str:
-        """A human-readable description: samples per modality, missingness, bag sizes, events, targets, cuts."""
+        """A human-readable description: samples per modality, missingness, bag sizes, events, targets, "
+        "cuts."""
         return _describe(self)
 
 
@@ -368,7 +357,8 @@ def _check_excluded(entry: Mapping[str, Any]) -> dict[str, Any]:
 def _describe(c: Cohort) -> str:
     lines = [
         f"Cohort {c.name!r}" if c.name else "Cohort",
-        f"  samples: {len(c)}   patients: {len(c.patients)}   task: {c.task or 'none (predict/explain only)'}",
+        (f"  samples: {len(c)}   patients: {len(c.patients)}   task: "
+        f"{c.task or 'none (predict/explain only)'}"),
     ]
     pres = c.presence()
     for m in c.modalities:

@@ -15,7 +15,8 @@ import pandas as pd
 
 
 def check_keys(found: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
-    """``found`` must be a mapping whose keys are all in ``valid``; else an error naming them and the valid ones."""
+    """``found`` must be a mapping whose keys are all in ``valid``; else an error naming them and the "
+    "valid ones."""
     if not isinstance(found, Mapping):
         raise TypeError(f"{where} must be a mapping of keys to values, got {type(found).__name__}")
     unknown = [k for k in found if k not in valid]
@@ -35,8 +36,10 @@ def read_table(path: Path, id_column: str, what: str) -> pd.DataFrame:
     else:
         raise ValueError(f"{what}: {path.name} must be a .csv, .tsv or .parquet file")
     if id_column not in frame.columns:
-        raise ValueError(f"{what}: {path.name} has no id column {id_column!r} (columns: {list(frame.columns)}); "
-                         "set id_column in the data config")
+        raise ValueError(
+            f"{what}: {path.name} has no id column {id_column!r} (columns: {list(frame.columns)}); "
+            "set id_column in the data config"
+        )
     frame[id_column] = frame[id_column].astype(str)
     return frame.set_index(id_column)
 

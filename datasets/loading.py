@@ -77,7 +77,9 @@ class CohortDataset(Dataset):
         self.epoch = 0
         self.sample_ids = [str(s) for s in cohort.sample_ids]
         groups = cohort.groups
-        self.patient_ids = [str(groups.get(s, s)) for s in self.sample_ids] if groups is not None else self.sample_ids
+        self.patient_ids = (
+            [str(groups.get(s, s)) for s in self.sample_ids] if groups is not None else self.sample_ids
+        )
         self._readers: dict[str, SampleReader] = {}
         for m in MODALITY_REGISTRY:
             data = getattr(cohort, m.name, None)
@@ -106,7 +108,9 @@ class CohortDataset(Dataset):
     def __getitem__(self, index: int) -> SampleItem:
         sid = self.sample_ids[index]
         item = SampleItem(sample_id=sid, patient_id=self.patient_ids[index], schema=self.schema)
-        context = ReadContext(train=self.train, max_patches=self.max_patches, seed=self.seed, epoch=self.epoch)
+        context = ReadContext(
+            train=self.train, max_patches=self.max_patches, seed=self.seed, epoch=self.epoch
+        )
         for name, reader in self._readers.items():
             value = reader.read(sid, index, context)
             if value is not None:
@@ -127,7 +131,9 @@ def _target(items: Sequence[SampleItem], attr: str, dtype: torch.dtype) -> torch
         return None
     lacking = [it.sample_id for it, v in zip(items, values, strict=True) if v is None]
     if lacking:
-        raise ValueError(f"collate_samples: sample(s) {lacking[:5]} have no {attr} while others in the batch do")
+        raise ValueError(
+            f"collate_samples: sample(s) {lacking[:5]} have no {attr} while others in the batch do"
+        )
     return torch.tensor(values, dtype=dtype)
 
 
@@ -151,7 +157,8 @@ def collate_samples(items: Sequence[SampleItem], *, schema: dict[str, Any] | Non
 def make_loader(cohort: Any, preprocessor: Preprocessor, *, batch_size: int = 8, shuffle: bool = False,
                 train: bool = False, max_patches: int | None = None, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False) -> DataLoader:
-    """A ``DataLoader`` yielding :class:`Batch` objects; shuffling is reproducible (generator seeded by ``seed``)."""
+    """A ``DataLoader`` yielding :class:`Batch` objects; shuffling is reproducible (generator seeded by "
+    "``seed``)."""
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     dataset = CohortDataset(cohort, preprocessor, train=train, max_patches=max_patches, seed=seed)

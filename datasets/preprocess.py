@@ -35,7 +35,8 @@ class Preprocessor:
     Args:
         top_genes: keep this many most variable genes (after ``gene_transform``); ``None`` keeps all, and
             all are kept when the cohort has fewer.
-        gene_transform: ``None``, ``"log1p"`` (log(1 + x)) or ``"cpm_log1p"`` (counts per million, then log1p).
+        gene_transform: ``None``, ``"log1p"`` (log(1 + x)) or ``"cpm_log1p"`` (counts per million, then
+            log1p).
         scale_genes: standardise each kept gene with its training mean / std.
         min_code_count: event codes seen fewer times than this in training map to the unknown code (1).
         max_events: keep at most this many most recent events per sample (the rest are counted in ``n_cut``).
@@ -45,7 +46,8 @@ class Preprocessor:
             are not among the above (``{"proteomics": {"scale": False}}``).
 
     Fitted attributes: ``modalities_``, ``task_``, ``preprocessors_`` (modality -> its fitted preprocessor)
-    and, read through from those, each modality's own (``numeric_columns_``, ``genes_``, ``code_vocab_``, ...).
+    and, read through from those, each modality's own (``numeric_columns_``, ``genes_``, ``code_vocab_``,
+    ...).
     """
 
     def __init__(self, *, top_genes: int | None = 2000, gene_transform: str | None = None,
@@ -59,7 +61,9 @@ class Preprocessor:
         self.max_events = max_events
         self.event_value_scaling = event_value_scaling
         self.clinical_types = clinical_types
-        self.modality_params = None if modality_params is None else {str(m): dict(p) for m, p in modality_params.items()}
+        self.modality_params = (
+            None if modality_params is None else {str(m): dict(p) for m, p in modality_params.items()}
+        )
         for m in self.modality_params or {}:
             get_modality(m)
         # each modality's preprocessor validates (and normalises) its keywords now, as before fitting
@@ -138,7 +142,8 @@ class Preprocessor:
 
     # ------------------------------------------------------------------ transforms
     def transform(self, modality: str, data: Any, *context: Any) -> Any:
-        """``modality``'s data -> its model inputs, by its fitted preprocessor (``context``: e.g. index times)."""
+        """``modality``'s data -> its model inputs, by its fitted preprocessor (``context``: e.g. index "
+        "times)."""
         self._check_fitted()
         if modality not in self.preprocessors_:
             raise ValueError(f"{modality}: not seen at fit time (fitted on {self.modalities_})")
@@ -196,7 +201,10 @@ class Preprocessor:
             unseen = [str(s) for s, v in cohort.labels.items() if category_key(v) not in known]
             if unseen:
                 known_classes = self.task_["classes"]
-                return [f"labels: sample(s) {unseen[:5]} have classes not seen at fit time (known: {known_classes})"]
+                return [
+                    (f"labels: sample(s) {unseen[:5]} have classes not seen at fit time (known: "
+                    f"{known_classes})")
+                ]
         return []
 
     # ------------------------------------------------------------------ persistence

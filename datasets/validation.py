@@ -1,8 +1,9 @@
 """Shared input checks for the data layer: id conversion and checks, time parsing, targets.
 
-Each modality validates its own input in :mod:`clinfuse.datasets.modalities`, with these helpers. Every check raises ``ValueError`` / ``TypeError`` whose message names the modality, the offending sample
-id(s) or column(s) (the first few plus the total count) and what was expected, so that a user can find the
-bad rows without a debugger.
+Each modality validates its own input in :mod:`clinfuse.datasets.modalities`, with these helpers. Every
+check raises ``ValueError`` / ``TypeError`` whose message names the modality, the offending sample id(s) or
+column(s) (the first few plus the total count) and what was expected, so that a user can find the bad rows
+without a debugger.
 """
 
 from __future__ import annotations

@@ -13,13 +13,15 @@ File rules
 - ``.npy``: an array ``[N, D]`` (features) or ``[N, C, H, W]`` / ``[C, H, W]`` (pixels).
 - ``.pt``: a tensor/array ``[N, D]``, or a dict with ``"features"`` and optional ``"coords"`` ``[N, 2]``;
   read with ``torch.load(weights_only=True)``.
-- ``.h5`` / ``.hdf5``: dataset ``features`` ``[N, D]`` and optional dataset ``coords`` ``[N, 2]`` (CLAM layout).
+- ``.h5`` / ``.hdf5``: dataset ``features`` ``[N, D]`` and optional dataset ``coords`` ``[N, 2]`` (CLAM
+  layout).
 - A directory given to :meth:`ImageBags.from_features`: each file ``<sample>.npy|.pt|.h5`` is a one-slide
   bag of sample ``<sample>`` (slide id = sample id); each sub-directory ``<sample>/`` holds one file per slide
   of that sample (slide id = file stem). Sample ids are file stems, never split on dots.
 - A directory given to :meth:`ImageBags.from_patches`: each sub-directory ``<sample>/`` is a folder of tile
   images (one slide named like the folder); each image or ``.npy`` file ``<sample>.<ext>`` is a one-slide bag.
-- Slide ids: file stem for files, folder name for tile folders, ``"slideK"`` for in-memory arrays (K = place in
+- Slide ids: file stem for files, folder name for tile folders, ``"slideK"`` for in-memory arrays (K =
+  place in
   the sample's list). Coordinates stored in ``.pt`` files are kept in memory (``[N, 2]`` is small).
 """
 

@@ -1,5 +1,6 @@
 """The :class:`ImageBags` container: per sample, a bag of patch feature vectors ``[N, D]`` or of raw patches
-``[N, C, H, W]``, built from dicts, directories or manifests (:mod:`.sources`), read lazily (:mod:`.readers`)."""
+``[N, C, H, W]``, built from dicts, directories or manifests (:mod:`.sources`), read lazily
+(:mod:`.readers`)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class ImageBags:
 
         Args:
             source: a dict sample -> ``[N, C, H, W]`` array | ``[C, H, W]`` array (a bag of one image) |
-                ``.npy`` file of either | a folder of tile images (png/jpg/tif, sorted by name: the position of
+                ``.npy`` file of either | a folder of tile images (png/jpg/tif, sorted by name: the
+                position of
                 a tile is its place in that order) | one image file | a list of those; or a directory whose
                 sub-folders are samples (tiles inside) and whose image files are one-image samples.
                 uint8 data are scaled by 1/255; float data must already lie in [0, 1]. Tile images are read

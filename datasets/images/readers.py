@@ -38,12 +38,15 @@ class FileInfo:
 
 
 class BagFile:
-    """A file format of patch arrays. ``probe`` reads the shape, ``read`` the rows ``rows`` (sorted, unique)."""
+    """A file format of patch arrays. ``probe`` reads the shape, ``read`` the rows ``rows`` (sorted, "
+    "unique)."""
 
     def probe(self, path: Path) -> tuple[FileInfo, np.dtype]:
         raise NotImplementedError
 
-    def read(self, path: Path, rows: np.ndarray, single: bool, coords: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(data ``[len(rows), ...]``, coords ``[len(rows), 2]`` or None). ``single``: the file holds one
         ``[C, H, W]`` image, read as a bag of one; ``coords``: also read the stored coordinates."""
         raise NotImplementedError
@@ -54,13 +57,16 @@ class NpyFile(BagFile):
         arr = np.load(path, mmap_mode="r")  # parses the header only
         return FileInfo(tuple(arr.shape)), arr.dtype
 
-    def read(self, path: Path, rows: np.ndarray, single: bool, coords: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         arr = np.load(path, mmap_mode="r")
         return (arr[None] if single else arr)[rows], None
 
 
 class PtFile(BagFile):
-    """``torch.save`` of a tensor/array ``[N, D]``, or of a dict with ``"features"`` and optional ``"coords"``."""
+    """``torch.save`` of a tensor/array ``[N, D]``, or of a dict with ``"features"`` and optional "
+    "``"coords"``."""
 
     @staticmethod
     def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -80,9 +86,13 @@ class PtFile(BagFile):
         arr, coords = self._load(path)  # no header to read: load once, keep the coords, drop the data
         return FileInfo(tuple(arr.shape), coords), arr.dtype
 
-    def read(self, path: Path, rows: np.ndarray, single: bool, coords: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         arr, stored = self._load(path)
-        return (arr[None] if single else arr)[rows], None if stored is None or not coords else np.asarray(stored)[rows]
+        return (arr[None] if single else arr)[rows], None if stored is None or not coords else np.asarray(
+            stored
+        )[rows]
 
 
 class H5File(BagFile):
@@ -96,10 +106,14 @@ class H5File(BagFile):
                 raise KeyError(f"no dataset 'features' (found {sorted(f.keys())})")
             shape, dtype = tuple(f["features"].shape), f["features"].dtype
             if "coords" in f and tuple(f["coords"].shape) != (shape[0] if shape else 0, 2):
-                raise ValueError(f"dataset 'coords' has shape {tuple(f['coords'].shape)}, expected ({shape[0]}, 2)")
+                raise ValueError(
+                    f"dataset 'coords' has shape {tuple(f['coords'].shape)}, expected ({shape[0]}, 2)"
+                )
         return FileInfo(shape), dtype
 
-    def read(self, path: Path, rows: np.ndarray, single: bool, coords: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         import h5py
 
         with h5py.File(path, "r") as f:  # h5py needs increasing unique indices: the caller sorts them

@@ -88,7 +88,8 @@ def normalise_source(
         return out
     if not isinstance(source, Mapping):
         raise TypeError(
-            f"images: expected a dict sample -> bag, a directory or a manifest DataFrame, got {type(source).__name__}"
+            "images: expected a dict sample -> bag, a directory or a manifest DataFrame, got "
+            f"{type(source).__name__}"
         )
     out = {}
     for sample, item in source.items():
@@ -145,7 +146,8 @@ def pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] | 
             sizes = {tile_size(p, sample) for p in tiles}
             if len(sizes) > 1:
                 raise ValueError(
-                    f"images: sample {sample!r} has tiles of different sizes {sorted(sizes)} in {str(item)!r}; "
+                    f"images: sample {sample!r} has tiles of different sizes {sorted(sizes)} in "
+                    f"{str(item)!r}; "
                     "pass patch_size= to resize them"
                 )
         hw = patch_size if patch_size is not None else (h, w)
@@ -178,11 +180,13 @@ def pixel_slide(sample: str, sid: str, item: Any, patch_size: tuple[int, int] | 
         slide.single = slide.path is not None
     if len(shape) != 4:
         raise ValueError(
-            f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, C, H, W] or [C, H, W] pixels"
+            f"images: sample {sample!r} (slide {sid!r}) has shape {tuple(shape)}; expected [N, C, H, W] or "
+            "[C, H, W] pixels"
         )
     if patch_size is not None and tuple(shape[2:]) != tuple(patch_size):
         raise ValueError(
-            f"images: sample {sample!r} has patches of size {tuple(shape[2:])}, expected patch_size={patch_size}"
+            f"images: sample {sample!r} has patches of size {tuple(shape[2:])}, expected "
+            f"patch_size={patch_size}"
         )
     slide.n, slide.shape = int(shape[0]), tuple(int(x) for x in shape[1:])
     return slide
@@ -211,6 +215,7 @@ def apply_coords(slides: dict[str, list[Slide]], coords: Mapping[Any, Any]) -> N
             p = as_array(p).astype(np.float32)
             if p.shape != (s.n, 2):
                 raise ValueError(
-                    f"images: coords of sample {sample!r} slide {s.slide_id!r} have shape {p.shape}, expected ({s.n}, 2)"
+                    f"images: coords of sample {sample!r} slide {s.slide_id!r} have shape {p.shape}, "
+                    f"expected ({s.n}, 2)"
                 )
             s.coords = p

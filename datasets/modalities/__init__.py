@@ -31,8 +31,30 @@ from .registry import (
 for _builtin in (ClinicalModality, GenomicsModality, ImagesModality, EventsModality):  # the canonical order
     register_modality(_builtin)
 
-__all__ = ["MODALITY_NAMES", "MODALITY_REGISTRY", "NOT_FITTED", "TOKEN_KINDS", "Modality", "ModalityPreprocessor",
-           "ModalityRegistry", "Normalised", "NotFittedError", "ReadContext", "SampleReader", "TableReader",
-           "get_modality", "register_modality", "unregister_modality"]
-__all__ += ["ClinicalModality", "ClinicalPreprocessor", "EventsModality", "EventsPreprocessor", "GenomicsModality",
-            "GenomicsPreprocessor", "ImagesModality", "ImagesPreprocessor"]
+__all__ = [
+    "MODALITY_NAMES",
+    "MODALITY_REGISTRY",
+    "NOT_FITTED",
+    "TOKEN_KINDS",
+    "Modality",
+    "ModalityPreprocessor",
+    "ModalityRegistry",
+    "Normalised",
+    "NotFittedError",
+    "ReadContext",
+    "SampleReader",
+    "TableReader",
+    "get_modality",
+    "register_modality",
+    "unregister_modality",
+]
+__all__ += [
+    "ClinicalModality",
+    "ClinicalPreprocessor",
+    "EventsModality",
+    "EventsPreprocessor",
+    "GenomicsModality",
+    "GenomicsPreprocessor",
+    "ImagesModality",
+    "ImagesPreprocessor",
+]

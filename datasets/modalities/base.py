@@ -97,7 +97,8 @@ class ModalityPreprocessor(ABC):
 
     @classmethod
     def from_state(cls, fitted: Mapping[str, Any] | None, **params: Any) -> ModalityPreprocessor:
-        """A preprocessor with ``params`` and the fitted statistics ``fitted`` (the output of :meth:`state`)."""
+        """A preprocessor with ``params`` and the fitted statistics ``fitted`` (the output of "
+        ":meth:`state`)."""
         self = cls(**params)
         if fitted is not None:
             self._load(dict(fitted))
@@ -125,7 +126,8 @@ class SampleReader(ABC):
 
     @abstractmethod
     def read(self, sample_id: str, index: int, context: ReadContext) -> Any | None:
-        """The item of sample ``sample_id`` (at ``index`` in the dataset), or None when it lacks the modality."""
+        """The item of sample ``sample_id`` (at ``index`` in the dataset), or None when it lacks the "
+        "modality."""
 
 
 @dataclass
@@ -178,7 +180,8 @@ class Modality(ABC):
         are ``ValueError`` / ``TypeError`` naming the modality, sample ids / columns and what was expected."""
 
     def attribute_defaults(self) -> dict[str, Any]:
-        """Cohort attributes this modality owns and their value when it has no data (``clinical_types={}``)."""
+        """Cohort attributes this modality owns and their value when it has no data "
+        f"(``clinical_types={}``)."""
         return {}
 
     def check_options_without_data(self, options: Mapping[str, Any]) -> None:
@@ -203,7 +206,8 @@ class Modality(ABC):
 
     @abstractmethod
     def subset(self, data: Any, ids: list[str]) -> Any | None:
-        """The data of ``ids`` (each has data here), in that order; None when ``ids`` is empty. No re-validation."""
+        """The data of ``ids`` (each has data here), in that order; None when ``ids`` is empty. No "
+        "re-validation."""
 
     def subset_attributes(self, attributes: Mapping[str, Any], keep: set[str]) -> dict[str, Any]:
         """The modality's cohort attributes for a subset of the samples ``keep`` (copies)."""
@@ -219,7 +223,8 @@ class Modality(ABC):
 
     # ------------------------------------------------------------------ the model side
     def make_preprocessor(self, **params: Any) -> ModalityPreprocessor:
-        """An unfitted preprocessor (``params``: the Preprocessor keywords in ``preprocessor_class.params``)."""
+        """An unfitted preprocessor (``params``: the Preprocessor keywords in "
+        "``preprocessor_class.params``)."""
         return self.preprocessor_class(**params)
 
     @abstractmethod

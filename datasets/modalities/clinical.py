@@ -67,7 +67,8 @@ def normalise_clinical(
             bad_rows = s.index[num.isna() & s.notna()]
             if len(bad_rows):
                 raise ValueError(
-                    f"clinical: column {col!r} is numeric but sample(s) {format_ids(bad_rows)} hold non-numbers "
+                    f"clinical: column {col!r} is numeric but sample(s) {format_ids(bad_rows)} hold "
+                    "non-numbers "
                     f"(e.g. {s[bad_rows[0]]!r}); fix them or declare the column 'categorical'"
                 )
             num = num.astype(np.float64)
@@ -114,8 +115,11 @@ def _numeric_column(series: pd.Series, name: str) -> np.ndarray:
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
     bad = series[np.isnan(values) & series.notna().to_numpy()]
     if len(bad):
-        raise ValueError(f"clinical column {name!r} is numeric but sample(s) {[str(s) for s in bad.index[:5]]} "
-                         f"hold non-numeric values {bad.tolist()[:5]}; declare it categorical via clinical_types")
+        raise ValueError(
+            f"clinical column {name!r} is numeric but sample(s) {[str(s) for s in bad.index[:5]]} "
+            f"hold non-numeric values {bad.tolist()[:5]}; declare it categorical via "
+            "clinical_types"
+        )
     return values
 
 
@@ -132,7 +136,9 @@ class ClinicalPreprocessor(ModalityPreprocessor):
         bad = {c: t for c, t in (clinical_types or {}).items() if t not in CLINICAL_TYPES}
         if bad:
             raise ValueError(f"clinical_types values must be 'numeric' or 'categorical'; got {bad}")
-        self.clinical_types = None if clinical_types is None else {str(k): v for k, v in clinical_types.items()}
+        self.clinical_types = (
+            None if clinical_types is None else {str(k): v for k, v in clinical_types.items()}
+        )
 
     def _fit(self, frame: pd.DataFrame, cohort: Any) -> None:
         columns = [str(c) for c in frame.columns]
@@ -179,14 +185,21 @@ class ClinicalPreprocessor(ModalityPreprocessor):
         return {"numeric": numeric, "numeric_missing": absent, "categorical": categorical}
 
     def schema(self) -> dict[str, Any]:
-        return {"numeric": list(self.numeric_columns_), "categorical": {c: list(v) for c, v in self.categories_.items()}}
+        return {
+            "numeric": list(self.numeric_columns_),
+            "categorical": {c: list(v) for c, v in self.categories_.items()},
+        }
 
     def state(self) -> dict[str, Any]:
         return {"numeric": list(self.numeric_columns_), "mean": list(self.numeric_mean_),
                 "std": list(self.numeric_std_), "categories": dict(self.categories_)}
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.numeric_columns_, self.numeric_mean_, self.numeric_std_ = state["numeric"], state["mean"], state["std"]
+        self.numeric_columns_, self.numeric_mean_, self.numeric_std_ = (
+            state["numeric"],
+            state["mean"],
+            state["std"],
+        )
         self.categories_ = {k: list(v) for k, v in state["categories"].items()}
 
     def check_compatible(self, frame: pd.DataFrame) -> list[str]:
@@ -257,7 +270,11 @@ class ClinicalModality(Modality):
         categorical = np.zeros((B, kc), dtype=np.int64)
         for b, item in enumerate(items):
             if item is not None:
-                numeric[b], missing[b], categorical[b] = item["numeric"], item["numeric_missing"], item["categorical"]
+                numeric[b], missing[b], categorical[b] = (
+                    item["numeric"],
+                    item["numeric_missing"],
+                    item["categorical"],
+                )
         mask = present[:, None].expand(B, kn + kc).clone()
         names = [list(columns) if p else [""] * len(columns) for p in present.tolist()]
         tensors = {"numeric": torch.from_numpy(numeric), "numeric_missing": torch.from_numpy(missing),
@@ -275,7 +292,8 @@ class ClinicalModality(Modality):
 
 
 def _features(spec: Mapping[str, Any], clinical: pd.DataFrame, target_cols: list[str]) -> pd.DataFrame:
-    """The feature columns of the clinical table: ``clinical_columns``, else all but targets and ``drop_columns``."""
+    """The feature columns of the clinical table: ``clinical_columns``, else all but targets and "
+    "``drop_columns``."""
     if "clinical_columns" in spec:
         cols = list(spec["clinical_columns"])
         missing = [c for c in cols if c not in clinical.columns]
@@ -289,5 +307,7 @@ def _features(spec: Mapping[str, Any], clinical: pd.DataFrame, target_cols: list
     drop = [*target_cols, *spec.get("drop_columns", [])]
     missing = [c for c in spec.get("drop_columns", []) if c not in clinical.columns]
     if missing:
-        raise ValueError(f"data.drop_columns: {missing} not in the clinical table (columns: {list(clinical.columns)})")
+        raise ValueError(
+            f"data.drop_columns: {missing} not in the clinical table (columns: {list(clinical.columns)})"
+        )
     return clinical.drop(columns=[c for c in drop if c in clinical.columns])

@@ -82,8 +82,10 @@ def normalise_genomics(adata: Any, layer: str | None) -> Any:
         else:
             rows, cols = np.nonzero(np.isinf(x))
         raise ValueError(
-            f"genomics: infinite expression value(s) for sample(s) {format_ids(dict.fromkeys(obs[r] for r in rows))} "
-            f"in gene(s) {format_ids(dict.fromkeys(var[c] for c in cols))}; expected finite numbers (NaN = missing)"
+            "genomics: infinite expression value(s) for sample(s) "
+            f"{format_ids(dict.fromkeys(obs[r] for r in rows))} "
+            f"in gene(s) {format_ids(dict.fromkeys(var[c] for c in cols))}; expected finite numbers (NaN = "
+            "missing)"
         )
     out = ad.AnnData(X=x, obs=pd.DataFrame(index=pd.Index(obs)), var=pd.DataFrame(index=pd.Index(var)))
     if adata.obs.shape[1]:
@@ -120,7 +122,8 @@ class GenomicsPreprocessor(ModalityPreprocessor):
     Args:
         top_genes: keep this many most variable genes (after ``gene_transform``); ``None`` keeps all, and
             all are kept when the cohort has fewer.
-        gene_transform: ``None``, ``"log1p"`` (log(1 + x)) or ``"cpm_log1p"`` (counts per million, then log1p).
+        gene_transform: ``None``, ``"log1p"`` (log(1 + x)) or ``"cpm_log1p"`` (counts per million, then
+            log1p).
         scale_genes: standardise each kept gene with its training mean / std.
     """
 
@@ -193,15 +196,19 @@ class GenomicsPreprocessor(ModalityPreprocessor):
                              f"sample(s) {empty[:5]} have total expression <= 0")
         return total
 
-    def _transform_block(self, block: np.ndarray, library: np.ndarray | None, samples: list[str]) -> np.ndarray:
+    def _transform_block(
+        self, block: np.ndarray, library: np.ndarray | None, samples: list[str]
+    ) -> np.ndarray:
         if self.gene_transform is None:
             return block
         with np.errstate(invalid="ignore"):
             negative = np.nanmin(np.where(np.isnan(block), 0.0, block), axis=1) < 0 if block.size else []
         bad = [s for s, neg in zip(samples, negative, strict=True) if neg]
         if bad:
-            raise ValueError(f"genomics: gene_transform={self.gene_transform!r} needs non-negative expression; "
-                             f"sample(s) {bad[:5]} have negative values (already log-scaled? use None)")
+            raise ValueError(
+                f"genomics: gene_transform={self.gene_transform!r} needs non-negative expression; "
+                f"sample(s) {bad[:5]} have negative values (already log-scaled? use None)"
+            )
         if library is not None:
             block = block / library[:, None] * 1e6
         return np.log1p(block)

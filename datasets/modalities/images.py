@@ -97,8 +97,13 @@ class BagReader(SampleReader):
         positions = np.asarray(bag.positions, dtype=np.int64)
         names = ([str(p) for p in positions.tolist()] if single
                  else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
-        return {"data": bag.data, "coords": bag.coords, "positions": positions, "slide_ids": list(bag.slide_ids),
-                "names": names}
+        return {
+            "data": bag.data,
+            "coords": bag.coords,
+            "positions": positions,
+            "slide_ids": list(bag.slide_ids),
+            "names": names,
+        }
 
 
 class ImagesModality(Modality):
@@ -120,7 +125,8 @@ class ImagesModality(Modality):
             data = ImageBags.from_features(data)
         if not isinstance(data, ImageBags):
             raise TypeError(
-                f"images: expected ImageBags (ImageBags.from_features / from_patches), got {type(data).__name__}"
+                "images: expected ImageBags (ImageBags.from_features / from_patches), got "
+                f"{type(data).__name__}"
             )
         return Normalised(data, {}, [])
 
@@ -132,7 +138,11 @@ class ImagesModality(Modality):
 
     def summary_lines(self, data: ImageBags, cohort: Any) -> list[str]:
         sizes = data.bag_sizes()
-        shape = f"feature dim {data.feature_dim}" if data.kind == "features" else f"patch shape {data.pixel_shape}"
+        shape = (
+            f"feature dim {data.feature_dim}"
+            if data.kind == "features"
+            else f"patch shape {data.pixel_shape}"
+        )
         return [(f"  images ({data.kind}, {shape}): bag size min {sizes.min()}, median "
                  f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")]
 
@@ -167,15 +177,25 @@ class ImagesModality(Modality):
         for b, (bag, n) in enumerate(zip(items, lengths, strict=True)):
             if bag is None:
                 continue
-            data[b, :n], coords[b, :n], position[b, :n], mask[b, :n] = bag["data"], bag["coords"], bag["positions"], True
+            data[b, :n], coords[b, :n], position[b, :n], mask[b, :n] = (
+                bag["data"],
+                bag["coords"],
+                bag["positions"],
+                True,
+            )
             names[b][:n], slide[b][:n] = bag["names"], bag["slide_ids"]
-        tensors = {key: torch.from_numpy(data), "coords": torch.from_numpy(coords), "position": torch.from_numpy(position)}
+        tensors = {
+            key: torch.from_numpy(data),
+            "coords": torch.from_numpy(coords),
+            "position": torch.from_numpy(position),
+        }
         present = present & torch.tensor([n > 0 for n in lengths], dtype=torch.bool)
         return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"slide_id": slide})
 
     def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
                       meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and ``slide_id``."""
+        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and "
+        "``slide_id``."""
         meta = dict(meta or {})
         if batch is not None:
             meta.setdefault("position", batch.tensors.get("position"))
@@ -200,7 +220,9 @@ class ImagesModality(Modality):
         path: Any = source.path("images")
         if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
             manifest = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-            manifest["path"] = [str(p if Path(p).is_absolute() else path.parent / p) for p in manifest["path"]]
+            manifest["path"] = [
+                str(p if Path(p).is_absolute() else path.parent / p) for p in manifest["path"]
+            ]
             path = manifest
         elif not path.exists():
             raise FileNotFoundError(f"data.images: {path} does not exist")

@@ -38,7 +38,9 @@ class ModalityRegistry:
         if name in RESERVED_NAMES:
             raise ValueError(f"register_modality: {name!r} is reserved (a Cohort keyword or attribute)")
         if name in self._entries and not replace:
-            raise ValueError(f"register_modality: modality {name!r} is already registered (pass replace=True)")
+            raise ValueError(
+                f"register_modality: modality {name!r} is already registered (pass replace=True)"
+            )
         if not isinstance(getattr(instance, "token_kind", None), str):
             raise TypeError(f"register_modality: modality {name!r} needs a token_kind string")
         cls = getattr(instance, "preprocessor_class", None)
