@@ -328,8 +328,8 @@ class Cohort:
             )
 
     def summary(self) -> str:
-        """A human-readable description: samples per modality, missingness, bag sizes, events, targets, "
-        "cuts."""
+        """A human-readable description: samples per modality, missingness, bag sizes, events, targets,
+        cuts."""
         return _describe(self)
 
 

@@ -15,8 +15,8 @@ import pandas as pd
 
 
 def check_keys(found: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
-    """``found`` must be a mapping whose keys are all in ``valid``; else an error naming them and the "
-    "valid ones."""
+    """``found`` must be a mapping whose keys are all in ``valid``; else an error naming them and the
+    valid ones."""
     if not isinstance(found, Mapping):
         raise TypeError(f"{where} must be a mapping of keys to values, got {type(found).__name__}")
     unknown = [k for k in found if k not in valid]

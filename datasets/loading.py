@@ -157,8 +157,8 @@ def collate_samples(items: Sequence[SampleItem], *, schema: dict[str, Any] | Non
 def make_loader(cohort: Any, preprocessor: Preprocessor, *, batch_size: int = 8, shuffle: bool = False,
                 train: bool = False, max_patches: int | None = None, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False) -> DataLoader:
-    """A ``DataLoader`` yielding :class:`Batch` objects; shuffling is reproducible (generator seeded by "
-    "``seed``)."""
+    """A ``DataLoader`` yielding :class:`Batch` objects; shuffling is reproducible (generator seeded by
+    ``seed``)."""
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     dataset = CohortDataset(cohort, preprocessor, train=train, max_patches=max_patches, seed=seed)

@@ -142,8 +142,8 @@ class Preprocessor:
 
     # ------------------------------------------------------------------ transforms
     def transform(self, modality: str, data: Any, *context: Any) -> Any:
-        """``modality``'s data -> its model inputs, by its fitted preprocessor (``context``: e.g. index "
-        "times)."""
+        """``modality``'s data -> its model inputs, by its fitted preprocessor (``context``: e.g. index
+        times)."""
         self._check_fitted()
         if modality not in self.preprocessors_:
             raise ValueError(f"{modality}: not seen at fit time (fitted on {self.modalities_})")

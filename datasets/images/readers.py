@@ -38,8 +38,8 @@ class FileInfo:
 
 
 class BagFile:
-    """A file format of patch arrays. ``probe`` reads the shape, ``read`` the rows ``rows`` (sorted, "
-    "unique)."""
+    """A file format of patch arrays. ``probe`` reads the shape, ``read`` the rows ``rows`` (sorted,
+    unique)."""
 
     def probe(self, path: Path) -> tuple[FileInfo, np.dtype]:
         raise NotImplementedError
@@ -65,8 +65,8 @@ class NpyFile(BagFile):
 
 
 class PtFile(BagFile):
-    """``torch.save`` of a tensor/array ``[N, D]``, or of a dict with ``"features"`` and optional "
-    "``"coords"``."""
+    """``torch.save`` of a tensor/array ``[N, D]``, or of a dict with ``"features"`` and optional
+    ``"coords"``."""
 
     @staticmethod
     def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -97,8 +97,8 @@ class ModalityPreprocessor(ABC):
 
     @classmethod
     def from_state(cls, fitted: Mapping[str, Any] | None, **params: Any) -> ModalityPreprocessor:
-        """A preprocessor with ``params`` and the fitted statistics ``fitted`` (the output of "
-        ":meth:`state`)."""
+        """A preprocessor with ``params`` and the fitted statistics ``fitted`` (the output of
+        :meth:`state`)."""
         self = cls(**params)
         if fitted is not None:
             self._load(dict(fitted))
@@ -126,8 +126,8 @@ class SampleReader(ABC):
 
     @abstractmethod
     def read(self, sample_id: str, index: int, context: ReadContext) -> Any | None:
-        """The item of sample ``sample_id`` (at ``index`` in the dataset), or None when it lacks the "
-        "modality."""
+        """The item of sample ``sample_id`` (at ``index`` in the dataset), or None when it lacks the
+        modality."""
 
 
 @dataclass
@@ -180,8 +180,8 @@ class Modality(ABC):
         are ``ValueError`` / ``TypeError`` naming the modality, sample ids / columns and what was expected."""
 
     def attribute_defaults(self) -> dict[str, Any]:
-        """Cohort attributes this modality owns and their value when it has no data "
-        f"(``clinical_types={}``)."""
+        """Cohort attributes this modality owns and their value when it has no data
+        (``clinical_types={}``)."""
         return {}
 
     def check_options_without_data(self, options: Mapping[str, Any]) -> None:
@@ -206,8 +206,8 @@ class Modality(ABC):
 
     @abstractmethod
     def subset(self, data: Any, ids: list[str]) -> Any | None:
-        """The data of ``ids`` (each has data here), in that order; None when ``ids`` is empty. No "
-        "re-validation."""
+        """The data of ``ids`` (each has data here), in that order; None when ``ids`` is empty. No
+        re-validation."""
 
     def subset_attributes(self, attributes: Mapping[str, Any], keep: set[str]) -> dict[str, Any]:
         """The modality's cohort attributes for a subset of the samples ``keep`` (copies)."""
@@ -223,8 +223,8 @@ class Modality(ABC):
 
     # ------------------------------------------------------------------ the model side
     def make_preprocessor(self, **params: Any) -> ModalityPreprocessor:
-        """An unfitted preprocessor (``params``: the Preprocessor keywords in "
-        "``preprocessor_class.params``)."""
+        """An unfitted preprocessor (``params``: the Preprocessor keywords in
+        ``preprocessor_class.params``)."""
         return self.preprocessor_class(**params)
 
     @abstractmethod
@@ -283,7 +283,29 @@ def pick_text(rows: Sequence[Sequence[str]], b_idx: np.ndarray, t_idx: np.ndarra
                     dtype=object)
 
 
-def padded_lengths(items: Sequence[Any | None], key: str) -> tuple[list[int], int]:
-    """Per-item token counts (``len(item[key])``, 0 when absent) and the padded length T >= 1."""
-    lengths = [0 if item is None else len(item[key]) for item in items]
-    return lengths, max(max(lengths, default=0), 1)  # T >= 1 so that encoders never see an empty axis
+def pad_tokens(
+    items: Sequence[Mapping[str, Any] | None],
+    arrays: Mapping[str, tuple[tuple[int, ...], Any]],
+    texts: Sequence[str],
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, list[list[str]]], list[int]]:
+    """Pad variable-length items (one per sample, None = absent) to T = the longest (at least 1).
+
+    ``arrays``: item key -> (per-token shape, dtype), padded with zeros to ``[B, T, *shape]``; ``texts``: item
+    keys of per-token strings, padded with "" to ``[B][T]``. Returns (arrays, mask bool ``[B, T]``, texts,
+    lengths); the first array key gives each item's length.
+    """
+    first = next(iter(arrays))
+    lengths = [0 if item is None else len(item[first]) for item in items]
+    B, T = len(items), max(max(lengths, default=0), 1)  # T >= 1 so that encoders never see an empty axis
+    out = {key: np.zeros((B, T, *shape), dtype=dtype) for key, (shape, dtype) in arrays.items()}
+    mask = np.zeros((B, T), dtype=bool)
+    grids = {key: [[""] * T for _ in range(B)] for key in texts}
+    for b, (item, n) in enumerate(zip(items, lengths, strict=True)):
+        if item is None:
+            continue
+        mask[b, :n] = True
+        for key, array in out.items():
+            array[b, :n] = item[key]
+        for key, grid in grids.items():
+            grid[b][:n] = item[key]
+    return out, mask, grids, lengths

@@ -292,8 +292,8 @@ class ClinicalModality(Modality):
 
 
 def _features(spec: Mapping[str, Any], clinical: pd.DataFrame, target_cols: list[str]) -> pd.DataFrame:
-    """The feature columns of the clinical table: ``clinical_columns``, else all but targets and "
-    "``drop_columns``."""
+    """The feature columns of the clinical table: ``clinical_columns``, else all but targets and
+    ``drop_columns``."""
     if "clinical_columns" in spec:
         cols = list(spec["clinical_columns"])
         missing = [c for c in cols if c not in clinical.columns]

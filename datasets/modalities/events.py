@@ -28,11 +28,13 @@ from .base import (
     ReadContext,
     SampleReader,
     as_numpy,
-    padded_lengths,
+    pad_tokens,
     pick_text,
 )
 
-_SEQUENCE_KEYS = ("codes", "values", "has_value", "times", "segments")
+_SEQUENCE_FIELDS = {"codes": ((), np.int64), "values": ((), np.float32), "has_value": ((), np.bool_),
+                    "times": ((), np.float32), "segments": ((), np.int64)}
+"""The per-event arrays of a sample's item (and of the batch tensors): key -> (shape, dtype)."""
 
 
 def format_days(days: float) -> str:
@@ -344,31 +346,18 @@ class EventsModality(Modality):
 
     def collate(self, items: Sequence[dict[str, Any] | None], schema_entry: Mapping[str, Any],
                 present: torch.Tensor) -> ModalityBatch:
-        lengths, T = padded_lengths(items, "codes")
-        B = len(items)
-        out = {"codes": np.zeros((B, T), dtype=np.int64), "values": np.zeros((B, T), dtype=np.float32),
-               "has_value": np.zeros((B, T), dtype=bool), "times": np.zeros((B, T), dtype=np.float32),
-               "segments": np.zeros((B, T), dtype=np.int64)}
-        n_cut = np.zeros(B, dtype=np.int64)
-        mask = np.zeros((B, T), dtype=bool)
-        names = [[""] * T for _ in range(B)]
-        codes = [[""] * T for _ in range(B)]
-        for b, (seq, n) in enumerate(zip(items, lengths, strict=True)):
-            if seq is None:
-                continue
-            for key in _SEQUENCE_KEYS:
-                out[key][b, :n] = seq[key]
-            mask[b, :n], n_cut[b] = True, seq["n_cut"]
-            names[b][:n], codes[b][:n] = seq["names"], seq["code"]
-        tensors = {k: torch.from_numpy(v) for k, v in out.items()}
-        tensors["n_cut"] = torch.from_numpy(n_cut)
+        arrays, mask, texts, lengths = pad_tokens(items, _SEQUENCE_FIELDS, ("names", "code"))
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        n_cut = [0 if seq is None else seq["n_cut"] for seq in items]
+        tensors["n_cut"] = torch.tensor(n_cut, dtype=torch.int64)
         present = present & torch.tensor([n > 0 for n in lengths], dtype=torch.bool)
+        names, codes = texts["names"], texts["code"]
         return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"code": codes})
 
     def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
                       meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``time`` (float32, days before the index time; ``meta["time"]`` or ``meta["times"]``) and "
-        "``code``."""
+        """``time`` (float32, days before the index time; ``meta["time"]`` or ``meta["times"]``) and
+        ``code``."""
         meta = dict(meta or {})
         if batch is not None:
             meta.setdefault("time", batch.tensors.get("times"))

@@ -25,7 +25,7 @@ from .base import (
     ReadContext,
     SampleReader,
     as_numpy,
-    padded_lengths,
+    pad_tokens,
     pick_text,
 )
 
@@ -162,40 +162,23 @@ class ImagesModality(Modality):
 
     def collate(self, items: Sequence[dict[str, Any] | None], schema_entry: Mapping[str, Any],
                 present: torch.Tensor) -> ModalityBatch:
-        lengths, T = padded_lengths(items, "positions")
-        B = len(items)
         if schema_entry["kind"] == "features":
             key, shape = "features", (schema_entry["feature_dim"],)
         else:
             key, shape = "pixels", (schema_entry["channels"], schema_entry["height"], schema_entry["width"])
-        data = np.zeros((B, T, *shape), dtype=np.float32)
-        coords = np.zeros((B, T, 2), dtype=np.float32)
-        position = np.zeros((B, T), dtype=np.int64)
-        mask = np.zeros((B, T), dtype=bool)
-        names = [[""] * T for _ in range(B)]
-        slide = [[""] * T for _ in range(B)]
-        for b, (bag, n) in enumerate(zip(items, lengths, strict=True)):
-            if bag is None:
-                continue
-            data[b, :n], coords[b, :n], position[b, :n], mask[b, :n] = (
-                bag["data"],
-                bag["coords"],
-                bag["positions"],
-                True,
-            )
-            names[b][:n], slide[b][:n] = bag["names"], bag["slide_ids"]
-        tensors = {
-            key: torch.from_numpy(data),
-            "coords": torch.from_numpy(coords),
-            "position": torch.from_numpy(position),
-        }
+        arrays, mask, texts, lengths = pad_tokens(
+            items, {"positions": ((), np.int64), "data": (shape, np.float32), "coords": ((2,), np.float32)},
+            ("names", "slide_ids"))
+        tensors = {key: torch.from_numpy(arrays["data"]), "coords": torch.from_numpy(arrays["coords"]),
+                   "position": torch.from_numpy(arrays["positions"])}
         present = present & torch.tensor([n > 0 for n in lengths], dtype=torch.bool)
+        names, slide = texts["names"], texts["slide_ids"]
         return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"slide_id": slide})
 
     def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
                       meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and "
-        "``slide_id``."""
+        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and
+        ``slide_id``."""
         meta = dict(meta or {})
         if batch is not None:
             meta.setdefault("position", batch.tensors.get("position"))
