@@ -31,7 +31,7 @@ Tensors per modality (keys of ``ModalityBatch.tensors``)
     ``n_cut``            int64   ``[B]``      events dropped because the sample had more than ``max_events``
     ``meta["code"]``     ``list[list[str]]`` ``[B][T]`` raw code of each event ("" for padding)
 
-Token names (``ModalityBatch.names``, ``[B][T]``, "" for padding) follow API.md: the clinical column, the
+Token names (``ModalityBatch.names``, ``[B][T]``, "" for padding): the clinical column, the
 gene (or gene set), ``code@time`` for events, ``slide:position`` for patches (``position`` when the
 sample has a single unnamed slide).
 
@@ -45,7 +45,9 @@ The fitted preprocessor exposes ``schema_`` (a JSON-able dict), which encoders r
      "events":   {"vocab": [code, ...], "max_events": int, "has_values": bool},
      "task":     {"type": "classification", "classes": [...]} | {"type": "survival"} | None}
 
-Only the modalities the cohort holds appear.
+Only the modalities the cohort holds appear. Each modality's tensors, schema entry and collation are
+defined by its module in :mod:`clinfuse.datasets.modalities`; :data:`MODALITIES` (names, canonical order)
+and :data:`TOKEN_KIND` (name -> attention kind of its tokens) are live views of that registry.
 """
 
 from __future__ import annotations
@@ -54,12 +56,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-MODALITIES: tuple[str, ...] = ("clinical", "genomics", "images", "events")
-"""The four modality names, in the canonical order used everywhere (schemas, reports, token types)."""
-
-TOKEN_KIND: dict[str, str] = {"clinical": "feature", "genomics": "gene", "events": "event", "images": "patch"}
-"""The attention ``kind`` under which a modality's tokens are reported (API.md)."""
 
 
 def _move(value: Any, device: torch.device | str) -> Any:
@@ -145,3 +141,11 @@ class Batch:
     def presence(self) -> dict[str, torch.Tensor]:
         """Modality name -> bool ``[B]`` presence, for per-missingness-pattern metrics."""
         return {k: v.present for k, v in self.modalities.items()}
+
+
+# Live views of the modality registry (a modality registered later appears in them too). Imported last:
+# the modality modules import ModalityBatch from this module.
+from .modalities.registry import MODALITY_NAMES as MODALITIES
+from .modalities.registry import TOKEN_KINDS as TOKEN_KIND
+
+__all__ = ["MODALITIES", "TOKEN_KIND", "Batch", "ModalityBatch"]

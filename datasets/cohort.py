@@ -1,4 +1,6 @@
-"""The :class:`Cohort`: samples with any subset of four modalities, optional targets, validated on construction.
+"""The :class:`Cohort`: samples with any subset of the registered modalities, optional targets, validated on
+construction. Each modality's own rules (its input format, sample ids, subset, summary) live in its module of
+:mod:`clinfuse.datasets.modalities`; the cohort loops over the registry.
 
 Sample rules (documented once, enforced here)
 ---------------------------------------------
@@ -19,37 +21,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .batch import MODALITIES
-from .gene_sets import parse_gene_sets
 from .images import ImageBags
-from .validation import (
-    check_unique,
-    format_ids,
-    indexed_frame,
-    normalise_clinical,
-    normalise_events,
-    normalise_genomics,
-    normalise_labels,
-    normalise_survival,
-    str_ids,
-    to_days,
-)
+from .modalities import MODALITY_REGISTRY, Modality, get_modality
+from .validation import check_unique, format_ids, indexed_frame, normalise_labels, normalise_survival, str_ids
 
 
 class Cohort:
     """Samples (patients, admissions or specimens) with clinical, genomics, image and event data and targets.
 
     All arguments are keyword-only and optional except that at least one modality is required. See the module
-    docstring for the sample rules and :mod:`clinfuse.datasets.validation` for the per-modality formats.
+    docstring for the sample rules and :mod:`clinfuse.datasets.modalities` for the per-modality formats. A
+    registered fifth modality is passed (with its options) as a keyword of its name, and is an attribute too.
 
     Args:
         clinical: DataFrame indexed by sample id; NaN = missing value.
         genomics: AnnData, obs_names = sample ids, var_names = genes (``.X`` dense or scipy sparse).
         images: :class:`ImageBags` (a plain dict is passed to :meth:`ImageBags.from_features`).
-        events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``, ``segment``].
+        events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``,
+            ``segment``].
         labels: Series sample -> class label (any hashable).  Exclusive with ``survival``.
         survival: DataFrame indexed by sample with ``time`` (> 0) and ``event`` (0/1).
         groups: Series sample -> patient id (for grouped splits); every sample must be in it.
@@ -59,63 +51,49 @@ class Cohort:
         index_time: Series sample -> prediction time (days or datetimes, same axis as event times);
             samples absent from it (or NaN) use their latest event.
         name: a label for summaries.
-        excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict with
+        excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict
+            with
             ``what, modality, sample_id, count, reason``.
     """
 
     def __init__(
-        self,
-        *,
-        clinical: pd.DataFrame | None = None,
-        genomics: Any = None,
-        images: ImageBags | Mapping | None = None,
-        events: pd.DataFrame | None = None,
-        labels: pd.Series | None = None,
-        survival: pd.DataFrame | None = None,
-        groups: pd.Series | Mapping | None = None,
-        clinical_types: Mapping[str, str] | None = None,
-        genomics_layer: str | None = None,
-        gene_sets: Any = None,
-        index_time: pd.Series | Mapping | None = None,
-        name: str | None = None,
-        excluded: Iterable[Mapping[str, Any]] | None = None,
+        self, *, clinical: pd.DataFrame | None = None, genomics: Any = None,
+        images: ImageBags | Mapping | None = None, events: pd.DataFrame | None = None,
+        labels: pd.Series | None = None, survival: pd.DataFrame | None = None,
+        groups: pd.Series | Mapping | None = None, clinical_types: Mapping[str, str] | None = None,
+        genomics_layer: str | None = None, gene_sets: Any = None,
+        index_time: pd.Series | Mapping | None = None, name: str | None = None,
+        excluded: Iterable[Mapping[str, Any]] | None = None, **more: Any,
     ) -> None:
+        given = {"clinical": clinical, "genomics": genomics, "images": images, "events": events,
+                 "clinical_types": clinical_types, "genomics_layer": genomics_layer, "gene_sets": gene_sets,
+                 "index_time": index_time, **more}
+        known = {k for m in MODALITY_REGISTRY for k in (m.name, *m.options)}
+        unknown = [k for k in more if k not in known]
+        if unknown:
+            raise TypeError(f"Cohort: unexpected keyword(s) {unknown}; the registered modalities are "
+                            f"{MODALITIES}, with options {sorted(k for k in known if k not in MODALITIES)}")
         self.name = name
         self.excluded: list[dict[str, Any]] = [_check_excluded(e) for e in (excluded or [])]
-
-        self.clinical: pd.DataFrame | None = None
-        self.clinical_types: dict[str, str] = {}
-        if clinical is not None:
-            self.clinical, self.clinical_types, cut = normalise_clinical(clinical, dict(clinical_types or {}))
-            self.excluded += cut
-        elif clinical_types:
-            raise ValueError("clinical: clinical_types given without a clinical table")
-
-        self.genomics = None
-        self.gene_sets: dict[str, list[str]] | None = None
-        if genomics is not None:
-            self.genomics = normalise_genomics(genomics, genomics_layer)
-            if gene_sets is not None:
-                self.gene_sets, cut = parse_gene_sets(gene_sets, list(self.genomics.var_names))
+        self._options = {m.name: {k: given.get(k) for k in m.options} for m in MODALITY_REGISTRY}
+        self._present: dict[str, set[str]] = {m.name: set() for m in MODALITY_REGISTRY}
+        for m in MODALITY_REGISTRY:
+            for key, value in m.attribute_defaults().items():
+                setattr(self, key, value)
+            data = given.get(m.name)
+            if data is None:
+                m.check_options_without_data(self._options[m.name])
+            else:
+                data, attributes, cut = m.normalise(data, self._options[m.name])
+                self._set(attributes)
                 self.excluded += cut
-        elif gene_sets is not None or genomics_layer is not None:
-            raise ValueError("genomics: gene_sets / genomics_layer given without genomics data")
-
-        if isinstance(images, Mapping):
-            images = ImageBags.from_features(images)
-        if images is not None and not isinstance(images, ImageBags):
-            raise TypeError(
-                f"images: expected ImageBags (ImageBags.from_features / from_patches), "
-                f"got {type(images).__name__}"
-            )
-        self.images: ImageBags | None = images
-
-        self.events: pd.DataFrame | None = normalise_events(events) if events is not None else None
+            setattr(self, m.name, data)
 
         data_ids = self._data_ids()
         if not data_ids:
             raise ValueError(
-                "cohort: no sample has any modality; pass at least one of clinical, genomics, images, events"
+                "cohort: no sample has any modality; pass at least one of "
+                f"{', '.join(MODALITY_REGISTRY.names())}"
             )
         self.labels: pd.Series | None = None
         self.survival: pd.DataFrame | None = None
@@ -132,31 +110,20 @@ class Cohort:
         else:
             order = list(data_ids)
 
-        self.index_time: pd.Series = pd.Series(dtype=np.float64)
-        if self.events is not None:
-            self._cut_events(index_time, set(order))
-        elif index_time is not None:
-            raise ValueError("events: index_time given without events")
-
+        cut_by = self._restrict(set(order))
         left = self._data_ids()
         gone = [s for s in order if s not in left]
         if gone:
-            self.excluded.append(
-                {
-                    "what": "samples with no data left",
-                    "modality": None,
-                    "sample_id": None,
-                    "count": len(gone),
-                    "reason": f"all their events were after the index time: {format_ids(gone)}",
-                }
-            )
+            why = " / ".join(m.cut_reason for m in cut_by if m.cut_reason) or "their data were cut"
+            self.excluded.append({"what": "samples with no data left", "modality": None, "sample_id": None,
+                                  "count": len(gone), "reason": f"{why}: {format_ids(gone)}"})
             order = [s for s in order if s in left]
             if not order:
-                raise ValueError(
-                    "events: every sample's events are after its index time and no sample has other "
-                    "data; expected index times at or after the events to keep"
-                )
-            self.index_time = self.index_time[self.index_time.index.isin(left)]
+                raise ValueError(next((m.cut_everything_error for m in cut_by if m.cut_everything_error),
+                                      "cohort: no sample has any data left"))
+            keep = set(left)
+            for m in self._registered():
+                self._set(m.subset_attributes(self._attributes(m), keep))
             if self.labels is not None:
                 self.labels = self.labels.loc[order]
             if self.survival is not None:
@@ -172,27 +139,43 @@ class Cohort:
         self._index_presence()
 
     # ------------------------------------------------------------------ construction helpers
+    def _registered(self) -> list[Modality]:
+        """The registered modalities this cohort was built with, in canonical order."""
+        return [m for m in MODALITY_REGISTRY if m.name in self._present]
+
+    def _set(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            setattr(self, key, value)
+
+    def _attributes(self, m: Modality) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in m.attribute_defaults()}
+
+    def _restrict(self, keep: set[str]) -> list[Modality]:
+        """Each modality's last pass once the samples are known (events: the index-time cut); returns the
+        modalities that cut something."""
+        cut_by = []
+        for m in self._registered():
+            data = getattr(self, m.name)
+            if data is None:
+                continue
+            data, attributes, cut = m.restrict(data, self._options[m.name], keep)
+            setattr(self, m.name, data)
+            self._set(attributes)
+            self.excluded += cut
+            if cut:
+                cut_by.append(m)
+        return cut_by
+
     def _data_ids(self) -> dict[str, None]:
         """Ordered set of every sample id found in a modality."""
         ids: dict[str, None] = {}
-        if self.clinical is not None:
-            ids.update(dict.fromkeys(self.clinical.index))
-        if self.genomics is not None:
-            ids.update(dict.fromkeys(self.genomics.obs_names))
-        if self.images is not None:
-            ids.update(dict.fromkeys(self.images.sample_ids))
-        if self.events is not None:
-            ids.update(dict.fromkeys(pd.unique(self.events["sample_id"])))
+        for m in self._registered():
+            ids.update(dict.fromkeys(self._modality_ids(m.name)))
         return ids
 
     def _modality_ids(self, modality: str) -> list[str]:
-        if modality == "clinical":
-            return list(self.clinical.index) if self.clinical is not None else []
-        if modality == "genomics":
-            return list(self.genomics.obs_names) if self.genomics is not None else []
-        if modality == "images":
-            return list(self.images.sample_ids) if self.images is not None else []
-        return list(pd.unique(self.events["sample_id"])) if self.events is not None else []
+        data = getattr(self, modality, None)
+        return get_modality(modality).sample_ids(data) if data is not None else []
 
     def _check_targets(self, target_ids: list[str], data_ids: Mapping[str, None]) -> None:
         what = "labels" if self.labels is not None else "survival"
@@ -201,64 +184,23 @@ class Cohort:
         if orphans:
             raise ValueError(
                 f"{what}: target(s) for sample(s) {format_ids(orphans)} that have no modality at all "
-                "(no clinical row, expression profile, image bag or event); expected data for every "
-                "target"
+                f"(no {_either(m.noun for m in self._registered())}); expected data for every target"
             )
-        for modality in MODALITIES:
+        for modality in self._present:
             ids = self._modality_ids(modality)
             unknown = [s for s in ids if s not in known]
             if not unknown:
                 continue
             if len(unknown) == len(ids):
                 raise ValueError(
-                    f"{modality}: none of its sample ids matches a {what} sample (e.g. {format_ids(ids[:3])} vs "
+                    f"{modality}: none of its sample ids matches a {what} sample (e.g. "
+                    f"{format_ids(ids[:3])} vs "
                     f"{format_ids(target_ids[:3])}); expected the same sample ids in every input"
                 )
             raise ValueError(
                 f"{modality}: sample(s) {format_ids(unknown)} have data but no target in {what}; "
                 "every sample needs a target when targets are given"
             )
-
-    def _cut_events(self, index_time: Any, keep: set[str]) -> None:
-        ev = self.events
-        assert ev is not None
-        latest = ev.groupby("sample_id", sort=False)["time"].max()
-        t = latest.copy()
-        if index_time is not None:
-            given = indexed_frame(
-                pd.Series(index_time) if isinstance(index_time, Mapping) else index_time, what="index_time"
-            )
-            if isinstance(given, pd.DataFrame):
-                raise TypeError("index_time: expected a Series sample -> time, got a DataFrame")
-            unknown = [s for s in given.index if s not in keep]
-            if unknown:
-                raise ValueError(
-                    f"index_time: sample(s) {format_ids(unknown)} are not in the cohort; expected "
-                    "index times only for cohort samples"
-                )
-            days = pd.Series(to_days(given, what="index_time"), index=given.index).dropna()
-            if np.isinf(days.to_numpy()).any():
-                raise ValueError(
-                    f"index_time: infinite for sample(s) {format_ids(days.index[np.isinf(days)])}"
-                )
-            t = pd.concat([days, latest[~latest.index.isin(days.index)]])
-        codes, uniq = pd.factorize(ev["sample_id"])
-        after = ev["time"].to_numpy() > t.reindex(uniq).to_numpy()[codes]
-        if after.any():
-            counts = ev.loc[after, "sample_id"].value_counts(sort=False)
-            for sid, n in counts.items():
-                self.excluded.append(
-                    {
-                        "what": "events after the index time",
-                        "modality": "events",
-                        "sample_id": sid,
-                        "count": int(n),
-                        "reason": f"later than the index time {t[sid]:.4g} days",
-                    }
-                )
-            ev = ev.loc[~after].reset_index(drop=True)
-        self.events = ev if len(ev) else None
-        self.index_time = t.astype(np.float64).rename("index_time")
 
     def _make_groups(self, groups: Any) -> pd.Series:
         if groups is None:
@@ -280,14 +222,9 @@ class Cohort:
         return pd.Series(str_ids(g, what="groups"), index=g.index, name="group")
 
     def _index_presence(self) -> None:
-        self._present = {m: set(self._modality_ids(m)) for m in MODALITIES}
+        self._present = {m: set(self._modality_ids(m)) for m in self._present}
         self._position = {s: i for i, s in enumerate(self.sample_ids)}
-        self._event_slices: dict[str, slice] = {}
-        if self.events is not None:
-            sid = self.events["sample_id"].to_numpy()
-            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-            stops = np.r_[starts[1:], len(sid)]
-            self._event_slices = {sid[a]: slice(int(a), int(b)) for a, b in zip(starts, stops, strict=True)}
+        self._event_slices: dict[str, slice] | None = None  # built on the first events_of call
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -305,7 +242,7 @@ class Cohort:
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities the cohort holds, in canonical order."""
-        return tuple(m for m in MODALITIES if self._present[m])
+        return tuple(m for m, ids in self._present.items() if ids)
 
     @property
     def targets(self) -> pd.Series | pd.DataFrame | None:
@@ -321,7 +258,7 @@ class Cohort:
         if modality not in MODALITIES:
             raise ValueError(f"cohort: unknown modality {modality!r}; expected one of {MODALITIES}")
         self._check_sample(str(sample_id))
-        return str(sample_id) in self._present[modality]
+        return str(sample_id) in self._present.get(modality, ())
 
     def presence(self) -> pd.DataFrame:
         """Bool DataFrame samples x present modalities (True = the sample has data of that modality)."""
@@ -336,6 +273,8 @@ class Cohort:
         self._check_sample(sample_id)
         if self.events is None:
             raise ValueError("events: the cohort has no events")
+        if self._event_slices is None:
+            self._event_slices = get_modality("events").sample_slices(self.events)
         sl = self._event_slices.get(sample_id)
         return self.events.iloc[sl] if sl is not None else self.events.iloc[0:0]
 
@@ -353,22 +292,12 @@ class Cohort:
         keep = set(ids)
         new = object.__new__(Cohort)
         new.name, new.sample_ids = self.name, ids
-        new.clinical_types, new.gene_sets = dict(self.clinical_types), self.gene_sets
         new.task, new.classes = self.task, self.classes
-        new.clinical = _rows(self.clinical, [i for i in ids if i in self._present["clinical"]])
-        new.genomics = None
-        if self.genomics is not None:
-            g_ids = [i for i in ids if i in self._present["genomics"]]
-            new.genomics = self.genomics[g_ids].copy() if g_ids else None
-        new.images = None
-        if self.images is not None:
-            im_ids = [i for i in ids if i in self._present["images"]]
-            new.images = self.images.subset(im_ids) if im_ids else None
-        new.events = None
-        if self.events is not None:
-            ev = self.events[self.events["sample_id"].isin(keep)].reset_index(drop=True)
-            new.events = ev if len(ev) else None
-        new.index_time = self.index_time[self.index_time.index.isin(keep)]
+        new._options, new._present = self._options, {key: set() for key in self._present}
+        for m in self._registered():
+            data, with_data = getattr(self, m.name), [i for i in ids if i in self._present[m.name]]
+            setattr(new, m.name, m.subset(data, with_data) if data is not None and with_data else None)
+            new._set(m.subset_attributes(self._attributes(m), keep))
         new.labels = self.labels.loc[ids] if self.labels is not None else None
         new.survival = self.survival.loc[ids] if self.survival is not None else None
         new.groups = self.groups.loc[ids]
@@ -399,14 +328,15 @@ class Cohort:
             )
 
     def summary(self) -> str:
-        """A human-readable description: samples per modality, missingness, bag sizes, events, targets, cuts."""
+        """A human-readable description: samples per modality, missingness, bag sizes, events, targets,
+        cuts."""
         return _describe(self)
 
 
-def _rows(df: pd.DataFrame | None, ids: list[str]) -> pd.DataFrame | None:
-    if df is None or not ids:
-        return None
-    return df.loc[ids]
+def _either(nouns: Iterable[str]) -> str:
+    """``"a, b or c"``."""
+    nouns = list(nouns)
+    return nouns[0] if len(nouns) == 1 else f"{', '.join(nouns[:-1])} or {nouns[-1]}"
 
 
 def _sorted_unique(labels: pd.Series) -> list:
@@ -427,7 +357,8 @@ def _check_excluded(entry: Mapping[str, Any]) -> dict[str, Any]:
 def _describe(c: Cohort) -> str:
     lines = [
         f"Cohort {c.name!r}" if c.name else "Cohort",
-        f"  samples: {len(c)}   patients: {len(c.patients)}   task: {c.task or 'none (predict/explain only)'}",
+        (f"  samples: {len(c)}   patients: {len(c.patients)}   task: "
+        f"{c.task or 'none (predict/explain only)'}"),
     ]
     pres = c.presence()
     for m in c.modalities:
@@ -436,39 +367,10 @@ def _describe(c: Cohort) -> str:
         patterns = pres.apply(lambda r: "+".join(m for m in c.modalities if r[m]) or "none", axis=1)
         counts = patterns.value_counts()
         lines.append("  missingness patterns: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    if c.clinical is not None:
-        n_num = sum(t == "numeric" for t in c.clinical_types.values())
-        lines.append(
-            f"  clinical: {c.clinical.shape[1]} columns ({n_num} numeric, "
-            f"{c.clinical.shape[1] - n_num} categorical); missing values per column:"
-        )
-        for col in c.clinical.columns:
-            na = int(c.clinical[col].isna().sum())
-            lines.append(
-                f"    {col} [{c.clinical_types[col]}]: {na} / {len(c.clinical)} missing "
-                f"({100 * na / max(len(c.clinical), 1):.0f}%)"
-            )
-    if c.genomics is not None:
-        gs = f", {len(c.gene_sets)} gene sets" if c.gene_sets else ""
-        lines.append(f"  genomics: {c.genomics.n_obs} samples x {c.genomics.n_vars} genes{gs}")
-    if c.images is not None:
-        sizes = c.images.bag_sizes()
-        shape = (
-            f"feature dim {c.images.feature_dim}"
-            if c.images.kind == "features"
-            else f"patch shape {c.images.pixel_shape}"
-        )
-        lines.append(
-            f"  images ({c.images.kind}, {shape}): bag size min {sizes.min()}, median "
-            f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches"
-        )
-    if c.events is not None:
-        per = c.events.groupby("sample_id").size()
-        lines.append(
-            f"  events: {len(c.events)} events, {c.events['code'].nunique()} distinct codes, per sample "
-            f"min {per.min()}, median {float(per.median()):g}, max {per.max()}; "
-            f"{int(c.events['value'].notna().sum())} with a value"
-        )
+    for m in c._registered():
+        data = getattr(c, m.name)
+        if data is not None:
+            lines += m.summary_lines(data, c)
     if c.labels is not None:
         counts = c.labels.value_counts()
         lines.append(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .preprocess import category_key
+from .statistics import category_key
 
 Split = tuple[list[str], list[str]]
 

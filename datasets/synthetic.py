@@ -41,7 +41,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .batch import MODALITIES
+
+SYNTHETIC_MODALITIES: tuple[str, ...] = ("clinical", "genomics", "images", "events")
+"""The modalities this generator makes, in canonical order (a registered fifth one is not synthesised)."""
 
 RULE_VARIABLE = "marker_status"
 """The clinical column whose value decides which patch type is evidence."""
@@ -103,9 +105,9 @@ def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n
     if task not in ("classification", "survival"):
         raise ValueError(f"task must be 'classification' or 'survival', got {task!r}")
     mods = tuple(modalities)
-    unknown = [m for m in mods if m not in MODALITIES]
+    unknown = [m for m in mods if m not in SYNTHETIC_MODALITIES]
     if not mods or unknown:
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {mods!r}")
+        raise ValueError(f"modalities must be a non-empty subset of {SYNTHETIC_MODALITIES}, got {mods!r}")
     lo, hi = n_patches
     if not (2 <= lo <= hi):
         raise ValueError(f"n_patches must be (low, high) with 2 <= low <= high, got {n_patches!r}")
@@ -118,7 +120,7 @@ def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n
     if not 0.0 <= missing_rate < 1.0:
         raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
     # canonical order, duplicates removed
-    return tuple(m for m in MODALITIES if m in mods)
+    return tuple(m for m in SYNTHETIC_MODALITIES if m in mods)
 
 
 def _images(rng, ids, rule_pos, severity, n_patches, feature_dim):
@@ -250,7 +252,7 @@ def make_synthetic_cohort(
     n_patients: int = 200,
     *,
     task: str = "classification",
-    modalities: Sequence[str] = MODALITIES,
+    modalities: Sequence[str] = SYNTHETIC_MODALITIES,
     n_patches: tuple[int, int] = (20, 60),
     feature_dim: int = 32,
     n_genes: int = 50,

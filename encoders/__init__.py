@@ -9,17 +9,13 @@ __all__ = ["ENCODERS", "ModalityEncoder", "Registry", "Tokens", "create_encoder"
 
 
 def default_encoder(modality: str, schema_entry: dict) -> str:
-    """The registered encoder used for ``modality`` when none is named (``schema_entry`` = ``schema_[modality]``).
+    """The registered encoder used for ``modality`` when none is named (``schema_entry`` = ``schema_[modality]``):
+    the modality's own choice (``Modality.default_encoder``; an unknown modality is a ValueError listing the
+    registered ones).
 
     images: ``feature_bag`` for precomputed feature bags, ``vit`` for pixel bags; clinical: ``feature_tokens``;
     genomics: ``gene_transformer``; events: ``event_transformer``.
     """
-    if modality == "images":
-        kind = schema_entry.get("kind") if isinstance(schema_entry, dict) else None
-        if kind not in ("features", "pixels"):
-            raise ValueError(f"images schema kind must be 'features' or 'pixels', got {kind!r}")
-        return "feature_bag" if kind == "features" else "vit"
-    defaults = {"clinical": "feature_tokens", "genomics": "gene_transformer", "events": "event_transformer"}
-    if modality not in defaults:
-        raise ValueError(f"unknown modality {modality!r}; expected one of clinical, genomics, images, events")
-    return defaults[modality]
+    from ..datasets.modalities import get_modality
+
+    return get_modality(modality).default_encoder(schema_entry)

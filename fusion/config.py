@@ -29,41 +29,42 @@ from typing import Any
 
 import pandas as pd
 
-DATA_KEYS: dict[str, str] = {
+from ..datasets.files import DataSource, read_table  # noqa: F401  read_table: re-exported, its old home
+from ..datasets.files import check_keys as _check_keys
+from ..datasets.modalities import MODALITY_REGISTRY
+
+_GENERAL_KEYS: dict[str, str] = {
     "name": "cohort name (shown in summaries)",
     "id_column": "sample id column of every table (default: sample_id)",
-    "clinical": "clinical table (CSV, TSV or Parquet), one row per sample",
-    "clinical_columns": "clinical columns to use (default: all but the id, target and group columns)",
-    "drop_columns": "clinical columns not to use as features",
-    "clinical_types": "mapping column -> numeric | categorical (overrides detection)",
+}
+_TARGET_KEYS: dict[str, str] = {
     "targets": "table holding the target / group columns (default: the clinical table)",
     "label": "class label column (classification)",
     "time": "survival time column (survival)",
     "event": "event indicator column, 1 = event seen (survival)",
     "group": "patient id column, when samples are admissions, slides or specimens",
     "index_time": "column with each sample's prediction time on the events' time axis",
-    "genomics": "AnnData .h5ad file (obs_names = sample ids)",
-    "genomics_layer": "AnnData layer to use instead of X",
-    "gene_sets": "GMT file, or a mapping set -> genes",
-    "images": "folder of per-sample feature files, or a manifest CSV (sample_id, path[, slide_id])",
-    "image_kind": "features (default) or patches (raw tiles for the cnn / vit encoders)",
-    "patch_size": "tile size that patch images are resized to (image_kind: patches)",
-    "events": "long events table (CSV / Parquet): id column, time, code[, value]",
-    "event_columns": "mapping time / code / value -> the events table's column names",
 }
+TABLE_FILE = "clinical.csv"
+"""The per-sample table :func:`write_cohort_files` writes: the table modality's columns plus the targets."""
+
+
+def data_keys() -> dict[str, str]:
+    """Every valid key of a data section -> its help: the general keys, each registered modality's own
+    (``Modality.data_keys``), then the target keys."""
+    keys = dict(_GENERAL_KEYS)
+    for m in MODALITY_REGISTRY:
+        keys.update(m.data_keys)
+    return {**keys, **_TARGET_KEYS}
+
+
+DATA_KEYS: dict[str, str] = data_keys()
+"""The data keys of the built-in modalities (:func:`data_keys` also lists those registered later)."""
 RUN_KEYS: dict[str, str] = {
     "task": "classification or survival",
     "data": "the data: a mapping of data keys, or the path of a data.yaml",
     "model": "FusionModel keywords (aggregator, max_epochs, ...)",
 }
-
-
-def _check_keys(found: Mapping[str, Any], valid: Mapping[str, str], where: str) -> None:
-    if not isinstance(found, Mapping):
-        raise TypeError(f"{where} must be a mapping of keys to values, got {type(found).__name__}")
-    unknown = [k for k in found if k not in valid]
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are: {', '.join(valid)}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -79,24 +80,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def read_table(path: Path, id_column: str, what: str) -> pd.DataFrame:
-    """A CSV / TSV / Parquet table indexed by its ``id_column`` (as str)."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: file {path} does not exist")
-    if suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    else:
-        raise ValueError(f"{what}: {path.name} must be a .csv, .tsv or .parquet file")
-    if id_column not in frame.columns:
-        raise ValueError(f"{what}: {path.name} has no id column {id_column!r} (columns: {list(frame.columns)}); "
-                         "set id_column in the data config")
-    frame[id_column] = frame[id_column].astype(str)
-    return frame.set_index(id_column)
 
 
 def _column(frame: pd.DataFrame, name: str, key: str, what: str) -> pd.Series:
@@ -117,30 +100,32 @@ class DataConfig:
         if isinstance(data, str | Path):
             path = (base / data) if not Path(data).is_absolute() else Path(data)
             return cls.parse(read_yaml(path), base=path.parent)
-        _check_keys(data, DATA_KEYS, "data")
-        if not any(k in data for k in ("clinical", "genomics", "images", "events")):
-            raise ValueError("data: name at least one of clinical, genomics, images, events")
-        if data.get("image_kind", "features") not in ("features", "patches"):
-            raise ValueError(f"data.image_kind must be 'features' or 'patches', got {data['image_kind']!r}")
-        if "event_columns" in data:
-            _check_keys(data["event_columns"], {"time": "", "code": "", "value": ""}, "data.event_columns")
+        _check_keys(data, data_keys(), "data")
+        files = [next(iter(m.data_keys)) for m in MODALITY_REGISTRY if m.data_keys]
+        if not any(k in data for k in files):
+            raise ValueError(f"data: name at least one of {', '.join(files)}")
+        for m in MODALITY_REGISTRY:
+            m.check_config(data)
         return cls(spec=dict(data), base=base)
-
-    def path(self, key: str) -> Path:
-        p = Path(str(self.spec[key])).expanduser()
-        return p if p.is_absolute() else self.base / p
 
     def to_cohort(self, *, task: str | None, require_targets: bool):
         """Build the ``Cohort``. ``task`` picks the target columns (label, or time + event); with
-        ``require_targets=False`` (predict / explain) targets are read only when their columns are named."""
-        from ..datasets import Cohort, ImageBags
+        ``require_targets=False`` (predict / explain) targets are read only when their columns are named.
+        Each registered modality reads its own files (``Modality.read_files``)."""
+        from ..datasets import Cohort
 
-        s, idc = self.spec, str(self.spec.get("id_column", "sample_id"))
-        clinical = read_table(self.path("clinical"), idc, "data.clinical") if "clinical" in s else None
-        targets = read_table(self.path("targets"), idc, "data.targets") if "targets" in s else clinical
+        s = self.spec
+        source = DataSource(spec=s, base=self.base)
+        if "targets" in s:
+            source.targets_key = "targets"
+        else:
+            source.targets_key = next((next(iter(m.data_keys)) for m in MODALITY_REGISTRY
+                                       if m.holds_targets and next(iter(m.data_keys)) in s), None)
+        targets = source.table(source.targets_key) if source.targets_key is not None else None
         target_cols = [s[k] for k in ("label", "time", "event", "group", "index_time") if k in s]
         if target_cols and targets is None:
             raise ValueError("data: target/group columns are named but there is no clinical or targets table")
+        source.target_columns = target_cols
         labels = survival = groups = index_time = None
         if task == "classification" and ("label" in s or require_targets):
             if "label" not in s:
@@ -156,59 +141,17 @@ class DataConfig:
             groups = _column(targets, s["group"], "group", "targets").astype(str)
         if "index_time" in s:
             index_time = _column(targets, s["index_time"], "index_time", "targets")
-        if clinical is not None:
-            clinical = self._clinical_features(clinical, target_cols if targets is clinical else [])
-        genomics = None
-        if "genomics" in s:
-            import anndata
-
-            path = self.path("genomics")
-            if not path.is_file():
-                raise FileNotFoundError(f"data.genomics: file {path} does not exist")
-            genomics = anndata.read_h5ad(path)
-        images = None
-        if "images" in s:
-            source: Any = self.path("images")
-            if source.suffix.lower() in (".csv", ".tsv", ".parquet"):
-                manifest = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
-                manifest["path"] = [str(p if Path(p).is_absolute() else source.parent / p) for p in manifest["path"]]
-                source = manifest
-            elif not source.exists():
-                raise FileNotFoundError(f"data.images: {source} does not exist")
-            if s.get("image_kind", "features") == "features":
-                images = ImageBags.from_features(source)
-            else:
-                images = ImageBags.from_patches(source, patch_size=s.get("patch_size"))
-        events = None
-        if "events" in s:
-            raw = read_table(self.path("events"), idc, "data.events").reset_index()
-            rename = {v: k for k, v in (s.get("event_columns") or {}).items()}
-            events = raw.rename(columns={**rename, idc: "sample_id"})
-        gene_sets = s.get("gene_sets")
-        if isinstance(gene_sets, str):
-            gene_sets = str(self.path("gene_sets"))
-        return Cohort(clinical=clinical, genomics=genomics, images=images, events=events, labels=labels,
-                      survival=survival, groups=groups, clinical_types=s.get("clinical_types"),
-                      genomics_layer=s.get("genomics_layer"), gene_sets=gene_sets, index_time=index_time,
+        inputs: dict[str, Any] = {}
+        for m in MODALITY_REGISTRY:
+            if m.data_keys and next(iter(m.data_keys)) in s:
+                inputs.update(m.read_files(source))
+            else:  # options without the data: passed on, so that the Cohort names the mistake
+                inputs.update({k: s[k] for k in m.options if k in s and k in m.data_keys})
+        return Cohort(**inputs, labels=labels, survival=survival, groups=groups, index_time=index_time,
                       name=s.get("name"))
 
-    def _clinical_features(self, clinical: pd.DataFrame, target_cols: list[str]) -> pd.DataFrame:
-        s = self.spec
-        if "clinical_columns" in s:
-            cols = list(s["clinical_columns"])
-            missing = [c for c in cols if c not in clinical.columns]
-            if missing:
-                raise ValueError(f"data.clinical_columns: {missing} not in the clinical table "
-                                 f"(columns: {list(clinical.columns)})")
-            clash = [c for c in cols if c in target_cols]
-            if clash:
-                raise ValueError(f"data.clinical_columns: {clash} are target/group columns, not features")
-            return clinical[cols]
-        drop = [*target_cols, *s.get("drop_columns", [])]
-        missing = [c for c in s.get("drop_columns", []) if c not in clinical.columns]
-        if missing:
-            raise ValueError(f"data.drop_columns: {missing} not in the clinical table (columns: {list(clinical.columns)})")
-        return clinical.drop(columns=[c for c in drop if c in clinical.columns])
+    def path(self, key: str) -> Path:
+        return DataSource(spec=self.spec, base=self.base).path(key)
 
 
 @dataclass
@@ -249,44 +192,38 @@ def load_data_config(path: str | Path) -> DataConfig:
 
 def write_cohort_files(cohort: Any, folder: str | Path) -> dict[str, Any]:
     """Write ``cohort`` as the files a data config reads (clinical.csv with the targets, expression.h5ad,
-    features/<sample>.npy, events.csv) and return the matching data section (paths relative to ``folder``).
+    features/<sample>.npy, events.csv: each modality writes its own, ``Modality.write_files``) and return
+    the matching data section (paths relative to ``folder``).
 
     Used by the examples and tests to show the file-based route; feature bags are written per sample.
     """
-    import numpy as np
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {"id_column": "sample_id"}
     ids = [str(s) for s in cohort.sample_ids]
     table = pd.DataFrame(index=pd.Index(ids, name="sample_id"))
-    if cohort.clinical is not None:
-        table = table.join(cohort.clinical)
-        spec["clinical_types"] = dict(cohort.clinical_types)
+    table_key = None
+    present = [m for m in MODALITY_REGISTRY if getattr(cohort, m.name, None) is not None]
+    for m in present:
+        columns, entries = m.table_columns(getattr(cohort, m.name), cohort)
+        if columns is not None:
+            table, table_key = table.join(columns), next(iter(m.data_keys))
+        spec.update(entries)
     if cohort.labels is not None:
         table["label"] = cohort.labels.loc[ids]
         spec["label"] = "label"
     if cohort.survival is not None:
         table["time"], table["event"] = cohort.survival.loc[ids, "time"], cohort.survival.loc[ids, "event"]
         spec["time"], spec["event"] = "time", "event"
-    if cohort.events is not None and getattr(cohort, "index_time", None) is not None:
-        table["index_time"] = cohort.index_time.reindex(ids).to_numpy(float)
+    index_time = getattr(cohort, "index_time", None)
+    if index_time is not None and len(index_time):
+        table["index_time"] = index_time.reindex(ids).to_numpy(float)
         spec["index_time"] = "index_time"
-    if cohort.clinical is not None or len(table.columns):
+    if table_key is not None or len(table.columns):
         # Samples without clinical data keep their targets here; their clinical cells are all NaN, which
         # the Cohort reads as "no clinical data" for that sample.
-        table.reset_index().to_csv(folder / "clinical.csv", index=False)
-        spec["clinical" if cohort.clinical is not None else "targets"] = "clinical.csv"
-    if cohort.genomics is not None:
-        cohort.genomics.write_h5ad(folder / "expression.h5ad")
-        spec["genomics"] = "expression.h5ad"
-    if cohort.images is not None and cohort.images.kind == "features":
-        (folder / "features").mkdir(exist_ok=True)
-        for sid in cohort.images.sample_ids:
-            np.save(folder / "features" / f"{sid}.npy", cohort.images.load(sid).data)
-        spec["images"] = "features"
-    if cohort.events is not None:
-        cols = [c for c in ("sample_id", "time", "code", "value", "segment") if c in cohort.events.columns]
-        cohort.events[cols].to_csv(folder / "events.csv", index=False, float_format="%.17g")
-        spec["events"] = "events.csv"
+        table.reset_index().to_csv(folder / TABLE_FILE, index=False)
+        spec[table_key or "targets"] = TABLE_FILE
+    for m in present:
+        spec.update(m.write_files(getattr(cohort, m.name), cohort, folder))
     return spec

@@ -141,18 +141,15 @@ def data_fingerprint(sample_ids: list[str], shapes: Mapping[str, Any]) -> str:
 
 
 def data_shapes(cohort: Any) -> dict[str, Any]:
-    """Shapes of the data a model was trained on (for the provenance fingerprint)."""
+    """Shapes of the data a model was trained on (for the provenance fingerprint): each modality's
+    ``Modality.shape``."""
+    from ..datasets.modalities import MODALITY_REGISTRY
+
     shapes: dict[str, Any] = {"n_samples": len(cohort)}
-    if cohort.clinical is not None:
-        shapes["clinical"] = list(cohort.clinical.shape)
-    if cohort.genomics is not None:
-        shapes["genomics"] = list(cohort.genomics.shape)
-    if cohort.images is not None:
-        im = cohort.images
-        shapes["images"] = {"n_samples": len(im.sample_ids), "kind": im.kind,
-                            "dim": int(im.feature_dim) if im.kind == "features" else list(im.pixel_shape)}
-    if cohort.events is not None:
-        shapes["events"] = list(cohort.events.shape)
+    for m in MODALITY_REGISTRY:
+        data = getattr(cohort, m.name, None)
+        if data is not None:
+            shapes[m.name] = m.shape(data)
     return shapes
 
 

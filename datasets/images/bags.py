@@ -1,0 +1,234 @@
+"""The :class:`ImageBags` container: per sample, a bag of patch feature vectors ``[N, D]`` or of raw patches
+``[N, C, H, W]``, built from dicts, directories or manifests (:mod:`.sources`), read lazily
+(:mod:`.readers`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..validation import check_unique, format_ids
+from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES, read_file_rows, read_tile
+from .sources import Slide, apply_coords, feature_slide, normalise_source, pixel_slide
+
+
+@dataclass
+class ImageBag:
+    """One sample's bag as read by :meth:`ImageBags.load`.
+
+    Attributes:
+        data: float32 ``[N, D]`` (features) or ``[N, C, H, W]`` (pixels, in [0, 1]).
+        coords: float32 ``[N, 2]`` patch x, y; NaN where the source had none.
+        slide_ids: ``N`` slide ids, one per patch.
+        positions: int64 ``[N]`` 0-based index of each patch within its slide as supplied.
+    """
+
+    data: np.ndarray
+    coords: np.ndarray
+    slide_ids: list[str]
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+class ImageBags:
+    """Bags of patches per sample; build with :meth:`from_features` or :meth:`from_patches`.
+
+    Attributes:
+        kind: ``"features"`` or ``"pixels"``.
+        sample_ids: samples with a bag, in input order.
+        feature_dim: D for feature bags (None for pixels).
+        pixel_shape: ``(C, H, W)`` for pixel bags (None for features).
+    """
+
+    def __init__(self, *, kind: str, slides: dict[str, list[Slide]]) -> None:
+        if kind not in ("features", "pixels"):
+            raise ValueError(f"images: kind must be 'features' or 'pixels', got {kind!r}")
+        self.kind = kind
+        self._slides = slides
+        self.sample_ids: list[str] = list(slides)
+        self.feature_dim: int | None = None
+        self.pixel_shape: tuple[int, int, int] | None = None
+        self._validate()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_features(cls, source: Any, *, coords: Mapping[Any, Any] | None = None) -> ImageBags:
+        """Feature bags ``[N, D]`` per sample.
+
+        Args:
+            source: a dict sample -> ``[N, D]`` array | file path | list of those (several slides); or a
+                directory (see the module docstring); or a manifest DataFrame with columns
+                ``sample_id, path[, slide_id]`` (one row per slide file).
+            coords: optional dict sample -> ``[N, 2]`` (the whole bag) or list of ``[n_k, 2]`` (per slide);
+                overrides coordinates found in the files.
+        """
+        per_sample = normalise_source(source, FEATURE_SUFFIXES)
+        slides: dict[str, list[Slide]] = {}
+        for sample, items in per_sample.items():
+            slides[sample] = [feature_slide(sample, sid, item) for sid, item in items]
+        if coords is not None:
+            apply_coords(slides, coords)
+        return cls(kind="features", slides=slides)
+
+    @classmethod
+    def from_patches(
+        cls,
+        source: Any,
+        *,
+        patch_size: int | tuple[int, int] | None = None,
+        coords: Mapping[Any, Any] | None = None,
+    ) -> ImageBags:
+        """Raw pixel bags ``[N, C, H, W]`` per sample (values in [0, 1]).
+
+        Args:
+            source: a dict sample -> ``[N, C, H, W]`` array | ``[C, H, W]`` array (a bag of one image) |
+                ``.npy`` file of either | a folder of tile images (png/jpg/tif, sorted by name: the
+                position of
+                a tile is its place in that order) | one image file | a list of those; or a directory whose
+                sub-folders are samples (tiles inside) and whose image files are one-image samples.
+                uint8 data are scaled by 1/255; float data must already lie in [0, 1]. Tile images are read
+                lazily with Pillow and converted to RGB.
+            patch_size: tile images are resized to ``patch_size`` (int or ``(H, W)``) when read; arrays must
+                already have that size.
+            coords: as in :meth:`from_features`.
+        """
+        if isinstance(patch_size, int):
+            patch_size = (patch_size, patch_size)
+        per_sample = normalise_source(source, IMAGE_SUFFIXES + (".npy",), folders_are_tiles=True)
+        slides = {}
+        for sample, items in per_sample.items():
+            slides[sample] = [pixel_slide(sample, sid, item, patch_size) for sid, item in items]
+        if coords is not None:
+            apply_coords(slides, coords)
+        return cls(kind="pixels", slides=slides)
+
+    def _validate(self) -> None:
+        if not self._slides:
+            raise ValueError("images: no samples given; expected at least one bag")
+        check_unique(self.sample_ids, what="images")
+        first: tuple[str, tuple[int, ...]] | None = None
+        for sample, slides in self._slides.items():
+            if not slides:
+                raise ValueError(f"images: sample {sample!r} has no slide/file; expected at least one")
+            check = [s.slide_id for s in slides]
+            if len(set(check)) != len(check):
+                raise ValueError(
+                    f"images: sample {sample!r} has duplicated slide ids {check}; expected unique ones"
+                )
+            if sum(s.n for s in slides) == 0:
+                raise ValueError(
+                    f"images: sample {sample!r} has a bag of zero patches; expected at least one"
+                )
+            for s in slides:
+                if first is None:
+                    first = (sample, s.shape)
+                elif s.shape != first[1]:
+                    what = "feature dim" if self.kind == "features" else "patch shape (C, H, W)"
+                    a = first[1][0] if self.kind == "features" else first[1]
+                    b = s.shape[0] if self.kind == "features" else s.shape
+                    raise ValueError(
+                        f"images: inconsistent {what}: sample {first[0]!r} has {a} but sample {sample!r} "
+                        f"(slide {s.slide_id!r}) has {b}; every bag must share it"
+                    )
+        assert first is not None
+        if self.kind == "features":
+            self.feature_dim = int(first[1][0])
+        else:
+            c, h, w = first[1]
+            self.pixel_shape = (int(c), int(h), int(w))
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._slides
+
+    def __repr__(self) -> str:
+        shape = self.feature_dim if self.kind == "features" else self.pixel_shape
+        return f"ImageBags(kind={self.kind!r}, samples={len(self)}, shape={shape})"
+
+    def _get(self, sample_id: str) -> list[Slide]:
+        try:
+            return self._slides[sample_id]
+        except KeyError:
+            raise ValueError(f"images: unknown sample id {sample_id!r}; it has no image bag") from None
+
+    def n_patches(self, sample_id: str) -> int:
+        """Number of patches in the sample's bag (all its slides)."""
+        return sum(s.n for s in self._get(sample_id))
+
+    def slide_ids(self, sample_id: str) -> list[str]:
+        """The sample's slide ids, in bag order."""
+        return [s.slide_id for s in self._get(sample_id)]
+
+    def bag_sizes(self) -> pd.Series:
+        """Patches per sample (int Series indexed by sample id)."""
+        return pd.Series({s: self.n_patches(s) for s in self.sample_ids}, dtype="int64")
+
+    def subset(self, ids: Sequence[str]) -> ImageBags:
+        """The bags of ``ids`` (every id must have a bag)."""
+        ids = [str(i) for i in ids]
+        unknown = [i for i in ids if i not in self._slides]
+        if unknown:
+            raise ValueError(f"images: unknown sample id(s) {format_ids(unknown)}; they have no image bag")
+        new = object.__new__(ImageBags)
+        new.kind, new.feature_dim, new.pixel_shape = self.kind, self.feature_dim, self.pixel_shape
+        new._slides = {i: self._slides[i] for i in ids}
+        new.sample_ids = list(new._slides)
+        return new
+
+    def load(self, sample_id: str, indices: Sequence[int] | np.ndarray | None = None) -> ImageBag:
+        """Read the sample's bag (or the patches ``indices`` of it, in that order) from memory or disk."""
+        slides = self._get(sample_id)
+        sizes = np.array([s.n for s in slides], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        total = int(offsets[-1])
+        if indices is None:
+            idx = np.arange(total, dtype=np.int64)
+        else:
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= total):
+                raise IndexError(
+                    f"images: indices out of range for sample {sample_id!r} with {total} patches"
+                )
+        which = np.searchsorted(offsets, idx, side="right") - 1
+        data = np.empty((idx.size, *slides[0].shape), dtype=np.float32)
+        coords = np.full((idx.size, 2), np.nan, dtype=np.float32)
+        positions = idx - offsets[which]
+        for k, s in enumerate(slides):
+            sel = np.nonzero(which == k)[0]
+            if sel.size == 0:
+                continue
+            local = positions[sel]
+            d, c = _read_slide(sample_id, s, local)
+            data[sel] = d
+            if c is not None:
+                coords[sel] = c
+        slide_ids = [slides[k].slide_id for k in which.tolist()]
+        return ImageBag(data=data, coords=coords, slide_ids=slide_ids, positions=positions.astype(np.int64))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _read_slide(sample: str, s: Slide, local: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows ``local`` of one slide as float32, plus coords (or None). Reads only those rows where it can."""
+    coords = None if s.coords is None else s.coords[local]
+    if s.array is not None:
+        data = s.array[local]
+    elif s.tiles is not None:
+        return np.stack([read_tile(sample, s.tiles[i], s.resize) for i in local.tolist()]), coords
+    else:
+        assert s.path is not None
+        data, stored = read_file_rows(s.path, sample, local, single=s.single, coords=coords is None)
+        coords = stored if coords is None else coords
+    if data.dtype == np.uint8 and len(s.shape) == 3:
+        return data.astype(np.float32) / 255.0, coords
+    return np.asarray(data, dtype=np.float32), coords

@@ -1,0 +1,222 @@
+"""The images modality: per sample, a bag of patch feature vectors ``[N, D]`` or raw patches ``[N, C, H, W]``.
+
+Input: :class:`~clinfuse.datasets.ImageBags` (a plain dict goes to ``ImageBags.from_features``). Fitted: the
+feature dimension or the pixel shape. One token per patch; bags stay on disk and are read per item (a
+random subset of ``max_patches`` patches in training, every patch at inference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..batch import ModalityBatch
+from ..images import ImageBags
+from .base import (
+    Modality,
+    ModalityPreprocessor,
+    Normalised,
+    ReadContext,
+    SampleReader,
+    as_numpy,
+    pad_tokens,
+    pick_text,
+)
+
+_UNNAMED_SLIDES = ("", "slide0")  # ImageBags' id for a lone in-memory array: its tokens are named `position`
+
+
+class ImagesPreprocessor(ModalityPreprocessor):
+    """Records the bag format (feature dim, or pixel shape) that the image encoder is sized for."""
+
+    def _fit(self, images: ImageBags, cohort: Any) -> None:
+        if images.kind == "features":
+            self.image_schema_ = {"kind": "features", "feature_dim": int(images.feature_dim)}
+        else:
+            c, h, w = (int(v) for v in images.pixel_shape)
+            self.image_schema_ = {"kind": "pixels", "channels": c, "height": h, "width": w}
+
+    def transform(self, images: ImageBags) -> ImageBags:
+        """Bags are read lazily, per item: nothing to transform up front."""
+        self._check_fitted()
+        return images
+
+    def schema(self) -> dict[str, Any]:
+        return dict(self.image_schema_)
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.image_schema_)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.image_schema_ = dict(state)
+
+    def check_compatible(self, images: ImageBags) -> list[str]:
+        want = self.image_schema_
+        if images.kind != want["kind"]:
+            return [f"images: kind {images.kind!r}, fitted on {want['kind']!r}"]
+        if want["kind"] == "features" and int(images.feature_dim) != want["feature_dim"]:
+            return [f"images: feature dim {images.feature_dim}, fitted on {want['feature_dim']}"]
+        if want["kind"] == "pixels":
+            shape = tuple(int(v) for v in images.pixel_shape)
+            fitted = (want["channels"], want["height"], want["width"])
+            if shape != fitted:
+                return [f"images: pixel shape (C, H, W) {shape}, fitted on {fitted}"]
+        return []
+
+
+@dataclass
+class BagReader(SampleReader):
+    """Reads a sample's bag from its ImageBags, subsampled to ``max_patches`` in training.
+
+    The draw for item ``i`` depends on (seed, epoch, i, how often i was read), so runs are reproducible and
+    successive epochs see different patches.
+    """
+
+    images: ImageBags
+    draws: dict[int, int] = field(default_factory=dict)
+
+    def read(self, sample_id: str, index: int, context: ReadContext) -> dict[str, Any] | None:
+        if sample_id not in self.images:
+            return None
+        n = self.images.n_patches(sample_id)
+        indices = None
+        if context.train and context.max_patches is not None and n > context.max_patches:
+            draw = self.draws.get(index, 0)
+            self.draws[index] = draw + 1
+            rng = np.random.default_rng([context.seed, context.epoch, index, draw])
+            indices = np.sort(rng.choice(n, size=context.max_patches, replace=False))  # keep slide order
+        bag = self.images.load(sample_id, indices)
+        slides = self.images.slide_ids(sample_id)
+        single = len(slides) == 1 and slides[0] in (*_UNNAMED_SLIDES, sample_id)
+        positions = np.asarray(bag.positions, dtype=np.int64)
+        names = ([str(p) for p in positions.tolist()] if single
+                 else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
+        return {
+            "data": bag.data,
+            "coords": bag.coords,
+            "positions": positions,
+            "slide_ids": list(bag.slide_ids),
+            "names": names,
+        }
+
+
+class ImagesModality(Modality):
+    """Patch bags: one token per patch, named ``slide:position`` (``position`` for a lone unnamed slide)."""
+
+    name = "images"
+    token_kind = "patch"
+    preprocessor_class = ImagesPreprocessor
+    noun = "image bag"
+    report_columns = ("position", "x", "y", "slide_id")
+    data_keys: ClassVar[dict[str, str]] = {
+        "images": "folder of per-sample feature files, or a manifest CSV (sample_id, path[, slide_id])",
+        "image_kind": "features (default) or patches (raw tiles for the cnn / vit encoders)",
+        "patch_size": "tile size that patch images are resized to (image_kind: patches)",
+    }
+
+    def normalise(self, data: Any, options: Mapping[str, Any]) -> Normalised:
+        if isinstance(data, Mapping):
+            data = ImageBags.from_features(data)
+        if not isinstance(data, ImageBags):
+            raise TypeError(
+                "images: expected ImageBags (ImageBags.from_features / from_patches), got "
+                f"{type(data).__name__}"
+            )
+        return Normalised(data, {}, [])
+
+    def sample_ids(self, data: ImageBags) -> list[str]:
+        return list(data.sample_ids)
+
+    def subset(self, data: ImageBags, ids: list[str]) -> ImageBags | None:
+        return data.subset(ids) if ids else None
+
+    def summary_lines(self, data: ImageBags, cohort: Any) -> list[str]:
+        sizes = data.bag_sizes()
+        shape = (
+            f"feature dim {data.feature_dim}"
+            if data.kind == "features"
+            else f"patch shape {data.pixel_shape}"
+        )
+        return [(f"  images ({data.kind}, {shape}): bag size min {sizes.min()}, median "
+                 f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")]
+
+    def shape(self, data: ImageBags) -> dict[str, Any]:
+        return {"n_samples": len(data.sample_ids), "kind": data.kind,
+                "dim": int(data.feature_dim) if data.kind == "features" else list(data.pixel_shape)}
+
+    def default_encoder(self, schema_entry: Mapping[str, Any]) -> str:
+        """``feature_bag`` for precomputed feature bags, ``vit`` for pixel bags."""
+        kind = schema_entry.get("kind") if isinstance(schema_entry, Mapping) else None
+        if kind not in ("features", "pixels"):
+            raise ValueError(f"images schema kind must be 'features' or 'pixels', got {kind!r}")
+        return "feature_bag" if kind == "features" else "vit"
+
+    def reader(self, data: ImageBags, cohort: Any, preprocessor: ImagesPreprocessor) -> BagReader:
+        return BagReader(preprocessor.transform(data))
+
+    def collate(self, items: Sequence[dict[str, Any] | None], schema_entry: Mapping[str, Any],
+                present: torch.Tensor) -> ModalityBatch:
+        if schema_entry["kind"] == "features":
+            key, shape = "features", (schema_entry["feature_dim"],)
+        else:
+            key, shape = "pixels", (schema_entry["channels"], schema_entry["height"], schema_entry["width"])
+        arrays, mask, texts, lengths = pad_tokens(
+            items, {"positions": ((), np.int64), "data": (shape, np.float32), "coords": ((2,), np.float32)},
+            ("names", "slide_ids"))
+        tensors = {key: torch.from_numpy(arrays["data"]), "coords": torch.from_numpy(arrays["coords"]),
+                   "position": torch.from_numpy(arrays["positions"])}
+        present = present & torch.tensor([n > 0 for n in lengths], dtype=torch.bool)
+        names, slide = texts["names"], texts["slide_ids"]
+        return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"slide_id": slide})
+
+    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
+                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and
+        ``slide_id``."""
+        meta = dict(meta or {})
+        if batch is not None:
+            meta.setdefault("position", batch.tensors.get("position"))
+            if "coords" in batch.tensors:
+                meta.setdefault("coords", batch.tensors["coords"])
+            meta.setdefault("slide_id", batch.meta.get("slide_id"))
+        if meta.get("coords") is not None and "x" not in meta:
+            coords = as_numpy(meta["coords"])
+            meta["x"], meta["y"] = coords[..., 0], coords[..., 1]
+        out = {key: as_numpy(meta[key])[b_idx, t_idx].astype(np.float32)
+               for key in ("position", "x", "y") if meta.get(key) is not None}
+        if meta.get("slide_id") is not None:
+            out["slide_id"] = pick_text(meta["slide_id"], b_idx, t_idx)
+        return out
+
+    # ------------------------------------------------------------------ files
+    def check_config(self, spec: Mapping[str, Any]) -> None:
+        if spec.get("image_kind", "features") not in ("features", "patches"):
+            raise ValueError(f"data.image_kind must be 'features' or 'patches', got {spec['image_kind']!r}")
+
+    def read_files(self, source: Any) -> dict[str, Any]:
+        path: Any = source.path("images")
+        if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
+            manifest = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            manifest["path"] = [
+                str(p if Path(p).is_absolute() else path.parent / p) for p in manifest["path"]
+            ]
+            path = manifest
+        elif not path.exists():
+            raise FileNotFoundError(f"data.images: {path} does not exist")
+        if source.spec.get("image_kind", "features") == "features":
+            return {"images": ImageBags.from_features(path)}
+        return {"images": ImageBags.from_patches(path, patch_size=source.spec.get("patch_size"))}
+
+    def write_files(self, data: ImageBags, cohort: Any, folder: Path) -> dict[str, Any]:
+        if data.kind != "features":  # pixel bags have no file form the config reads back
+            return {}
+        (folder / "features").mkdir(exist_ok=True)
+        for sid in data.sample_ids:
+            np.save(folder / "features" / f"{sid}.npy", data.load(sid).data)
+        return {"images": "features"}
