@@ -249,13 +249,10 @@ def test_gene_modes_do_not_depend_on_other_samples(kw):
 
 # ---------------------------------------------------------------- real cohorts (../shared/data, read-only)
 
-DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def test_real_cohorts_encode():
+def test_real_cohorts_encode(shared_path):
     from clinfuse.datasets import Preprocessor, load_gse7390, load_mimic3_demo, make_loader
 
-    gse = load_gse7390(DATA / "gse7390_etc")
+    gse = load_gse7390(shared_path("gse7390_etc"))
     pre = Preprocessor().fit(gse)
     enc = GeneTransformer.from_schema(pre.schema_["genomics"], d_model=D, n_heads=2, n_layers=1).eval()
     seen = 0
@@ -266,7 +263,7 @@ def test_real_cohorts_encode():
             seen += len(batch)
     assert seen == len(gse) == 198
 
-    mimic = load_mimic3_demo(DATA / "mimic3_demo")
+    mimic = load_mimic3_demo(shared_path("mimic3_demo"))
     pre = Preprocessor().fit(mimic)
     enc = EventTransformer.from_schema(pre.schema_["events"], d_model=D, n_heads=2, n_layers=1).eval()
     batch = next(iter(make_loader(mimic.subset(mimic.sample_ids[:6]), pre, batch_size=6)))

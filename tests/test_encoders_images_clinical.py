@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-BREASTMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist" / "breastmnist.npz"
 CLIN = random_schema("clinical")
 FEAT = random_schema("images", image_kind="features")
 PIX = random_schema("images", image_kind="pixels")
@@ -200,8 +199,8 @@ def test_cnn_any_image_size_and_channel_check() -> None:
         enc(_pixel_batch(torch.rand(2, 3, 8, 8), [2]))
 
 
-def test_breastmnist_images_encode_and_train() -> None:
-    data = np.load(BREASTMNIST)
+def test_breastmnist_images_encode_and_train(shared_path) -> None:
+    data = np.load(shared_path("breastmnist", "breastmnist.npz"))
     images = torch.from_numpy(data["train_images"][:16].astype(np.float32) / 255.0)[:, None]  # [16, 1, 28, 28]
     labels = torch.from_numpy(data["train_labels"][:16].astype(np.int64))
     schema = {"kind": "pixels", "channels": 1, "height": 28, "width": 28}
@@ -314,20 +313,19 @@ def test_clinical_schema_errors() -> None:
     assert only_cat(batch).values.shape == (2, 1, 4)
 
 
-def test_real_cohorts_encode_through_the_data_layer() -> None:
+def test_real_cohorts_encode_through_the_data_layer(shared_path) -> None:
     """BreastMNIST (val split) and GSE7390 clinical: loader -> Preprocessor -> make_loader -> every encoder."""
     from clinfuse.datasets import Preprocessor, load_breastmnist, load_gse7390, make_loader
     from clinfuse.encoders import ENCODERS, default_encoder, list_encoders
 
-    data = BREASTMNIST.parent.parent
-    cohort = load_breastmnist(data / "breastmnist", split="val")
+    cohort = load_breastmnist(shared_path("breastmnist"), split="val")
     pre = Preprocessor().fit(cohort)
     images = next(iter(make_loader(cohort, pre, batch_size=4))).modalities["images"]
     assert default_encoder("images", pre.schema_["images"]) == "vit"
     for name in ("vit", "cnn"):
         tokens = ENCODERS.get(name).from_schema(pre.schema_["images"], d_model=8).eval()(images)
         assert torch.isfinite(tokens.values).all() and tokens.mask.any(dim=1).all()
-    cohort = load_gse7390(data / "gse7390_etc")
+    cohort = load_gse7390(shared_path("gse7390_etc"))
     pre = Preprocessor().fit(cohort)
     clinical = next(iter(make_loader(cohort, pre, batch_size=8))).modalities["clinical"]
     columns = pre.schema_["clinical"]["numeric"] + list(pre.schema_["clinical"]["categorical"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -13,7 +12,6 @@ from clinfuse.datasets import Cohort, ImageBags, Preprocessor
 from clinfuse.datasets.preprocess import NotFittedError
 
 N = 24
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 40) -> Cohort:
@@ -256,10 +254,10 @@ def test_pixel_schema_mismatch_is_named():
         fitted.check_compatible(Cohort(images=ImageBags.from_features({"b": rng.random((2, 4))})))
 
 
-def test_real_gse7390_fits_on_training_folds_only():
+def test_real_gse7390_fits_on_training_folds_only(shared_path):
     from clinfuse.datasets import load_gse7390, make_splits
 
-    cohort = load_gse7390(DATA / "gse7390_etc")
+    cohort = load_gse7390(shared_path("gse7390_etc"))
     train, test = make_splits(cohort, 3, seed=0)[0]
     p = Preprocessor(top_genes=20, gene_transform=None).fit(cohort.subset(train))
     assert len(p.schema_["genomics"]["genes"]) == 20 and p.schema_["task"] == {"type": "survival"}
