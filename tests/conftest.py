@@ -25,8 +25,8 @@ SHARED_DATA_ENV = "CLINFUSE_SHARED_DATA"
 # The default: a `shared/data` folder next to the repository checkout.
 DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3, "early_stopping_patience": 2,
-             "max_patches": 16, "verbose": False, "seed": 0}
+SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3,
+         "early_stopping_patience": 2, "max_patches": 16, "verbose": False, "seed": 0}
 
 
 def _shared_data_root() -> Path:
@@ -36,10 +36,10 @@ def _shared_data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The folder of real cohorts: ``$CLINFUSE_SHARED_DATA``, else ``<repo>/../shared/data``; skips if absent."""
+    """The real cohorts' folder: ``$CLINFUSE_SHARED_DATA``, else ``<repo>/../shared/data``; skips if none."""
     root = _shared_data_root()
     if not root.is_dir():
-        pytest.skip(f"real cohorts not found at {root}: put them there or set {SHARED_DATA_ENV}=/path/to/data")
+        pytest.skip(f"real cohorts not found at {root}: put them there or set {SHARED_DATA_ENV}=/path")
     return root
 
 
@@ -50,7 +50,8 @@ def shared_path(shared_data: Path) -> Callable[..., Path]:
     def resolve(*parts: str) -> Path:
         path = shared_data.joinpath(*parts)
         if not path.exists():
-            pytest.skip(f"{path} not found: set {SHARED_DATA_ENV} to a real-cohort folder that has {'/'.join(parts)}")
+            wanted = "/".join(parts)
+            pytest.skip(f"{path} not found: set {SHARED_DATA_ENV} to a real-cohort folder that has {wanted}")
         return path
 
     return resolve

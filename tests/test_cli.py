@@ -24,6 +24,7 @@ def test_cli_prints_help(capsys):
     assert main([]) == 0  # no command: help, not a traceback
 
 
+@pytest.mark.slow
 def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert main(["demo", "--tiny", "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out

@@ -92,6 +92,7 @@ def test_set_tokens_backward_with_absent_sample_has_finite_grads():
     assert enc.set_tokenizer.w1.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_twenty_thousand_genes_run_in_bounded_memory():
     """Batch of 2 x 20,000 gene tokens, forward in eval mode. The growth of the process's peak RSS must stay far
     below the 6.4 GB one [B, H, T, T] float32 attention matrix would take (a loose bound: the high-water mark

@@ -13,6 +13,7 @@ from clinfuse.fusion.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+pytestmark = pytest.mark.slow  # each test trains an example end to end
 
 
 def _load(name: str):

@@ -67,6 +67,7 @@ def test_no_torchvision_or_timm_in_core_dependencies():
     assert "torchvision" not in deps and "timm" not in deps
 
 
+@pytest.mark.slow
 def test_built_wheel_holds_every_subpackage_and_no_bare_names(tmp_path):
     """``pip install .`` installs what the wheel holds: every package on disk, all under clinfuse."""
     import zipfile
@@ -88,6 +89,7 @@ def test_cli_starts_without_importing_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode == 0
 
 
+@pytest.mark.slow  # each starts a fresh interpreter that imports torch
 @pytest.mark.parametrize("module, registry, name", [("clinfuse.fusion.base", "AGGREGATORS", "persam"),
                                                     ("clinfuse.encoders.base", "ENCODERS", "feature_bag")])
 def test_registries_are_complete_however_they_are_reached(module, registry, name):

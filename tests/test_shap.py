@@ -14,6 +14,7 @@ def few(fitted_classifier):
     return fitted_classifier.model, test.subset(ids), fitted_classifier.train
 
 
+@pytest.mark.slow  # the first explainer call of a session compiles shap's numba kernels (seconds)
 @pytest.mark.parametrize("modality", ["clinical", "genomics"])
 def test_rows_are_signed_per_class_and_additive(few, modality):
     model, cohort, train = few
@@ -32,6 +33,7 @@ def test_rows_are_signed_per_class_and_additive(few, modality):
         assert np.allclose(total, report.outputs[sample] - report.base_values[sample], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_agreement_with_attention(few):
     model, cohort, train = few
     report = shap_values(model, cohort, modality="clinical", background=train, n_background=8)
