@@ -60,7 +60,8 @@ def file_cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("files")
     cohort, _ = make_synthetic_cohort(30, n_patches=(4, 8), feature_dim=8, n_genes=12, n_codes=8, seed=2)
     spec = write_cohort_files(cohort, root)
-    (root / "run.yaml").write_text(yaml.safe_dump({"task": "classification", "data": spec, "model": TINY_MODEL}))
+    run = {"task": "classification", "data": spec, "model": TINY_MODEL}
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
     score = {k: v for k, v in spec.items() if k != "label"}  # new data to score: no labels
     (root / "data.yaml").write_text(yaml.safe_dump(score))
     return root, cohort

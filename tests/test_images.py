@@ -23,7 +23,8 @@ def _feats(n, d=8, seed=0):
 
 @pytest.fixture
 def files(tmp_path):
-    """One slide per format: a.npy [5, 8], b.h5 [3, 8] with coords, c.pt dict [4, 8] with coords, d.pt tensor."""
+    """One slide per format: a.npy [5, 8], b.h5 [3, 8] with coords, c.pt dict [4, 8] with coords, d.pt
+    tensor."""
     np.save(tmp_path / "a.npy", _feats(5, seed=1))
     with h5py.File(tmp_path / "b.h5", "w") as f:
         f["features"] = _feats(3, seed=2)

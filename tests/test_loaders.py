@@ -119,7 +119,8 @@ def test_mimic_events_respect_the_prediction_time(mimic):
 
 def test_mimic_date_only_times_sit_at_end_of_day(mimic, mimic_dir):
     cohort, _ = mimic
-    adm = pd.read_csv(mimic_dir / "ADMISSIONS.csv", usecols=["hadm_id", "admittime"], parse_dates=["admittime"])
+    adm = pd.read_csv(mimic_dir / "ADMISSIONS.csv", usecols=["hadm_id", "admittime"],
+                      parse_dates=["admittime"])
     admit = adm.set_index(adm["hadm_id"].astype(str))["admittime"]
     rx = cohort.events[cohort.events["code"].str.startswith("rx:")]
     when = (rx["sample_id"].map(admit) + pd.to_timedelta(rx["time"], unit="D")).dt.round("min")

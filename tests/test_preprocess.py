@@ -24,7 +24,8 @@ def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 4
     clinical = pd.DataFrame({"age": rng.normal(60, 10, N), "size": rng.gamma(2.0, 2.0, N), "grade": grade},
                             index=ids)
     clinical.loc["s3", "age"] = np.nan
-    clinical.loc[ids[16:], "age"] += 30  # the later samples are older: whole-cohort stats differ from training
+    # the later samples are older: whole-cohort stats differ from training
+    clinical.loc[ids[16:], "age"] += 30
     counts = rng.poisson(rng.gamma(2.0, 20.0, n_genes), size=(N - 1, n_genes)).astype(np.float64)
     counts[:, 0] = 7.0  # a constant gene: zero variance, never selected first
     genomics = ad.AnnData(X=counts, obs=pd.DataFrame(index=ids[1:]),
@@ -39,12 +40,14 @@ def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 4
     events.loc[events.index[:3], "code"] = "RARE"
     events.loc[events["sample_id"].isin(ids[16:]) & (events["code"] == "HR"), "value"] += 50
     gene_sets = {"early": ["G1", "G2", "G3"], "late": [f"G{j}" for j in range(30, 40)], "const": ["G0"]}
-    kw = {"clinical": clinical, "genomics": genomics, "images": bags, "events": events, "gene_sets": gene_sets,
+    kw = {"clinical": clinical, "genomics": genomics, "images": bags, "events": events,
+          "gene_sets": gene_sets,
           "groups": pd.Series([f"p{i // 2}" for i in range(N)], index=ids)}
     if task == "classification":
         kw["labels"] = pd.Series(rng.choice(["benign", "malignant"], N), index=ids)
     elif task == "survival":
-        kw["survival"] = pd.DataFrame({"time": rng.uniform(1, 100, N), "event": rng.integers(0, 2, N)}, index=ids)
+        kw["survival"] = pd.DataFrame({"time": rng.uniform(1, 100, N), "event": rng.integers(0, 2, N)},
+                                      index=ids)
     return Cohort(**kw)
 
 
@@ -213,7 +216,8 @@ def test_json_round_trip_gives_identical_transforms(cohort, train_ids, tmp_path)
     a, b = p.transform_clinical(cohort.clinical), q.transform_clinical(cohort.clinical)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    np.testing.assert_array_equal(p.transform_genomics(cohort.genomics), q.transform_genomics(cohort.genomics))
+    np.testing.assert_array_equal(p.transform_genomics(cohort.genomics),
+                                  q.transform_genomics(cohort.genomics))
     ea, eb = (x.transform_events(cohort.events, cohort.index_time) for x in (p, q))
     assert ea.keys() == eb.keys()
     for sid in ea:

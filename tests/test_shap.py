@@ -24,7 +24,10 @@ def test_rows_are_signed_per_class_and_additive(few, modality):
     assert set(frame["sample_id"]) == set(cohort.sample_ids)
     assert set(frame["target_class"]) == {str(c) for c in model.classes_}
     schema = model.preprocessor_.schema_[modality]
-    expected = (len(schema["numeric"]) + len(schema["categorical"])) if modality == "clinical" else len(schema["genes"])
+    if modality == "clinical":
+        expected = len(schema["numeric"]) + len(schema["categorical"])
+    else:
+        expected = len(schema["genes"])
     assert frame.groupby(["sample_id", "target_class"]).size().eq(expected).all()
     assert (frame["value"] < 0).any() and (frame["value"] > 0).any()  # signed, not normalised
     for sample in cohort.sample_ids:  # efficiency: attributions sum to f(x) - E_background[f]
@@ -40,7 +43,8 @@ def test_agreement_with_attention(few):
     agreement = attention_shap_agreement(model.explain(cohort), report)
     assert list(agreement.columns) == ["sample_id", "n_tokens", "spearman"]
     assert set(agreement["sample_id"]) == set(cohort.sample_ids)
-    n_vars = len(model.preprocessor_.schema_["clinical"]["numeric"]) + len(model.preprocessor_.schema_["clinical"]["categorical"])
+    clinical = model.preprocessor_.schema_["clinical"]
+    n_vars = len(clinical["numeric"]) + len(clinical["categorical"])
     assert agreement["n_tokens"].eq(n_vars).all()
     rho = agreement["spearman"].dropna()
     assert ((rho >= -1) & (rho <= 1)).all()
