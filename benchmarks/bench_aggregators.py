@@ -16,13 +16,13 @@ the process), ``baseline_rss_mb`` (after imports and model construction, before 
 step itself needs beyond the input. By default the workers run with ``MALLOC_MMAP_THRESHOLD_=131072`` (the
 same for every model) so that glibc returns freed blocks above 128 KB to the OS at once and the peak RSS
 measures live tensors rather than the heap the allocator keeps after freeing (with glibc's default the
-PersAM 100k peak read about 1.9 GB higher); ``--malloc-mmap-threshold 0`` measures with the default. Summary: ``t(100k) / t(10k)`` (goal <= 12) and ``peak_minus_input_mb``
-at 100k (goal < 2,048).
+PersAM 100k peak read about 1.9 GB higher); ``--malloc-mmap-threshold 0`` measures with the default.
+Summary: ``t(100k) / t(10k)`` (goal <= 12) and ``peak_minus_input_mb`` at 100k (goal < 2,048).
 
 On a shared, oversubscribed machine pass ``--threads 1``: OpenMP threads spinning on busy cores made a
 1,000-patch PersAM step 20x slower (14 s instead of 0.6 s) with the default 2 threads.
 
-    python benchmarks/bench_aggregators.py --threads 1         # all models, writes benchmarks/out/aggregators.json
+    python benchmarks/bench_aggregators.py --threads 1  # all models, writes benchmarks/out/aggregators.json
     python benchmarks/bench_aggregators.py --models persam --sizes 1000 10000
     python benchmarks/bench_aggregators.py --combine a.json b.json --out benchmarks/out/aggregators.json
 """
@@ -54,7 +54,8 @@ def _current_rss_mb() -> float:
 
 
 def _build(name: str):
-    """(model, step) for one aggregator name; the model maps (features [1, N, D], clinical [1, K]) -> logits."""
+    """(model, step) for one aggregator name; the model maps (features [1, N, D], clinical [1, K]) ->
+    logits."""
     import torch
     from clinfuse.encoders.tokens import Tokens
     from clinfuse.fusion import create_aggregator
@@ -185,7 +186,8 @@ def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: fl
                 env = dict(os.environ)
                 if mmap_threshold:
                     env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-                proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+                proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                                      timeout=timeout, env=env)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode == 0 and lines:
                     record = json.loads(lines[-1])
@@ -194,7 +196,8 @@ def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: fl
                     record = {"model": name, "n": n, "status": "failed", "returncode": proc.returncode,
                               "reason": " | ".join(tail) or "no output (killed: memory limit?)"}
             except subprocess.TimeoutExpired:
-                record = {"model": name, "n": n, "status": "failed", "reason": f"timeout after {timeout:.0f} s"}
+                record = {"model": name, "n": n, "status": "failed",
+                          "reason": f"timeout after {timeout:.0f} s"}
             record["wall_s"] = time.perf_counter() - t0
             results["runs"].append(record)
             print(f"[bench] {json.dumps(record)}", flush=True)
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--malloc-mmap-threshold", type=int, default=131072,
-                        help="MALLOC_MMAP_THRESHOLD_ for the workers (0 = glibc default); see the module docstring")
+                        help="MALLOC_MMAP_THRESHOLD_ for the workers (0 = glibc default); "
+                             "see the module docstring")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="merge the runs of these JSON files (e.g. two invocations) into --out and exit")

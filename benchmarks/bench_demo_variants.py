@@ -1,10 +1,12 @@
-"""PersAM's default vs its variants on the demo's four-modality synthetic cohort: held-out AUC and the class-route gate.
+"""PersAM's default vs its variants on the demo's four-modality synthetic cohort: held-out AUC and the
+class-route gate.
 
 The demo cohort (``clinfuse demo``: clinical, genes, image bags and events; images are the instances) carries
 signal in every modality, so it shows what the default's modality logit terms (clinical record, genes,
 events -> outputs, linearly) add to the previous default (``modality_logits=False``: those modalities reach
 the head only through the class route, which starts closed), and how both compare with the first default
-(``encode_instances=True``, no gate) and an open route (``gate_class_route=False``). Same recipe as the demo, one fit per (variant, seed).
+(``encode_instances=True``, no gate) and an open route (``gate_class_route=False``). Same recipe as the
+demo, one fit per (variant, seed).
 
     python benchmarks/bench_demo_variants.py --seeds 0 1 2 3 4      # -> benchmarks/out/demo_variants.json
 """
@@ -39,7 +41,8 @@ def run(kwargs: dict, seed: int) -> dict:
     train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
     t0 = time.perf_counter()
     model = FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4,
-                        max_epochs=size["max_epochs"], batch_size=16, early_stopping_patience=6, verbose=False,
+                        max_epochs=size["max_epochs"], batch_size=16, early_stopping_patience=6,
+                        verbose=False,
                         seed=seed, aggregator_kwargs=kwargs).fit(cohort.subset(train_ids))
     gate = model.network_.aggregator.class_route_gate
     return {"seed": seed, "test_auc": round(float(model.score(cohort.subset(test_ids))), 4),
@@ -54,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict = {"command": "python benchmarks/bench_demo_variants.py " + " ".join(sys.argv[1:]),
-                     "variants": {name: {"aggregator_kwargs": kw, "runs": []} for name, kw in VARIANTS.items()}}
+                     "variants": {name: {"aggregator_kwargs": kw, "runs": []}
+                                  for name, kw in VARIANTS.items()}}
     for seed in args.seeds:
         for name, kw in VARIANTS.items():
             r = run(kw, seed)
@@ -66,7 +70,8 @@ def main() -> None:
         # paired by seed (same cohort and split): the default minus this variant
         diffs = [default[r["seed"]] - r["test_auc"] for r in entry["runs"]]
         entry["default_minus_this"] = {"mean": round(float(np.mean(diffs)), 4),
-                                       "default_better_on": f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds"}
+                                       "default_better_on":
+                                           f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds"}
     out = Path(args.out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:

@@ -19,8 +19,9 @@ timed and the median wall-clock time per case is reported, with ``ratio`` = medi
 input, measured by the OS; compare with ``output_mb`` (the ``[N, d]`` result) and ``input_mb`` (``[N, D]``).
 A copy of the input would show up as about ``input_mb`` extra.
 
-Usage: ``python benchmarks/bench_encoders_images.py [--n 100000] [--dim 1024] [--d-model 256] [--repeats 7] [--threads N]``;
-writes ``benchmarks/out/encoders_images.json`` (atomically) and prints it.
+Usage:
+``python benchmarks/bench_encoders_images.py [--n 100000] [--dim 1024] [--d-model 256] [--repeats 7]
+[--threads N]``; writes ``benchmarks/out/encoders_images.json`` (atomically) and prints it.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def main() -> None:
     memory = {k: _extra_peak_mb(fn) for k, (_, fn) in cases.items()}
     results = {
         name: {"median_s": round(medians[name], 4), "times_s": [round(t, 4) for t in times[name]],
-               "ratio": round(medians[name] / medians[floor], 3), "floor": floor, "extra_peak_mb": memory[name]}
+               "ratio": round(medians[name] / medians[floor], 3), "floor": floor,
+               "extra_peak_mb": memory[name]}
         for name, (floor, _) in cases.items()
     }
     report = {

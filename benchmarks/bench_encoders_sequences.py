@@ -74,7 +74,8 @@ def _build(modality: str, n_tokens: int, extra: dict):
         "codes": codes, "values": torch.randn(B, n_tokens, generator=g),
         "has_value": torch.rand(B, n_tokens, generator=g) < 0.5,
         "times": torch.sort(torch.rand(B, n_tokens, generator=g) * 365, dim=1).values,
-        "segments": torch.randint(0, 4, (B, n_tokens), generator=g), "n_cut": torch.zeros(B, dtype=torch.long),
+        "segments": torch.randint(0, 4, (B, n_tokens), generator=g),
+               "n_cut": torch.zeros(B, dtype=torch.long),
     }
     names = [[f"c{c}@{i}" for i, c in enumerate(row)] for row in codes.tolist()]
     return enc, ModalityBatch("events", mask, present, tensors, names, {"code": [[n.split("@")[0] for n in r]
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; see the module docstring")
-    parser.add_argument("--case", choices=sorted(CASES), help="run one case here and print its JSON (internal)")
+    parser.add_argument("--case", choices=sorted(CASES),
+                        help="run one case here and print its JSON (internal)")
     parser.add_argument("--quick", action="store_true", help="only the small cases (a smoke run)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = [n for n in CASES if not args.quick or n.endswith(("-2000", "-1024"))]
     results = {}
     for name in names:
-        cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats), "--budget", str(args.budget)]
+        cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats), "--budget",
+               str(args.budget)]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             results[name] = {"case": name, "error": proc.stderr.strip().splitlines()[-1:]}

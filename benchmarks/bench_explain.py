@@ -1,4 +1,5 @@
-"""Streaming ``explain`` on a large cohort: peak memory across cohort sizes, and its cost relative to ``predict``.
+"""Streaming ``explain`` on a large cohort: peak memory across cohort sizes, and its cost relative to
+``predict``.
 
 Goal (issue 6): explaining 1,000 samples with 10,000-patch bags (D = 128, memory-mapped ``.npy`` files) to
 Parquet keeps peak memory flat across 100, 300 and 1,000 samples, and ``explain`` costs at most 1.5x
@@ -38,7 +39,7 @@ Usage::
     python benchmarks/bench_explain.py                 # full: N = 1,000 x 10,000 x 128 (about 5 GB on disk)
     python benchmarks/bench_explain.py --quick         # smoke: n in (10, 30), 2,000-patch bags
     python benchmarks/bench_explain.py --profile       # also cProfile the explain of the smallest n
-    python benchmarks/bench_explain.py --sizes 20 60 200 --repeats 1 --baseline before.json   # embed a baseline
+    python benchmarks/bench_explain.py --sizes 20 60 200 --repeats 1 --baseline before.json  # with a baseline
 
 Writes ``benchmarks/out/explain.json`` (``explain_quick.json`` with ``--quick``) atomically and prints it.
 """
@@ -67,7 +68,8 @@ MB = 1024 * 1024
 
 # ------------------------------------------------------------------------------------------------- data
 def make_data(workdir: Path, *, n: int, patches: int, dim: int, seed: int = 0) -> dict:
-    """Write ``n`` bags ``[patches, dim]`` float32, ``clinical.csv`` and ``labels.csv`` (reused if present)."""
+    """Write ``n`` bags ``[patches, dim]`` float32, ``clinical.csv`` and ``labels.csv`` (reused if
+    present)."""
     import pandas as pd
 
     spec = {"n": n, "patches": patches, "dim": dim, "seed": seed}
@@ -83,7 +85,8 @@ def make_data(workdir: Path, *, n: int, patches: int, dim: int, seed: int = 0) -
     chunk = 2_500  # rows per write: bounded memory while generating
     t0 = time.perf_counter()
     for i in range(n):
-        arr = np.lib.format.open_memmap(bags / f"S{i:04d}.npy", mode="w+", dtype=np.float32, shape=(patches, dim))
+        arr = np.lib.format.open_memmap(bags / f"S{i:04d}.npy", mode="w+", dtype=np.float32,
+                                        shape=(patches, dim))
         for start in range(0, patches, chunk):
             block = rng.standard_normal((min(chunk, patches - start), dim), dtype=np.float32)
             block[:, : dim // 8] += 0.5 * labels[i]  # a weak signal so training has something to learn
@@ -96,7 +99,8 @@ def make_data(workdir: Path, *, n: int, patches: int, dim: int, seed: int = 0) -
         "marker": rng.normal(0, 1, n) + labels, "site": rng.choice(["breast", "lung", "colon"], n),
     }, index=pd.Index(ids, name="sample_id"))
     clinical.to_csv(workdir / "clinical.csv")
-    pd.Series(np.where(labels == 1, "high", "low"), index=clinical.index, name="label").to_csv(workdir / "labels.csv")
+    label = pd.Series(np.where(labels == 1, "high", "low"), index=clinical.index, name="label")
+    label.to_csv(workdir / "labels.csv")
     marker.write_text(json.dumps(spec))
     print(f"wrote {n} bags of {patches} x {dim} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return spec
@@ -300,7 +304,8 @@ def main() -> None:
                     help="sizes that also get a kinds= restricted explain child (default: the smallest)")
     ap.add_argument("--profile", action="store_true", help="one extra cProfiled explain child (smallest n)")
     ap.add_argument("--repeats", type=int, default=1, help="predict/explain pairs per child, interleaved")
-    ap.add_argument("--baseline", type=Path, default=None, help="an earlier explain.json to embed (before/after)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an earlier explain.json to embed (before/after)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -310,12 +315,14 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.child:
-        print(json.dumps(child(args.workdir, args.n, args.mode, args.child_out, args.child_profile, args.repeats)))
+        result = child(args.workdir, args.n, args.mode, args.child_out, args.child_profile, args.repeats)
+        print(json.dumps(result))
         return
 
     sizes = args.sizes or ([10, 30] if args.quick else [100, 300, 1000])
     patches = args.patches or (2_000 if args.quick else 10_000)
-    workdir = args.workdir or Path(tempfile.gettempdir()) / ("clinfuse_bench_explain" + ("_quick" if args.quick else ""))
+    scratch = "clinfuse_bench_explain" + ("_quick" if args.quick else "")
+    workdir = args.workdir or Path(tempfile.gettempdir()) / scratch
     out = args.out or OUT_DIR / ("explain_quick.json" if args.quick else "explain.json")
     spec = make_data(workdir, n=max(max(sizes), 50), patches=patches, dim=args.dim)
     train_model(workdir)

@@ -79,7 +79,8 @@ def fusion(encoder: str, seed: int, train, val, test, max_epochs: int | None) ->
 
 
 def _auc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """AUC of every row (Mann-Whitney from mid-ranks): ``y`` bool ``[R, n]``, ``score`` ``[R, n]`` -> ``[R]``."""
+    """AUC of every row (Mann-Whitney from mid-ranks): ``y`` bool ``[R, n]``, ``score`` ``[R, n]`` ->
+    ``[R]``."""
     from scipy.stats import rankdata
 
     ranks = rankdata(score, axis=1)  # ties get mid-ranks, as the AUC counts them one half
@@ -120,11 +121,12 @@ def main() -> None:
     if args.quick:
         train, max_epochs = train.subset(train.sample_ids[:64]), 1
     y_test = test.labels.loc[test.sample_ids].tolist()
-    payload = {"benchmark": "BreastMNIST malignant vs normal/benign, official split, test AUC", **provenance(args),
+    payload = {"benchmark": "BreastMNIST malignant vs normal/benign, official split, test AUC",
+               **provenance(args),
                "cohort": {split: {"n": len(c), **{str(k): int(v) for k, v in c.labels.value_counts().items()}}
                           for split, c in (("train", train), ("val", val), ("test", test))},
-               "protocol": {"fusion": "FusionModel(task='classification', encoders={'images': E}, verbose=False, "
-                                      "seed=S).fit(train, validation=val)"
+               "protocol": {"fusion": "FusionModel(task='classification', encoders={'images': E}, "
+                                      "verbose=False, seed=S).fit(train, validation=val)"
                                       + ("" if max_epochs is None else f", max_epochs={max_epochs}"),
                             "positive_class": "normal_benign",
                             "ci": "paired bootstrap over test images (2,000 resamples) of AUC(model) - "
@@ -146,17 +148,18 @@ def main() -> None:
             row["diff_vs_" + REFERENCE] = bootstrap_diff(y_test, probas[name], probas[REFERENCE])
         payload["runs"].append(row)
         payload["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        print(f"  {name:<28} test AUC {row['test_auc']:.3f} (val {row['val_auc']:.3f}, {row['seconds']:.0f} s)",
-              flush=True)
+        print(f"  {name:<28} test AUC {row['test_auc']:.3f} (val {row['val_auc']:.3f}, "
+              f"{row['seconds']:.0f} s)", flush=True)
         write_json(out, payload)
     rows = []
     for r in payload["runs"]:
         d = r.get("diff_vs_" + REFERENCE)
-        rows.append([r["model"], fmt(r["test_auc"]), fmt(r["val_auc"]),
-                     "(reference)" if d is None else f"{fmt(d['point'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]",
+        diff = "(reference)" if d is None else f"{fmt(d['point'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]"
+        rows.append([r["model"], fmt(r["test_auc"]), fmt(r["val_auc"]), diff,
                      r.get("epochs", ""), f"{r['seconds']:.0f}"])
     payload["table_markdown"] = markdown_table(
-        ["model", "test AUC", "val AUC", "diff vs logreg(pixels) [95% bootstrap CI]", "epochs", "wall s"], rows)
+        ["model", "test AUC", "val AUC", "diff vs logreg(pixels) [95% bootstrap CI]", "epochs",
+         "wall s"], rows)
     write_json(out, payload)
     print(payload["table_markdown"])
     print(f"wrote {out} ({payload['wall_seconds']:.0f} s)")

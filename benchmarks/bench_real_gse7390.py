@@ -19,8 +19,8 @@ Every c-index is Harrell's (``clinfuse.fusion.metrics.concordance_index``, lifel
 The paired difference of each model from the Cox on both is reported with a 95% t-interval over the folds;
 repeated k-fold folds overlap, so that interval is optimistic.
 
-    python benchmarks/bench_real_gse7390.py                 # full protocol -> benchmarks/out/real_gse7390.json
-    python benchmarks/bench_real_gse7390.py --quick         # smoke run (2 folds, 2 epochs)
+    python benchmarks/bench_real_gse7390.py          # full protocol -> benchmarks/out/real_gse7390.json
+    python benchmarks/bench_real_gse7390.py --quick  # smoke run (2 folds, 2 epochs)
     python benchmarks/bench_real_gse7390.py --other-repeats 1   # non-default aggregators on repeat 0 only
 """
 
@@ -128,13 +128,15 @@ def fusion_fold(cohort, aggregator: str, max_epochs: int | None, train_ids: list
 
 def main() -> None:
     p = base_parser(__doc__, data_default=DATA / "gse7390_etc")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of 5-fold CV for persam and the Cox models")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="repeats of 5-fold CV for persam and the Cox models")
     p.add_argument("--other-repeats", type=int, default=None,
                    help="repeats for hierarchical / self_attention / concat (default: --repeats)")
     p.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS), choices=AGGREGATORS)
     p.add_argument("--max-epochs", type=int, default=None, help="default: the library's FusionModel default")
     p.add_argument("--persam-kwargs", type=json.loads, default=None,
-                   help='JSON aggregator_kwargs for persam (default: none, the library default), e.g. \'{"n_layers": 0}\'')
+                   help="JSON aggregator_kwargs for persam (default: none, the library default), "
+                        'e.g. \'{"n_layers": 0}\'')
     args = p.parse_args()
     setup(args.threads)
     from clinfuse.datasets import load_gse7390, make_splits
@@ -153,13 +155,16 @@ def main() -> None:
                "protocol": {"splits": f"make_splits(cohort, 5, seed=0, repeats={args.repeats})",
                             "n_splits": len(splits), "other_aggregator_splits": len(other),
                             "fusion": "FusionModel(task='survival', aggregator=A, verbose=False), library "
-                                      "defaults" + ("" if max_epochs is None else f", max_epochs={max_epochs}")
+                                      "defaults"
+                                      + ("" if max_epochs is None else f", max_epochs={max_epochs}")
                                       + ("" if not args.persam_kwargs else
                                          f"; persam aggregator_kwargs={args.persam_kwargs}"),
-                            "cox": "lifelines CoxPHFitter(penalizer=0.1); preprocessing fitted per training fold",
+                            "cox": "lifelines CoxPHFitter(penalizer=0.1); preprocessing fitted per training "
+                                   "fold",
                             "ci": "95% t-interval of the mean paired per-fold difference; folds of repeated "
                                   "k-fold overlap, so it is optimistic"},
-               "test_folds": [{"split": i, "n_test": len(te), "events": int(cohort.survival.loc[te, "event"].sum())}
+               "test_folds": [{"split": i, "n_test": len(te),
+                               "events": int(cohort.survival.loc[te, "event"].sum())}
                               for i, (_, te) in enumerate(splits)],
                "folds": {}, "summary": {}}
     t_start = time.perf_counter()

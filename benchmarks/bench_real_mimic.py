@@ -78,7 +78,8 @@ def logreg_fold(cohort, counts: pd.DataFrame, with_clinical: bool, train_ids: li
     clf = LogisticRegression(C=1.0, max_iter=5000).fit(x_tr.to_numpy(), y_tr)
     proba = pd.DataFrame(clf.predict_proba(x_te.to_numpy()), index=test_ids, columns=list(clf.classes_))
     y_te = cohort.labels.loc[test_ids].tolist()
-    return {"auc": roc_auc(y_te, proba), "n_test": len(test_ids), "deaths_test": int(np.sum(np.asarray(y_te) == 1)),
+    return {"auc": roc_auc(y_te, proba), "n_test": len(test_ids),
+            "deaths_test": int(np.sum(np.asarray(y_te) == 1)),
             "n_features": int(x_tr.shape[1])}
 
 
@@ -92,7 +93,8 @@ def fusion_fold(cohort, max_epochs: int | None, train_ids: list[str], test_ids: 
     fit_s = time.perf_counter() - t0
     result = model.evaluate(cohort.subset(test_ids))
     return {"auc": float(result["auc"]), "balanced_accuracy": float(result.get("balanced_accuracy", np.nan)),
-            "n_test": len(test_ids), "epochs": len(getattr(model, "history_", [])), "fit_seconds": round(fit_s, 3),
+            "n_test": len(test_ids), "epochs": len(getattr(model, "history_", [])),
+            "fit_seconds": round(fit_s, 3),
             "encoders": {m: type(e).__name__ for m, e in model.network_.encoders.items()},
             "aggregator": model.aggregator}
 
@@ -136,7 +138,8 @@ def main() -> None:
     payload["protocol"]["fusion_splits"] = len(fusion_splits)
     jobs = [("logreg_codes", splits, lambda tr, te: logreg_fold(cohort, counts, False, tr, te)),
             ("logreg_codes_clinical", splits, lambda tr, te: logreg_fold(cohort, counts, True, tr, te)),
-            ("fusion_event_transformer", fusion_splits, lambda tr, te: fusion_fold(cohort, max_epochs, tr, te))]
+            ("fusion_event_transformer", fusion_splits,
+             lambda tr, te: fusion_fold(cohort, max_epochs, tr, te))]
 
     def save(name: str, rows: list[dict]) -> None:  # after every fold: a stopped run keeps what it finished
         payload["folds"][name] = rows

@@ -1,4 +1,5 @@
-"""Shared helpers of the real-data benchmarks (``bench_real_*.py``): arguments, provenance, statistics, output.
+"""Shared helpers of the real-data benchmarks (``bench_real_*.py``): arguments, provenance, statistics,
+output.
 
 Every real-data script writes one JSON file to ``benchmarks/out/<name>.json`` holding the command line, the
 package versions, the machine's thread setting, per-fold numbers for every model, wall times and a
@@ -30,7 +31,8 @@ from clinfuse.fusion.persistence import to_jsonable
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # the shared checkout of the real cohorts (../shared/data)
 OUT_DIR = Path(__file__).resolve().parent / "out"
-PACKAGES = ("clinfuse", "torch", "pytorch-lightning", "lifelines", "scikit-learn", "numpy", "pandas", "anndata")
+PACKAGES = ("clinfuse", "torch", "pytorch-lightning", "lifelines", "scikit-learn", "numpy",
+            "pandas", "anndata")
 
 
 def base_parser(description: str, *, data_default: Path) -> argparse.ArgumentParser:
@@ -73,7 +75,8 @@ def git_state() -> dict[str, Any]:
 
     def run(*cmd: str) -> str | None:
         try:
-            return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20, check=True).stdout
+            return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20,
+                                  check=True).stdout
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -133,7 +136,8 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=float)
     f = v[np.isfinite(v)]
     if f.size == 0:
-        return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0, "n_nan": int(v.size)}
+        return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0,
+                "n_nan": int(v.size)}
     return {"mean": float(f.mean()), "sd": float(f.std(ddof=1)) if f.size > 1 else math.nan,
             "min": float(f.min()), "max": float(f.max()), "n": int(f.size), "n_nan": int(v.size - f.size)}
 

@@ -1,8 +1,8 @@
 """Paired per-fold difference of one model between two runs of the same cross-validated benchmark.
 
-Two runs of ``bench_real_gse7390.py`` (or ``bench_real_mimic.py``) on the same splits, e.g. the library default
-and ``--persam-kwargs`` of an earlier variant, give one fold result each per split; this prints the mean
-difference (first run minus second) over the splits both ran, its 95% t-interval (optimistic: repeated
+Two runs of ``bench_real_gse7390.py`` (or ``bench_real_mimic.py``) on the same splits, e.g. the library
+default and ``--persam-kwargs`` of an earlier variant, give one fold result each per split; this prints the
+mean difference (first run minus second) over the splits both ran, its 95% t-interval (optimistic: repeated
 k-fold folds overlap) and on how many splits the first run is better.
 
     python benchmarks/compare_runs.py benchmarks/out/real_gse7390.json \
@@ -25,7 +25,8 @@ def compare(first: dict, second: dict, *, model: str, metric: str) -> dict:
     if not shared:
         raise ValueError(f"the two runs share no split of {model!r}")
     return {"model": model, "metric": metric, "splits": len(shared),
-            "first_mean": sum(a[s] for s in shared) / len(shared), "second_mean": sum(b[s] for s in shared) / len(shared),
+            "first_mean": sum(a[s] for s in shared) / len(shared),
+            "second_mean": sum(b[s] for s in shared) / len(shared),
             "first_minus_second": paired_difference([a[s] for s in shared], [b[s] for s in shared])}
 
 
@@ -40,8 +41,9 @@ def main() -> None:
                      model=args.model, metric=args.metric)
     d = result["first_minus_second"]
     print(json.dumps(result, indent=2))
-    print(f"{args.model} {args.metric}: {result['first_mean']:.3f} vs {result['second_mean']:.3f}, difference "
-          f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], first better on {d['wins']} of {d['n']} splits")
+    print(f"{args.model} {args.metric}: {result['first_mean']:.3f} vs {result['second_mean']:.3f}, "
+          f"difference {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], "
+          f"first better on {d['wins']} of {d['n']} splits")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", help="where to write the files (examples/run.yaml expects examples/data)")
     parser.add_argument("--tiny", action="store_true", default=bool(os.environ.get("CLINFUSE_TINY")))
     args = parser.parse_args(argv)
-    cohort, _ = make_synthetic_cohort(30 if args.tiny else 200, n_patches=(6, 12) if args.tiny else (20, 60), seed=0)
+    cohort, _ = make_synthetic_cohort(30 if args.tiny else 200,
+                                      n_patches=(6, 12) if args.tiny else (20, 60), seed=0)
     spec = write_cohort_files(cohort, args.folder)
     print(f"wrote {len(cohort)} samples to {args.folder}: " + ", ".join(
         str(v) for k, v in spec.items() if k in ("clinical", "genomics", "images", "events")))

@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cohort = load_mimic3_demo(args.data, prediction_hours=48)
     print(cohort.summary())
-    kw = {"max_epochs": 1, "d_model": 16, "n_heads": 2, "preprocessor_kwargs": {"max_events": 256}} if args.tiny \
-        else {"max_epochs": 30, "preprocessor_kwargs": {"max_events": 2048}}
+    if args.tiny:
+        kw = {"max_epochs": 1, "d_model": 16, "n_heads": 2, "preprocessor_kwargs": {"max_events": 256}}
+    else:
+        kw = {"max_epochs": 30, "preprocessor_kwargs": {"max_events": 2048}}
     model = FusionModel(task="classification", aggregator="persam", class_weights="balanced", batch_size=8,
                         verbose=False, seed=0, **kw)
     cv = cross_validate(model, cohort, folds=2 if args.tiny else 5, seed=0)

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     if rows.empty:
         raise SystemExit(f"sample {sample!r} is not in {args.demo}/attention.parquet")
     pd.set_option("display.width", 120)
-    print(f"sample {sample}\n\nmodality weights:\n{report.modality_weights().loc[sample].round(3).to_string()}")
+    weights = report.modality_weights().loc[sample].round(3)
+    print(f"sample {sample}\n\nmodality weights:\n{weights.to_string()}")
     for kind in ("feature", "gene", "event"):
         if kind in report.kinds and not rows[rows["kind"] == kind].empty:
             top = report.top_tokens(sample, k=5, kind=kind)[["token", "target_class", "value"]]

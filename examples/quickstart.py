@@ -20,7 +20,8 @@ from clinfuse.fusion import FusionModel, cross_validate
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", default=bool(os.environ.get("CLINFUSE_TINY")))
-    parser.add_argument("--out", default="quickstart_out", help="folder for the saved model and attention table")
+    parser.add_argument("--out", default="quickstart_out",
+                        help="folder for the saved model and attention table")
     args = parser.parse_args(argv)
     n, epochs, folds = (30, 1, 2) if args.tiny else (200, 20, 5)
 

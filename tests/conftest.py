@@ -1,11 +1,17 @@
-"""Shared, session-scoped fixtures: one small trained classifier and one trained survival model.
+"""Shared, session-scoped fixtures: the real cohorts' folder, one small trained classifier and one trained
+survival model.
 
 Tests that only read a fitted model use these, so the suite trains each of them once. Both train on the
-synthetic cohort (all four modalities, some missing) in a few seconds.
+synthetic cohort (all four modalities, some missing) in a few seconds. The real cohorts (GSE7390,
+MIMIC-III demo, BreastMNIST, H&E tiles) are not part of the repository: tests that read them skip, with the
+path they looked for, when the folder is absent.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,8 +21,40 @@ import torch
 # (a 30-token transformer layer ran ~25x slower with the default threads while other jobs ran).
 torch.set_num_threads(1)
 
-SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3, "early_stopping_patience": 2,
-             "max_patches": 16, "verbose": False, "seed": 0}
+SHARED_DATA_ENV = "CLINFUSE_SHARED_DATA"
+# The default: a `shared/data` folder next to the repository checkout.
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3,
+         "early_stopping_patience": 2, "max_patches": 16, "verbose": False, "seed": 0}
+
+
+def _shared_data_root() -> Path:
+    value = os.environ.get(SHARED_DATA_ENV)
+    return Path(value).expanduser() if value else DEFAULT_SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real cohorts' folder: ``$CLINFUSE_SHARED_DATA``, else ``<repo>/../shared/data``; skips if none."""
+    root = _shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real cohorts not found at {root}: put them there or set {SHARED_DATA_ENV}=/path")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_path(shared_data: Path) -> Callable[..., Path]:
+    """``shared_path("gse7390_etc")`` -> that path inside ``shared_data``; skips if it is missing."""
+
+    def resolve(*parts: str) -> Path:
+        path = shared_data.joinpath(*parts)
+        if not path.exists():
+            wanted = "/".join(parts)
+            pytest.skip(f"{path} not found: set {SHARED_DATA_ENV} to a real-cohort folder that has {wanted}")
+        return path
+
+    return resolve
 
 
 def _cohort(task: str, n: int = 48, seed: int = 0):

@@ -55,7 +55,8 @@ def check_record_invariants(records, *, tol: float = 1e-5) -> None:
         assert (r.value[pad] == 0).all(), f"{r.kind}/{r.modality}: padding got weight"
         sums = r.value.sum(dim=-1)  # [B, C]
         has = r.mask.any(dim=1, keepdim=True).expand_as(sums)
-        assert torch.allclose(sums[has], torch.ones_like(sums[has]), atol=tol), f"{r.kind}/{r.modality}: {sums}"
+        assert torch.allclose(sums[has], torch.ones_like(sums[has]), atol=tol), \
+            f"{r.kind}/{r.modality}: {sums}"
         assert (sums[~has] == 0).all(), f"{r.kind}/{r.modality}: a sample without tokens got weight"
         assert (r.value >= 0).all()
         assert len(r.names) == r.value.shape[0] and all(len(n) == r.value.shape[2] for n in r.names)
@@ -231,7 +232,8 @@ def test_baselines_declare_no_modality_weights():
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_and_absent_content_never_leak(name):
     agg = build(name)
-    tokens = random_token_set(MODS, d_model=D, lengths=(6, 2, 4), absent={"genomics": [1], "clinical": [2]}, seed=7)
+    tokens = random_token_set(MODS, d_model=D, lengths=(6, 2, 4),
+                              absent={"genomics": [1], "clinical": [2]}, seed=7)
     noisy = {}
     for m, t in tokens.items():
         values = torch.where(t.mask.unsqueeze(-1), t.values, torch.full_like(t.values, 1e4))
@@ -243,7 +245,7 @@ def test_padding_and_absent_content_never_leak(name):
         torch.testing.assert_close(ra.value, rb.value, atol=1e-6, rtol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------- specific aggregators
+# --------------------------------------------------------------------------------------- specific aggregators
 
 
 def test_self_attention_summarises_large_bags_and_still_weighs_every_patch():

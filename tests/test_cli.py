@@ -24,6 +24,7 @@ def test_cli_prints_help(capsys):
     assert main([]) == 0  # no command: help, not a traceback
 
 
+@pytest.mark.slow
 def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert main(["demo", "--tiny", "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
@@ -59,7 +60,8 @@ def file_cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("files")
     cohort, _ = make_synthetic_cohort(30, n_patches=(4, 8), feature_dim=8, n_genes=12, n_codes=8, seed=2)
     spec = write_cohort_files(cohort, root)
-    (root / "run.yaml").write_text(yaml.safe_dump({"task": "classification", "data": spec, "model": TINY_MODEL}))
+    run = {"task": "classification", "data": spec, "model": TINY_MODEL}
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
     score = {k: v for k, v in spec.items() if k != "label"}  # new data to score: no labels
     (root / "data.yaml").write_text(yaml.safe_dump(score))
     return root, cohort

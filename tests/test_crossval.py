@@ -1,4 +1,5 @@
-"""cross_validate: folds from an int, a splitter or explicit pairs; preprocessing inside each fold; OOF output."""
+"""cross_validate: folds from an int, a splitter or explicit pairs; preprocessing inside each fold; OOF
+output."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from clinfuse.fusion import CVResult, FusionModel, cross_validate
 from clinfuse.fusion import crossval as CV
 from sklearn.model_selection import GroupKFold
 
-FAST = {"aggregator": "concat", "d_model": 16, "n_heads": 2, "max_epochs": 1, "batch_size": 8, "verbose": False}
+FAST = {"aggregator": "concat", "d_model": 16, "n_heads": 2, "max_epochs": 1, "batch_size": 8,
+        "verbose": False}
 
 
 def test_int_folds_cover_every_sample_once_and_leave_the_model_unfitted(small_cohort, monkeypatch):
@@ -59,7 +61,8 @@ def test_repeats_give_every_sample_once_per_repeat(small_cohort):
 def test_survival_cross_validation_and_pooled_metrics():
     from clinfuse.datasets import make_synthetic_cohort
 
-    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"), n_genes=12, seed=5)
+    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"),
+                                      n_genes=12, seed=5)
     cv = cross_validate(FusionModel(task="survival", n_time_bins=2, **FAST), cohort, folds=2)
     assert {"c_index", "integrated_brier_score", "n_events"} <= set(cv.metrics.columns)
     assert {"risk", "time", "event"} <= set(cv.oof.columns)

@@ -38,7 +38,8 @@ def _events(**kw) -> EventTransformer:
 
 
 def _event_batch(lengths=(6, 0, 3), present=(True, False, True), seed=1):
-    return random_modality_batch("events", random_schema("events"), lengths=list(lengths), present=list(present),
+    return random_modality_batch("events", random_schema("events"), lengths=list(lengths),
+                                 present=list(present),
                                  seed=seed)
 
 
@@ -78,7 +79,8 @@ def test_member_weights_sum_to_one_and_follow_values():
 
 def test_gene_sets_outside_schema_are_skipped_with_a_warning():
     with pytest.warns(UserWarning, match="no gene in the schema"):
-        enc = GeneTransformer(genes=["a", "b", "c"], gene_sets={"s1": ["a", "x"], "s2": ["y"]}, d_model=D, n_heads=2)
+        enc = GeneTransformer(genes=["a", "b", "c"], gene_sets={"s1": ["a", "x"], "s2": ["y"]},
+                              d_model=D, n_heads=2)
     assert enc.set_names == ["s1"] and enc.skipped_gene_sets == ["s2"] and enc.member_genes == {"s1": ["a"]}
 
 
@@ -92,10 +94,11 @@ def test_set_tokens_backward_with_absent_sample_has_finite_grads():
     assert enc.set_tokenizer.w1.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_twenty_thousand_genes_run_in_bounded_memory():
-    """Batch of 2 x 20,000 gene tokens, forward in eval mode. The growth of the process's peak RSS must stay far
-    below the 6.4 GB one [B, H, T, T] float32 attention matrix would take (a loose bound: the high-water mark
-    can only under-report growth by what the process had already used above its current size)."""
+    """Batch of 2 x 20,000 gene tokens, forward in eval mode. The growth of the process's peak RSS must stay
+    far below the 6.4 GB one [B, H, T, T] float32 attention matrix would take (a loose bound: the high-water
+    mark can only under-report growth by what the process had already used above its current size)."""
     G, B = 20_000, 2
     genes = [f"g{i}" for i in range(G)]
     torch.manual_seed(0)
@@ -105,7 +108,8 @@ def test_twenty_thousand_genes_run_in_bounded_memory():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
         out = enc(batch)
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is in KiB on Linux
+    # ru_maxrss is in KiB on Linux
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert out.values.shape == (B, G, 8) and bool(torch.isfinite(out.values).all())
     assert grown_mb < 1500, f"20,000 genes grew peak RSS by {grown_mb:.0f} MB"
 
@@ -123,7 +127,8 @@ def test_gene_count_and_order_mismatch_raise():
 
 def test_gene_max_tokens_guard():
     with pytest.raises(ValueError, match="exceed max_tokens=10"):
-        _genes(use_gene_sets=False, max_tokens=10)(random_modality_batch("genomics", random_schema("genomics")))
+        batch = random_modality_batch("genomics", random_schema("genomics"))
+        _genes(use_gene_sets=False, max_tokens=10)(batch)
 
 
 # ---------------------------------------------------------------- events
@@ -253,7 +258,8 @@ def test_bad_arguments_raise(name, modality):
         create_encoder(name, **({"genes": schema["genes"]} if modality == "genomics" else {"vocab_size": 10}),
                        d_model=16, n_heads=2, attention="linear")
     wrong = "events" if modality == "genomics" else "genomics"
-    enc = create_encoder(name, **({"genes": schema["genes"]} if modality == "genomics" else {"vocab_size": 10}),
+    enc = create_encoder(name,
+                         **({"genes": schema["genes"]} if modality == "genomics" else {"vocab_size": 10}),
                          d_model=16, n_heads=2)
     with pytest.raises(ValueError, match=f"encodes the '{modality}' modality"):
         enc(random_modality_batch(wrong, random_schema(wrong)))
@@ -262,7 +268,8 @@ def test_bad_arguments_raise(name, modality):
 
 
 @pytest.mark.parametrize("kw", [{"use_gene_sets": False}, {"use_gene_sets": False, "attention": "latent"},
-                                {"attention": "latent", "n_latents": 3}], ids=["genes", "genes-latent", "sets-latent"])
+                                {"attention": "latent", "n_latents": 3}],
+                         ids=["genes", "genes-latent", "sets-latent"])
 def test_gene_modes_do_not_depend_on_other_samples(kw):
     enc = _genes(**kw)
     schema = random_schema("genomics")
@@ -275,24 +282,22 @@ def test_gene_modes_do_not_depend_on_other_samples(kw):
 
 # ---------------------------------------------------------------- real cohorts (../shared/data, read-only)
 
-DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def test_real_cohorts_encode():
+def test_real_cohorts_encode(shared_path):
     from clinfuse.datasets import Preprocessor, load_gse7390, load_mimic3_demo, make_loader
 
-    gse = load_gse7390(DATA / "gse7390_etc")
+    gse = load_gse7390(shared_path("gse7390_etc"))
     pre = Preprocessor().fit(gse)
     enc = GeneTransformer.from_schema(pre.schema_["genomics"], d_model=D, n_heads=2, n_layers=1).eval()
     seen = 0
     with torch.no_grad():
         for batch in make_loader(gse, pre, batch_size=100):
             tokens = enc(batch.modalities["genomics"])
-            assert bool(torch.isfinite(tokens.values).all()) and tokens.values.shape[1] == len(pre.schema_["genomics"]["genes"])
+            assert bool(torch.isfinite(tokens.values).all())
+            assert tokens.values.shape[1] == len(pre.schema_["genomics"]["genes"])
             seen += len(batch)
     assert seen == len(gse) == 198
 
-    mimic = load_mimic3_demo(DATA / "mimic3_demo")
+    mimic = load_mimic3_demo(shared_path("mimic3_demo"))
     pre = Preprocessor().fit(mimic)
     enc = EventTransformer.from_schema(pre.schema_["events"], d_model=D, n_heads=2, n_layers=1).eval()
     batch = next(iter(make_loader(mimic.subset(mimic.sample_ids[:6]), pre, batch_size=6)))

@@ -1,4 +1,5 @@
-"""Specific behaviour of the image (feature_bag, cnn, vit) and clinical (feature_tokens, mlp, tabular_*) encoders.
+"""Specific behaviour of the image (feature_bag, cnn, vit) and clinical (feature_tokens, mlp, tabular_*)
+encoders.
 
 The registry-wide properties (padding, absent samples, determinism, names, bad input) are in test_encoders.py.
 """
@@ -21,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-BREASTMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist" / "breastmnist.npz"
 CLIN = random_schema("clinical")
 FEAT = random_schema("images", image_kind="features")
 PIX = random_schema("images", image_kind="pixels")
@@ -45,7 +45,7 @@ def _pixel_batch(images: torch.Tensor, counts: list[int]) -> ModalityBatch:
     return ModalityBatch("images", mask, mask.any(dim=1), tensors, names, {"slide_id": slide})
 
 
-# ---------------------------------------------------------------------------------------------------- feature_bag
+# ------------------------------------------------------------------------------------------------ feature_bag
 
 
 def test_feature_bag_is_linear_layernorm_and_zero_on_padding() -> None:
@@ -56,7 +56,8 @@ def test_feature_bag_is_linear_layernorm_and_zero_on_padding() -> None:
     expected = F.layer_norm(x @ enc.proj.weight.T + enc.proj.bias, (8,), enc.norm.weight, enc.norm.bias)
     assert torch.allclose(out.values[batch.mask], expected[batch.mask], atol=1e-5)
     assert (out.values[~batch.mask] == 0).all()
-    assert torch.equal(out.meta["position"], batch.tensors["position"]) and out.meta["slide_id"] == batch.meta["slide_id"]
+    assert torch.equal(out.meta["position"], batch.tensors["position"])
+    assert out.meta["slide_id"] == batch.meta["slide_id"]
 
 
 def test_feature_bag_positional_term_follows_coords_and_skips_nan() -> None:
@@ -135,7 +136,7 @@ def test_image_encoders_reject_the_other_image_kind() -> None:
         FeatureBagEncoder.from_schema(FEAT, d_model=8)(random_modality_batch("images", PIX, lengths=[2]))
 
 
-# ---------------------------------------------------------------------------------------------------- vit / cnn
+# -------------------------------------------------------------------------------------------------- vit / cnn
 
 
 def test_vit_single_image_gives_subpatch_tokens_and_bags_give_image_tokens() -> None:
@@ -146,7 +147,8 @@ def test_vit_single_image_gives_subpatch_tokens_and_bags_give_image_tokens() -> 
     out = enc(batch)
     assert out.values.shape == (4, 16, 16)
     assert out.mask.sum(dim=1).tolist() == [16, 3, 0, 2]
-    assert out.names[0][:5] == ["0:0_0", "0:0_1", "0:0_2", "0:0_3", "0:1_0"] and out.names[1][:3] == ["0", "1", "2"]
+    assert out.names[0][:5] == ["0:0_0", "0:0_1", "0:0_2", "0:0_3", "0:1_0"]
+    assert out.names[1][:3] == ["0", "1", "2"]
     assert out.meta["subpatch"][0, :16].all() and not out.meta["subpatch"][1].any()
     assert out.meta["coords"][0, 5].tolist() == [4.0, 4.0]  # row 1, col 1 -> top-left pixel (x=4, y=4)
     assert out.meta["position"][0, :16].tolist() == list(range(16)) and out.meta["grid"] == (4, 4)
@@ -200,9 +202,10 @@ def test_cnn_any_image_size_and_channel_check() -> None:
         enc(_pixel_batch(torch.rand(2, 3, 8, 8), [2]))
 
 
-def test_breastmnist_images_encode_and_train() -> None:
-    data = np.load(BREASTMNIST)
-    images = torch.from_numpy(data["train_images"][:16].astype(np.float32) / 255.0)[:, None]  # [16, 1, 28, 28]
+def test_breastmnist_images_encode_and_train(shared_path) -> None:
+    data = np.load(shared_path("breastmnist", "breastmnist.npz"))
+    # [16, 1, 28, 28]
+    images = torch.from_numpy(data["train_images"][:16].astype(np.float32) / 255.0)[:, None]
     labels = torch.from_numpy(data["train_labels"][:16].astype(np.int64))
     schema = {"kind": "pixels", "channels": 1, "height": 28, "width": 28}
     batch = _pixel_batch(images, [1] * 16)  # one ultrasound image per patient
@@ -229,7 +232,7 @@ def test_breastmnist_images_encode_and_train() -> None:
     assert losses[-1] < losses[0]
 
 
-# ---------------------------------------------------------------------------------------------------- clinical
+# --------------------------------------------------------------------------------------------------- clinical
 
 
 def _clinical(numeric: list[list[float]], missing: list[list[bool]], cats: list[list[int]]) -> ModalityBatch:
@@ -237,7 +240,8 @@ def _clinical(numeric: list[list[float]], missing: list[list[bool]], cats: list[
     cols = CLIN["numeric"] + list(CLIN["categorical"])
     tensors = {"numeric": torch.tensor(numeric), "numeric_missing": torch.tensor(missing),
                "categorical": torch.tensor(cats, dtype=torch.long)}
-    return ModalityBatch("clinical", torch.ones(B, len(cols), dtype=torch.bool), torch.ones(B, dtype=torch.bool),
+    return ModalityBatch("clinical", torch.ones(B, len(cols), dtype=torch.bool),
+                         torch.ones(B, dtype=torch.bool),
                          tensors, [list(cols) for _ in range(B)])
 
 
@@ -290,10 +294,13 @@ def test_pytorch_tabular_backbones_are_embedded_submodules() -> None:
     from pytorch_tabular.models.category_embedding.category_embedding_model import CategoryEmbeddingBackbone
     from pytorch_tabular.models.ft_transformer.ft_transformer import FTTransformerBackbone
 
-    ft = create_encoder("tabular_ft_transformer", numeric=CLIN["numeric"], categorical=CLIN["categorical"], d_model=8)
-    ce = create_encoder("tabular_category_embedding", numeric=CLIN["numeric"], categorical=CLIN["categorical"],
+    ft = create_encoder("tabular_ft_transformer", numeric=CLIN["numeric"],
+                        categorical=CLIN["categorical"], d_model=8)
+    ce = create_encoder("tabular_category_embedding", numeric=CLIN["numeric"],
+                        categorical=CLIN["categorical"],
                         d_model=8, layers="16-8")
-    assert isinstance(ft.backbone, FTTransformerBackbone) and isinstance(ce.backbone, CategoryEmbeddingBackbone)
+    assert isinstance(ft.backbone, FTTransformerBackbone) and isinstance(ce.backbone,
+                                                                         CategoryEmbeddingBackbone)
     assert any(k.startswith("backbone.") for k in ft.state_dict()) and ce.backbone.output_dim == 8
     assert ft.embedding.continuous_dim == 2 * len(CLIN["numeric"])  # values + missing indicators
     with pytest.raises(ValueError, match="layers"):
@@ -314,20 +321,20 @@ def test_clinical_schema_errors() -> None:
     assert only_cat(batch).values.shape == (2, 1, 4)
 
 
-def test_real_cohorts_encode_through_the_data_layer() -> None:
-    """BreastMNIST (val split) and GSE7390 clinical: loader -> Preprocessor -> make_loader -> every encoder."""
+def test_real_cohorts_encode_through_the_data_layer(shared_path) -> None:
+    """BreastMNIST (val split) and GSE7390 clinical: loader -> Preprocessor -> make_loader -> every
+    encoder."""
     from clinfuse.datasets import Preprocessor, load_breastmnist, load_gse7390, make_loader
     from clinfuse.encoders import ENCODERS, default_encoder, list_encoders
 
-    data = BREASTMNIST.parent.parent
-    cohort = load_breastmnist(data / "breastmnist", split="val")
+    cohort = load_breastmnist(shared_path("breastmnist"), split="val")
     pre = Preprocessor().fit(cohort)
     images = next(iter(make_loader(cohort, pre, batch_size=4))).modalities["images"]
     assert default_encoder("images", pre.schema_["images"]) == "vit"
     for name in ("vit", "cnn"):
         tokens = ENCODERS.get(name).from_schema(pre.schema_["images"], d_model=8).eval()(images)
         assert torch.isfinite(tokens.values).all() and tokens.mask.any(dim=1).all()
-    cohort = load_gse7390(data / "gse7390_etc")
+    cohort = load_gse7390(shared_path("gse7390_etc"))
     pre = Preprocessor().fit(cohort)
     clinical = next(iter(make_loader(cohort, pre, batch_size=8))).modalities["clinical"]
     columns = pre.schema_["clinical"]["numeric"] + list(pre.schema_["clinical"]["categorical"])

@@ -13,7 +13,7 @@ from clinfuse.fusion.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-DATA = ROOT.parent / "shared" / "data"
+pytestmark = pytest.mark.slow  # each test trains an example end to end
 
 
 def _load(name: str):
@@ -29,20 +29,21 @@ def test_quickstart(tmp_path, capsys):
     assert "test AUC" in out and (tmp_path / "q" / "attention.csv").is_file()
 
 
-def test_survival_gse7390(capsys):
-    _load("survival_gse7390").main(["--tiny", "--data", str(DATA / "gse7390_etc")])
+def test_survival_gse7390(capsys, shared_path):
+    _load("survival_gse7390").main(["--tiny", "--data", str(shared_path("gse7390_etc"))])
     out = capsys.readouterr().out
     assert "FusionModel c-index" in out and "Cox (clinical)" in out
 
 
-def test_mortality_mimic3(capsys):
-    _load("mortality_mimic3").main(["--tiny", "--data", str(DATA / "mimic3_demo")])
+def test_mortality_mimic3(capsys, shared_path):
+    _load("mortality_mimic3").main(["--tiny", "--data", str(shared_path("mimic3_demo"))])
     assert "auc" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("encoder", ["cnn", "vit"])
-def test_breastmnist(encoder, capsys):
-    _load("breastmnist").main(["--tiny", "--encoder", encoder, "--data", str(DATA / "breastmnist")])
+def test_breastmnist(encoder, capsys, shared_path):
+    data = shared_path("breastmnist")
+    _load("breastmnist").main(["--tiny", "--encoder", encoder, "--data", str(data)])
     assert f"{encoder}: test AUC" in capsys.readouterr().out
 
 

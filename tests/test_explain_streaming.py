@@ -49,7 +49,8 @@ def test_streamed_rows_equal_in_memory_rows(fitted_classifier, tmp_path):
     assert all(f.type == pa.float32() for f in ARROW_SCHEMA if f.name in floats)
     assert (on_disk[floats].dtypes == "float32").all()
     # same rows in the same order (both follow the loader's batches), values exactly equal
-    pd.testing.assert_frame_equal(on_disk.astype({c: "float64" for c in floats}), memory.to_frame(), check_exact=True)
+    pd.testing.assert_frame_equal(on_disk.astype({c: "float64" for c in floats}), memory.to_frame(),
+                                  check_exact=True)
     pd.testing.assert_frame_equal(streamed.to_frame(), memory.to_frame(), check_exact=True)
     # every sample and every kind the model provides is there
     assert set(on_disk.sample_id) == set(cohort.sample_ids)
@@ -201,11 +202,13 @@ def test_streaming_many_samples_keeps_batches_bounded(fitted_classifier, tmp_pat
 
 
 def test_a_tidy_frame_streams_too(fitted_classifier, tmp_path):
-    """``ParquetStream.write`` also takes a tidy DataFrame (text converted to the stream's dictionary columns)."""
+    """``ParquetStream.write`` also takes a tidy DataFrame (text converted to the stream's dictionary
+    columns)."""
     from clinfuse.fusion.explain import AttentionReport, ParquetStream
 
     frame = fitted_classifier.model.explain(fitted_classifier.test, kinds=["patch"]).to_frame()
     stream = ParquetStream(tmp_path / "frame.parquet")
     stream.write(frame)
     path = stream.close()
-    pd.testing.assert_frame_equal(AttentionReport(path=path).to_frame(), frame.reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(AttentionReport(path=path).to_frame(), frame.reset_index(drop=True),
+                                  check_exact=True)

@@ -69,6 +69,9 @@ def trained():
 
 
 # ----------------------------------------------------------------------------------------------- checks
+pytestmark = pytest.mark.slow  # every check reads the 400-patient training
+
+
 def test_model_learns_the_outcome(trained):
     auc = trained.model.score(trained.test)
     print(f"held-out AUC {auc:.3f}")

@@ -23,12 +23,14 @@ def report():
 
     def rec(kind, mb, classes):
         raw = torch.rand(2, len(classes or [0]), mb.n_tokens, generator=g)
-        return AttentionRecord(kind, mb.modality, masked_normalise(raw, mb.mask[:, None]), raw, mb.mask, mb.names,
+        return AttentionRecord(kind, mb.modality, masked_normalise(raw, mb.mask[:, None]), raw,
+                               mb.mask, mb.names,
                                classes)
 
     present = torch.tensor([[True, True], [False, True]])
     mraw = torch.rand(2, 1, 2, generator=g)
-    records = [rec("patch", images, None), rec("class_wise", images, ["0", "1"]), rec("exploratory", images, None),
+    records = [rec("patch", images, None), rec("class_wise", images, ["0", "1"]),
+               rec("exploratory", images, None),
                rec("explanatory", images, ["0", "1"]), rec("feature", clinical, None),
                AttentionRecord("modality", "all", masked_normalise(mraw, present[:, None]), mraw, present,
                                [["clinical", "images"]] * 2)]

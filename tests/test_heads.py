@@ -69,13 +69,14 @@ def test_part_scores_split_the_scores_exactly(make, n_out, per_class):
     assert set(shares) == set(parts) and all(v.shape == (5, n_out) for v in shares.values())
     constant = head.score.bias + head.score.weight @ head.body[0].bias  # [C]
     torch.testing.assert_close(sum(shares.values()) + constant, head.scores(pooled), atol=1e-5, rtol=1e-5)
-    hidden = type(head)(d_model=8, hidden=4, **({} if n_out == 1 else
-                                                {"n_classes" if isinstance(head, ClassificationHead) else "n_bins": n_out}))
+    size = {} if n_out == 1 else {"n_classes" if isinstance(head, ClassificationHead) else "n_bins": n_out}
+    hidden = type(head)(d_model=8, hidden=4, **size)
     assert hidden.part_scores(pooled, parts) is None  # no exact split through a hidden layer
 
 
 def test_heads_with_hidden_layer_and_bad_arguments():
-    assert ClassificationHead(d_model=8, n_classes=2, hidden=16, dropout=0.2)(torch.randn(3, 8)).shape == (3, 2)
+    head = ClassificationHead(d_model=8, n_classes=2, hidden=16, dropout=0.2)
+    assert head(torch.randn(3, 8)).shape == (3, 2)
     with pytest.raises(ValueError, match="n_classes"):
         ClassificationHead(d_model=8, n_classes=1)
     with pytest.raises(ValueError, match="n_bins"):
@@ -92,7 +93,7 @@ def test_heads_with_hidden_layer_and_bad_arguments():
         CoxHead(d_model=8)(np.zeros((3, 8)))
 
 
-# ------------------------------------------------------------------------------------------------ classification
+# --------------------------------------------------------------------------------------------- classification
 
 
 def test_classification_loss_multiclass_with_class_weights_by_hand():
@@ -113,7 +114,8 @@ def test_classification_loss_single_binary_logit_by_hand():
     assert classification_loss(logits, labels).item() == pytest.approx(sum(per) / 3, rel=1e-6)
     w = [1.0, 3.0]
     expected = (w[1] * per[0] + w[0] * per[1] + w[0] * per[2]) / (w[1] + 2 * w[0])
-    assert classification_loss(logits[:, None], labels, class_weights=w).item() == pytest.approx(expected, rel=1e-6)
+    loss = classification_loss(logits[:, None], labels, class_weights=w)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_classification_loss_bad_input():
@@ -125,7 +127,7 @@ def test_classification_loss_bad_input():
         classification_loss(torch.zeros(2, 3), torch.tensor([0, 1, 1]))
 
 
-# ------------------------------------------------------------------------------------------------ discrete time
+# ---------------------------------------------------------------------------------------------- discrete time
 
 
 def test_make_time_bins_uses_event_time_quantiles_only():

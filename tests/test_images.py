@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-HE_TILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "he_tiles"
 RNG = np.random.default_rng(0)
 
 
@@ -24,7 +23,8 @@ def _feats(n, d=8, seed=0):
 
 @pytest.fixture
 def files(tmp_path):
-    """One slide per format: a.npy [5, 8], b.h5 [3, 8] with coords, c.pt dict [4, 8] with coords, d.pt tensor."""
+    """One slide per format: a.npy [5, 8], b.h5 [3, 8] with coords, c.pt dict [4, 8] with coords, d.pt
+    tensor."""
     np.save(tmp_path / "a.npy", _feats(5, seed=1))
     with h5py.File(tmp_path / "b.h5", "w") as f:
         f["features"] = _feats(3, seed=2)
@@ -244,8 +244,9 @@ def test_tile_folders_read_lazily_as_rgb(tmp_path):
     assert resized.pixel_shape == (3, 5, 5) and resized.load("m").data.shape == (2, 3, 5, 5)
 
 
-def test_real_he_tiles():
-    tiles = sorted(HE_TILES.glob("tissue-level0-*.png"))[:2] + sorted(HE_TILES.glob("no-tissue.png"))
+def test_real_he_tiles(shared_path):
+    he_tiles = shared_path("he_tiles")
+    tiles = sorted(he_tiles.glob("tissue-level0-*.png"))[:2] + sorted(he_tiles.glob("no-tissue.png"))
     bags = ImageBags.from_patches({"slideA": tiles[:2], "slideB": tiles[2]}, patch_size=32)
     assert bags.n_patches("slideA") == 2 and bags.slide_ids("slideA") == [t.stem for t in tiles[:2]]
     bag = bags.load("slideA")

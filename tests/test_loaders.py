@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from clinfuse.datasets import breastmnist_split_ids, load_breastmnist, load_gse7390, load_mimic3_demo
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSE = DATA / "gse7390_etc"
-MIMIC = DATA / "mimic3_demo"
-BREAST = DATA / "breastmnist"
-
 
 # ---------------------------------------------------------------------------------------------- GSE7390
 @pytest.fixture(scope="module")
-def gse():
-    return load_gse7390(GSE)
+def gse_dir(shared_path) -> Path:
+    return shared_path("gse7390_etc")
+
+
+@pytest.fixture(scope="module")
+def gse(gse_dir):
+    return load_gse7390(gse_dir)
 
 
 def test_gse7390_counts(gse):
@@ -56,8 +56,8 @@ def test_gse7390_columns_and_notes(gse):
     assert "unkown" in gse.summary()
 
 
-def test_gse7390_accepts_the_file_and_rejects_bad_paths(gse, tmp_path):
-    same = load_gse7390(GSE / "breast_cancer_GSE7390-metastasis.arff")
+def test_gse7390_accepts_the_file_and_rejects_bad_paths(gse, gse_dir, tmp_path):
+    same = load_gse7390(gse_dir / "breast_cancer_GSE7390-metastasis.arff")
     pd.testing.assert_frame_equal(same.survival, gse.survival)
     with pytest.raises(ValueError, match="breast_cancer_GSE7390"):
         load_gse7390(tmp_path)
@@ -65,18 +65,23 @@ def test_gse7390_accepts_the_file_and_rejects_bad_paths(gse, tmp_path):
 
 # ------------------------------------------------------------------------------------------- MIMIC-III
 @pytest.fixture(scope="module")
-def mimic():
+def mimic_dir(shared_path) -> Path:
+    return shared_path("mimic3_demo")
+
+
+@pytest.fixture(scope="module")
+def mimic(mimic_dir):
     start = time.perf_counter()
-    cohort = load_mimic3_demo(MIMIC)
+    cohort = load_mimic3_demo(mimic_dir)
     return cohort, time.perf_counter() - start
 
 
-def test_mimic_before_exclusion_matches_source():
+def test_mimic_before_exclusion_matches_source(mimic_dir):
     # SOURCE.txt: 100 patients, 129 admissions, 40 in-hospital deaths. A prediction time of one minute after
     # admission excludes no admission, so the loader must see all of them.
-    raw = pd.read_csv(MIMIC / "ADMISSIONS.csv", usecols=["subject_id", "hadm_id", "hospital_expire_flag"])
+    raw = pd.read_csv(mimic_dir / "ADMISSIONS.csv", usecols=["subject_id", "hadm_id", "hospital_expire_flag"])
     assert len(raw) == 129 and raw["subject_id"].nunique() == 100 and raw["hospital_expire_flag"].sum() == 40
-    all_adm = load_mimic3_demo(MIMIC, prediction_hours=1 / 60, include=("transfers",))
+    all_adm = load_mimic3_demo(mimic_dir, prediction_hours=1 / 60, include=("transfers",))
     assert len(all_adm) == 129 and len(all_adm.patients) == 100 and all_adm.labels.sum() == 40
     assert not [e for e in all_adm.excluded if e["what"].startswith("admissions")]
     assert sorted(all_adm.sample_ids) == sorted(raw["hadm_id"].astype(str))
@@ -112,15 +117,16 @@ def test_mimic_events_respect_the_prediction_time(mimic):
     assert (ev["segment"] >= 0).all() and (ev.loc[ev["segment"] > 0, "time"] < 0).all()
 
 
-def test_mimic_date_only_times_sit_at_end_of_day(mimic):
+def test_mimic_date_only_times_sit_at_end_of_day(mimic, mimic_dir):
     cohort, _ = mimic
-    adm = pd.read_csv(MIMIC / "ADMISSIONS.csv", usecols=["hadm_id", "admittime"], parse_dates=["admittime"])
+    adm = pd.read_csv(mimic_dir / "ADMISSIONS.csv", usecols=["hadm_id", "admittime"],
+                      parse_dates=["admittime"])
     admit = adm.set_index(adm["hadm_id"].astype(str))["admittime"]
     rx = cohort.events[cohort.events["code"].str.startswith("rx:")]
     when = (rx["sample_id"].map(admit) + pd.to_timedelta(rx["time"], unit="D")).dt.round("min")
     assert len(rx) and (when == when.dt.normalize()).all()  # midnight ending the order's day
     raw = pd.read_csv(
-        MIMIC / "PRESCRIPTIONS.csv", usecols=["hadm_id", "startdate"], parse_dates=["startdate"]
+        mimic_dir / "PRESCRIPTIONS.csv", usecols=["hadm_id", "startdate"], parse_dates=["startdate"]
     )
     first_day = raw.groupby(raw["hadm_id"].astype(str))["startdate"].min()
     own = rx[rx["segment"] == 0]
@@ -141,22 +147,27 @@ def test_mimic_clinical(mimic):
     assert capped and capped[0]["count"] == (clin["age"] == 90).sum()
 
 
-def test_mimic_options():
-    only = load_mimic3_demo(MIMIC, include=("transfers", "icd"), history=False)
+def test_mimic_options(mimic_dir):
+    only = load_mimic3_demo(mimic_dir, include=("transfers", "icd"), history=False)
     assert set(only.events["code"].str.split(":").str[0]) == {"xfer"}  # no history -> no ICD codes at all
     assert (only.events["segment"] == 0).all()
     with pytest.raises(ValueError, match="labevents"):
-        load_mimic3_demo(MIMIC, include=("labevents",))
+        load_mimic3_demo(mimic_dir, include=("labevents",))
     with pytest.raises(ValueError, match="prediction_hours"):
-        load_mimic3_demo(MIMIC, prediction_hours=0)
+        load_mimic3_demo(mimic_dir, prediction_hours=0)
     with pytest.raises(ValueError, match="folder"):
-        load_mimic3_demo(MIMIC / "ADMISSIONS.csv")
+        load_mimic3_demo(mimic_dir / "ADMISSIONS.csv")
 
 
 # ----------------------------------------------------------------------------------------- BreastMNIST
 @pytest.fixture(scope="module")
-def breast():
-    return load_breastmnist(BREAST)
+def breast_dir(shared_path) -> Path:
+    return shared_path("breastmnist")
+
+
+@pytest.fixture(scope="module")
+def breast(breast_dir):
+    return load_breastmnist(breast_dir)
 
 
 def test_breastmnist_counts(breast):
@@ -171,26 +182,26 @@ def test_breastmnist_counts(breast):
         assert (breast.labels[ids] == "malignant").sum() == malignant
 
 
-def test_breastmnist_bags(breast):
+def test_breastmnist_bags(breast, breast_dir):
     assert breast.images.kind == "pixels" and breast.images.pixel_shape == (1, 28, 28)
     bag = breast.images.load("test_0155")
     assert bag.data.shape == (1, 1, 28, 28) and bag.data.dtype == np.float32
     assert 0.0 <= bag.data.min() and bag.data.max() <= 1.0 and bag.data.max() > 0.1
-    with np.load(BREAST / "breastmnist.npz") as npz:
+    with np.load(breast_dir / "breastmnist.npz") as npz:
         np.testing.assert_allclose(bag.data[0, 0], npz["test_images"][155] / 255.0, atol=1e-6)
         assert breast.labels["test_0155"] == (
             "malignant" if npz["test_labels"].reshape(-1)[155] == 0 else "normal_benign"
         )
 
 
-def test_breastmnist_single_split(breast):
-    train = load_breastmnist(BREAST / "breastmnist.npz", split="train")
+def test_breastmnist_single_split(breast, breast_dir):
+    train = load_breastmnist(breast_dir / "breastmnist.npz", split="train")
     assert len(train) == 546 and (train.labels == "malignant").sum() == 147
     assert train.name == "BreastMNIST (train)"
     assert breastmnist_split_ids(train)["val"] == []
     sub = breast.subset(breastmnist_split_ids(breast)["val"])
     assert {k: len(v) for k, v in breastmnist_split_ids(sub).items()} == {"train": 0, "val": 78, "test": 0}
     with pytest.raises(ValueError, match="split"):
-        load_breastmnist(BREAST, split="validation")
+        load_breastmnist(breast_dir, split="validation")
     with pytest.raises(ValueError, match="does not start with"):
         breastmnist_split_ids(["p1"])

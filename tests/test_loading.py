@@ -26,14 +26,16 @@ def make_cohort(*, task: str = "classification") -> Cohort:
     clinical = pd.DataFrame({"age": rng.normal(60, 10, 10), "stage": rng.choice(["I", "II"], 10)}, index=IDS)
     genomics = ad.AnnData(X=rng.normal(size=(9, 6)), obs=pd.DataFrame(index=IDS[1:]),
                           var=pd.DataFrame(index=[f"G{j}" for j in range(6)]))
-    bags: dict[str, object] = {s: rng.normal(size=(3 + i % 4, D)).astype(np.float32) for i, s in enumerate(IDS)}
+    bags: dict[str, object] = {s: rng.normal(size=(3 + i % 4, D)).astype(np.float32)
+                               for i, s in enumerate(IDS)}
     del bags["s1"]
     bags["s2"] = [rng.normal(size=(2, D)).astype(np.float32), rng.normal(size=(3, D)).astype(np.float32)]
     bags["s3"] = rng.normal(size=(40, D)).astype(np.float32)
     rows = [(s, float(t), c, v) for s in IDS for t, c, v in [(1.0, "HR", 70.0), (3.5, "LAB", np.nan)]]
     rows += [("s4", 10.0 + k, "HR", 60.0 + k) for k in range(10)]
     events = pd.DataFrame(rows, columns=["sample_id", "time", "code", "value"])
-    kw = {"clinical": clinical, "genomics": genomics, "images": ImageBags.from_features(bags), "events": events,
+    kw = {"clinical": clinical, "genomics": genomics, "images": ImageBags.from_features(bags),
+          "events": events,
           "groups": pd.Series([f"p{i // 2}" for i in range(10)], index=IDS)}
     if task == "classification":
         kw["labels"] = pd.Series(["a", "b"] * 5, index=IDS)
@@ -82,7 +84,8 @@ def test_absent_modality_is_masked_not_imputed(cohort, pre):
     genomics, images = batch.modalities["genomics"], batch.modalities["images"]
     assert genomics.present.tolist() == [False] + [True] * 9
     assert not genomics.mask[0].any() and genomics.mask[1:].all() and genomics.names[0] == [""] * 6
-    assert not images.present[1] and not images.mask[1].any() and images.meta["slide_id"][1] == [""] * images.n_tokens
+    assert not images.present[1] and not images.mask[1].any()
+    assert images.meta["slide_id"][1] == [""] * images.n_tokens
     for m, mb in batch.modalities.items():
         expected = [cohort.has(s, m) for s in IDS]
         assert mb.present.tolist() == expected, m
@@ -98,7 +101,8 @@ def test_images_padding_positions_and_names(cohort, pre):
     assert (images.tensors["features"][~images.mask] == 0).all()
     bag0 = cohort.images.load("s0")
     np.testing.assert_array_equal(images.tensors["features"][0, : len(bag0)].numpy(), bag0.data)
-    assert images.names[0][: len(bag0)] == [str(i) for i in range(len(bag0))]  # a lone unnamed slide: `position`
+    # a lone unnamed slide: `position`
+    assert images.names[0][: len(bag0)] == [str(i) for i in range(len(bag0))]
     assert images.names[2][:5] == ["slide0:0", "slide0:1", "slide1:0", "slide1:1", "slide1:2"]
     assert images.tensors["position"][2, :5].tolist() == [0, 1, 0, 1, 2]
     assert images.meta["slide_id"][2][:6] == ["slide0", "slide0", "slide1", "slide1", "slide1", ""]
@@ -131,10 +135,12 @@ def test_events_times_order_names_and_cut(cohort):
     assert t_index == 19.0  # the latest event by default
     assert events.tensors["times"][4].tolist() == [0.0, 1.0, 2.0, 3.0]  # the 4 most recent, most recent first
     assert events.names[4] == ["HR@0", "HR@1", "HR@2", "HR@3"] and events.meta["code"][4] == ["HR"] * 4
-    assert events.tensors["times"][0, :2].tolist() == [0.0, 2.5] and events.names[0][:2] == ["LAB@0", "HR@2.5"]
+    assert events.tensors["times"][0, :2].tolist() == [0.0, 2.5]
+    assert events.names[0][:2] == ["LAB@0", "HR@2.5"]
     assert events.tensors["has_value"][0, :2].tolist() == [False, True]
     assert (events.tensors["times"][events.mask] >= 0).all()
-    assert events.tensors["codes"][0, :2].tolist() == [pre.code_vocab_.index("LAB") + 2, pre.code_vocab_.index("HR") + 2]
+    assert events.tensors["codes"][0, :2].tolist() == [pre.code_vocab_.index("LAB") + 2,
+                                                       pre.code_vocab_.index("HR") + 2]
     assert (events.tensors["codes"][~events.mask] == 0).all()
     assert format_days(0.041666) == "0.04" and format_days(12.0) == "12" and format_days(1.5) == "1.5"
 
@@ -153,7 +159,8 @@ def test_survival_targets_and_unfitted_or_incompatible_preprocessor():
 
 def test_make_loader_shuffles_reproducibly(cohort, pre):
     def order(seed):
-        return [s for b in make_loader(cohort, pre, batch_size=3, shuffle=True, seed=seed) for s in b.sample_ids]
+        loader = make_loader(cohort, pre, batch_size=3, shuffle=True, seed=seed)
+        return [s for b in loader for s in b.sample_ids]
 
     first = order(7)
     assert sorted(first) == sorted(IDS) and first == order(7) and first != order(8)
@@ -169,12 +176,14 @@ def test_npy_bags_are_read_lazily_per_item(tmp_path):
         path = tmp_path / f"slide{i}_x.npy"
         np.save(path, rng.normal(size=(500, 64)).astype(np.float32))
         paths[f"s{i}"] = path
-    cohort = Cohort(images=ImageBags.from_features(paths), labels=pd.Series(["a", "b"] * 2, index=list(paths)))
+    cohort = Cohort(images=ImageBags.from_features(paths),
+                    labels=pd.Series(["a", "b"] * 2, index=list(paths)))
     ds = CohortDataset(cohort, Preprocessor().fit(cohort))
     assert len(pickle.dumps(ds)) < 4 * 500 * 64 * 4 / 20  # the dataset holds paths, not arrays
     np.testing.assert_array_equal(ds[1].images["data"], np.load(paths["s1"]))
     assert ds[1].images["names"][:2] == ["slide1_x:0", "slide1_x:1"]  # a named file: `slide:position`
-    np.save(paths["s1"], np.full((500, 64), 2.0, dtype=np.float32))  # changed on disk after the dataset was built
+    # changed on disk after the dataset was built
+    np.save(paths["s1"], np.full((500, 64), 2.0, dtype=np.float32))
     assert (ds[1].images["data"] == 2.0).all()  # read again from disk on the next access
 
 
@@ -200,15 +209,17 @@ def test_random_missingness_and_bag_sizes_never_break_batching(data):
         kw["genomics"] = ad.AnnData(X=rng.normal(size=(len(has["genomics"]), 4)),
                                     obs=pd.DataFrame(index=has["genomics"]))
     if has["images"]:
-        kw["images"] = ImageBags.from_features({s: rng.normal(size=(sizes[ids.index(s)], 3)).astype(np.float32)
-                                                for s in has["images"]})
+        kw["images"] = ImageBags.from_features(
+            {s: rng.normal(size=(sizes[ids.index(s)], 3)).astype(np.float32) for s in has["images"]})
     if has["events"]:
         kw["events"] = pd.DataFrame([(s, float(t), f"c{t % 3}", float(t)) for s in has["events"]
-                                     for t in range(sizes[ids.index(s)])], columns=["sample_id", "time", "code", "value"])
+                                     for t in range(sizes[ids.index(s)])], columns=["sample_id", "time",
+                                                                                    "code", "value"])
     cohort = Cohort(**kw, labels=pd.Series(["u", "v"] * (n // 2) + ["u"] * (n % 2), index=ids))
     pre = Preprocessor().fit(cohort)
     seen = []
-    for batch in make_loader(cohort, pre, batch_size=batch_size, shuffle=True, train=True, max_patches=max_patches):
+    for batch in make_loader(cohort, pre, batch_size=batch_size, shuffle=True, train=True,
+                             max_patches=max_patches):
         seen += batch.sample_ids
         for m, mb in batch.modalities.items():
             for b, sid in enumerate(batch.sample_ids):

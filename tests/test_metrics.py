@@ -28,7 +28,8 @@ def test_multiclass_auc_is_macro_one_vs_rest():
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     frame = pd.DataFrame(proba, columns=["a", "b", "c"])
     labels = np.array(["a", "b", "c"])[y]
-    assert M.roc_auc(labels, frame) == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    expected = roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    assert M.roc_auc(labels, frame) == pytest.approx(expected)
 
 
 def test_auc_with_one_class_is_nan_and_shape_errors_are_clear():

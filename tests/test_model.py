@@ -145,7 +145,8 @@ def test_survival_predictions(fitted_survival):
 def test_cox_head_uses_breslow_baseline_and_survives_save_load(small_cohort, tmp_path, aggregator):
     from clinfuse.datasets import make_synthetic_cohort
 
-    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"), n_genes=12, seed=4)
+    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"),
+                                      n_genes=12, seed=4)
     model = FusionModel(task="survival", survival_head="cox", aggregator=aggregator, d_model=16, n_heads=2,
                         max_epochs=2, validation_fraction=0.0, verbose=False).fit(cohort)
     risk = model.predict_risk(cohort)
@@ -165,7 +166,8 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
     model, test = fitted_classifier.model, fitted_classifier.test
     path = model.save(tmp_path / "run1")
     names = {p.name for p in path.iterdir()}
-    assert {"config.json", "preprocessor.json", "schema.json", "weights.pt", "metrics.json", "provenance.json"} <= names
+    assert {"config.json", "preprocessor.json", "schema.json", "weights.pt", "metrics.json",
+            "provenance.json"} <= names
     prov = json.loads((path / "provenance.json").read_text())
     assert prov["versions"]["torch"] and len(prov["training_data"]["sha256"]) == 64
     loaded = FusionModel.load(path)
@@ -199,7 +201,8 @@ def test_survival_save_load_keeps_bins(fitted_survival, tmp_path):
     model, test = fitted_survival.model, fitted_survival.test
     loaded = FusionModel.load(model.save(tmp_path / "s"))
     assert loaded.time_bins_ == model.time_bins_
-    pd.testing.assert_frame_equal(loaded.predict_survival(test, [5, 50]), model.predict_survival(test, [5, 50]))
+    pd.testing.assert_frame_equal(loaded.predict_survival(test, [5, 50]),
+                                  model.predict_survival(test, [5, 50]))
 
 
 def test_load_refuses_pickled_objects_and_foreign_folders(fitted_classifier, tmp_path):
@@ -231,7 +234,8 @@ def test_fit_is_deterministic_and_quiet(small_cohort, capfd):
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out, err)
     assert not torch.are_deterministic_algorithms_enabled()  # the global torch setting is restored
-    c = FusionModel(aggregator="self_attention", **{**kw, "seed": 8}).fit(small_cohort).predict_proba(small_cohort)
+    other_seed = FusionModel(aggregator="self_attention", **{**kw, "seed": 8}).fit(small_cohort)
+    c = other_seed.predict_proba(small_cohort)
     assert not np.allclose(a.to_numpy(), c.to_numpy())
 
 
@@ -269,4 +273,5 @@ def test_multiclass_with_string_labels():
     proba = model.predict_proba(cohort)
     assert list(proba.columns) == ["a", "b", "c"] and set(model.predict(cohort)) <= {"a", "b", "c"}
     ev = model.evaluate(cohort)
-    assert ev["auc"] == pytest.approx(M.roc_auc(labels.tolist(), proba)) and set(ev["by_pattern"]) == {"clinical"}
+    assert ev["auc"] == pytest.approx(M.roc_auc(labels.tolist(), proba))
+    assert set(ev["by_pattern"]) == {"clinical"}

@@ -41,16 +41,19 @@ def random_batch(schema: dict, mods, *, lengths=(5, 2, 9), absent=None, seed: in
         modalities[m] = random_modality_batch(m, schema[m], lengths=lengths, present=present, seed=seed + i)
     B = len(lengths)
     ids = [f"s{b}" for b in range(B)]
-    return Batch(sample_ids=ids, patient_ids=ids, modalities=modalities, labels=torch.zeros(B, dtype=torch.long))
+    return Batch(sample_ids=ids, patient_ids=ids, modalities=modalities,
+                 labels=torch.zeros(B, dtype=torch.long))
 
 
-def network(aggregator: str = "hierarchical", head=None, *, mods=MODS, n_outputs: int = 2, dropout: float = 0.0):
+def network(aggregator: str = "hierarchical", head=None, *, mods=MODS, n_outputs: int = 2,
+            dropout: float = 0.0):
     torch.manual_seed(0)
     schema = {m: random_schema(m) for m in mods}
     agg = create_aggregator(aggregator, d_model=D, modalities=list(mods), n_outputs=n_outputs,
                             class_names=[str(i) for i in range(n_outputs)])
     head = head or ClassificationHead(d_model=D, n_classes=n_outputs)
-    net = FusionNetwork(encoders=encoders_for(schema, mods), aggregator=agg, head=head, d_model=D, modalities=mods,
+    net = FusionNetwork(encoders=encoders_for(schema, mods), aggregator=agg, head=head, d_model=D,
+                        modalities=mods,
                         modality_dropout=dropout)
     return net, schema
 
@@ -116,7 +119,8 @@ def test_network_bad_arguments():
                       modality_dropout=1.0)
     with pytest.raises(ValueError, match="unknown modalities"):
         FusionNetwork(encoders=encs, aggregator=agg, head=head, d_model=D, modalities=("clinical", "xray"))
-    net = FusionNetwork(encoders=encs, aggregator=agg, head=head, d_model=D, modalities=("clinical", "images"))
+    net = FusionNetwork(encoders=encs, aggregator=agg, head=head, d_model=D,
+                        modalities=("clinical", "images"))
     batch = random_batch(schema, ("clinical",))
     with pytest.raises(ValueError, match="lacks modalities \\['images'\\]"):
         net(batch)
@@ -185,12 +189,13 @@ def test_default_explain_returns_the_records_and_training_skips_it():
     assert type(net.aggregator).sample_figure == "patches"
 
 
-# ------------------------------------------------------------------------------ training on the synthetic cohort
+# --------------------------------------------------------------------------- training on the synthetic cohort
 
 
 def synthetic(task: str):
     mods = ("clinical", "images")
-    cohort, _ = make_synthetic_cohort(240, task=task, modalities=mods, n_patches=(8, 24), feature_dim=16, seed=0)
+    cohort, _ = make_synthetic_cohort(240, task=task, modalities=mods, n_patches=(8, 24),
+                                      feature_dim=16, seed=0)
     ids = cohort.sample_ids
     train, test = cohort.subset(ids[:160]), cohort.subset(ids[160:])
     pre = Preprocessor().fit(train)

@@ -53,9 +53,11 @@ def test_bare_names_are_not_installed(bare):
 
 
 def test_console_script_version_and_help():
-    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--version"], capture_output=True,
+                         text=True, check=False)
     assert out.returncode == 0 and out.stdout.startswith("clinfuse "), out.stderr
-    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "--help"],
+                         capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0
     for command in ("demo", "train", "predict", "explain"):
@@ -67,12 +69,13 @@ def test_no_torchvision_or_timm_in_core_dependencies():
     assert "torchvision" not in deps and "timm" not in deps
 
 
+@pytest.mark.slow
 def test_built_wheel_holds_every_subpackage_and_no_bare_names(tmp_path):
     """``pip install .`` installs what the wheel holds: every package on disk, all under clinfuse."""
     import zipfile
 
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                         capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("clinfuse-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -88,8 +91,10 @@ def test_cli_starts_without_importing_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode == 0
 
 
+@pytest.mark.slow  # each starts a fresh interpreter that imports torch
 @pytest.mark.parametrize("module, registry, name", [("clinfuse.fusion.base", "AGGREGATORS", "persam"),
                                                     ("clinfuse.encoders.base", "ENCODERS", "feature_bag")])
 def test_registries_are_complete_however_they_are_reached(module, registry, name):
-    code = f"from {module} import {registry} as R; import sys; sys.exit(0 if {name!r} in R and len(R) > 3 else 1)"
+    code = (f"from {module} import {registry} as R; import sys; "
+            f"sys.exit(0 if {name!r} in R and len(R) > 3 else 1)")
     assert subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode == 0

@@ -76,7 +76,8 @@ def test_without_clinical_psi_phi_uniform_and_explanatory_equals_class_wise(how)
     recs = _records(out)
     n = tokens["images"].mask.sum(1)
     for b in rows:
-        torch.testing.assert_close(recs["exploratory"].value[b, 0, : n[b]], torch.full((int(n[b]),), 1 / n[b]))
+        torch.testing.assert_close(recs["exploratory"].value[b, 0, : n[b]],
+                                   torch.full((int(n[b]),), 1 / n[b]))
         torch.testing.assert_close(recs["phi"].value[b], torch.full((4, 1), 0.25))
         assert torch.all(recs["phi"].raw[b] == 1) and torch.all(recs["exploratory"].raw[b, 0, : n[b]] == 1)
         torch.testing.assert_close(recs["explanatory"].value[b], recs["class_wise"].value[b])
@@ -85,7 +86,8 @@ def test_without_clinical_psi_phi_uniform_and_explanatory_equals_class_wise(how)
 
 def test_clinical_tokens_personalise_exploratory_attention():
     model = _model(("clinical", "images"))
-    tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(12, 12), absent={"clinical": [1]}, seed=3)
+    tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(12, 12),
+                              absent={"clinical": [1]}, seed=3)
     other = tokens["clinical"].values + 2.0 * torch.randn_like(tokens["clinical"].values)
     changed = _replace(tokens, "clinical", values=other)
     with torch.no_grad():
@@ -187,14 +189,16 @@ def test_full_patch_attention_is_per_sample_and_batch_independent():
         alone = {m: dataclasses.replace(t, values=t.values[:1, :6], mask=t.mask[:1, :6], names=t.names[:1],
                                         present=t.present[:1]) for m, t in tokens.items()}
         alone["clinical"] = dataclasses.replace(tokens["clinical"], values=tokens["clinical"].values[:1],
-                                                mask=tokens["clinical"].mask[:1], names=tokens["clinical"].names[:1],
+                                                mask=tokens["clinical"].mask[:1],
+                                                names=tokens["clinical"].names[:1],
                                                 present=tokens["clinical"].present[:1])
         torch.testing.assert_close(on(alone).pooled[0], both[0], atol=1e-5, rtol=1e-5)
         # the small bag (6 < 50) uses instance-to-instance attention, the big one (300) does not
         assert (both[0] - off(tokens).pooled[0]).abs().max() > 1e-4
         torch.testing.assert_close(both[1], off(tokens).pooled[1], atol=1e-5, rtol=1e-5)
         perm = torch.randperm(6)
-        permuted = {**alone, "images": dataclasses.replace(alone["images"], values=alone["images"].values[:, perm])}
+        permuted = {**alone,
+                    "images": dataclasses.replace(alone["images"], values=alone["images"].values[:, perm])}
         torch.testing.assert_close(on(permuted).pooled, on(alone).pooled, atol=1e-5, rtol=1e-5)
 
 
@@ -282,14 +286,16 @@ def test_modality_logits_are_exact_linear_terms_and_their_exports():
     mods = ("clinical", "images", "events")
     model = _model(mods, n_outputs=2)
     assert model.attention_kinds >= {"feature", "event", "patch"}
-    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7), absent={"clinical": [2], "events": [1]}, seed=14)
+    tokens = random_token_set(mods, d_model=D, lengths=(5, 12, 7),
+                              absent={"clinical": [2], "events": [1]}, seed=14)
     clin, ev = tokens["clinical"], tokens["events"]
     with torch.no_grad():
         out = model(tokens)
         assert torch.all(out.offsets == 0) and out.offsets.shape == (3, 2)
         feature = _records(out)["feature"]
         real = clin.mask[:, None, :].expand_as(feature.value)
-        torch.testing.assert_close(feature.value[real], (1.0 / clin.mask.sum(1))[:, None, None].expand_as(real)[real])
+        torch.testing.assert_close(feature.value[real],
+                                   (1.0 / clin.mask.sum(1))[:, None, None].expand_as(real)[real])
         for readout in model.readouts.values():
             readout.weight.normal_()
         r, q = model.readouts["clinical"].weight, model.readouts["events"].weight  # [C, d]
@@ -341,7 +347,8 @@ def test_exported_shares_are_measured_against_the_training_mean_token():
         at_mean = _replace(tokens, "clinical", values=ref.expand_as(clin.values).clone())
         feature = _records(model(at_mean))["feature"]
         assert feature.raw.abs().max() < 1e-5  # every variable at its average: no share
-        shares = torch.einsum("bkd,cd->bck", (clin.values - ref) * clin.mask[..., None], model.readouts["clinical"].weight)
+        shares = torch.einsum("bkd,cd->bck", (clin.values - ref) * clin.mask[..., None],
+                              model.readouts["clinical"].weight)
         torch.testing.assert_close(_records(out)["feature"].raw, shares.abs() * clin.mask[:, None, :])
         fresh = _model(mods, n_outputs=2, seed=3)
         fresh.load_state_dict(model.state_dict())

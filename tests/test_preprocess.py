@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -13,7 +12,6 @@ from clinfuse.datasets import Cohort, ImageBags, Preprocessor
 from clinfuse.datasets.preprocess import NotFittedError
 
 N = 24
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 40) -> Cohort:
@@ -26,7 +24,8 @@ def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 4
     clinical = pd.DataFrame({"age": rng.normal(60, 10, N), "size": rng.gamma(2.0, 2.0, N), "grade": grade},
                             index=ids)
     clinical.loc["s3", "age"] = np.nan
-    clinical.loc[ids[16:], "age"] += 30  # the later samples are older: whole-cohort stats differ from training
+    # the later samples are older: whole-cohort stats differ from training
+    clinical.loc[ids[16:], "age"] += 30
     counts = rng.poisson(rng.gamma(2.0, 20.0, n_genes), size=(N - 1, n_genes)).astype(np.float64)
     counts[:, 0] = 7.0  # a constant gene: zero variance, never selected first
     genomics = ad.AnnData(X=counts, obs=pd.DataFrame(index=ids[1:]),
@@ -41,12 +40,14 @@ def make_cohort(*, seed: int = 0, task: str = "classification", n_genes: int = 4
     events.loc[events.index[:3], "code"] = "RARE"
     events.loc[events["sample_id"].isin(ids[16:]) & (events["code"] == "HR"), "value"] += 50
     gene_sets = {"early": ["G1", "G2", "G3"], "late": [f"G{j}" for j in range(30, 40)], "const": ["G0"]}
-    kw = {"clinical": clinical, "genomics": genomics, "images": bags, "events": events, "gene_sets": gene_sets,
+    kw = {"clinical": clinical, "genomics": genomics, "images": bags, "events": events,
+          "gene_sets": gene_sets,
           "groups": pd.Series([f"p{i // 2}" for i in range(N)], index=ids)}
     if task == "classification":
         kw["labels"] = pd.Series(rng.choice(["benign", "malignant"], N), index=ids)
     elif task == "survival":
-        kw["survival"] = pd.DataFrame({"time": rng.uniform(1, 100, N), "event": rng.integers(0, 2, N)}, index=ids)
+        kw["survival"] = pd.DataFrame({"time": rng.uniform(1, 100, N), "event": rng.integers(0, 2, N)},
+                                      index=ids)
     return Cohort(**kw)
 
 
@@ -215,7 +216,8 @@ def test_json_round_trip_gives_identical_transforms(cohort, train_ids, tmp_path)
     a, b = p.transform_clinical(cohort.clinical), q.transform_clinical(cohort.clinical)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    np.testing.assert_array_equal(p.transform_genomics(cohort.genomics), q.transform_genomics(cohort.genomics))
+    np.testing.assert_array_equal(p.transform_genomics(cohort.genomics),
+                                  q.transform_genomics(cohort.genomics))
     ea, eb = (x.transform_events(cohort.events, cohort.index_time) for x in (p, q))
     assert ea.keys() == eb.keys()
     for sid in ea:
@@ -256,10 +258,10 @@ def test_pixel_schema_mismatch_is_named():
         fitted.check_compatible(Cohort(images=ImageBags.from_features({"b": rng.random((2, 4))})))
 
 
-def test_real_gse7390_fits_on_training_folds_only():
+def test_real_gse7390_fits_on_training_folds_only(shared_path):
     from clinfuse.datasets import load_gse7390, make_splits
 
-    cohort = load_gse7390(DATA / "gse7390_etc")
+    cohort = load_gse7390(shared_path("gse7390_etc"))
     train, test = make_splits(cohort, 3, seed=0)[0]
     p = Preprocessor(top_genes=20, gene_transform=None).fit(cohort.subset(train))
     assert len(p.schema_["genomics"]["genes"]) == 20 and p.schema_["task"] == {"type": "survival"}

@@ -66,7 +66,8 @@ def test_attention_is_reproduced(reference):
     unmatched = merged[merged["_merge"] != "both"]
     assert unmatched.empty, f"rows only on one side:\n{unmatched[KEY + ['_merge']].head()}"
     for col in NUMBERS:
-        np.testing.assert_allclose(merged[f"{col}_got"].to_numpy(float), merged[f"{col}_want"].to_numpy(float),
+        np.testing.assert_allclose(merged[f"{col}_got"].to_numpy(float),
+                                   merged[f"{col}_want"].to_numpy(float),
                                    rtol=0, atol=1e-6, equal_nan=True, err_msg=f"column {col}")
     for col in TEXT:
         assert (merged[f"{col}_got"] == merged[f"{col}_want"]).all(), f"column {col} differs"

@@ -19,7 +19,8 @@ CLASSES = ["low", "high"]
 def _batch_and_records(seed: int = 0):
     """A batch of 3 samples (sample 1 lacks images) and records of several kinds over it."""
     images = random_modality_batch("images", random_schema("images"), lengths=[4, 0, 6], seed=seed)
-    clinical = random_modality_batch("clinical", random_schema("clinical"), present=[True, True, False], seed=seed)
+    clinical = random_modality_batch("clinical", random_schema("clinical"),
+                                     present=[True, True, False], seed=seed)
     batch = Batch(sample_ids=["a", "b", "c"], patient_ids=["P1", "P1", "P2"],
                   modalities={"clinical": clinical, "images": images})
     g = torch.Generator().manual_seed(seed)
@@ -32,7 +33,8 @@ def _batch_and_records(seed: int = 0):
 
     present = torch.stack([clinical.present, images.present], dim=1)  # [B, M]
     mod_raw = torch.randn(3, 1, 2, generator=g)
-    modality = AttentionRecord(kind="modality", modality="all", value=masked_normalise(mod_raw, present[:, None]),
+    modality = AttentionRecord(kind="modality", modality="all",
+                               value=masked_normalise(mod_raw, present[:, None]),
                                raw=mod_raw, mask=present, names=[["clinical", "images"]] * 3)
     phi_raw = torch.rand(3, 2, 1, generator=g)
     phi = AttentionRecord(kind="phi", modality="clinical", value=phi_raw / phi_raw.sum(1, keepdim=True),
@@ -47,7 +49,8 @@ def test_rows_columns_and_normalisation():
     batch, records = _batch_and_records()
     frame = records_to_frame(batch, records)
     assert list(frame.columns) == list(COLUMNS)
-    sums = frame[frame.kind != "phi"].groupby(["sample_id", "kind", frame.target_class.fillna("-")])["value"].sum()
+    by = ["sample_id", "kind", frame.target_class.fillna("-")]
+    sums = frame[frame.kind != "phi"].groupby(by)["value"].sum()
     assert np.allclose(sums.to_numpy(), 1.0)
     # padding never appears: sample a has 4 patches, b none (absent), c has 6
     patches = frame[frame.kind == "patch"]
@@ -127,7 +130,8 @@ def test_anndata_exports():
     adata = report.to_anndata()
     assert list(adata.obs_names) == ["a", "b", "c"]
     assert {"modality", "feature", "phi[low]", "phi[high]"} <= set(adata.layers)
-    assert {"age", "grade", "clinical", "images"} <= set(adata.var_names) or "clinical/clinical" in adata.var_names
+    names = set(adata.var_names)
+    assert {"age", "grade", "clinical", "images"} <= names or "clinical/clinical" in names
     feature = pd.DataFrame(adata.layers["feature"], index=adata.obs_names, columns=adata.var_names)
     assert np.isnan(feature.loc["c", "age"])  # sample c has no clinical data: NaN, not 0
     patches = report.to_patch_anndata()

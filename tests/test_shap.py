@@ -14,6 +14,7 @@ def few(fitted_classifier):
     return fitted_classifier.model, test.subset(ids), fitted_classifier.train
 
 
+@pytest.mark.slow  # the first explainer call of a session compiles shap's numba kernels (seconds)
 @pytest.mark.parametrize("modality", ["clinical", "genomics"])
 def test_rows_are_signed_per_class_and_additive(few, modality):
     model, cohort, train = few
@@ -23,7 +24,10 @@ def test_rows_are_signed_per_class_and_additive(few, modality):
     assert set(frame["sample_id"]) == set(cohort.sample_ids)
     assert set(frame["target_class"]) == {str(c) for c in model.classes_}
     schema = model.preprocessor_.schema_[modality]
-    expected = (len(schema["numeric"]) + len(schema["categorical"])) if modality == "clinical" else len(schema["genes"])
+    if modality == "clinical":
+        expected = len(schema["numeric"]) + len(schema["categorical"])
+    else:
+        expected = len(schema["genes"])
     assert frame.groupby(["sample_id", "target_class"]).size().eq(expected).all()
     assert (frame["value"] < 0).any() and (frame["value"] > 0).any()  # signed, not normalised
     for sample in cohort.sample_ids:  # efficiency: attributions sum to f(x) - E_background[f]
@@ -32,13 +36,15 @@ def test_rows_are_signed_per_class_and_additive(few, modality):
         assert np.allclose(total, report.outputs[sample] - report.base_values[sample], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_agreement_with_attention(few):
     model, cohort, train = few
     report = shap_values(model, cohort, modality="clinical", background=train, n_background=8)
     agreement = attention_shap_agreement(model.explain(cohort), report)
     assert list(agreement.columns) == ["sample_id", "n_tokens", "spearman"]
     assert set(agreement["sample_id"]) == set(cohort.sample_ids)
-    n_vars = len(model.preprocessor_.schema_["clinical"]["numeric"]) + len(model.preprocessor_.schema_["clinical"]["categorical"])
+    clinical = model.preprocessor_.schema_["clinical"]
+    n_vars = len(clinical["numeric"]) + len(clinical["categorical"])
     assert agreement["n_tokens"].eq(n_vars).all()
     rho = agreement["spearman"].dropna()
     assert ((rho >= -1) & (rho <= 1)).all()

@@ -126,7 +126,8 @@ def test_train_validation_split_is_grouped_stratified_and_reproducible(cohort):
     for bad in (0, 1, 1.5, -0.1, True):
         with pytest.raises(ValueError, match="fraction"):
             train_validation_split(cohort, bad)
-    tiny = Cohort(clinical=pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"]), groups=pd.Series(["p", "p"], index=["a", "b"]))
+    tiny = Cohort(clinical=pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"]),
+                  groups=pd.Series(["p", "p"], index=["a", "b"]))
     with pytest.raises(ValueError, match="at least 2 patients"):
         train_validation_split(tiny)
 
@@ -153,7 +154,8 @@ def test_a_fold_left_empty_by_stratification_falls_back_to_shuffled_patients():
 @pytest.mark.filterwarnings("ignore:The least populated class")  # tiny random cohorts, on purpose
 @pytest.mark.filterwarnings("ignore:make_splits")
 @settings(max_examples=25, deadline=None)
-@given(groups=st.lists(st.integers(0, 9), min_size=4, max_size=30), labels=st.lists(st.booleans(), min_size=30,
+@given(groups=st.lists(st.integers(0, 9), min_size=4, max_size=30),
+       labels=st.lists(st.booleans(), min_size=30,
                                                                                     max_size=30),
        folds=st.integers(2, 4), seed=st.integers(0, 5), fraction=st.floats(0.1, 0.5))
 def test_random_groups_never_leak(groups, labels, folds, seed, fraction):
