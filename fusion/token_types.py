@@ -24,14 +24,14 @@ class TokenTypeEmbedding(nn.Module):
 
     Args:
         d_model: token width d.
-        modalities: the schema's modalities (subset of ``clinical, genomics, images, events``).
-        event_segments: also add a learned embedding of the event's admission segment
-            (``Tokens.meta["segments"]`` ``[B, T]``, clipped to ``max_segments - 1``). Off by default: the
-            event encoder may already encode it.
+        modalities: the schema's modalities (registered ones).
+        event_segments: also add a learned embedding of the admission segment of tokens that carry one
+            (``Tokens.meta["segments"]`` ``[B, T]``, events; clipped to ``max_segments - 1``). Off by
+            default: the event encoder may already encode it.
         max_segments: size of the segment table.
-        patch_coords: also add the 2-D sinusoidal encoding of the patch coordinates
-            (:func:`~clinfuse.encoders.common.sincos_2d` of ``meta["coords"] / coord_scale``; unknown (NaN)
-            coordinates add nothing). Off by default: a bag is a set.
+        patch_coords: also add the 2-D sinusoidal encoding of the coordinates of tokens that carry them
+            (patches: :func:`~clinfuse.encoders.common.sincos_2d` of ``meta["coords"] / coord_scale``;
+            unknown (NaN) coordinates add nothing). Off by default: a bag is a set.
         coord_scale: coordinates are divided by this (e.g. the patch size in pixels) before encoding.
     """
 
@@ -67,10 +67,11 @@ class TokenTypeEmbedding(nn.Module):
                 raise ValueError(f"TokenTypeEmbedding: modality {m!r} tokens have width {t.d_model}, "
                                  f"expected {self.d_model}")
             values = t.values + self.type_embedding[self.modalities.index(m)].to(t.values.dtype)
-            if m == "events" and self.segment_embedding is not None and "segments" in t.meta:
+            # by what the tokens carry, not by modality name: event tokens carry segments, patches coords
+            if self.segment_embedding is not None and "segments" in t.meta:
                 seg = t.meta["segments"].long().clamp(0, self.segment_embedding.num_embeddings - 1)
                 values = values + self.segment_embedding(seg).to(values.dtype)
-            if m == "images" and self.patch_coords and "coords" in t.meta:
+            if self.patch_coords and "coords" in t.meta:
                 # the encoders' 2-D sin-cos encoding, coordinates in units of coord_scale (0 where unknown)
                 enc = sincos_2d(t.meta["coords"].float(), self.d_model, scale=1.0 / self.coord_scale)
                 values = values + enc.to(values.dtype)

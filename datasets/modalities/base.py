@@ -157,7 +157,7 @@ class Modality(ABC):
         options: further Cohort keywords it reads (``clinical_types``); given without data they are an error.
         noun: what one sample's data is called in messages (``"clinical row"``).
         data_keys: its keys of the CLI's data config (YAML) -> their help text; the first names its file.
-        report_columns: the per-token report columns :meth:`token_columns` gives.
+        report_columns: the per-token report columns :meth:`token_grids` gives (in report order).
     """
 
     name: ClassVar[str]
@@ -168,6 +168,10 @@ class Modality(ABC):
     data_keys: ClassVar[dict[str, str]] = {}
     report_columns: ClassVar[tuple[str, ...]] = ()
     holds_targets: ClassVar[bool] = False
+    layout: ClassVar[str | None] = None
+    """The registered modality whose batch contract (tensors, meta, schema entry) this one's batches follow,
+    so that the encoders written for it encode this one too (a protein panel laid out like ``genomics``);
+    None: its own."""
     """Whether its data-config table also holds the target columns when ``data.targets`` is not given."""
 
     def __repr__(self) -> str:
@@ -240,16 +244,28 @@ class Modality(ABC):
                 present: torch.Tensor) -> ModalityBatch:
         """Pad ``items`` (one per sample, None = absent) into a ModalityBatch; ``present`` bool ``[B]``."""
 
-    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
-                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """Per-token report columns (``report_columns``) of the selected tokens ``(b_idx[i], t_idx[i])``.
+    def token_grids(self, batch: ModalityBatch | None, meta: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+        """The per-token report columns (``report_columns``) of every token, before any selection.
 
-        ``meta`` holds per-token values an aggregator recorded itself (``AttentionRecord.meta``: ``[B, T]``
-        tensors, arrays or nested lists); they win over the batch's. Pass ``batch=None`` when the record's
-        tokens are not this batch's tokens. Numbers come back as float32 arrays, text as object arrays with
-        None for padding; a column with no source is left out.
+        ``meta`` holds per-token values an aggregator recorded itself (``AttentionRecord.meta``); they win
+        over the batch's. Pass ``batch=None`` when the record's tokens are not this batch's tokens. Numbers
+        come as ``[B, T]`` tensors or arrays, text as ``[B][T]`` nested lists ("" = padding); a column with
+        no source is left out. The report selects the rows it writes from these grids.
         """
         return {}
+
+    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
+                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """:meth:`token_grids` at the selected tokens ``(b_idx[i], t_idx[i])``: numbers as float32 arrays,
+        text as object arrays with None for padding."""
+        out = {}
+        for name, grid in self.token_grids(batch, meta).items():
+            if isinstance(grid, list):
+                out[name] = pick_text(grid, b_idx, t_idx)
+            else:
+                out[name] = as_numpy(grid)[b_idx, t_idx].astype(np.float32)
+        return out
 
     # ------------------------------------------------------------------ files (the CLI's data config)
     def check_config(self, spec: Mapping[str, Any]) -> None:

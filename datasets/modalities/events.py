@@ -27,9 +27,7 @@ from .base import (
     Normalised,
     ReadContext,
     SampleReader,
-    as_numpy,
     pad_tokens,
-    pick_text,
 )
 
 _SEQUENCE_FIELDS = {"codes": ((), np.int64), "values": ((), np.float32), "has_value": ((), np.bool_),
@@ -354,22 +352,16 @@ class EventsModality(Modality):
         names, codes = texts["names"], texts["code"]
         return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"code": codes})
 
-    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
-                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``time`` (float32, days before the index time; ``meta["time"]`` or ``meta["times"]``) and
-        ``code``."""
+    def token_grids(self, batch: ModalityBatch | None, meta: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+        """``time`` (days before the index time; ``meta["time"]`` or ``meta["times"]``) and ``code``."""
         meta = dict(meta or {})
         if batch is not None:
             meta.setdefault("time", batch.tensors.get("times"))
             meta.setdefault("code", batch.meta.get("code"))
         if meta.get("time") is None and meta.get("times") is not None:
             meta["time"] = meta["times"]
-        out = {}
-        if meta.get("time") is not None:
-            out["time"] = as_numpy(meta["time"])[b_idx, t_idx].astype(np.float32)
-        if meta.get("code") is not None:
-            out["code"] = pick_text(meta["code"], b_idx, t_idx)
-        return out
+        return {key: meta[key] for key in self.report_columns if meta.get(key) is not None}
 
     # ------------------------------------------------------------------ files
     def check_config(self, spec: Mapping[str, Any]) -> None:

@@ -26,7 +26,6 @@ from .base import (
     SampleReader,
     as_numpy,
     pad_tokens,
-    pick_text,
 )
 
 _UNNAMED_SLIDES = ("", "slide0")  # ImageBags' id for a lone in-memory array: its tokens are named `position`
@@ -175,10 +174,9 @@ class ImagesModality(Modality):
         names, slide = texts["names"], texts["slide_ids"]
         return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"slide_id": slide})
 
-    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
-                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``position``, ``x``, ``y`` (float32; x, y from ``coords [B, T, 2]`` unless given) and
-        ``slide_id``."""
+    def token_grids(self, batch: ModalityBatch | None, meta: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+        """``position``, ``x``, ``y`` (x, y from ``coords [B, T, 2]`` unless given) and ``slide_id``."""
         meta = dict(meta or {})
         if batch is not None:
             meta.setdefault("position", batch.tensors.get("position"))
@@ -188,11 +186,7 @@ class ImagesModality(Modality):
         if meta.get("coords") is not None and "x" not in meta:
             coords = as_numpy(meta["coords"])
             meta["x"], meta["y"] = coords[..., 0], coords[..., 1]
-        out = {key: as_numpy(meta[key])[b_idx, t_idx].astype(np.float32)
-               for key in ("position", "x", "y") if meta.get(key) is not None}
-        if meta.get("slide_id") is not None:
-            out["slide_id"] = pick_text(meta["slide_id"], b_idx, t_idx)
-        return out
+        return {key: meta[key] for key in self.report_columns if meta.get(key) is not None}
 
     # ------------------------------------------------------------------ files
     def check_config(self, spec: Mapping[str, Any]) -> None:

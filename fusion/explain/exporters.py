@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ...datasets.atomic import atomic_path, write_text_atomic
 from .stream import PARQUET_OPTIONS
-from .table import ARROW_SCHEMA, TOKEN_COLUMNS, spatial_modalities
+from .table import ARROW_SCHEMA, spatial_modalities, token_column_modalities
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -47,13 +47,13 @@ def shared_token_anndata(frame: pd.DataFrame):
     """AnnData: obs = samples, var = the tokens samples share, one layer per kind and class.
 
     Shared tokens are those of the modalities without per-sample token columns (modalities, clinical
-    variables, genes or gene sets; see :data:`~.table.TOKEN_COLUMNS`); patches and events are per sample
-    (:func:`patch_anndata`). Entries a sample does not have are NaN. ``X`` is left empty.
+    variables, genes or gene sets; see :func:`~.table.token_column_modalities`); patches and events are
+    per sample (:func:`patch_anndata`). Entries a sample does not have are NaN. ``X`` is left empty.
     """
     import anndata as ad
 
     kinds = sorted(frame["kind"].dropna().unique())
-    frame = frame[~frame["modality"].isin(list(TOKEN_COLUMNS))]
+    frame = frame[~frame["modality"].isin(token_column_modalities())]
     if frame.empty:
         raise ValueError("this report has no rows over shared tokens (modalities, clinical variables, "
                          f"genes); kinds: {kinds}")

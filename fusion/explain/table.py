@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import torch
 
 from ...datasets.batch import Batch
+from ...datasets.modalities import MODALITY_REGISTRY, get_modality
 from ..records import ATTENTION_KINDS, AttentionRecord
 
 COLUMNS: tuple[str, ...] = (
@@ -43,7 +44,9 @@ DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 # plain Parquet strings (no Arrow schema is stored), so every reader gets ``ARROW_SCHEMA`` back.
 STREAM_SCHEMA = pa.schema([pa.field(f.name, DICTIONARY if f.type == pa.string() else f.type)
                            for f in ARROW_SCHEMA])
-REPORT_KINDS: tuple[str, ...] = (*ATTENTION_KINDS, "shap")
+def report_kinds() -> list[str]:
+    """Every kind a report can hold: the attention kinds, then ``shap``."""
+    return [*ATTENTION_KINDS, "shap"]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -83,60 +86,40 @@ def _floats(values: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.float32), type=pa.float32(), from_pandas=True)  # NaN -> null
 
 
-# The structured report columns of each modality's tokens. This table and the function below are the one
-# place in explain/ that names modalities; datasets' Modality registry is to supply both. A modality listed
-# here has per-sample tokens (patches, events); the others (clinical variables, genes) share their tokens.
-TOKEN_COLUMNS: dict[str, tuple[str, ...]] = {
-    "images": ("slide_id", "position", "x", "y"),
-    "events": ("code", "time"),
-}
-
-
 def modality_token_columns(record: AttentionRecord, batch: Batch | None, b_idx: np.ndarray, t_idx: np.ndarray,
                            strings: _Strings) -> dict[str, pa.Array]:
-    """Structured columns (:data:`TOKEN_COLUMNS` of the record's modality) of the tokens ``(b_idx, t_idx)``.
+    """The record's modality's per-token report columns (``Modality.report_columns``: slide_id, position,
+    x, y for patches; code, time for events) at the tokens ``(b_idx, t_idx)``.
 
-    Taken from the record's own ``meta`` when the aggregator filled it, else from the batch when the
-    record's tokens are exactly the batch's tokens of that modality (same T); otherwise left empty.
-    Images: ``position``, ``coords`` ``[B, T, 2]`` (or ``x``, ``y``) and ``slide_id`` ``[B][T]``;
-    events: ``times`` (or ``time``) and ``code`` ``[B][T]``.
+    The modality supplies the full ``[B, T]`` grids (``Modality.token_grids``) from the record's own
+    ``meta`` or, when the record's tokens are exactly the batch's tokens of that modality (same T), from
+    the batch; the rows are gathered here in Arrow (text without a Python string per row). A record over
+    tokens of no registered modality ("all") has none.
     """
-    out: dict[str, pa.Array] = {}
-    meta = dict(record.meta)
+    if record.modality not in MODALITY_REGISTRY:
+        return {}
     source = batch.modalities.get(record.modality) if batch is not None else None
     n_rows, n_cols = record.mask.shape[0], record.mask.shape[1]
     same_tokens = source is not None and source.n_tokens == n_cols
-    flat = b_idx * n_cols + t_idx
-    if record.modality == "images":
-        if same_tokens:
-            meta.setdefault("position", source.tensors.get("position"))
-            if "coords" in source.tensors:
-                meta.setdefault("coords", source.tensors["coords"])
-            meta.setdefault("slide_id", source.meta.get("slide_id"))
-        if meta.get("coords") is not None and "x" not in meta:
-            coords = _np(meta["coords"])
-            meta["x"], meta["y"] = coords[..., 0], coords[..., 1]
-        for key in ("position", "x", "y"):
-            if meta.get(key) is not None:
-                out[key] = _floats(_np(meta[key])[b_idx, t_idx])
-        if meta.get("slide_id") is not None:
-            out["slide_id"] = strings.flat(meta["slide_id"], n_rows, n_cols, empty_is_null=True).take(flat)
-    elif record.modality == "events":
-        if same_tokens:
-            meta.setdefault("time", source.tensors.get("times"))
-            meta.setdefault("code", source.meta.get("code"))
-        if meta.get("time") is None and meta.get("times") is not None:
-            meta["time"] = meta["times"]
-        if meta.get("time") is not None:
-            out["time"] = _floats(_np(meta["time"])[b_idx, t_idx])
-        if meta.get("code") is not None:
-            out["code"] = strings.flat(meta["code"], n_rows, n_cols, empty_is_null=True).take(flat)
+    grids = get_modality(record.modality).token_grids(source if same_tokens else None, record.meta)
+    out: dict[str, pa.Array] = {}
+    for name, grid in grids.items():
+        if isinstance(grid, list):
+            out[name] = strings.flat(grid, n_rows, n_cols, empty_is_null=True).take(b_idx * n_cols + t_idx)
+        else:
+            out[name] = _floats(_np(grid)[b_idx, t_idx])
     return out
+
+
+def token_column_modalities() -> list[str]:
+    """The registered modalities whose tokens have per-token report columns (their tokens are per sample:
+    patches, events), in registry order."""
+    return [m.name for m in MODALITY_REGISTRY if m.report_columns]
 
 
 def spatial_modalities() -> list[str]:
     """The modalities whose tokens carry x, y coordinates (what patch exports and GeoJSON read)."""
-    return [m for m, columns in TOKEN_COLUMNS.items() if {"x", "y"} <= set(columns)]
+    return [m.name for m in MODALITY_REGISTRY if {"x", "y"} <= set(m.report_columns)]
 
 
 def _coded(indices: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
