@@ -56,6 +56,9 @@ class Aggregator(nn.Module):
     shared_keywords: ClassVar[frozenset[str]] = frozenset()
     """The FusionModel-wide keywords (``n_heads, n_layers, dropout, ffn_mult``) this aggregator has."""
     attention_kinds: ClassVar[frozenset[str]] = frozenset()
+    own_kinds: ClassVar[tuple[str, ...]] = ()
+    """Report kinds of the aggregator's own (neither ``modality`` nor a modality's token kind), in report
+    order; they join :data:`~clinfuse.fusion.records.ATTENTION_KINDS`."""
     sample_figure: ClassVar[str] = "patches"
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:  # pragma: no cover - interface

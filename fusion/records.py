@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -11,9 +12,35 @@ from ..encoders.layers import masked_normalise
 
 __all__ = ["ATTENTION_KINDS", "AttentionRecord", "masked_normalise", "normalise_nonnegative"]
 
-ATTENTION_KINDS: tuple[str, ...] = (
-    "modality", "feature", "gene", "event", "patch", "class_wise", "exploratory", "explanatory", "phi",
-)
+class _AttentionKinds(Sequence):
+    """The attention kinds, as a live tuple-like view: ``modality``, then the token kind of every registered
+    modality (registry order: ``feature, gene, patch, event``, and any registered later), then the kinds
+    registered aggregators declare of their own (``Aggregator.own_kinds``, registration order)."""
+
+    def _kinds(self) -> tuple[str, ...]:
+        from ..datasets.batch import TOKEN_KIND
+        from .base import AGGREGATORS
+
+        own = [k for name in AGGREGATORS.names() for k in AGGREGATORS.get(name).own_kinds]
+        return tuple(dict.fromkeys(["modality", *TOKEN_KIND.values(), *own]))
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._kinds()[index]
+
+    def __len__(self) -> int:
+        return len(self._kinds())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds()
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._kinds())
+
+
+ATTENTION_KINDS: Sequence[str] = _AttentionKinds()
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ...datasets import Cohort, ImageBags
-from .table import REPORT_KINDS
+from .table import report_kinds
 
 # The recipe the faithfulness checks are stated for (tests and benchmarks share it): PersAM with library
 # defaults and batch 4 (more optimiser steps than the default 16, which the attention needs to learn the
@@ -80,7 +80,7 @@ def planted_patch_lift(report: Any, truth: Any, labels: pd.Series) -> dict[str, 
     out: dict[str, Any] = {}
     frame = report.to_frame()
     present = set(frame.loc[frame["modality"] == PATCHES, "kind"])
-    for kind in [k for k in REPORT_KINDS if k in present]:
+    for kind in [k for k in report_kinds() if k in present]:
         ratios = []
         for sid, rows in _patch_rows(frame, kind).groupby("sample_id"):
             relevant = truth.relevant_patches.get(sid)

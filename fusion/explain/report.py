@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from . import exporters
-from .table import REPORT_KINDS, conform_frame
+from .table import conform_frame, report_kinds
 
 
 class AttentionReport:
@@ -63,9 +63,10 @@ class AttentionReport:
         return list(dict.fromkeys(self.frame["sample_id"].tolist()))
 
     def _check_kinds(self, kinds: Iterable[str]) -> None:
-        unknown = [k for k in kinds if k not in REPORT_KINDS]
+        known = report_kinds()
+        unknown = [k for k in kinds if k not in known]
         if unknown:
-            raise ValueError(f"unknown attention kind(s) {unknown}; kinds are {list(REPORT_KINDS)}")
+            raise ValueError(f"unknown attention kind(s) {unknown}; kinds are {known}")
         present = set(self.kinds)
         absent = [k for k in kinds if k not in present]
         if absent:

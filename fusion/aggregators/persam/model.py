@@ -96,6 +96,7 @@ class PersAM(Aggregator):
     attention_kinds = frozenset(
         {"class_wise", "exploratory", "explanatory", "phi", "patch", "gene", "event", "feature", "modality"}
     )  # the union over configurations; each instance narrows it to what it actually exports
+    own_kinds = ("class_wise", "exploratory", "explanatory", "phi")
     sample_figure = "persam"
 
     def __init__(
