@@ -123,7 +123,7 @@ class FeatureTokensEncoder(ModalityEncoder):
             raise ValueError(f"feature_tokens: clinical mask is {tuple(batch.mask.shape)}, expected "
                              f"{tuple(tok.shape[:2])} (one token per column)")
         tok = self.drop(tok) * batch.mask[..., None]
-        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality="clinical", present=batch.present)
+        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality, present=batch.present)
 
 
 @ENCODERS.register("mlp", modalities=("clinical",))
@@ -177,4 +177,4 @@ class ClinicalMLPEncoder(ModalityEncoder):
         present = batch.present
         out = self.net(torch.cat(parts, dim=1))[:, None, :] * present[:, None, None]
         names = [["clinical"] if p else [""] for p in present.tolist()]
-        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality="clinical", present=present)
+        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality, present=present)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..datasets.batch import ModalityBatch
+from ..datasets.modalities import layout_of
 
 # ----------------------------------------------------------------------------------------------------------
 # argument checks (user input -> ValueError / TypeError naming what was expected)
@@ -48,8 +49,9 @@ def check_heads(d_model: int, n_heads: int, *, owner: str) -> None:
 def check_modality(batch: ModalityBatch, expected: str, *, owner: str) -> None:
     if not isinstance(batch, ModalityBatch):
         raise TypeError(f"{owner} expects a ModalityBatch, got {type(batch).__name__}")
-    if batch.modality != expected:
-        raise ValueError(f"{owner} encodes the {expected!r} modality, got a batch of {batch.modality!r}")
+    if layout_of(batch.modality) != expected:
+        raise ValueError(f"{owner} encodes the {expected!r} modality (or one with its batch layout), got a "
+                         f"batch of {batch.modality!r}")
 
 
 def require_tensor(batch: ModalityBatch, key: str, *, owner: str) -> torch.Tensor:

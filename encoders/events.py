@@ -27,7 +27,7 @@ from torch import nn
 
 from ..datasets.batch import ModalityBatch
 from .base import ENCODERS, ModalityEncoder
-from .common import check_heads, check_positive_int
+from .common import check_heads, check_modality, check_positive_int
 from .layers import AttentionKind, MaskedTransformer
 from .tokens import Tokens
 
@@ -121,8 +121,7 @@ class EventTransformer(ModalityEncoder):
 
     def _check(self, batch: ModalityBatch) -> dict[str, torch.Tensor]:
         where = "event_transformer (events)"
-        if batch.modality != "events":
-            raise ValueError(f"event_transformer encodes the 'events' modality, got {batch.modality!r}")
+        check_modality(batch, "events", owner="event_transformer")
         need = ["codes", "times"] + (["values", "has_value"] if self.has_values else [])
         missing = [k for k in need if k not in batch.tensors]
         if missing:
@@ -182,4 +181,4 @@ class EventTransformer(ModalityEncoder):
             raw = [[n.rsplit("@", 1)[0] if n else "" for n in row] for row in batch.names]
         meta = {"times": times, "code": raw, "segments": segments, "n_cut": n_cut}
         names = [list(r) for r in batch.names]
-        return Tokens(values=x, mask=real, names=names, modality="events", present=batch.present, meta=meta)
+        return Tokens(values=x, mask=real, names=names, modality=batch.modality, present=batch.present, meta=meta)

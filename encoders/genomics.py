@@ -36,7 +36,7 @@ from torch import nn
 
 from ..datasets.batch import ModalityBatch
 from .base import ENCODERS, ModalityEncoder
-from .common import check_heads, check_positive_int
+from .common import check_heads, check_modality, check_positive_int
 from .layers import AttentionKind, MaskedTransformer
 from .tokens import Tokens
 
@@ -179,8 +179,7 @@ class GeneTransformer(ModalityEncoder):
         return list(self.set_names) if self.use_gene_sets else list(self.genes)
 
     def _check(self, batch: ModalityBatch) -> torch.Tensor:
-        if batch.modality != "genomics":
-            raise ValueError(f"gene_transformer encodes the 'genomics' modality, got {batch.modality!r}")
+        check_modality(batch, "genomics", owner="gene_transformer")
         values = batch.tensors.get("values")
         if values is None:
             raise ValueError("gene_transformer (genomics): the batch has no 'values' tensor [B, G]")
@@ -217,4 +216,4 @@ class GeneTransformer(ModalityEncoder):
             mask = batch.mask & present.unsqueeze(1)
             names = [list(r) for r in batch.names]
         x = self.transformer(self.drop(self.norm_in(x)), mask)
-        return Tokens(values=x, mask=mask, names=names, modality="genomics", present=present, meta=meta)
+        return Tokens(values=x, mask=mask, names=names, modality=batch.modality, present=present, meta=meta)

@@ -132,5 +132,5 @@ class FeatureBagEncoder(ModalityEncoder):
         if not bool(batch.mask.all()):  # skip a pass over [B, N, d] when there is no padding
             # in place: neither layer_norm, the addition nor dropout keep their output for backward
             out = out.masked_fill_(~batch.mask[..., None], 0.0)
-        return Tokens(values=out, mask=batch.mask, names=batch.names, modality="images",
+        return Tokens(values=out, mask=batch.mask, names=batch.names, modality=batch.modality,
                       present=batch.present, meta=meta)

@@ -131,7 +131,7 @@ class CNNEncoder(ModalityEncoder):
         emb = self.encode_images(x)
         B, N = batch.mask.shape
         out = emb.new_zeros(B, N, self.d_model).masked_scatter(batch.mask[..., None], emb)
-        return Tokens(values=out, mask=batch.mask, names=batch.names, modality="images",
+        return Tokens(values=out, mask=batch.mask, names=batch.names, modality=batch.modality,
                       present=batch.present, meta=image_meta(batch))
 
 
@@ -280,4 +280,4 @@ class ViTEncoder(ModalityEncoder):
                 [s + [""] * (T - len(s)) for s in slide], "image_position": pad(image_pos, 0),
                 "subpatch": pad(is_sub, False), "grid": (gh, gw), "patch_size": p}
         return Tokens(values=values, mask=mask, names=[nm + [""] * (T - len(nm)) for nm in names],
-                      modality="images", present=batch.present, meta=meta)
+                      modality=batch.modality, present=batch.present, meta=meta)

@@ -52,9 +52,15 @@ class Registry:
     def names(self, modality: str | None = None) -> list[str]:
         """Registered names, optionally only those that accept ``modality``."""
         self._ensure()
-        return sorted(
-            n for n, mods in self._modalities.items() if modality is None or not mods or modality in mods
-        )
+        return sorted(n for n in self._modalities if modality is None or self.accepts(n, modality))
+
+    def accepts(self, name: str, modality: str) -> bool:
+        """Whether entry ``name`` takes ``modality``: it names no modality, or that modality, or the one whose
+        batch layout ``modality`` follows (``Modality.layout``)."""
+        from ..datasets.modalities import layout_of
+
+        mods = self.modalities_of(name)
+        return not mods or modality in mods or layout_of(modality) in mods
 
     def modalities_of(self, name: str) -> tuple[str, ...]:
         self.get(name)

@@ -106,7 +106,7 @@ class TabularFTTransformerEncoder(ModalityEncoder):
         if self.output == "cls":
             out = self.backbone(emb)[:, None, :] * present[:, None, None]
             names = [["clinical"] if p else [""] for p in present.tolist()]
-            return Tokens(values=out, mask=present[:, None].clone(), names=names, modality="clinical",
+            return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality,
                           present=present)
         # the backbone's forward keeps only its CLS output; run its own blocks to keep every column's output
         h = self.backbone.add_cls(emb)
@@ -118,7 +118,7 @@ class TabularFTTransformerEncoder(ModalityEncoder):
             raise ValueError(f"tabular_ft_transformer: clinical mask is {tuple(batch.mask.shape)}, expected "
                              f"{tuple(tok.shape[:2])} (one token per column)")
         tok = tok * batch.mask[..., None]
-        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality="clinical", present=present)
+        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality, present=present)
 
 
 @ENCODERS.register("tabular_category_embedding", modalities=("clinical",))
@@ -180,4 +180,4 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
         present = batch.present
         out = self.proj(h)[:, None, :] * present[:, None, None]
         names = [["clinical"] if p else [""] for p in present.tolist()]
-        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality="clinical", present=present)
+        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality, present=present)

@@ -199,8 +199,7 @@ def _head_supplied(name: str) -> frozenset[str]:
 
 def _encoder_class(name: str, modality: str) -> type:
     cls = enc.ENCODERS.get(name)  # unknown name -> ValueError listing the registered ones
-    allowed = enc.ENCODERS.modalities_of(name)
-    if allowed and modality not in allowed:
+    if not enc.ENCODERS.accepts(name, modality):
         raise ValueError(f"encoder {name!r} does not accept modality {modality!r}; for {modality} use one of "
                          f"{enc.list_encoders(modality)}")
     return cls

@@ -170,6 +170,7 @@ class Proteomics(Modality):
 
     name = "proteomics"
     token_kind = "protein"
+    layout = "genomics"  # batches like the genomics ones: the gene encoders encode it too
     preprocessor_class = ProteomicsPreprocessor
     noun = "protein profile"
     data_keys: ClassVar[dict[str, str]] = {"proteomics": "protein table (CSV), one row per sample"}
@@ -276,3 +277,41 @@ def test_a_fifth_modality_reads_and_writes_its_files(cohort, proteomics, tmp_pat
 def test_unknown_cohort_keywords_name_the_registered_modalities():
     with pytest.raises(TypeError, match="unexpected keyword.*'proteomics'.*clinical"):
         Cohort(proteomics=pd.DataFrame({"a": [1.0]}, index=["s1"]))
+
+
+def _fifth_with_images(cohort: Cohort) -> Cohort:
+    five = _fifth_cohort(cohort)
+    return Cohort(clinical=five.clinical, images=cohort.images, labels=five.labels, proteomics=five.proteomics)
+
+
+def test_a_fifth_modality_trains_predicts_saves_and_explains(cohort, proteomics, tmp_path):
+    """The proof that a modality is one module: nothing in the library names proteomics, yet the default
+    model (PersAM over the image bag, the clinical record and the protein panel) trains on it, saves,
+    reloads, predicts the same and exports per-protein weights beside the patch attention."""
+    from clinfuse.fusion import FusionModel
+
+    five = _fifth_with_images(cohort)
+    assert five.modalities == ("clinical", "images", "proteomics")
+    model = FusionModel(d_model=16, n_heads=2, max_epochs=2, batch_size=8, validation_fraction=0.0,
+                        verbose=False, seed=0).fit(five)
+    assert model.modalities_ == ["clinical", "images", "proteomics"]
+    assert model.network_config_["encoders"]["proteomics"]["name"] == "gene_transformer"
+    assert "protein" in model.attention_kinds and "patch" in model.attention_kinds
+    proba = model.predict_proba(five)
+    assert proba.shape == (len(five), 2) and np.isfinite(proba.to_numpy()).all()
+
+    loaded = FusionModel.load(model.save(tmp_path / "model"))
+    pd.testing.assert_frame_equal(loaded.predict_proba(five), proba)
+
+    report = loaded.explain(five)
+    rows = report.to_frame()
+    protein = rows[rows["kind"] == "protein"]
+    assert set(protein["modality"]) == {"proteomics"}
+    assert set(protein["token"]) == {f"P{i}" for i in range(5)}
+    assert set(protein["sample_id"]) == set(five.proteomics.index)  # only the samples that have the panel
+    sums = protein.groupby(["sample_id", "target_class"])["value"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-5)
+    modality = rows[rows["kind"] == "modality"]
+    assert "proteomics" in set(modality["token"])
+    without = modality[modality["sample_id"] == five.sample_ids[0]]
+    assert float(without.loc[without["token"] == "proteomics", "value"].sum()) == 0.0  # absent: weight 0

@@ -24,6 +24,7 @@ from .registry import (
     TOKEN_KINDS,
     ModalityRegistry,
     get_modality,
+    layout_of,
     register_modality,
     unregister_modality,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "SampleReader",
     "TableReader",
     "get_modality",
+    "layout_of",
     "register_modality",
     "unregister_modality",
 ]

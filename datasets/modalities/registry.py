@@ -101,6 +101,14 @@ def get_modality(name: str) -> Modality:
     return MODALITY_REGISTRY.get(name)
 
 
+def layout_of(name: str) -> str:
+    """The modality whose batch layout ``name`` follows (``Modality.layout``; itself by default): encoders
+    written for that layout accept it. A name that is not registered is its own layout."""
+    if name not in MODALITY_REGISTRY:
+        return name
+    return MODALITY_REGISTRY.get(name).layout or name
+
+
 class ModalityNames(Sequence):
     """A live, tuple-like view of the registered modality names (compares and prints like a tuple)."""
 
