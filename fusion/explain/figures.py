@@ -38,7 +38,7 @@ def save_png(fig, path: str | Path | None):
     return fig
 
 
-def _patch_rows(report: AttentionReport, sample_id: str, kind: str, target_class: str | None) -> pd.DataFrame:
+def patch_rows(report: AttentionReport, sample_id: str, kind: str, target_class: str | None) -> pd.DataFrame:
     frame = report.to_frame(kinds=[kind])
     rows = frame[frame["sample_id"] == str(sample_id)]
     if rows.empty:
@@ -53,7 +53,7 @@ def _patch_rows(report: AttentionReport, sample_id: str, kind: str, target_class
     return rows
 
 
-def _draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None) -> None:
+def draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None) -> None:
     """Patch attention on the patch coordinates, or, without coordinates, bars over the instances."""
     values = rows["value"].to_numpy(float)
     if rows[["x", "y"]].notna().all().all() and len(rows):
@@ -89,10 +89,10 @@ def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str =
                          path: str | Path | None = None):
     """Heatmap of one sample's patch attention drawn at the patch coordinates."""
     plt = pyplot()
-    rows = _patch_rows(report, sample_id, kind, target_class)
+    rows = patch_rows(report, sample_id, kind, target_class)
     fig, ax = plt.subplots(figsize=(5, 4.5))
     cls = rows["target_class"].dropna().unique()
-    _draw_instances(ax, rows, f"{sample_id}: {kind}" + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
+    draw_instances(ax, rows, f"{sample_id}: {kind}" + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
     return save_png(fig, path)
 
 
@@ -101,7 +101,7 @@ def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndar
                          path: str | Path | None = None):
     """For pixel inputs: the image with its sub-patch attention overlaid (tokens carry pixel x, y)."""
     plt = pyplot()
-    rows = _patch_rows(report, sample_id, kind, target_class)
+    rows = patch_rows(report, sample_id, kind, target_class)
     img = np.asarray(image, dtype=float)
     if img.ndim == 3 and img.shape[0] in (1, 3):
         img = np.moveaxis(img, 0, -1)
@@ -123,19 +123,6 @@ def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndar
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    return save_png(fig, path)
-
-
-def plot_persam_trio(report: AttentionReport, sample_id: str, *, target_class: str | None = None,
-                     patch_size: float | None = None, path: str | Path | None = None):
-    """PersAM for one sample: class-wise, exploratory and explanatory attention side by side."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, kind in zip(axes, ("class_wise", "exploratory", "explanatory")):
-        rows = _patch_rows(report, sample_id, kind, None if kind == "exploratory" else target_class)
-        cls = rows["target_class"].dropna().unique()
-        _draw_instances(ax, rows, kind + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
-    fig.suptitle(f"PersAM attention, sample {sample_id}", fontsize=10)
     return save_png(fig, path)
 
 
@@ -236,12 +223,21 @@ class SampleFigure(NamedTuple):
 
 SAMPLE_FIGURES: dict[str, SampleFigure] = {
     "patches": SampleFigure(partial(plot_patch_attention, kind="patch"), "patch"),
-    "persam": SampleFigure(plot_persam_trio, "explanatory"),
 }
+"""Per-sample figures by name; an aggregator that brings a figure of its own registers it here."""
+
+
+def register_sample_figure(name: str, figure: SampleFigure) -> None:
+    """Add ``figure`` to :data:`SAMPLE_FIGURES` under ``name`` (what an aggregator's ``sample_figure`` names)."""
+    if name in SAMPLE_FIGURES and SAMPLE_FIGURES[name] != figure:
+        raise ValueError(f"a sample figure {name!r} is registered already")
+    SAMPLE_FIGURES[name] = figure
 
 
 def sample_figure(name: str) -> SampleFigure:
     """The entry of :data:`SAMPLE_FIGURES` called ``name`` (an aggregator's ``sample_figure``)."""
+    from .. import aggregators  # noqa: F401  (the aggregators register their figures on import)
+
     if name not in SAMPLE_FIGURES:
         raise ValueError(f"unknown sample figure {name!r}; registered figures are {sorted(SAMPLE_FIGURES)}")
     return SAMPLE_FIGURES[name]

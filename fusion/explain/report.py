@@ -160,10 +160,11 @@ class AttentionReport:
         return plot_image_attention(self, sample_id, image, **kwargs)
 
     def plot_persam(self, sample_id: str, **kwargs: Any):
-        """Class-wise, exploratory and explanatory attention side by side (PersAM models)."""
-        from .figures import plot_persam_trio
+        """Class-wise, exploratory and explanatory attention side by side (PersAM models; the figure the
+        aggregator registers as its sample figure)."""
+        from .figures import sample_figure
 
-        return plot_persam_trio(self, sample_id, **kwargs)
+        return sample_figure("persam").draw(self, sample_id, **kwargs)
 
     def plot_modality_weights(self, **kwargs: Any):
         from .figures import plot_modality_weights
