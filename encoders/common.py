@@ -19,13 +19,18 @@ from ..datasets.batch import ModalityBatch
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_positive_int(value: Any, name: str, *, owner: str) -> int:
-    """``value`` as an int >= 1, else a TypeError / ValueError naming ``owner`` and ``name``."""
+def check_int(value: Any, name: str, *, owner: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, else a TypeError / ValueError naming ``owner`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_positive_int(value: Any, name: str, *, owner: str) -> int:
+    """``value`` as an int >= 1, else a TypeError / ValueError naming ``owner`` and ``name``."""
+    return check_int(value, name, owner=owner, minimum=1)
 
 
 def check_probability(value: Any, name: str, *, owner: str) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..encoders.common import check_int, check_positive_int, check_probability
+
 
 class _ScoreHead(nn.Module):
     """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` -> ``[B, C]``."""
@@ -19,14 +21,11 @@ class _ScoreHead(nn.Module):
     def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"{name}: d_model must be a positive int, got {d_model!r}")
-        if not isinstance(n_outputs, int) or n_outputs <= 0:
-            raise ValueError(f"{name}: the number of outputs must be a positive int, got {n_outputs!r}")
-        if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
-            raise ValueError(f"{name}: hidden must be a positive int or None, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
+        check_positive_int(d_model, "d_model", owner=name)
+        check_positive_int(n_outputs, "the number of outputs", owner=name)
+        if hidden is not None:
+            check_positive_int(hidden, "hidden", owner=name)
+        check_probability(dropout, "dropout", owner=name)
         self.d_model, self.n_outputs, self.hidden = d_model, n_outputs, hidden
         width = hidden or d_model
         self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width), nn.GELU())
@@ -75,8 +74,7 @@ class ClassificationHead(_ScoreHead):
     """Class logits ``[B, C]`` (C >= 2; binary tasks use two logits and softmax cross-entropy)."""
 
     def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None, dropout: float = 0.0) -> None:
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"ClassificationHead: n_classes must be an int >= 2, got {n_classes!r}")
+        check_int(n_classes, "n_classes", owner="ClassificationHead", minimum=2)
         super().__init__(d_model=d_model, n_outputs=n_classes, hidden=hidden, dropout=dropout)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -88,8 +86,7 @@ class DiscreteTimeHead(_ScoreHead):
     """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to k)."""
 
     def __init__(self, *, d_model: int, n_bins: int, hidden: int | None = None, dropout: float = 0.0) -> None:
-        if not isinstance(n_bins, int) or n_bins < 1:
-            raise ValueError(f"DiscreteTimeHead: n_bins must be a positive int, got {n_bins!r}")
+        check_positive_int(n_bins, "n_bins", owner="DiscreteTimeHead")
         super().__init__(d_model=d_model, n_outputs=n_bins, hidden=hidden, dropout=dropout)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

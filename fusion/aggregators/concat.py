@@ -31,7 +31,8 @@ class ConcatAggregator(Aggregator):
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
                  class_names: Sequence[str] | None = None, dropout: float = 0.0) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs)
+        check_common_args(owner="concat", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          dropout=dropout)
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.means = MissingAwareMeans(d_model=d_model, modalities=self.modalities)
         width = d_model * len(self.modalities)

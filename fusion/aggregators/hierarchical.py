@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.common import check_positive_int
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ..records import masked_normalise
@@ -44,9 +45,10 @@ class HierarchicalAggregator(Aggregator):
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
                  class_names: Sequence[str] | None = None, hidden: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs)
-        if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
-            raise ValueError(f"hierarchical: hidden must be a positive int or None, got {hidden!r}")
+        check_common_args(owner="hierarchical", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          dropout=dropout)
+        if hidden is not None:
+            check_positive_int(hidden, "hidden", owner="hierarchical")
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.level1 = nn.ModuleDict({m: GatedAttentionPooling(d_model=d_model, hidden=hidden, dropout=dropout)
                                      for m in self.modalities})
