@@ -25,6 +25,7 @@ from .atomic import write_text_atomic
 from .modalities import MODALITY_REGISTRY, NOT_FITTED, ModalityPreprocessor, NotFittedError, get_modality
 from .modalities.genomics import GENE_TRANSFORMS
 from .statistics import category_key, jsonable
+from .validation import format_ids
 
 FORMAT = "clinfuse.Preprocessor"
 
@@ -202,7 +203,7 @@ class Preprocessor:
             if unseen:
                 known_classes = self.task_["classes"]
                 return [
-                    (f"labels: sample(s) {unseen[:5]} have classes not seen at fit time (known: "
+                    (f"labels: sample(s) {format_ids(unseen)} have classes not seen at fit time (known: "
                     f"{known_classes})")
                 ]
         return []

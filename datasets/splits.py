@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .statistics import category_key
+from .validation import format_ids
 
 Split = tuple[list[str], list[str]]
 
@@ -37,12 +38,6 @@ def _groups(cohort: Any, ids: list[str]) -> np.ndarray:
     return np.array([str(groups.get(s, s)) for s in ids], dtype=object)
 
 
-def _shown(values: Iterable[Any], limit: int = 5) -> str:
-    values = sorted({str(v) for v in values})
-    more = f" and {len(values) - limit} more" if len(values) > limit else ""
-    return f"{values[:limit]}{more}"
-
-
 def validate_splits(cohort: Any, splits: Iterable[Sequence[Iterable[Any]]]) -> list[Split]:
     """Check explicit ``(train_ids, test_ids)`` pairs: known ids, no repeats, no overlap, no patient on both
     sides, no empty side. Raises ``ValueError`` naming the split and the offending ids; returns str ids."""
@@ -57,19 +52,19 @@ def validate_splits(cohort: Any, splits: Iterable[Sequence[Iterable[Any]]]) -> l
         for name, side in (("train", train), ("test", test)):
             if not side:
                 raise ValueError(f"split {k}: the {name} side is empty")
-            unknown = [s for s in side if s not in known]
+            unknown = sorted({s for s in side if s not in known})
             if unknown:
-                raise ValueError(f"split {k}: unknown sample id(s) {_shown(unknown)} on the {name} side")
-            repeated = [s for s, n in Counter(side).items() if n > 1]
+                raise ValueError(f"split {k}: unknown sample id(s) {format_ids(unknown)} on the {name} side")
+            repeated = sorted(s for s, n in Counter(side).items() if n > 1)
             if repeated:
-                raise ValueError(f"split {k}: sample id(s) {_shown(repeated)} repeated on the {name} side")
-        both = set(train) & set(test)
+                raise ValueError(f"split {k}: sample id(s) {format_ids(repeated)} repeated on the {name} side")
+        both = sorted(set(train) & set(test))
         if both:
-            raise ValueError(f"split {k}: sample(s) {_shown(both)} are on both the train and the test side")
-        leaked = {group[s] for s in train} & {group[s] for s in test}
+            raise ValueError(f"split {k}: sample(s) {format_ids(both)} are on both the train and the test side")
+        leaked = sorted({str(group[s]) for s in train} & {str(group[s]) for s in test})
         if leaked:
-            raise ValueError(f"split {k}: patient(s) (groups) {_shown(leaked)} have samples on both the train and "
-                             "the test side; split by cohort.groups")
+            raise ValueError(f"split {k}: patient(s) (groups) {format_ids(leaked)} have samples on both the "
+                             "train and the test side; split by cohort.groups")
         out.append((train, test))
     if not out:
         raise ValueError("no splits given; expected at least one (train_ids, test_ids) pair")
