@@ -58,8 +58,6 @@ def data_keys() -> dict[str, str]:
     return {**keys, **_TARGET_KEYS}
 
 
-DATA_KEYS: dict[str, str] = data_keys()
-"""The data keys of the built-in modalities (:func:`data_keys` also lists those registered later)."""
 RUN_KEYS: dict[str, str] = {
     "task": "classification or survival",
     "data": "the data: a mapping of data keys, or the path of a data.yaml",
