@@ -18,11 +18,9 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   attention times these weights spreads it over genes.
 
 Memory: with ``attention="full"`` SDPA's fused CPU kernel keeps memory linear in the number of tokens
-(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs; time grows as T^2.
-``benchmarks/bench_encoders_sequences.py`` (batch 8, d_model 64, 2 layers, forward + backward, on a
-heavily shared 2-core CPU): 2,000 genes 18 s and 238 MB peak RSS growth; 20,000 genes 840 s and 1.45 GB
-(one [B, H, T, T] weight matrix alone would be 49 GB); ``attention="latent"`` (32 latents) on 20,000
-genes 42 s and 1.47 GB, the practical choice for full profiles. Gene-set tokens are far fewer still.
+(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs, but time grows as T^2;
+``attention="latent"`` is linear in T, the practical choice for full profiles. Gene-set tokens are far
+fewer still.
 """
 
 from __future__ import annotations

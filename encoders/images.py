@@ -1,9 +1,8 @@
 """``feature_bag``: image bags of precomputed patch features -> one token per patch.
 
-The cost floor of a bag is projecting its features (N x D x d multiply-adds, DESIGN.md); this encoder adds
-only row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout), never a copy
-of the ``[B, N, D]`` input, so a 100,000 x 1,024 bag costs little more than its matrix multiply
-(``benchmarks/bench_encoders_images.py`` measures the ratio).
+The cost floor of a bag is projecting its features (N x D x d multiply-adds). This encoder adds only
+row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout) and never copies
+the ``[B, N, D]`` input, so a large bag costs little more than its matrix multiply.
 """
 
 from __future__ import annotations
