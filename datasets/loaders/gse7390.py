@@ -40,7 +40,7 @@ def load_gse7390(path: str | os.PathLike) -> Cohort:
     expected = {"age", "size", "grade", "er", "t.tdm", "e.tdm"}
     if not expected <= set(df.columns):
         raise ValueError(f"load_gse7390: {str(file)!r} lacks column(s) {sorted(expected - set(df.columns))}")
-    for col in df.columns[df.dtypes == object]:  # nominal ARFF attributes arrive as bytes
+    for col in df.select_dtypes(include="object").columns:  # nominal ARFF attributes arrive as bytes
         df[col] = df[col].str.decode("utf-8")
     ids = [f"GSE7390_{i + 1:03d}" for i in range(len(df))]
     df.index = pd.Index(ids, name="sample_id")

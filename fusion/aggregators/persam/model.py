@@ -166,7 +166,10 @@ class PersAM(Aggregator):
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
         e = d_attn or d_model
         self.score_scale = e ** -0.5
-        lin = lambda: nn.Linear(d_model, e, bias=False)
+
+        def lin() -> nn.Linear:
+            return nn.Linear(d_model, e, bias=False)
+
         self.q_class, self.k_class = lin(), lin()  # class-wise:  class token  x instance
         self.q_psi, self.k_psi = lin(), lin()      # exploratory: clinical     x instance
         self.q_phi, self.k_phi = lin(), lin()      # phi:         class token  x clinical
