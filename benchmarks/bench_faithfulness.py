@@ -39,9 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.explain.faithfulness import (
@@ -55,6 +52,8 @@ from clinfuse.fusion.explain.faithfulness import (
     type_a_mass,
 )
 from clinfuse.fusion.explain.shap import shap_values
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Named variants: (registered aggregator, its aggregator_kwargs)
 # persam_encoded: PersAM's first default (the bag through its encoder, no class-route gate, no logit terms);

@@ -1,4 +1,4 @@
-"""Small helpers shared by the encoders: argument checks, 2-D sinusoidal positions, weight files, transformers.
+"""Small helpers shared by the encoders: argument checks, 2-D sinusoidal positions, weight files.
 
 Nothing here knows about a particular modality; each helper is used by at least two encoders.
 """
@@ -104,8 +104,8 @@ def sincos_tables(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max
     """Per axis, ``(table [U + 1, 2 * (d_model // 4)], index [M])`` for ``coords [M, 2]``.
 
     ``table[index]`` is that axis's (sin, cos) block of :func:`sincos_2d`; the last table row is zeros and
-    is where rows with an unknown (NaN or infinite) coordinate point, so they get no positional term. Lets a caller add the encoding
-    chunk by chunk without materialising ``[M, d_model]``.
+    is where rows with an unknown (NaN or infinite) coordinate point, so they get no positional term. Lets a
+    caller add the encoding chunk by chunk without materialising ``[M, d_model]``.
     """
     n_freq = d_model // 4
     known = torch.isfinite(coords).all(dim=-1)  # [M]
@@ -163,8 +163,8 @@ def init_trunc_normal(param: torch.Tensor, std: float = 0.02) -> None:
 
 
 def image_meta(batch: ModalityBatch) -> dict[str, Any]:
-    """``Tokens.meta`` for image tokens that are the batch's patches: ``coords [B, T, 2]``, ``position [B, T]``,
-    ``slide_id [B][T]`` passed through (padding: NaN coords, position 0, slide "")."""
+    """``Tokens.meta`` for image tokens that are the batch's patches: ``coords [B, T, 2]``,
+    ``position [B, T]``, ``slide_id [B][T]`` passed through (padding: NaN coords, position 0, slide "")."""
     B, T = batch.mask.shape
     coords = batch.tensors.get("coords")
     if coords is None:
