@@ -41,7 +41,8 @@ The fitted preprocessor exposes ``schema_`` (a JSON-able dict), which encoders r
 
     {"clinical": {"numeric": [col, ...], "categorical": {col: [category, ...]}},
      "genomics": {"genes": [gene, ...], "gene_sets": {set: [gene, ...]} | None},
-     "images":   {"kind": "features", "feature_dim": D} | {"kind": "pixels", "channels": C, "height": H, "width": W},
+     "images":   {"kind": "features", "feature_dim": D}
+                 | {"kind": "pixels", "channels": C, "height": H, "width": W},
      "events":   {"vocab": [code, ...], "max_events": int, "has_values": bool},
      "task":     {"type": "classification", "classes": [...]} | {"type": "survival"} | None}
 

@@ -231,7 +231,8 @@ class GenomicsPreprocessor(ModalityPreprocessor):
         have = {str(g) for g in adata.var_names}
         lost = [g for g in self.genes_ if g not in have]
         if lost:
-            return [f"genomics: {len(lost)} of {len(self.genes_)} fitted gene(s) missing, e.g. {format_ids(lost)}"]
+            return [f"genomics: {len(lost)} of {len(self.genes_)} fitted gene(s) missing, "
+                    f"e.g. {format_ids(lost)}"]
         return []
 
 
