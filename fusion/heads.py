@@ -1,8 +1,8 @@
 """Task heads: the patient vector(s) from an aggregator -> classification logits, hazard logits or a Cox risk.
 
 Every head accepts a pooled ``[B, d]`` vector or per-class vectors ``[B, C, d]`` (an aggregator may pool
-once per class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the pooled
-vector, or class c's own vector ``v[:, c]``.
+once per class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the
+pooled vector, or class c's own vector ``v[:, c]``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from ..encoders.common import check_int, check_positive_int, check_probability
 
 
 class _ScoreHead(nn.Module):
-    """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` -> ``[B, C]``."""
+    """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` ->
+    ``[B, C]``."""
 
     shared_keywords = frozenset({"dropout"})
 
-    def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__
         check_positive_int(d_model, "d_model", owner=name)
@@ -28,7 +30,8 @@ class _ScoreHead(nn.Module):
         check_probability(dropout, "dropout", owner=name)
         self.d_model, self.n_outputs, self.hidden = d_model, n_outputs, hidden
         width = hidden or d_model
-        self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width), nn.GELU())
+        self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width),
+                                   nn.GELU())
                      if hidden else nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout)))
         self.score = nn.Linear(width, n_outputs)
 
@@ -42,13 +45,15 @@ class _ScoreHead(nn.Module):
         if pooled.dim() == 2:
             return self.score(h)
         if pooled.shape[1] != self.n_outputs:
-            raise ValueError(f"{type(self).__name__}: per-class input has {pooled.shape[1]} vectors, expected "
-                             f"one per output ({self.n_outputs})")
+            raise ValueError(f"{type(self).__name__}: per-class input has {pooled.shape[1]} vectors, "
+                             f"expected one per output ({self.n_outputs})")
         # class c is scored from its own vector with row c of the same linear layer
         return torch.einsum("bcd,cd->bc", h, self.score.weight) + self.score.bias
 
-    def part_scores(self, pooled: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the scores.
+    def part_scores(self, pooled: torch.Tensor,
+                    parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the
+        scores.
 
         A generic head method for :meth:`Aggregator.explain`: an aggregator whose pooled vector is a sum of
         parts can measure each part in the head's output units (logits), e.g. to weigh modalities.
@@ -73,7 +78,8 @@ class _ScoreHead(nn.Module):
 class ClassificationHead(_ScoreHead):
     """Class logits ``[B, C]`` (C >= 2; binary tasks use two logits and softmax cross-entropy)."""
 
-    def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None,
+                 dropout: float = 0.0) -> None:
         check_int(n_classes, "n_classes", owner="ClassificationHead", minimum=2)
         super().__init__(d_model=d_model, n_outputs=n_classes, hidden=hidden, dropout=dropout)
 
@@ -83,7 +89,8 @@ class ClassificationHead(_ScoreHead):
 
 
 class DiscreteTimeHead(_ScoreHead):
-    """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to k)."""
+    """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to
+    k)."""
 
     def __init__(self, *, d_model: int, n_bins: int, hidden: int | None = None, dropout: float = 0.0) -> None:
         check_positive_int(n_bins, "n_bins", owner="DiscreteTimeHead")

@@ -132,8 +132,8 @@ class PersAM(Aggregator):
         self.context_modalities = [m for m in self.modalities
                                    if m not in (self.instance_modality, "clinical")]
         self.class_names = _class_names(class_names, n_outputs)
-        for name, value in (("n_layers", n_layers), ("n_latents", n_latents),
-                            ("full_patch_attention_below", full_patch_attention_below), ("ffn_mult", ffn_mult)):
+        for name, value in (("n_layers", n_layers), ("n_latents", n_latents), ("ffn_mult", ffn_mult),
+                            ("full_patch_attention_below", full_patch_attention_below)):
             check_int(value, name, owner="persam", minimum=0)
         if d_attn is not None:
             check_positive_int(d_attn, "d_attn", owner="persam")
