@@ -1,7 +1,7 @@
 """Time and memory of ``feature_bag`` on one large bag, as a ratio to the bare matrix multiply it contains.
 
-DESIGN.md: the cost floor of a bag is projecting its features (N x D x d multiply-adds), so the encoder is
-reported as a ratio to that floor measured in the same run. Goal (issue 3): ratio <= 1.5 on a 100,000 x 1,024
+The cost floor of a bag is projecting its features (N x D x d multiply-adds), so the encoder is reported as
+a ratio to that floor measured in the same run. Goal (issue 3): ratio <= 1.5 on a 100,000 x 1,024
 bag.
 
 Cases (one bag, B = 1, N = 100,000 patches, D = 1,024, d = 256 by default, float32, CPU):

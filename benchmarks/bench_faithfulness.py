@@ -39,9 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from clinfuse.datasets import make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.explain.faithfulness import (
@@ -56,6 +53,8 @@ from clinfuse.fusion.explain.faithfulness import (
 )
 from clinfuse.fusion.explain.shap import shap_values
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # Named variants: (registered aggregator, its aggregator_kwargs)
 # persam_encoded: PersAM's first default (the bag through its encoder, no class-route gate, no logit terms);
 # persam_gated: its second default (no modality logit terms)
@@ -65,7 +64,8 @@ VARIANTS = {"persam_encoded": ("persam", {"encode_instances": True, "gate_class_
             "persam_encoder_free": ("persam", {"n_layers": 0})}
 
 
-def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overrides: dict | None = None) -> dict:
+def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1,
+        overrides: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "n_patients": n, "seed": seed})
     train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
@@ -79,7 +79,8 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
     fit_s = time.perf_counter() - start
     test = cohort.subset(test_ids)
     report = model.explain(test).to_frame()
-    out: dict = {"aggregator": aggregator, "overrides": overrides or {}, "seed": seed, "n_patients": n, "n_train": len(train_ids), "n_test": len(test_ids),
+    out: dict = {"aggregator": aggregator, "overrides": overrides or {}, "seed": seed, "n_patients": n,
+                 "n_train": len(train_ids), "n_test": len(test_ids),
                  "fit_seconds": round(fit_s, 1), "epochs_run": model.metrics_["epochs_run"],
                  "best_epoch": model.metrics_["best_epoch"], "test_auc": round(float(model.score(test)), 4)}
     image_kinds = sorted(set(report.loc[report["modality"] == "images", "kind"]))
@@ -91,9 +92,11 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
                                       "mean": round(float(np.mean(list(per.values()))), 4),
                                       "pooled": round(pooled_planted_auroc(report, truth, kind=kind), 4),
                                       "n_patients": len(per)}
-        if report.loc[(report["kind"] == kind) & (report["modality"] == "images"), "target_class"].notna().any():
+        rows = (report["kind"] == kind) & (report["modality"] == "images")
+        if report.loc[rows, "target_class"].notna().any():
             per = planted_patch_auroc(report, truth, kind=kind, target=predicted)
-            out["planted_auroc"][kind]["median_predicted_class"] = round(float(np.median(list(per.values()))), 4)
+            median = round(float(np.median(list(per.values()))), 4)
+            out["planted_auroc"][kind]["median_predicted_class"] = median
     signal = truth.signal_variables[0]
     carriers = signal_carriers(cohort, list(test.sample_ids), variable=signal)
     top3 = {"n_carriers": len(carriers)}
@@ -104,12 +107,14 @@ def run(aggregator: str, n: int, seed: int, n_shap: int, threads: int = 1, overr
     shap = shap_values(model, test.subset(shap_ids), modality="clinical", background=test, n_background=10)
     top3["shap"] = round(top3_share(shap.to_frame(), shap_ids, variable=signal), 4)
     with_images = [s for s in shap_ids if test.has(s, "images")]
-    top3["shap_rule_variable"] = round(top3_share(shap.to_frame(), with_images, variable=truth.rule_variable), 4)
+    top3["shap_rule_variable"] = round(top3_share(shap.to_frame(), with_images,
+                                                  variable=truth.rule_variable), 4)
     top3["n_shap"] = len(shap_ids)
     out["top3_biomarker_level"] = top3
     kind = "explanatory" if "explanatory" in image_kinds else "patch"
     d_top, d_rand = deletion_effects(model, test, report, kind=kind)
-    out["deletion"] = {"kind": kind, "top10_mean_abs_dp": round(d_top, 5), "random10_mean_abs_dp": round(d_rand, 5),
+    out["deletion"] = {"kind": kind, "top10_mean_abs_dp": round(d_top, 5),
+                       "random10_mean_abs_dp": round(d_rand, 5),
                        "ratio": round(d_top / max(d_rand, 1e-12), 2)}
     if "exploratory" in image_kinds:
         samples = [s for s in test.sample_ids if test.has(s, "clinical") and test.has(s, "images")
@@ -139,7 +144,8 @@ def summarise(runs: list[dict]) -> dict:
         entry["test_auc"][seed] = r["test_auc"]
         entry["top3_attention"][seed] = r["top3_biomarker_level"].get("attention")
         entry["top3_shap"][seed] = r["top3_biomarker_level"]["shap"]
-        entry.setdefault("top3_shap_rule_variable", {})[seed] = r["top3_biomarker_level"]["shap_rule_variable"]
+        shap_rule = r["top3_biomarker_level"]["shap_rule_variable"]
+        entry.setdefault("top3_shap_rule_variable", {})[seed] = shap_rule
         entry["deletion_ratio"][seed] = r["deletion"]["ratio"]
     for entry in out.values():
         values = list(entry["by_seed"].values())
@@ -156,7 +162,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--n-shap", type=int, default=20)
     parser.add_argument("--model-params", type=json.loads, default=None,
-                        help='JSON FusionModel keywords over the test\'s, e.g. \'{"aggregator_kwargs": {"n_layers": 0}}\'')
+                        help="JSON FusionModel keywords over the test's, e.g. "
+                             '\'{"aggregator_kwargs": {"n_layers": 0}}\'')
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faithfulness.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,7 +172,8 @@ def main() -> None:
                                 **(args.model_params or {})},
                "cohort_params": {**COHORT_PARAMS, "n_patients": args.n, "seed": args.seeds},
                "threads": args.threads, "runs": []}
-    jobs = [(a, n, seed, args.n_shap, args.threads, args.model_params) for a in args.aggregators for n in args.n for seed in args.seeds]
+    jobs = [(a, n, seed, args.n_shap, args.threads, args.model_params)
+            for a in args.aggregators for n in args.n for seed in args.seeds]
     if args.workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clinfuse.fusion.persistence import to_jsonable
+from clinfuse.datasets.statistics import to_jsonable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # the shared checkout of the real cohorts (../shared/data)

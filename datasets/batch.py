@@ -41,7 +41,8 @@ The fitted preprocessor exposes ``schema_`` (a JSON-able dict), which encoders r
 
     {"clinical": {"numeric": [col, ...], "categorical": {col: [category, ...]}},
      "genomics": {"genes": [gene, ...], "gene_sets": {set: [gene, ...]} | None},
-     "images":   {"kind": "features", "feature_dim": D} | {"kind": "pixels", "channels": C, "height": H, "width": W},
+     "images":   {"kind": "features", "feature_dim": D}
+                 | {"kind": "pixels", "channels": C, "height": H, "width": W},
      "events":   {"vocab": [code, ...], "max_events": int, "has_values": bool},
      "task":     {"type": "classification", "classes": [...]} | {"type": "survival"} | None}
 
@@ -143,9 +144,19 @@ class Batch:
         return {k: v.present for k, v in self.modalities.items()}
 
 
-# Live views of the modality registry (a modality registered later appears in them too). Imported last:
-# the modality modules import ModalityBatch from this module.
-from .modalities.registry import MODALITY_NAMES as MODALITIES
-from .modalities.registry import TOKEN_KINDS as TOKEN_KIND
+# MODALITIES and TOKEN_KIND are live views of the modality registry (a modality registered later appears in
+# them too). They are looked up on first use: the modality modules import ModalityBatch from this module.
+_REGISTRY_VIEWS = {"MODALITIES": "MODALITY_NAMES", "TOKEN_KIND": "TOKEN_KINDS"}
 
-__all__ = ["MODALITIES", "TOKEN_KIND", "Batch", "ModalityBatch"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _REGISTRY_VIEWS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .modalities import registry
+
+    value = getattr(registry, _REGISTRY_VIEWS[name])
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+__all__ = [*_REGISTRY_VIEWS, "Batch", "ModalityBatch"]  # the views by name: static checkers cannot see them

@@ -194,8 +194,8 @@ class Cohort:
             if len(unknown) == len(ids):
                 raise ValueError(
                     f"{modality}: none of its sample ids matches a {what} sample (e.g. "
-                    f"{format_ids(ids[:3])} vs "
-                    f"{format_ids(target_ids[:3])}); expected the same sample ids in every input"
+                    f"{format_ids(ids, limit=3)} vs "
+                    f"{format_ids(target_ids, limit=3)}); expected the same sample ids in every input"
                 )
             raise ValueError(
                 f"{modality}: sample(s) {format_ids(unknown)} have data but no target in {what}; "

@@ -38,8 +38,8 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
             parts = line.split("\t")
             if len(parts) < 3:
                 raise ValueError(
-                    f"genomics: {str(path)!r} line {lineno} has {len(parts)} tab-separated field(s); expected "
-                    "name, description, gene, ... (GMT format)"
+                    f"genomics: {str(path)!r} line {lineno} has {len(parts)} tab-separated field(s); "
+                    "expected name, description, gene, ... (GMT format)"
                 )
             name = parts[0].strip()
             if name in sets:

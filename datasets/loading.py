@@ -20,6 +20,7 @@ from .batch import Batch
 from .modalities import MODALITY_REGISTRY, NOT_FITTED, NotFittedError, ReadContext, SampleReader
 from .modalities.events import format_days
 from .preprocess import Preprocessor
+from .validation import format_ids
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _target(items: Sequence[SampleItem], attr: str, dtype: torch.dtype) -> torch
     lacking = [it.sample_id for it, v in zip(items, values, strict=True) if v is None]
     if lacking:
         raise ValueError(
-            f"collate_samples: sample(s) {lacking[:5]} have no {attr} while others in the batch do"
+            f"collate_samples: sample(s) {format_ids(lacking)} have no {attr} while others in the batch do"
         )
     return torch.tensor(values, dtype=dtype)
 

@@ -24,7 +24,8 @@ import pandas as pd
 from .atomic import write_text_atomic
 from .modalities import MODALITY_REGISTRY, NOT_FITTED, ModalityPreprocessor, NotFittedError, get_modality
 from .modalities.genomics import GENE_TRANSFORMS
-from .statistics import category_key, jsonable
+from .statistics import category_key, to_jsonable
+from .validation import format_ids
 
 FORMAT = "clinfuse.Preprocessor"
 
@@ -127,7 +128,7 @@ class Preprocessor:
         self.preprocessors_ = {m: self._make(m).fit(getattr(cohort, m), cohort) for m in self.modalities_}
         task = getattr(cohort, "task", None)
         if task == "classification":
-            self.task_ = {"type": "classification", "classes": [jsonable(c) for c in cohort.classes]}
+            self.task_ = {"type": "classification", "classes": [to_jsonable(c) for c in cohort.classes]}
         elif task == "survival":
             self.task_ = {"type": "survival"}
         else:
@@ -170,7 +171,7 @@ class Preprocessor:
             raise ValueError("label_index: the preprocessor was not fitted on a classification cohort")
         classes = self.task_["classes"]
         for i, c in enumerate(classes):
-            if c == jsonable(label) or category_key(c) == category_key(label):
+            if c == to_jsonable(label) or category_key(c) == category_key(label):
                 return i
         raise ValueError(f"label {label!r} was not seen at fit time; known classes are {classes}")
 
@@ -202,7 +203,7 @@ class Preprocessor:
             if unseen:
                 known_classes = self.task_["classes"]
                 return [
-                    (f"labels: sample(s) {unseen[:5]} have classes not seen at fit time (known: "
+                    (f"labels: sample(s) {format_ids(unseen)} have classes not seen at fit time (known: "
                     f"{known_classes})")
                 ]
         return []

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .statistics import category_key
+from .validation import format_ids
 
 Split = tuple[list[str], list[str]]
 
@@ -37,12 +38,6 @@ def _groups(cohort: Any, ids: list[str]) -> np.ndarray:
     return np.array([str(groups.get(s, s)) for s in ids], dtype=object)
 
 
-def _shown(values: Iterable[Any], limit: int = 5) -> str:
-    values = sorted({str(v) for v in values})
-    more = f" and {len(values) - limit} more" if len(values) > limit else ""
-    return f"{values[:limit]}{more}"
-
-
 def validate_splits(cohort: Any, splits: Iterable[Sequence[Iterable[Any]]]) -> list[Split]:
     """Check explicit ``(train_ids, test_ids)`` pairs: known ids, no repeats, no overlap, no patient on both
     sides, no empty side. Raises ``ValueError`` naming the split and the offending ids; returns str ids."""
@@ -57,19 +52,21 @@ def validate_splits(cohort: Any, splits: Iterable[Sequence[Iterable[Any]]]) -> l
         for name, side in (("train", train), ("test", test)):
             if not side:
                 raise ValueError(f"split {k}: the {name} side is empty")
-            unknown = [s for s in side if s not in known]
+            unknown = sorted({s for s in side if s not in known})
             if unknown:
-                raise ValueError(f"split {k}: unknown sample id(s) {_shown(unknown)} on the {name} side")
-            repeated = [s for s, n in Counter(side).items() if n > 1]
+                raise ValueError(f"split {k}: unknown sample id(s) {format_ids(unknown)} on the {name} side")
+            repeated = sorted(s for s, n in Counter(side).items() if n > 1)
             if repeated:
-                raise ValueError(f"split {k}: sample id(s) {_shown(repeated)} repeated on the {name} side")
-        both = set(train) & set(test)
+                raise ValueError(f"split {k}: sample id(s) {format_ids(repeated)} repeated on the {name} "
+                                 "side")
+        both = sorted(set(train) & set(test))
         if both:
-            raise ValueError(f"split {k}: sample(s) {_shown(both)} are on both the train and the test side")
-        leaked = {group[s] for s in train} & {group[s] for s in test}
+            raise ValueError(f"split {k}: sample(s) {format_ids(both)} are on both the train and the test "
+                             "side")
+        leaked = sorted({str(group[s]) for s in train} & {str(group[s]) for s in test})
         if leaked:
-            raise ValueError(f"split {k}: patient(s) (groups) {_shown(leaked)} have samples on both the train and "
-                             "the test side; split by cohort.groups")
+            raise ValueError(f"split {k}: patient(s) (groups) {format_ids(leaked)} have samples on both the "
+                             "train and the test side; split by cohort.groups")
         out.append((train, test))
     if not out:
         raise ValueError("no splits given; expected at least one (train_ids, test_ids) pair")
@@ -85,7 +82,8 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
             explicit ``(train_ids, test_ids)`` pairs. Every result is validated (see :func:`validate_splits`),
             so a splitter that ignores groups and leaks a patient is an error, not a silent optimism.
         seed: shuffling seed; repeat r uses ``seed + r``.
-        repeats: repeat the k-fold split with different seeds (int ``folds`` only); ``folds * repeats`` splits.
+        repeats: repeat the k-fold split with different seeds (int ``folds`` only); ``folds * repeats``
+            splits.
 
     Returns:
         Sample ids per side, in ``cohort.sample_ids`` order (explicit pairs keep their given order).
@@ -100,8 +98,8 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
             raise ValueError(f"folds={folds}: need 2 <= folds <= the number of patients (groups), {n_groups}")
         if max(Counter(strata.tolist()).values()) < folds:
             # StratifiedGroupKFold needs one stratum with >= folds samples; without it, split by patient only
-            warnings.warn(f"make_splits: no class has {folds} samples, so the {folds} folds are grouped by patient "
-                          "but not stratified", UserWarning, stacklevel=2)
+            warnings.warn(f"make_splits: no class has {folds} samples, so the {folds} folds are grouped by "
+                          "patient but not stratified", UserWarning, stacklevel=2)
             strata = np.array(["all"] * len(ids), dtype=object)
         splits = []
         for r in range(repeats):
@@ -109,14 +107,15 @@ def make_splits(cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1)
             pairs = list(splitter.split(np.zeros((len(ids), 1)), strata, groups))
             if any(len(test) == 0 for _, test in pairs):
                 # With few patients per fold the stratified assignment can leave a fold without patients
-                warnings.warn(f"make_splits: stratifying {n_groups} patients into {folds} folds left a fold empty "
-                              f"(repeat {r}); that repeat is grouped by patient (shuffled) but not stratified",
-                              UserWarning, stacklevel=2)
+                warnings.warn(f"make_splits: stratifying {n_groups} patients into {folds} folds left a fold "
+                              f"empty (repeat {r}); that repeat is grouped by patient (shuffled) but not "
+                              "stratified", UserWarning, stacklevel=2)
                 pairs = _shuffled_group_folds(groups, int(folds), int(seed) + r)
             splits.extend(([ids[i] for i in train], [ids[i] for i in test]) for train, test in pairs)
         return validate_splits(cohort, splits)
     if repeats != 1:
-        raise ValueError("repeats applies to folds=int only; give a repeated splitter or repeated pairs instead")
+        raise ValueError("repeats applies to folds=int only; give a repeated splitter or repeated pairs "
+                         "instead")
     if hasattr(folds, "split"):
         pairs = folds.split(np.zeros((len(ids), 1)), strata, groups)
         return validate_splits(cohort, [([ids[i] for i in tr], [ids[i] for i in te]) for tr, te in pairs])
@@ -139,9 +138,10 @@ def train_validation_split(cohort: Any, fraction: float = 0.2, *, seed: int = 0)
     """``(train_ids, val_ids)``: about ``fraction`` of the samples in validation, grouped by patient and
     stratified.
 
-    Patients are shuffled (by ``seed``) within their stratum (a patient's most common label / event) and taken
-    into validation while that brings the stratum's validation count closer to ``fraction`` of it; each stratum
-    with at least two patients gives at least one, so a small validation set still sees every class.
+    Patients are shuffled (by ``seed``) within their stratum (a patient's most common label / event) and
+    taken into validation while that brings the stratum's validation count closer to ``fraction`` of it;
+    each stratum with at least two patients gives at least one, so a small validation set still sees every
+    class.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, float | int) or not 0 < fraction < 1:
         raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
@@ -151,7 +151,8 @@ def train_validation_split(cohort: Any, fraction: float = 0.2, *, seed: int = 0)
     for i, g in enumerate(groups.tolist()):
         members.setdefault(g, []).append(i)
     if len(members) < 2:
-        raise ValueError(f"train_validation_split needs at least 2 patients (groups), the cohort has {len(members)}")
+        raise ValueError(f"train_validation_split needs at least 2 patients (groups), the cohort has "
+                         f"{len(members)}")
     by_stratum: dict[str, list[str]] = {}
     for g, rows in members.items():
         counts = Counter(strata[rows].tolist())

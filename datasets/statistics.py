@@ -1,11 +1,18 @@
-"""Small helpers shared by the fitted preprocessors: canonical category keys and robust mean / std."""
+"""Small helpers shared by the fitted preprocessors: canonical category keys, JSON values, robust mean / std.
+
+:func:`to_jsonable` is the one converter to plain JSON types; ``clinfuse.fusion`` saves models with it too.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 
 def category_key(value: Any) -> str | None:
@@ -29,8 +36,23 @@ def natural_key(key: str) -> tuple[int, float, str]:
         return (1, 0.0, key)
 
 
-def jsonable(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, tensors, tuples and paths -> plain JSON types (NaN -> None)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def mean_std(values: np.ndarray) -> tuple[float, float]:

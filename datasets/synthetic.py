@@ -124,7 +124,8 @@ def _check_args(n_patients, task, modalities, n_patches, feature_dim, n_genes, n
 
 
 def _images(rng, ids, rule_pos, severity, n_patches, feature_dim):
-    """Patch bags, types and grid coordinates; returns (features, types, coords, evidence_fraction, centres)."""
+    """Patch bags, types and grid coordinates; returns (features, types, coords, evidence_fraction,
+    centres)."""
     lo, hi = n_patches
     # [5, D] orthonormal: type A, type B, two background centres, the severity direction
     centres = np.linalg.qr(rng.normal(size=(feature_dim, 5)))[0].T.astype(np.float32)
@@ -355,9 +356,10 @@ def make_synthetic_cohort(
         signal_codes=signal_codes,
         description=(
             f"{n} synthetic patients ({task}). Patch types A and B lie along two orthogonal directions "
-            f"(amplitude {_TYPE_AMPLITUDE} vs noise sd {_PATCH_NOISE}). '{RULE_VARIABLE}' = positive makes type-A patches "
-            f"the evidence, negative makes type-B patches the evidence; the evidence patches show the "
-            f"patient's severity v along a fifth direction, the distractor type an unrelated smaller one. "
+            f"(amplitude {_TYPE_AMPLITUDE} vs noise sd {_PATCH_NOISE}). '{RULE_VARIABLE}' = positive makes "
+            f"type-A patches the evidence, negative makes type-B patches the evidence; the evidence patches "
+            f"show the patient's severity v along a fifth direction, the distractor type an unrelated "
+            f"smaller one. "
             f"Linear predictor lp = {_W_IMAGE}*v + {_W_CLINICAL}*z(biomarker_level) + {_W_GENES}*g + "
             f"{_W_EVENTS}*e, with g raising genes {signal_genes} and e raising the rate of codes "
             f"{signal_codes}. "

@@ -36,7 +36,8 @@ class ModalityEncoder(nn.Module):
 
 
 def create_encoder(name: str, **kwargs: Any) -> ModalityEncoder:
-    """Build a registered encoder by name; an unknown name raises ``ValueError`` listing the registered ones."""
+    """Build a registered encoder by name; an unknown name raises ``ValueError`` listing the registered
+    ones."""
     return ENCODERS.create(name, **kwargs)
 
 

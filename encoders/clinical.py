@@ -38,7 +38,8 @@ def clinical_columns(numeric: Sequence[str], categorical: Mapping[str, Sequence[
 
 def clinical_inputs(batch: ModalityBatch, numeric: list[str], categorical: dict[str, list[str]], owner: str,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(numeric [B, Kn] float, missing [B, Kn] bool, categorical [B, Kc] long)``, checked against the schema.
+    """``(numeric [B, Kn] float, missing [B, Kn] bool, categorical [B, Kc] long)``, checked against the
+    schema.
 
     An index beyond a column's table (> len(categories) + 1) or below 0 is a ValueError naming the column:
     the preprocessor maps unseen categories to 1, so a larger index means batch and encoder disagree.
@@ -46,7 +47,8 @@ def clinical_inputs(batch: ModalityBatch, numeric: list[str], categorical: dict[
     check_modality(batch, "clinical", owner=owner)
     B = batch.batch_size
     kn, kc = len(numeric), len(categorical)
-    x = batch.tensors.get("numeric", torch.zeros(B, 0)) if kn == 0 else require_tensor(batch, "numeric", owner=owner)
+    x = (batch.tensors.get("numeric", torch.zeros(B, 0)) if kn == 0
+         else require_tensor(batch, "numeric", owner=owner))
     miss = (batch.tensors.get("numeric_missing", torch.zeros(B, 0, dtype=torch.bool)) if kn == 0
             else require_tensor(batch, "numeric_missing", owner=owner))
     cat = (batch.tensors.get("categorical", torch.zeros(B, 0, dtype=torch.long)) if kc == 0
@@ -55,8 +57,8 @@ def clinical_inputs(batch: ModalityBatch, numeric: list[str], categorical: dict[
         raise ValueError(f"{owner}: clinical 'numeric'/'numeric_missing' must be [B, {kn}] for columns "
                          f"{numeric}, got {tuple(x.shape)} / {tuple(miss.shape)}")
     if tuple(cat.shape) != (B, kc):
-        raise ValueError(f"{owner}: clinical 'categorical' must be [B, {kc}] for columns {list(categorical)}, "
-                         f"got {tuple(cat.shape)}")
+        raise ValueError(f"{owner}: clinical 'categorical' must be [B, {kc}] for columns "
+                         f"{list(categorical)}, got {tuple(cat.shape)}")
     if cat.dtype.is_floating_point or cat.dtype == torch.bool:
         raise TypeError(f"{owner}: clinical 'categorical' must hold integer codes, got {cat.dtype}")
     if kc and B:
@@ -68,6 +70,12 @@ def clinical_inputs(batch: ModalityBatch, numeric: list[str], categorical: dict[
                              "must be 0 (missing), 1 (unknown) or 2..len(categories)+1; the batch was made "
                              "with a different vocabulary than the encoder's schema")
     return x.float(), miss.bool(), cat.long()
+
+
+def category_offsets(sizes: list[int]) -> torch.Tensor:
+    """Where each categorical column's rows start in one embedding table of all columns (``sizes`` rows
+    each)."""
+    return torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)[: len(sizes)]
 
 
 @ENCODERS.register("feature_tokens", modalities=("clinical",))
@@ -102,8 +110,7 @@ class FeatureTokensEncoder(ModalityEncoder):
             init_trunc_normal(p, std=d_model ** -0.5)
         sizes = [len(v) + 2 for v in self.categorical.values()]
         # one table for all columns; column j's rows start at offsets[j]
-        self.register_buffer("offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)[: len(sizes)],
-                             persistent=False)
+        self.register_buffer("offsets", category_offsets(sizes), persistent=False)
         self.cat_table = nn.Embedding(max(sum(sizes), 1), d_model)
         init_trunc_normal(self.cat_table.weight, std=d_model ** -0.5)
         self.drop = nn.Dropout(dropout)
@@ -114,7 +121,8 @@ class FeatureTokensEncoder(ModalityEncoder):
         return cls(numeric=schema["numeric"], categorical=schema["categorical"], d_model=d_model, **kwargs)
 
     def forward(self, batch: ModalityBatch) -> Tokens:
-        """``numeric [B, Kn]``, ``numeric_missing [B, Kn]``, ``categorical [B, Kc]`` -> ``Tokens [B, Kn+Kc, d]``."""
+        """``numeric [B, Kn]``, ``numeric_missing [B, Kn]``, ``categorical [B, Kc]`` ->
+        ``Tokens [B, Kn+Kc, d]``."""
         x, miss, cat = clinical_inputs(batch, self.numeric, self.categorical, "feature_tokens")
         num = x[..., None] * self.num_weight + self.num_bias  # [B, Kn, d]
         num = torch.where(miss[..., None], self.num_missing.expand_as(num), num)
@@ -123,7 +131,8 @@ class FeatureTokensEncoder(ModalityEncoder):
             raise ValueError(f"feature_tokens: clinical mask is {tuple(batch.mask.shape)}, expected "
                              f"{tuple(tok.shape[:2])} (one token per column)")
         tok = self.drop(tok) * batch.mask[..., None]
-        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality, present=batch.present)
+        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality,
+                      present=batch.present)
 
 
 @ENCODERS.register("mlp", modalities=("clinical",))
@@ -151,8 +160,7 @@ class ClinicalMLPEncoder(ModalityEncoder):
         check_positive_int(cat_dim, "cat_dim", owner="mlp")
         check_probability(dropout, "dropout", owner="mlp")
         sizes = [len(v) + 2 for v in self.categorical.values()]
-        self.register_buffer("offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)[: len(sizes)],
-                             persistent=False)
+        self.register_buffer("offsets", category_offsets(sizes), persistent=False)
         self.cat_table = nn.Embedding(max(sum(sizes), 1), cat_dim)
         layers: list[nn.Module] = []
         width = 2 * len(self.numeric) + cat_dim * len(sizes)
@@ -177,4 +185,5 @@ class ClinicalMLPEncoder(ModalityEncoder):
         present = batch.present
         out = self.net(torch.cat(parts, dim=1))[:, None, :] * present[:, None, None]
         names = [["clinical"] if p else [""] for p in present.tolist()]
-        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality, present=present)
+        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality,
+                      present=present)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the encoders: argument checks, 2-D sinusoidal positions, weight files, transformers.
+"""Small helpers shared by the encoders: argument checks, 2-D sinusoidal positions, weight files.
 
 Nothing here knows about a particular modality; each helper is used by at least two encoders.
 """
@@ -20,13 +20,18 @@ from ..datasets.modalities import layout_of
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_positive_int(value: Any, name: str, *, owner: str) -> int:
-    """``value`` as an int >= 1, else a TypeError / ValueError naming ``owner`` and ``name``."""
+def check_int(value: Any, name: str, *, owner: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, else a TypeError / ValueError naming ``owner`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_positive_int(value: Any, name: str, *, owner: str) -> int:
+    """``value`` as an int >= 1, else a TypeError / ValueError naming ``owner`` and ``name``."""
+    return check_int(value, name, owner=owner, minimum=1)
 
 
 def check_probability(value: Any, name: str, *, owner: str) -> float:
@@ -101,8 +106,8 @@ def sincos_tables(coords: torch.Tensor, d_model: int, *, scale: float = 1.0, max
     """Per axis, ``(table [U + 1, 2 * (d_model // 4)], index [M])`` for ``coords [M, 2]``.
 
     ``table[index]`` is that axis's (sin, cos) block of :func:`sincos_2d`; the last table row is zeros and
-    is where rows with an unknown (NaN or infinite) coordinate point, so they get no positional term. Lets a caller add the encoding
-    chunk by chunk without materialising ``[M, d_model]``.
+    is where rows with an unknown (NaN or infinite) coordinate point, so they get no positional term. Lets a
+    caller add the encoding chunk by chunk without materialising ``[M, d_model]``.
     """
     n_freq = d_model // 4
     known = torch.isfinite(coords).all(dim=-1)  # [M]
@@ -160,8 +165,8 @@ def init_trunc_normal(param: torch.Tensor, std: float = 0.02) -> None:
 
 
 def image_meta(batch: ModalityBatch) -> dict[str, Any]:
-    """``Tokens.meta`` for image tokens that are the batch's patches: ``coords [B, T, 2]``, ``position [B, T]``,
-    ``slide_id [B][T]`` passed through (padding: NaN coords, position 0, slide "")."""
+    """``Tokens.meta`` for image tokens that are the batch's patches: ``coords [B, T, 2]``,
+    ``position [B, T]``, ``slide_id [B][T]`` passed through (padding: NaN coords, position 0, slide "")."""
     B, T = batch.mask.shape
     coords = batch.tensors.get("coords")
     if coords is None:

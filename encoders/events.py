@@ -88,11 +88,13 @@ class EventTransformer(ModalityEncoder):
         check_positive_int(d_model, "d_model", owner="event_transformer")
         check_heads(d_model, n_heads, owner="event_transformer")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
-            raise ValueError(f"event_transformer (events): vocab_size must be a non-negative integer, got {vocab_size!r}")
+            raise ValueError(f"event_transformer (events): vocab_size must be a non-negative integer, "
+                             f"got {vocab_size!r}")
         if n_segments < 1:
             raise ValueError(f"event_transformer (events): n_segments must be >= 1, got {n_segments!r}")
         if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"event_transformer (events): max_tokens must be positive or None, got {max_tokens!r}")
+            raise ValueError(f"event_transformer (events): max_tokens must be positive or None, "
+                             f"got {max_tokens!r}")
         self.vocab_size = vocab_size
         self.has_values = bool(has_values)
         self.use_segments = bool(use_segments)
@@ -102,7 +104,8 @@ class EventTransformer(ModalityEncoder):
         if self.has_values:
             self.value_weight = nn.Embedding(vocab_size + 2, d_model, padding_idx=0)
             self.value_bias = nn.Parameter(torch.zeros(d_model))
-        self.time_encoding = SinusoidalTimeEncoding(d_model=d_model, min_period=min_period, max_period=max_period)
+        self.time_encoding = SinusoidalTimeEncoding(d_model=d_model, min_period=min_period,
+                                                    max_period=max_period)
         if self.use_segments:
             self.segment_embedding = nn.Embedding(n_segments, d_model)
         self.norm_in = nn.LayerNorm(d_model)
@@ -115,7 +118,8 @@ class EventTransformer(ModalityEncoder):
     @classmethod
     def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> EventTransformer:
         if "vocab" not in schema:
-            raise ValueError(f"event_transformer needs an events schema with 'vocab', got keys {sorted(schema)}")
+            raise ValueError(f"event_transformer needs an events schema with 'vocab', "
+                             f"got keys {sorted(schema)}")
         kwargs.setdefault("has_values", bool(schema.get("has_values", True)))
         return cls(vocab_size=len(schema["vocab"]), d_model=d_model, **kwargs)
 
@@ -129,28 +133,31 @@ class EventTransformer(ModalityEncoder):
         t = batch.tensors
         for key in need + [k for k in ("segments",) if k in t]:
             if t[key].shape != batch.mask.shape:
-                raise ValueError(f"{where}: {key} has shape {tuple(t[key].shape)}, expected {tuple(batch.mask.shape)}")
+                raise ValueError(f"{where}: {key} has shape {tuple(t[key].shape)}, "
+                                 f"expected {tuple(batch.mask.shape)}")
         if t["codes"].dtype.is_floating_point or t["codes"].dtype == torch.bool:
             raise TypeError(f"{where}: codes must be an integer tensor, got {t['codes'].dtype}")
         real = batch.mask & batch.present.unsqueeze(1)
         if self.max_tokens is not None and batch.n_tokens > self.max_tokens:
-            raise ValueError(f"{where}: {batch.n_tokens} events per sample exceed max_tokens={self.max_tokens}; "
-                             "lower the Preprocessor's max_events or raise max_tokens")
+            raise ValueError(f"{where}: {batch.n_tokens} events per sample exceed "
+                             f"max_tokens={self.max_tokens}; lower the Preprocessor's max_events or raise "
+                             "max_tokens")
         codes = t["codes"].masked_fill(~real, 0)
         if codes.numel():
             top, low = int(codes.max()), int(codes.min())
             if top >= self.vocab_size + 2 or low < 0:
                 bad = top if top >= self.vocab_size + 2 else low
                 rows = sorted({int(r) for r in ((codes == bad).nonzero()[:, 0])})[:5]
-                raise ValueError(f"{where}: code {bad} (batch rows {rows}) is outside 0..{self.vocab_size + 1} for a "
-                                 f"vocabulary of size {self.vocab_size} (0 = padding, 1 = unknown); max code in batch "
-                                 f"is {top}: was the batch made by a different preprocessor?")
+                raise ValueError(f"{where}: code {bad} (batch rows {rows}) is outside "
+                                 f"0..{self.vocab_size + 1} for a vocabulary of size {self.vocab_size} "
+                                 f"(0 = padding, 1 = unknown); max code in batch is {top}: was the batch "
+                                 "made by a different preprocessor?")
         times = t["times"]
         bad_time = real & ~(torch.isfinite(times) & (times >= 0))
         if bool(bad_time.any()):
             rows = sorted({int(r) for r in bad_time.nonzero()[:, 0]})[:5]
-            raise ValueError(f"{where}: times must be finite days before the prediction time (>= 0); batch rows "
-                             f"{rows} have negative or non-finite times")
+            raise ValueError(f"{where}: times must be finite days before the prediction time (>= 0); "
+                             f"batch rows {rows} have negative or non-finite times")
         if "segments" in t and bool((t["segments"].masked_fill(~real, 0) < 0).any()):
             raise ValueError(f"{where}: segments must be >= 0 (0 = current admission)")
         return {"codes": codes, "real": real}
@@ -181,4 +188,5 @@ class EventTransformer(ModalityEncoder):
             raw = [[n.rsplit("@", 1)[0] if n else "" for n in row] for row in batch.names]
         meta = {"times": times, "code": raw, "segments": segments, "n_cut": n_cut}
         names = [list(r) for r in batch.names]
-        return Tokens(values=x, mask=real, names=names, modality=batch.modality, present=batch.present, meta=meta)
+        return Tokens(values=x, mask=real, names=names, modality=batch.modality, present=batch.present,
+                      meta=meta)

@@ -18,11 +18,9 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   attention times these weights spreads it over genes.
 
 Memory: with ``attention="full"`` SDPA's fused CPU kernel keeps memory linear in the number of tokens
-(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs; time grows as T^2.
-``benchmarks/bench_encoders_sequences.py`` (batch 8, d_model 64, 2 layers, forward + backward, on a
-heavily shared 2-core CPU): 2,000 genes 18 s and 238 MB peak RSS growth; 20,000 genes 840 s and 1.45 GB
-(one [B, H, T, T] weight matrix alone would be 49 GB); ``attention="latent"`` (32 latents) on 20,000
-genes 42 s and 1.47 GB, the practical choice for full profiles. Gene-set tokens are far fewer still.
+(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs, but time grows as T^2;
+``attention="latent"`` is linear in T, the practical choice for full profiles. Gene-set tokens are far
+fewer still.
 """
 
 from __future__ import annotations
@@ -58,11 +56,13 @@ class GeneSetTokenizer(nn.Module):
         self.register_buffer("pair_set", torch.tensor(pair_set, dtype=torch.long), persistent=False)
         self.register_buffer("pair_gene", torch.tensor(pair_gene, dtype=torch.long), persistent=False)
         # fan-in scaling per set, so large and small sets start with hidden units of similar size
-        scale = torch.tensor(self.sizes, dtype=torch.float).rsqrt().repeat_interleave(torch.tensor(self.sizes))
+        sizes = torch.tensor(self.sizes)
+        scale = sizes.float().rsqrt().repeat_interleave(sizes)
         self.w1 = nn.Parameter(torch.randn(len(pair_gene), hidden) * scale.unsqueeze(1))
         self.b1 = nn.Parameter(torch.zeros(self.n_sets, hidden))
         self.w2 = nn.Parameter(torch.randn(self.n_sets, hidden, d_model) * hidden**-0.5)
-        self.b2 = nn.Parameter(torch.randn(self.n_sets, d_model) * 0.02)  # doubles as a set-identity embedding
+        # b2 doubles as a set-identity embedding
+        self.b2 = nn.Parameter(torch.randn(self.n_sets, d_model) * 0.02)
         self.act = nn.GELU()
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
@@ -129,7 +129,8 @@ class GeneTransformer(ModalityEncoder):
         if len(set(self.genes)) != len(self.genes):
             raise ValueError("gene_transformer (genomics): duplicated gene names in the schema")
         if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"gene_transformer (genomics): max_tokens must be positive or None, got {max_tokens!r}")
+            raise ValueError(f"gene_transformer (genomics): max_tokens must be positive or None, "
+                             f"got {max_tokens!r}")
         index = {g: i for i, g in enumerate(self.genes)}
         self.set_names: list[str] = []
         self.member_genes: dict[str, list[str]] = {}
@@ -137,7 +138,8 @@ class GeneTransformer(ModalityEncoder):
         members: list[list[int]] = []
         for name, set_genes in (gene_sets or {}).items():
             if isinstance(set_genes, str):
-                raise TypeError(f"gene_transformer (genomics): gene set {name!r} must be a list of genes, got a string")
+                raise TypeError(f"gene_transformer (genomics): gene set {name!r} must be a list of genes, "
+                                "got a string")
             idx = sorted({index[g] for g in map(str, set_genes) if g in index})
             if not idx:
                 self.skipped_gene_sets.append(str(name))
@@ -146,12 +148,13 @@ class GeneTransformer(ModalityEncoder):
             self.member_genes[str(name)] = [self.genes[i] for i in idx]
             members.append(idx)
         if self.skipped_gene_sets:
-            warnings.warn(f"gene_transformer (genomics): {len(self.skipped_gene_sets)} gene set(s) have no gene in "
-                          f"the schema and are skipped: {self.skipped_gene_sets[:5]}", stacklevel=2)
+            warnings.warn(f"gene_transformer (genomics): {len(self.skipped_gene_sets)} gene set(s) have no "
+                          f"gene in the schema and are skipped: {self.skipped_gene_sets[:5]}", stacklevel=2)
         if use_gene_sets is None:
             use_gene_sets = bool(members)
         if use_gene_sets and not members:
-            raise ValueError("gene_transformer (genomics): use_gene_sets=True but no gene set has a gene in the schema")
+            raise ValueError("gene_transformer (genomics): use_gene_sets=True but no gene set has a gene in "
+                             "the schema")
         self.use_gene_sets = bool(use_gene_sets)
         self.max_tokens = max_tokens
         if self.use_gene_sets:
@@ -170,7 +173,8 @@ class GeneTransformer(ModalityEncoder):
     @classmethod
     def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> GeneTransformer:
         if "genes" not in schema:
-            raise ValueError(f"gene_transformer needs a genomics schema with 'genes', got keys {sorted(schema)}")
+            raise ValueError(f"gene_transformer needs a genomics schema with 'genes', "
+                             f"got keys {sorted(schema)}")
         return cls(genes=schema["genes"], gene_sets=schema.get("gene_sets"), d_model=d_model, **kwargs)
 
     @property
@@ -184,23 +188,27 @@ class GeneTransformer(ModalityEncoder):
         if values is None:
             raise ValueError("gene_transformer (genomics): the batch has no 'values' tensor [B, G]")
         if values.dim() != 2 or values.shape[1] != len(self.genes):
-            raise ValueError(f"gene_transformer (genomics): expected values [B, {len(self.genes)}] (the schema's genes),"
-                             f" got {tuple(values.shape)}; was the batch made by a different preprocessor?")
+            raise ValueError(f"gene_transformer (genomics): expected values [B, {len(self.genes)}] (the "
+                             f"schema's genes), got {tuple(values.shape)}; was the batch made by a different "
+                             "preprocessor?")
         n_tokens = len(self.set_names) if self.use_gene_sets else len(self.genes)
         if self.max_tokens is not None and n_tokens > self.max_tokens:
-            raise ValueError(f"gene_transformer (genomics): {n_tokens} tokens exceed max_tokens={self.max_tokens}; "
-                             "select fewer genes (Preprocessor top_genes=), use gene sets, or raise max_tokens")
+            raise ValueError(f"gene_transformer (genomics): {n_tokens} tokens exceed "
+                             f"max_tokens={self.max_tokens}; select fewer genes (Preprocessor top_genes=), "
+                             "use gene sets, or raise max_tokens")
         for row in batch.names:  # the first present sample's names must be the schema's genes, in order
             if any(row):
                 if row != self.genes:
                     bad = next(i for i, (a, b) in enumerate(zip(row, self.genes)) if a != b)
-                    raise ValueError(f"gene_transformer (genomics): batch gene {bad} is {row[bad]!r}, the schema "
-                                     f"has {self.genes[bad]!r}; the batch's genes are not the schema's genes")
+                    raise ValueError(f"gene_transformer (genomics): batch gene {bad} is {row[bad]!r}, the "
+                                     f"schema has {self.genes[bad]!r}; the batch's genes are not the "
+                                     "schema's genes")
                 break
         return values
 
     def forward(self, batch: ModalityBatch) -> Tokens:
-        """``batch.tensors["values"]`` ``[B, G]`` -> ``Tokens`` ``[B, T, d_model]`` (T = G or the number of sets)."""
+        """``batch.tensors["values"]`` ``[B, G]`` -> ``Tokens`` ``[B, T, d_model]`` (T = G or the number of
+        sets)."""
         values = self._check(batch)
         values = values.masked_fill(~batch.present.unsqueeze(1), 0.0)  # absent rows: content is never used
         present = batch.present

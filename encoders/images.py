@@ -1,9 +1,8 @@
 """``feature_bag``: image bags of precomputed patch features -> one token per patch.
 
-The cost floor of a bag is projecting its features (N x D x d multiply-adds, DESIGN.md); this encoder adds
-only row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout), never a copy
-of the ``[B, N, D]`` input, so a 100,000 x 1,024 bag costs little more than its matrix multiply
-(``benchmarks/bench_encoders_images.py`` measures the ratio).
+The cost floor of a bag is projecting its features (N x D x d multiply-adds). This encoder adds only
+row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout) and never copies
+the ``[B, N, D]`` input, so a large bag costs little more than its matrix multiply.
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ class FeatureBagEncoder(ModalityEncoder):
             (:func:`~clinfuse.encoders.common.sincos_2d`) after the LayerNorm. A patch whose coordinates are
             NaN (unknown) gets no positional term. Off by default: fusion may add its own positional terms.
         coord_scale: coordinates are multiplied by it before encoding; the default 1/256 makes one unit per
-            256-pixel tile, so the encoding's wavelengths (2*pi .. 2*pi*max_wavelength units) span tiles to slides.
+            256-pixel tile, so the encoding's wavelengths (2*pi .. 2*pi*max_wavelength units) span tiles to
+            slides.
         max_wavelength: longest wavelength of the encoding, in scaled units.
 
     Input: ``batch.tensors["features"]`` float ``[B, N, D]`` (+ ``coords [B, N, 2]`` when positional).
@@ -86,9 +86,9 @@ class FeatureBagEncoder(ModalityEncoder):
     def _project_inference(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Without autograd: ``[B, N, D]`` -> ``[B, N, d]`` written chunk by chunk into one output tensor.
 
-        The only allocation beyond the ``[B, N, d]`` output is one ``[CHUNK_ROWS, d]`` temporary (the LayerNorm
-        and positional term of the chunk), so peak memory is input + output + a few MB. ``x`` is viewed, not
-        copied, when contiguous (as loaders produce it).
+        The only allocation beyond the ``[B, N, d]`` output is one ``[CHUNK_ROWS, d]`` temporary (the
+        LayerNorm and positional term of the chunk), so peak memory is input + output + a few MB. ``x`` is
+        viewed, not copied, when contiguous (as loaders produce it).
         """
         B, N, D = x.shape
         flat = x.reshape(B * N, D)
@@ -96,8 +96,8 @@ class FeatureBagEncoder(ModalityEncoder):
         n_freq = self.d_model // 4
         tables = None
         if self.positional and n_freq:
-            tables = sincos_tables(coords.reshape(B * N, 2).to(out.dtype), self.d_model, scale=self.coord_scale,
-                                   max_wavelength=self.max_wavelength)
+            tables = sincos_tables(coords.reshape(B * N, 2).to(out.dtype), self.d_model,
+                                   scale=self.coord_scale, max_wavelength=self.max_wavelength)
         weight_t = self.proj.weight.t()
         for start in range(0, B * N, self.CHUNK_ROWS):
             rows = slice(start, start + self.CHUNK_ROWS)

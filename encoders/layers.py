@@ -37,7 +37,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
-from .common import check_heads, check_positive_int, check_probability
+from .common import check_heads, check_int, check_positive_int, check_probability
 
 AttentionKind = Literal["full", "latent"]
 
@@ -250,8 +250,7 @@ class MaskedTransformer(nn.Module):
                  query_chunk_size: int | None = None) -> None:
         super().__init__()
         check_heads(d_model, n_heads, owner="MaskedTransformer")
-        if not isinstance(n_layers, int) or n_layers < 0:
-            raise ValueError(f"n_layers must be a non-negative integer, got {n_layers!r}")
+        check_int(n_layers, "n_layers", owner="MaskedTransformer", minimum=0)
         self.layers = nn.ModuleList(
             TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_mult=ffn_mult, dropout=dropout,
                              attention=attention, n_latents=n_latents, query_chunk_size=query_chunk_size)

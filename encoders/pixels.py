@@ -46,8 +46,9 @@ def _real_pixels(batch: ModalityBatch, channels: int, owner: str) -> torch.Tenso
 
 def _pixel_schema(schema: dict[str, Any], owner: str) -> tuple[int, int, int]:
     if schema.get("kind") != "pixels":
-        raise ValueError(f"{owner} learns from pixels, but the images schema has kind {schema.get('kind')!r}; "
-                         "use the 'feature_bag' encoder for precomputed feature bags")
+        raise ValueError(f"{owner} learns from pixels, but the images schema has kind "
+                         f"{schema.get('kind')!r}; use the 'feature_bag' encoder for precomputed feature "
+                         "bags")
     return int(schema["channels"]), int(schema["height"]), int(schema["width"])
 
 
@@ -85,14 +86,15 @@ class CNNEncoder(ModalityEncoder):
             training, the activations of every real image are kept for backward whatever the chunk size).
         weights_path: optional local state-dict file to initialise the whole encoder from.
 
-    Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, N, d]`` named like the batch, ``meta`` = ``coords``,
-    ``position``, ``slide_id`` passed through; padding rows are 0.
+    Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, N, d]`` named like the batch, ``meta`` =
+    ``coords``, ``position``, ``slide_id`` passed through; padding rows are 0.
     """
 
     shared_keywords = frozenset({"n_layers", "dropout"})
 
-    def __init__(self, *, in_channels: int, d_model: int, width: int = 32, n_layers: int = 3, dropout: float = 0.0,
-                 chunk_size: int = 256, weights_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, *, in_channels: int, d_model: int, width: int = 32, n_layers: int = 3,
+                 dropout: float = 0.0, chunk_size: int = 256,
+                 weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         owner = "cnn"
         self.in_channels = check_positive_int(in_channels, "in_channels", owner=owner)
@@ -115,7 +117,8 @@ class CNNEncoder(ModalityEncoder):
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> CNNEncoder:
-        """Build from ``schema["images"]`` = ``{"kind": "pixels", "channels": C, "height": H, "width": W}``."""
+        """Build from ``schema["images"]`` =
+        ``{"kind": "pixels", "channels": C, "height": H, "width": W}``."""
         c, _, _ = _pixel_schema(schema, "cnn")
         return cls(in_channels=c, d_model=d_model, **kwargs)
 
@@ -153,29 +156,31 @@ class ViTEncoder(ModalityEncoder):
     - ``"images"``: always one token per image; ``"patches"``: always the sub-patches of every image.
 
     Sub-patch tokens are named ``f"{image_name}:{row}_{col}"``; their ``meta["coords"]`` are the sub-patch's
-    top-left pixel (x, y) inside its image, ``meta["position"]`` its index ``row * grid_w + col`` in the image,
-    ``meta["slide_id"]`` the image's slide, ``meta["image_position"] [B, T]`` the image's own position, and
-    ``meta["subpatch"] [B, T]`` is True for sub-patch tokens. Image tokens pass the batch's names and meta through.
+    top-left pixel (x, y) inside its image, ``meta["position"]`` its index ``row * grid_w + col`` in the
+    image, ``meta["slide_id"]`` the image's slide, ``meta["image_position"] [B, T]`` the image's own
+    position, and ``meta["subpatch"] [B, T]`` is True for sub-patch tokens. Image tokens pass the batch's
+    names and meta through.
 
     Args:
         in_channels, image_size: C and (H, W) of the images; images whose sides are not multiples of the
             patch size are zero-padded at the bottom/right (no pixel is dropped).
         patch_size: sub-patch side (default: 16 from 64 pixels up, else a quarter of the short side).
-        d_model, n_layers, n_heads, ffn_mult, dropout: transformer width, layers, heads (d_model % n_heads == 0),
-            hidden-width multiplier of its feed-forward and dropout (the shared masked SDPA transformer of
-            :mod:`clinfuse.encoders.layers`).
+        d_model, n_layers, n_heads, ffn_mult, dropout: transformer width, layers, heads
+            (d_model % n_heads == 0), hidden-width multiplier of its feed-forward and dropout (the shared
+            masked SDPA transformer of :mod:`clinfuse.encoders.layers`).
         chunk_size: images per forward chunk: bounds the transient memory of inference on large bags (in
             training, the activations of every real image are kept for backward whatever the chunk size).
         weights_path: optional local state-dict file to initialise the whole encoder from.
 
-    Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, T, d]`` with T = max over samples of its token count.
+    Input: ``pixels [B, N, C, H, W]``. Output: ``Tokens [B, T, d]`` with T = max over samples of its token
+    count.
     """
 
     shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
 
-    def __init__(self, *, in_channels: int, image_size: tuple[int, int], d_model: int, patch_size: int | None = None,
-                 n_layers: int = 2, n_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0,
-                 tokens: str = "auto", chunk_size: int = 256,
+    def __init__(self, *, in_channels: int, image_size: tuple[int, int], d_model: int,
+                 patch_size: int | None = None, n_layers: int = 2, n_heads: int = 4, ffn_mult: int = 2,
+                 dropout: float = 0.0, tokens: str = "auto", chunk_size: int = 256,
                  weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         owner = "vit"
@@ -202,14 +207,15 @@ class ViTEncoder(ModalityEncoder):
         init_trunc_normal(self.cls)
         init_trunc_normal(self.pos)
         check_positive_int(ffn_mult, "ffn_mult", owner=owner)
-        self.transformer = MaskedTransformer(d_model=d_model, n_heads=n_heads, n_layers=n_layers, ffn_mult=ffn_mult,
-                                             dropout=dropout)
+        self.transformer = MaskedTransformer(d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                                             ffn_mult=ffn_mult, dropout=dropout)
         if weights_path is not None:
             load_weights(self, weights_path, owner=owner)
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> ViTEncoder:
-        """Build from ``schema["images"]`` = ``{"kind": "pixels", "channels": C, "height": H, "width": W}``."""
+        """Build from ``schema["images"]`` =
+        ``{"kind": "pixels", "channels": C, "height": H, "width": W}``."""
         c, h, w = _pixel_schema(schema, "vit")
         return cls(in_channels=c, image_size=(h, w), d_model=d_model, **kwargs)
 
@@ -233,7 +239,8 @@ class ViTEncoder(ModalityEncoder):
         return torch.cat(outs)
 
     def forward(self, batch: ModalityBatch) -> Tokens:
-        """``pixels [B, N, C, H, W]`` -> ``Tokens [B, T, d]`` (see the class docstring for T and the names)."""
+        """``pixels [B, N, C, H, W]`` -> ``Tokens [B, T, d]`` (see the class docstring for T and the
+        names)."""
         x = _real_pixels(batch, self.in_channels, "vit")
         enc = self.encode_images(x)  # [M, 1 + P, d]
         counts = batch.mask.sum(dim=1).tolist()

@@ -1,4 +1,4 @@
-"""pytorch-tabular backbones as clinical encoders: ``tabular_ft_transformer`` and ``tabular_category_embedding``.
+"""pytorch-tabular backbones as clinical encoders: ``tabular_ft_transformer``, ``tabular_category_embedding``.
 
 pytorch-tabular builds a model as embedding layer + backbone + head from an OmegaConf ``DictConfig``, and
 its ``BaseModel`` is a LightningModule that also wants a data config, an optimizer and a loss. We embed only
@@ -42,10 +42,12 @@ def _continuous(x: torch.Tensor, miss: torch.Tensor) -> torch.Tensor:
 
 @ENCODERS.register("tabular_ft_transformer", modalities=("clinical",))
 class TabularFTTransformerEncoder(ModalityEncoder):
-    """pytorch-tabular's FT-Transformer (``FTTransformerBackbone`` + ``Embedding2dLayer``) as a clinical encoder.
+    """pytorch-tabular's FT-Transformer (``FTTransformerBackbone`` + ``Embedding2dLayer``) as a clinical
+    encoder.
 
     Args:
-        numeric, categorical: the schema's columns. d_model: token width (= the backbone's ``input_embed_dim``).
+        numeric, categorical: the schema's columns. d_model: token width (= the backbone's
+            ``input_embed_dim``).
         n_heads, n_layers: attention heads (d_model % n_heads == 0) and blocks (``num_attn_blocks``).
         ffn_mult, activation: the backbone's position-wise feed-forward (GEGLU by default).
         dropout: used for its attention, feed-forward and add-norm dropouts.
@@ -79,19 +81,23 @@ class TabularFTTransformerEncoder(ModalityEncoder):
 
         kn = len(self.numeric)
         config = OmegaConf.create({
-            "continuous_dim": 2 * kn, "categorical_cardinality": [len(v) + 2 for v in self.categorical.values()],
+            "continuous_dim": 2 * kn,
+            "categorical_cardinality": [len(v) + 2 for v in self.categorical.values()],
             "input_embed_dim": d_model, "embedding_initialization": "kaiming_uniform", "embedding_bias": True,
-            "share_embedding_strategy": "fraction", "shared_embedding_fraction": 0.25, "embedding_dropout": 0.0,
+            "share_embedding_strategy": "fraction", "shared_embedding_fraction": 0.25,
+            "embedding_dropout": 0.0,
             "num_heads": n_heads, "num_attn_blocks": n_layers, "transformer_head_dim": None,
             "attn_dropout": dropout, "add_norm_dropout": dropout, "ff_dropout": dropout,
             "ff_hidden_multiplier": ffn_mult, "transformer_activation": activation,
-            "attn_feature_importance": False, "batch_norm_continuous_input": False, "virtual_batch_size": None,
+            "attn_feature_importance": False, "batch_norm_continuous_input": False,
+            "virtual_batch_size": None,
         })
         self.backbone = FTTransformerBackbone(config)
         self.embedding = self.backbone._build_embedding_layer()
 
     @classmethod
-    def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> TabularFTTransformerEncoder:
+    def from_schema(cls, schema: dict[str, Any], *, d_model: int,
+                    **kwargs: Any) -> TabularFTTransformerEncoder:
         """Build from ``schema["clinical"]``."""
         return cls(numeric=schema["numeric"], categorical=schema["categorical"], d_model=d_model, **kwargs)
 
@@ -100,7 +106,8 @@ class TabularFTTransformerEncoder(ModalityEncoder):
         return {"continuous": _continuous(x, miss), "categorical": cat}
 
     def forward(self, batch: ModalityBatch) -> Tokens:
-        """clinical tensors -> ``Tokens [B, Kn + Kc, d]`` (``output="tokens"``) or ``[B, 1, d]`` (``"cls"``)."""
+        """clinical tensors -> ``Tokens [B, Kn + Kc, d]`` (``output="tokens"``) or ``[B, 1, d]``
+        (``"cls"``)."""
         emb = self.embedding(self._inputs(batch))  # [B, 2*Kn + Kc, d]
         present = batch.present
         if self.output == "cls":
@@ -118,7 +125,8 @@ class TabularFTTransformerEncoder(ModalityEncoder):
             raise ValueError(f"tabular_ft_transformer: clinical mask is {tuple(batch.mask.shape)}, expected "
                              f"{tuple(tok.shape[:2])} (one token per column)")
         tok = tok * batch.mask[..., None]
-        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality, present=present)
+        return Tokens(values=tok, mask=batch.mask, names=batch.names, modality=batch.modality,
+                      present=present)
 
 
 @ENCODERS.register("tabular_category_embedding", modalities=("clinical",))
@@ -128,11 +136,13 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
     Args:
         numeric, categorical: the schema's columns. d_model: token width.
         layers: the backbone's hidden widths, pytorch-tabular style ``"64-32"``.
-        cat_dim: embedding width per categorical column (default: pytorch-tabular's rule min(50, (card+1)//2)).
+        cat_dim: embedding width per categorical column (default: pytorch-tabular's rule
+            min(50, (card+1)//2)).
         activation, dropout, use_batch_norm: passed to the backbone (batch norm off by default: it makes a
             sample's output depend on the rest of its batch in training).
 
-    Output: ``Tokens [B, 1, d]`` named ``"clinical"`` (Linear(backbone output, d) + LayerNorm); 0 for absent samples.
+    Output: ``Tokens [B, 1, d]`` named ``"clinical"`` (Linear(backbone output, d) + LayerNorm); 0 for absent
+    samples.
     """
 
     shared_keywords = frozenset({"dropout"})
@@ -146,7 +156,8 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
         self.d_model = check_positive_int(d_model, "d_model", owner=owner)
         check_probability(dropout, "dropout", owner=owner)
         if not isinstance(layers, str) or not all(p.isdigit() and int(p) > 0 for p in layers.split("-")):
-            raise ValueError(f"{owner}: layers must look like '64-32' (positive widths joined by '-'), got {layers!r}")
+            raise ValueError(f"{owner}: layers must look like '64-32' (positive widths joined by '-'), "
+                             f"got {layers!r}")
         if not hasattr(nn, str(activation)):
             raise ValueError(f"{owner}: activation must name a torch.nn activation, got {activation!r}")
         if cat_dim is not None:
@@ -169,7 +180,8 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
         self.proj = nn.Sequential(nn.Linear(self.backbone.output_dim, d_model), nn.LayerNorm(d_model))
 
     @classmethod
-    def from_schema(cls, schema: dict[str, Any], *, d_model: int, **kwargs: Any) -> TabularCategoryEmbeddingEncoder:
+    def from_schema(cls, schema: dict[str, Any], *, d_model: int,
+                    **kwargs: Any) -> TabularCategoryEmbeddingEncoder:
         """Build from ``schema["clinical"]``."""
         return cls(numeric=schema["numeric"], categorical=schema["categorical"], d_model=d_model, **kwargs)
 
@@ -180,4 +192,5 @@ class TabularCategoryEmbeddingEncoder(ModalityEncoder):
         present = batch.present
         out = self.proj(h)[:, None, :] * present[:, None, None]
         names = [["clinical"] if p else [""] for p in present.tolist()]
-        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality, present=present)
+        return Tokens(values=out, mask=present[:, None].clone(), names=names, modality=batch.modality,
+                      present=present)

@@ -40,6 +40,12 @@ class Tokens:
         return int(self.values.shape[-1])
 
     def __post_init__(self) -> None:
-        assert self.values.dim() == 3, f"Tokens.values must be [B, T, d], got {tuple(self.values.shape)}"
-        assert self.mask.shape == self.values.shape[:2], "Tokens.mask must be [B, T]"
-        assert self.mask.dtype == torch.bool, "Tokens.mask must be bool"
+        # custom encoders build Tokens too, so a wrong shape is an error of the caller, not an invariant
+        where = f"Tokens ({self.modality})"
+        if self.values.dim() != 3:
+            raise ValueError(f"{where}: values must be [B, T, d], got {tuple(self.values.shape)}")
+        if self.mask.shape != self.values.shape[:2]:
+            raise ValueError(f"{where}: mask must be [B, T] = {tuple(self.values.shape[:2])}, "
+                             f"got {tuple(self.mask.shape)}")
+        if self.mask.dtype != torch.bool:
+            raise TypeError(f"{where}: mask must be bool, got {self.mask.dtype}")

@@ -11,7 +11,8 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["AGGREGATORS", "Aggregator", "AggregatorOutput", "create_aggregator", "list_aggregators"], "base"),
+    **dict.fromkeys(["AGGREGATORS", "Aggregator", "AggregatorOutput", "create_aggregator",
+                     "list_aggregators"], "base"),
     **dict.fromkeys(["ATTENTION_KINDS", "AttentionRecord"], "records"),
     **dict.fromkeys(["ClassificationHead", "CoxHead", "DiscreteTimeHead"], "heads"),
     **dict.fromkeys(["classification_loss", "cox_partial_nll", "discrete_time_nll", "hazards_to_survival",

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..encoders.common import check_heads, check_positive_int, check_probability
 from ..encoders.registry import Registry
 from ..encoders.tokens import Tokens
 from .records import AttentionRecord
@@ -82,14 +83,16 @@ def list_aggregators() -> list[str]:
     return AGGREGATORS.names()
 
 
-def check_common_args(*, d_model: int, modalities: Sequence[str], n_outputs: int,
-                      n_heads: int | None = None) -> None:
-    """Validate the constructor arguments every aggregator shares (clear ``ValueError``/``TypeError``)."""
-    if not isinstance(d_model, int) or d_model <= 0:
-        raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-    if n_heads is not None and (n_heads <= 0 or d_model % n_heads):
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+def check_common_args(*, owner: str, d_model: int, modalities: Sequence[str], n_outputs: int,
+                      n_heads: int | None = None, dropout: float | None = None) -> None:
+    """Validate the constructor arguments every aggregator shares (``ValueError`` / ``TypeError`` naming
+    ``owner``), with the encoders' checks; ``n_heads`` / ``dropout`` only for aggregators that have them."""
+    check_positive_int(d_model, "d_model", owner=owner)
+    if n_heads is not None:
+        check_heads(d_model, n_heads, owner=owner)
+    if dropout is not None:
+        check_probability(dropout, "dropout", owner=owner)
     if isinstance(modalities, str) or not modalities:
-        raise TypeError(f"modalities must be a non-empty sequence of modality names, got {modalities!r}")
-    if not isinstance(n_outputs, int) or n_outputs <= 0:
-        raise ValueError(f"n_outputs must be a positive int (classes, time bins, or 1), got {n_outputs!r}")
+        raise TypeError(f"{owner}: modalities must be a non-empty sequence of modality names, "
+                        f"got {modalities!r}")
+    check_positive_int(n_outputs, "n_outputs (classes, time bins, or 1)", owner=owner)

@@ -9,8 +9,8 @@ A run config::
       time: time_days                    # survival: time and event columns (of `targets`, default: clinical)
       event: relapse
       genomics: expression.h5ad
-      images: features/                  # folder of <sample>.npy|.pt|.h5 (or <sample>/ with one file per slide),
-                                         # or a manifest CSV with columns sample_id, path[, slide_id]
+      images: features/                  # folder of <sample>.npy|.pt|.h5 (or <sample>/ with one file per
+                                         # slide), or a manifest CSV with columns sample_id, path[, slide_id]
       events: events.csv                 # long table: id column, time, code[, value]
     model:                               # FusionModel keywords
       aggregator: persam
@@ -58,8 +58,6 @@ def data_keys() -> dict[str, str]:
     return {**keys, **_TARGET_KEYS}
 
 
-DATA_KEYS: dict[str, str] = data_keys()
-"""The data keys of the built-in modalities (:func:`data_keys` also lists those registered later)."""
 RUN_KEYS: dict[str, str] = {
     "task": "classification or survival",
     "data": "the data: a mapping of data keys, or the path of a data.yaml",
@@ -84,7 +82,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def _column(frame: pd.DataFrame, name: str, key: str, what: str) -> pd.Series:
     if name not in frame.columns:
-        raise ValueError(f"data.{key}: column {name!r} is not in the {what} table (columns: {list(frame.columns)})")
+        raise ValueError(f"data.{key}: column {name!r} is not in the {what} table "
+                         f"(columns: {list(frame.columns)})")
     return frame[name]
 
 

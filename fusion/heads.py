@@ -1,8 +1,8 @@
 """Task heads: the patient vector(s) from an aggregator -> classification logits, hazard logits or a Cox risk.
 
 Every head accepts a pooled ``[B, d]`` vector or per-class vectors ``[B, C, d]`` (an aggregator may pool
-once per class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the pooled
-vector, or class c's own vector ``v[:, c]``.
+once per class or time bin). Both use the same parameters: output c is ``w_c . v + b_c`` where ``v`` is the
+pooled vector, or class c's own vector ``v[:, c]``.
 """
 
 from __future__ import annotations
@@ -10,26 +10,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..encoders.common import check_int, check_positive_int, check_probability
+
 
 class _ScoreHead(nn.Module):
-    """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` -> ``[B, C]``."""
+    """An optional hidden layer followed by one score per output, ``[B, d]`` or ``[B, C, d]`` ->
+    ``[B, C]``."""
 
     shared_keywords = frozenset({"dropout"})
 
-    def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, *, d_model: int, n_outputs: int, hidden: int | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"{name}: d_model must be a positive int, got {d_model!r}")
-        if not isinstance(n_outputs, int) or n_outputs <= 0:
-            raise ValueError(f"{name}: the number of outputs must be a positive int, got {n_outputs!r}")
-        if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
-            raise ValueError(f"{name}: hidden must be a positive int or None, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
+        check_positive_int(d_model, "d_model", owner=name)
+        check_positive_int(n_outputs, "the number of outputs", owner=name)
+        if hidden is not None:
+            check_positive_int(hidden, "hidden", owner=name)
+        check_probability(dropout, "dropout", owner=name)
         self.d_model, self.n_outputs, self.hidden = d_model, n_outputs, hidden
         width = hidden or d_model
-        self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width), nn.GELU())
+        self.body = (nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, width),
+                                   nn.GELU())
                      if hidden else nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout)))
         self.score = nn.Linear(width, n_outputs)
 
@@ -43,13 +45,15 @@ class _ScoreHead(nn.Module):
         if pooled.dim() == 2:
             return self.score(h)
         if pooled.shape[1] != self.n_outputs:
-            raise ValueError(f"{type(self).__name__}: per-class input has {pooled.shape[1]} vectors, expected "
-                             f"one per output ({self.n_outputs})")
+            raise ValueError(f"{type(self).__name__}: per-class input has {pooled.shape[1]} vectors, "
+                             f"expected one per output ({self.n_outputs})")
         # class c is scored from its own vector with row c of the same linear layer
         return torch.einsum("bcd,cd->bc", h, self.score.weight) + self.score.bias
 
-    def part_scores(self, pooled: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the scores.
+    def part_scores(self, pooled: torch.Tensor,
+                    parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Each additive part ``X`` of ``pooled`` (``[B, d]`` or ``[B, C, d]``) -> its exact share of the
+        scores.
 
         A generic head method for :meth:`Aggregator.explain`: an aggregator whose pooled vector is a sum of
         parts can measure each part in the head's output units (logits), e.g. to weigh modalities.
@@ -74,9 +78,9 @@ class _ScoreHead(nn.Module):
 class ClassificationHead(_ScoreHead):
     """Class logits ``[B, C]`` (C >= 2; binary tasks use two logits and softmax cross-entropy)."""
 
-    def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None, dropout: float = 0.0) -> None:
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"ClassificationHead: n_classes must be an int >= 2, got {n_classes!r}")
+    def __init__(self, *, d_model: int, n_classes: int, hidden: int | None = None,
+                 dropout: float = 0.0) -> None:
+        check_int(n_classes, "n_classes", owner="ClassificationHead", minimum=2)
         super().__init__(d_model=d_model, n_outputs=n_classes, hidden=hidden, dropout=dropout)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -85,11 +89,11 @@ class ClassificationHead(_ScoreHead):
 
 
 class DiscreteTimeHead(_ScoreHead):
-    """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to k)."""
+    """Hazard logits ``[B, K]`` over K time bins: h_k = sigmoid(logit_k) = P(event in bin k | survived to
+    k)."""
 
     def __init__(self, *, d_model: int, n_bins: int, hidden: int | None = None, dropout: float = 0.0) -> None:
-        if not isinstance(n_bins, int) or n_bins < 1:
-            raise ValueError(f"DiscreteTimeHead: n_bins must be a positive int, got {n_bins!r}")
+        check_positive_int(n_bins, "n_bins", owner="DiscreteTimeHead")
         super().__init__(d_model=d_model, n_outputs=n_bins, hidden=hidden, dropout=dropout)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

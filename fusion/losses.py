@@ -73,8 +73,8 @@ def make_time_bins(time, event, n_bins: int) -> np.ndarray:
     event_times = t[e == 1]
     distinct = np.unique(event_times)
     if len(distinct) < n_bins:
-        raise ValueError(f"{len(distinct)} distinct event times cannot make {n_bins} time bins; use n_bins <= "
-                         f"{max(len(distinct), 1)}")
+        raise ValueError(f"{len(distinct)} distinct event times cannot make {n_bins} time bins; "
+                         f"use n_bins <= {max(len(distinct), 1)}")
     probs = np.arange(1, n_bins) / n_bins
     inner = np.quantile(event_times, probs)
     if np.any(np.diff(inner) <= 0) or np.any(inner <= 0):
@@ -89,7 +89,8 @@ def time_to_bin(time: torch.Tensor, bin_edges) -> torch.Tensor:
     return torch.bucketize(time.to(torch.float64).contiguous(), inner, right=True)
 
 
-def discrete_time_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor, bin_edges) -> torch.Tensor:
+def discrete_time_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+                      bin_edges) -> torch.Tensor:
     """Censoring-aware negative log-likelihood of discrete-time hazards (mean over the batch).
 
     With h_k = sigmoid(logit_k) and the sample's bin y: an event contributes

@@ -1,4 +1,5 @@
-"""Metrics of the estimator: AUC, balanced accuracy, c-index, IPCW integrated Brier score, per missingness pattern.
+"""Metrics of the estimator: AUC, balanced accuracy, c-index, IPCW integrated Brier score, per missingness
+pattern.
 
 Every function takes plain arrays / pandas objects and returns floats, so the same code scores a fitted
 model (``FusionModel.evaluate``), the out-of-fold predictions of ``cross_validate`` and the baselines of the
@@ -181,8 +182,8 @@ def classification_metrics(y_true: Sequence, proba: pd.DataFrame) -> dict[str, f
 
 
 def survival_metrics(
-    time: Sequence[float], event: Sequence[int], risk: Sequence[float], survival: pd.DataFrame | None = None, *,
-    censoring: dict[str, list[float]] | None = None,
+    time: Sequence[float], event: Sequence[int], risk: Sequence[float],
+    survival: pd.DataFrame | None = None, *, censoring: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """``c_index``, ``integrated_brier_score`` (when ``survival``, samples x times, is given), ``n``,
     ``n_events``."""
@@ -243,7 +244,8 @@ def evaluate_classification(labels: pd.Series, proba: pd.DataFrame, presence: pd
 
 
 def evaluate_survival(targets: pd.DataFrame, risk: pd.Series, survival: pd.DataFrame | None,
-                      presence: pd.DataFrame, *, censoring: dict[str, list[float]] | None = None) -> dict[str, Any]:
+                      presence: pd.DataFrame, *,
+                      censoring: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """:func:`survival_metrics` of every sample, and per missingness pattern (``by_pattern``).
 
     Args:

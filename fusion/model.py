@@ -38,8 +38,8 @@ class FusionModel(BaseEstimator):
         encoders: modality -> registered encoder name; modalities not named get
             ``clinfuse.encoders.default_encoder``.
         d_model, n_heads, n_layers, dropout, ffn_mult: token width and the shared settings (attention
-            heads, layers, dropout, feed-forward width as a multiple of d_model), each passed to every encoder,
-            aggregator and head that has the concept; None leaves each component its own default.
+            heads, layers, dropout, feed-forward width as a multiple of d_model), each passed to every
+            encoder, aggregator and head that has the concept; None leaves each component its own default.
         modality_dropout: probability of dropping a whole modality of a training sample (missing modalities
             at prediction time are then a trained case).
         survival_head: "discrete" (discrete-time hazards over ``n_time_bins`` bins of the training event
@@ -64,13 +64,16 @@ class FusionModel(BaseEstimator):
                  encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int | None = 4,
                  n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
                  modality_dropout: float = 0.1, survival_head: str = "discrete",
-                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16, max_patches: int | None = 512,
+                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16,
+                 max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
                  early_stopping_patience: int | None = 5, validation_fraction: float = 0.2,
                  class_weights: str | dict | None = None, top_genes: int | None = 2000,
-                 preprocessor_kwargs: dict[str, Any] | None = None, aggregator_kwargs: dict[str, Any] | None = None,
-                 encoder_kwargs: dict[str, dict[str, Any]] | None = None, strategy: Any = "auto", devices: Any = 1,
+                 preprocessor_kwargs: dict[str, Any] | None = None,
+                 aggregator_kwargs: dict[str, Any] | None = None,
+                 encoder_kwargs: dict[str, dict[str, Any]] | None = None, strategy: Any = "auto",
+                 devices: Any = 1,
                  accelerator: str = "cpu", verbose: bool = True, seed: int = 0) -> None:
         self.task = task
         self.aggregator = aggregator
@@ -247,7 +250,8 @@ class FusionModel(BaseEstimator):
         """Class probabilities, DataFrame ``[samples x classes]`` (columns ``classes_``)."""
         self._check_task("predict_proba", "classification")
         ids, arrays = self._predict_arrays(cohort)
-        return pd.DataFrame(arrays["proba"], index=pd.Index(ids, name="sample_id"), columns=list(self.classes_))
+        return pd.DataFrame(arrays["proba"], index=pd.Index(ids, name="sample_id"),
+                            columns=list(self.classes_))
 
     def predict(self, cohort: Any) -> pd.Series:
         """Most probable class label of each sample (Series indexed by sample id)."""
@@ -256,7 +260,8 @@ class FusionModel(BaseEstimator):
         return pd.Series(labels, index=proba.index, name="prediction")
 
     def predict_risk(self, cohort: Any) -> pd.Series:
-        """Risk score of each sample, higher = worse (discrete head: ``-sum_k S(t_k)``; Cox: the linear risk)."""
+        """Risk score of each sample, higher = worse (discrete head: ``-sum_k S(t_k)``; Cox: the linear
+        risk)."""
         self._check_task("predict_risk", "survival")
         ids, arrays = self._predict_arrays(cohort)
         return pd.Series(arrays["risk"], index=pd.Index(ids, name="sample_id"), name="risk")
@@ -276,7 +281,8 @@ class FusionModel(BaseEstimator):
         ids, arrays = self._predict_arrays(cohort)
         return self._survival_frame(ids, arrays, times)
 
-    def _survival_frame(self, ids: list[str], arrays: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
+    def _survival_frame(self, ids: list[str], arrays: dict[str, np.ndarray],
+                        times: np.ndarray) -> pd.DataFrame:
         index = pd.Index(ids, name="sample_id")
         if self.survival_head == "cox":
             return pd.DataFrame(self._cox_survival(arrays["risk"], times), index=index, columns=list(times))
@@ -333,7 +339,8 @@ class FusionModel(BaseEstimator):
     # ----------------------------------------------------------------------------------------- explain
     @property
     def attention_kinds(self) -> list[str]:
-        """Attention kinds the fitted aggregator exports for this model's modalities (``ATTENTION_KINDS`` order)."""
+        """Attention kinds the fitted aggregator exports for this model's modalities (``ATTENTION_KINDS``
+        order)."""
         self._check_fitted()
         declared = set(getattr(self.network_.aggregator, "attention_kinds", ()))
         token_kinds = {TOKEN_KIND[m] for m in self.modalities_}

@@ -35,7 +35,8 @@ class FusionNetwork(nn.Module):
     """The whole model for one batch: per-modality encoders, token-type embeddings, aggregator, task head.
 
     Args:
-        encoders: modality -> :class:`~clinfuse.encoders.ModalityEncoder` (one per modality of ``modalities``).
+        encoders: modality -> :class:`~clinfuse.encoders.ModalityEncoder` (one per modality of
+            ``modalities``).
         aggregator: a registered :class:`~clinfuse.fusion.base.Aggregator` built for the same modalities.
         head: ``ClassificationHead`` / ``DiscreteTimeHead`` / ``CoxHead`` (any module mapping the pooled
             vector(s) to outputs).
@@ -60,10 +61,11 @@ class FusionNetwork(nn.Module):
         missing = [m for m in modalities if m not in encoders]
         extra = [m for m in encoders if m not in modalities]
         if missing or extra:
-            raise ValueError(f"FusionNetwork: encoders must be given for exactly the modalities {list(modalities)}; "
-                             f"missing {missing}, unexpected {extra}")
+            raise ValueError(f"FusionNetwork: encoders must be given for exactly the modalities "
+                             f"{list(modalities)}; missing {missing}, unexpected {extra}")
         if not isinstance(aggregator, Aggregator):
-            raise TypeError(f"FusionNetwork: aggregator must be an Aggregator module, got {type(aggregator).__name__}")
+            raise TypeError(f"FusionNetwork: aggregator must be an Aggregator module, "
+                            f"got {type(aggregator).__name__}")
         if not isinstance(modality_dropout, (int, float)) or not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"FusionNetwork: modality_dropout must be in [0, 1), got {modality_dropout!r}")
         self.d_model, self.modalities = d_model, tuple(modalities)
@@ -89,7 +91,8 @@ class FusionNetwork(nn.Module):
         for m in self.modalities:
             tokens = self.encoders[m](batch.modalities[m])
             if tokens.d_model != self.d_model:
-                raise ValueError(f"encoder of {m!r} returned width {tokens.d_model}, expected d_model={self.d_model}")
+                raise ValueError(f"encoder of {m!r} returned width {tokens.d_model}, "
+                                 f"expected d_model={self.d_model}")
             out[m] = tokens
         return out
 
@@ -119,8 +122,8 @@ class FusionNetwork(nn.Module):
         outputs = self.head(agg.pooled)
         if agg.offsets is not None:
             if agg.offsets.numel() != outputs.numel():
-                raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} do not match "
-                                 f"the head's outputs {tuple(outputs.shape)}")
+                raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} "
+                                 f"do not match the head's outputs {tuple(outputs.shape)}")
             outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
         # outside training the aggregator may measure its attention on the head's scores
         records = agg.records if self.training else self.aggregator.explain(agg, self.head)

@@ -29,10 +29,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..datasets.atomic import atomic_path, write_text_atomic
+from ..datasets.statistics import to_jsonable
 from .build import build_network, output_names, resolve_network_config
 from .fitted import FittedState
 
@@ -43,25 +43,6 @@ MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folde
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
                 "pytorch-tabular", "einops")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, tuples and paths -> plain JSON types (NaN -> None)."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -41,10 +41,12 @@ class TokenTypeEmbedding(nn.Module):
         if not isinstance(d_model, int) or d_model <= 0:
             raise ValueError(f"TokenTypeEmbedding: d_model must be a positive int, got {d_model!r}")
         if isinstance(modalities, str) or not modalities:
-            raise TypeError(f"TokenTypeEmbedding: modalities must be a non-empty sequence, got {modalities!r}")
+            raise TypeError(f"TokenTypeEmbedding: modalities must be a non-empty sequence, "
+                            f"got {modalities!r}")
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
-            raise ValueError(f"TokenTypeEmbedding: unknown modalities {unknown}; expected some of {MODALITIES}")
+            raise ValueError(f"TokenTypeEmbedding: unknown modalities {unknown}; "
+                             f"expected some of {MODALITIES}")
         if patch_coords and d_model % 4:
             raise ValueError(f"TokenTypeEmbedding: patch_coords needs d_model divisible by 4, got {d_model}")
         if max_segments <= 0 or coord_scale <= 0:
@@ -57,7 +59,8 @@ class TokenTypeEmbedding(nn.Module):
         self.patch_coords, self.coord_scale = patch_coords, coord_scale
 
     def forward(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
-        """modality -> Tokens ``[B, T, d]``, returned with the embeddings added (mask, names, meta unchanged)."""
+        """modality -> Tokens ``[B, T, d]``, returned with the embeddings added (mask, names, meta
+        unchanged)."""
         out = {}
         for m, t in tokens.items():
             if m not in self.modalities:

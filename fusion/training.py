@@ -94,8 +94,8 @@ class FusionLightningModule(pl.LightningModule):
         self._train_losses: list[float] = []
 
     # ----------------------------------------------------------------------------------------- losses
-    def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None, time: torch.Tensor | None = None,
-             event: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None,
+             time: torch.Tensor | None = None, event: torch.Tensor | None = None) -> torch.Tensor:
         """The task loss of ``outputs`` (see the class docstring for their shapes)."""
         from .losses import classification_loss, cox_partial_nll, discrete_time_nll
 
@@ -222,8 +222,9 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     return pl.Trainer(
         max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
         gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
-        deterministic=deterministic, enable_checkpointing=False, logger=False, enable_progress_bar=bool(verbose),
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, callbacks=callbacks,
+        deterministic=deterministic, enable_checkpointing=False, logger=False,
+        enable_progress_bar=bool(verbose), enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=1, callbacks=callbacks,
     )
 
 
@@ -233,7 +234,8 @@ def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor
         return None
     if isinstance(spec, str):
         if spec != "balanced":
-            raise ValueError(f"class_weights must be None, 'balanced' or a mapping label -> weight, got {spec!r}")
+            raise ValueError(f"class_weights must be None, 'balanced' or a mapping label -> weight, "
+                             f"got {spec!r}")
         counts = np.array([sum(1 for y in labels if y == c) for c in classes], dtype=float)
         return torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1.0)), dtype=torch.float32)
     if isinstance(spec, dict):
@@ -319,7 +321,8 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
     seed = int(model.seed)
     train_loader = make_loader(train, pre, batch_size=int(model.batch_size), shuffle=True, train=True,
                                max_patches=model.max_patches, seed=seed)
-    val_loader = None if validation is None else make_loader(validation, pre, batch_size=int(model.batch_size))
+    val_loader = (None if validation is None
+                  else make_loader(validation, pre, batch_size=int(model.batch_size)))
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -329,7 +332,8 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
                                    accumulate_grad_batches=model.accumulate_grad_batches,
                                    early_stopping_patience=model.early_stopping_patience,
                                    has_validation=val_loader is not None, strategy=model.strategy,
-                                   devices=model.devices, accelerator=model.accelerator, verbose=model.verbose)
+                                   devices=model.devices, accelerator=model.accelerator,
+                                   verbose=model.verbose)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
@@ -339,7 +343,8 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
         preprocessor=pre, schema=schema, network=module.network.cpu().eval(), network_config=config,
         classes=classes, time_bins=time_bins, history=list(module.history), best_epoch=module.best_epoch,
         censoring=censoring, is_global_zero=bool(trainer.is_global_zero), world_size=int(trainer.world_size),
-        metrics={"best_epoch": module.best_epoch, "best_val_loss": best_val, "epochs_run": len(module.history)},
+        metrics={"best_epoch": module.best_epoch, "best_val_loss": best_val,
+                 "epochs_run": len(module.history)},
         training_ids=[str(s) for s in train.sample_ids],
         validation_ids=None if validation is None else [str(s) for s in validation.sample_ids])
     return TrainingRun(state=state, train=train, validation=validation)

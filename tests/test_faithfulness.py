@@ -9,17 +9,18 @@ generator planted (``datasets/synthetic.py``):
 * planted clinical variables: ``biomarker_level`` is among the top 3 clinical variables by ``feature``
   attention and by |SHAP| for a majority of the held-out patients who carry its signal (clinical record
   present and the biomarker at least one sd away from its mean, so that it moves the outcome); it reaches
-  the prediction through PersAM's clinical logit term (one of its modality logit terms), which the ``feature`` kind describes; the rule
-  variable ``marker_status`` is in the top 3 by |SHAP| for a majority of those with an image bag;
+  the prediction through PersAM's clinical logit term (one of its modality logit terms), which the
+  ``feature`` kind describes; the rule variable ``marker_status`` is in the top 3 by |SHAP| for a majority
+  of those with an image bag;
 * deletion: removing a patient's top 10% patches by attention moves the predicted probability on
   average at least 2x more than removing a random 10% (mean over 5 random draws per patient);
 * personalisation: for the same image bag, the exploratory attention mass on type-A patches is larger
   with ``marker_status = "positive"`` than with ``"negative"`` for a majority of patients.
 
 The metrics are :mod:`clinfuse.fusion.explain.faithfulness`, with the recipe (``MODEL_PARAMS``,
-``COHORT_PARAMS``) that the benchmark shares. The issue's thresholds are asserted unchanged. The measured figures are printed (``pytest -s``);
-``benchmarks/bench_faithfulness.py`` runs the same checks over cohort sizes and seeds, for persam, the earlier
-encoded persam and abmil.
+``COHORT_PARAMS``) that the benchmark shares. The issue's thresholds are asserted unchanged. The measured
+figures are printed (``pytest -s``); ``benchmarks/bench_faithfulness.py`` runs the same checks over cohort
+sizes and seeds, for persam, the earlier encoded persam and abmil.
 Training recipe: batch 4 (more optimiser steps than the default 16, which the attention needs to learn the
 rule), up to 30 epochs with patience 10; about 30 s of CPU. 400 patients, not 200: with 140 training
 patients the rule is learned on most seeds but not all (``benchmarks/bench_faithfulness.py`` reports both
@@ -51,9 +52,10 @@ SIGNAL = "biomarker_level"
 
 
 # ----------------------------------------------------------------------------------------------- fixture
-def fit_on_planted_cohort(seed: int = SEED, *, kinds: list[str] | None = None, **overrides) -> SimpleNamespace:
-    """The synthetic cohort of ``seed``, a model (``MODEL_PARAMS`` with ``overrides``) fitted on 70% of it and
-    the report of its attention (``kinds``, default all) on the held-out 30%."""
+def fit_on_planted_cohort(seed: int = SEED, *, kinds: list[str] | None = None,
+                          **overrides) -> SimpleNamespace:
+    """The synthetic cohort of ``seed``, a model (``MODEL_PARAMS`` with ``overrides``) fitted on 70% of it
+    and the report of its attention (``kinds``, default all) on the held-out 30%."""
     cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "seed": seed})
     train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
     model = FusionModel(**{**MODEL_PARAMS, "seed": seed, **overrides}).fit(cohort.subset(train_ids))
@@ -109,8 +111,8 @@ def carrier_shap(trained):
     """|SHAP| over the clinical variables for the first 12 held-out signal carriers (one explainer run)."""
     carriers = signal_carriers(trained.cohort, list(trained.test.sample_ids), variable=SIGNAL)[:12]
     assert len(carriers) >= 10
-    frame = shap_values(trained.model, trained.test.subset(carriers), modality="clinical", background=trained.test,
-                        n_background=10).to_frame()
+    frame = shap_values(trained.model, trained.test.subset(carriers), modality="clinical",
+                        background=trained.test, n_background=10).to_frame()
     return carriers, frame
 
 

@@ -52,7 +52,8 @@ def test_each_plot_writes_a_png(report, tmp_path):
 
 
 def test_sample_figures_are_looked_up_by_name(report, tmp_path):
-    """The CLI draws the figure an aggregator names (``sample_figure``); an unknown name lists the known ones."""
+    """The CLI draws the figure an aggregator names (``sample_figure``); an unknown name lists the known
+    ones."""
     for name in ("patches", "persam"):
         figure = sample_figure(name)
         assert report.sample_ids_with(figure.kind) == ["a", "b"]

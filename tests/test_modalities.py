@@ -281,7 +281,8 @@ def test_unknown_cohort_keywords_name_the_registered_modalities():
 
 def _fifth_with_images(cohort: Cohort) -> Cohort:
     five = _fifth_cohort(cohort)
-    return Cohort(clinical=five.clinical, images=cohort.images, labels=five.labels, proteomics=five.proteomics)
+    return Cohort(clinical=five.clinical, images=cohort.images, labels=five.labels,
+                  proteomics=five.proteomics)
 
 
 def test_a_fifth_modality_trains_predicts_saves_and_explains(cohort, proteomics, tmp_path):

@@ -12,7 +12,8 @@ from ..images import ImageBags
 from ._common import resolve
 
 BREASTMNIST_CLASSES: dict[int, str] = {0: "malignant", 1: "normal_benign"}
-"""MedMNIST label -> class name used as the cohort label (``medmnist/info.py``: 0 malignant, 1 normal+benign)."""
+"""MedMNIST label -> class name used as the cohort label (``medmnist/info.py``: 0 malignant,
+1 normal+benign)."""
 
 BREASTMNIST_SPLITS: tuple[str, ...] = ("train", "val", "test")
 """The official MedMNIST splits, in file order."""
@@ -27,11 +28,12 @@ def load_breastmnist(path: str | os.PathLike, *, split: str | None = None) -> Co
         split: ``None`` loads all 780 images; "train" (546), "val" (78) or "test" (156) only that split.
 
     Returns:
-        A classification cohort whose only modality is ``images``: ``ImageBags.from_patches`` pixel bags of one
-        image each, ``[1, 1, 28, 28]`` scaled to [0, 1]. Sample ids are ``<split>_<index>`` with the 0-based
-        row of the image in that split's array (``train_0000`` .. ``train_0545``, ``val_0000``, ``test_0000``),
-        so the official split is recoverable from every id (:func:`breastmnist_split_ids`), also after
-        ``subset``. Labels are the names in :data:`BREASTMNIST_CLASSES` ("malignant", "normal_benign").
+        A classification cohort whose only modality is ``images``: ``ImageBags.from_patches`` pixel bags of
+        one image each, ``[1, 1, 28, 28]`` scaled to [0, 1]. Sample ids are ``<split>_<index>`` with the
+        0-based row of the image in that split's array (``train_0000`` .. ``train_0545``, ``val_0000``,
+        ``test_0000``), so the official split is recoverable from every id (:func:`breastmnist_split_ids`),
+        also after ``subset``. Labels are the names in :data:`BREASTMNIST_CLASSES` ("malignant",
+        "normal_benign").
         ``cohort.name`` is ``"BreastMNIST"`` or ``"BreastMNIST (<split>)"``.
     """
     if split is not None and split not in BREASTMNIST_SPLITS:
@@ -51,7 +53,8 @@ def load_breastmnist(path: str | os.PathLike, *, split: str | None = None) -> Co
             x, y = npz[f"{name}_images"], npz[f"{name}_labels"].reshape(-1)  # official labels are [n, 1]
             if x.ndim != 3 or len(x) != len(y):
                 raise ValueError(
-                    f"load_breastmnist: {name}_images has shape {x.shape} for {len(y)} labels; expected [n, H, W]"
+                    f"load_breastmnist: {name}_images has shape {x.shape} for {len(y)} labels; "
+                    "expected [n, H, W]"
                 )
             bad = sorted(set(np.unique(y).tolist()) - set(BREASTMNIST_CLASSES))
             if bad:

@@ -30,7 +30,8 @@ def load_gse7390(path: str | os.PathLike) -> Cohort:
         * ``genomics``: AnnData ``[198, 76]`` of the expression values as given; ``var_names`` are the
           Affymetrix probe ids with the ``X`` prefix that R's ``make.names`` added removed
           (``X219340_s_at`` -> ``219340_s_at``); the original column names are in ``var["column"]``.
-        * ``survival``: ``time`` = ``t.tdm`` (days), ``event`` = ``e.tdm`` (1 = distant metastasis; 51 events).
+        * ``survival``: ``time`` = ``t.tdm`` (days), ``event`` = ``e.tdm`` (1 = distant metastasis;
+          51 events).
     """
     from scipy.io import arff
 
@@ -40,7 +41,7 @@ def load_gse7390(path: str | os.PathLike) -> Cohort:
     expected = {"age", "size", "grade", "er", "t.tdm", "e.tdm"}
     if not expected <= set(df.columns):
         raise ValueError(f"load_gse7390: {str(file)!r} lacks column(s) {sorted(expected - set(df.columns))}")
-    for col in df.columns[df.dtypes == object]:  # nominal ARFF attributes arrive as bytes
+    for col in df.select_dtypes(include="object").columns:  # nominal ARFF attributes arrive as bytes
         df[col] = df[col].str.decode("utf-8")
     ids = [f"GSE7390_{i + 1:03d}" for i in range(len(df))]
     df.index = pd.Index(ids, name="sample_id")
@@ -55,7 +56,8 @@ def load_gse7390(path: str | os.PathLike) -> Cohort:
                 "grade 'unkown' set to missing",
                 "clinical",
                 int(unknown_grade.sum()),
-                "the file codes an unknown grade as the level 'unkown'; it is a missing value, not a category",
+                "the file codes an unknown grade as the level 'unkown'; it is a missing value, "
+                "not a category",
             )
         )
 

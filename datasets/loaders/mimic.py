@@ -1,4 +1,5 @@
-"""MIMIC-III Clinical Database Demo v1.4: one sample per hospital admission, EHR events up to a prediction time.
+"""MIMIC-III Clinical Database Demo v1.4: one sample per hospital admission, EHR events up to a prediction
+time.
 
 Leakage rules (why the code below looks the way it does)
 --------------------------------------------------------
@@ -214,7 +215,8 @@ def load_mimic3_demo(
                 "age above 89 set to 90",
                 "clinical",
                 int(capped.sum()),
-                "MIMIC-III shifts the birth date of patients older than 89 (ages near 300); the true age is unknown",
+                "MIMIC-III shifts the birth date of patients older than 89 (ages near 300); "
+                "the true age is unknown",
             )
         )
     clinical = pd.DataFrame(

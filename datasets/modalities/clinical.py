@@ -116,8 +116,8 @@ def _numeric_column(series: pd.Series, name: str) -> np.ndarray:
     bad = series[np.isnan(values) & series.notna().to_numpy()]
     if len(bad):
         raise ValueError(
-            f"clinical column {name!r} is numeric but sample(s) {[str(s) for s in bad.index[:5]]} "
-            f"hold non-numeric values {bad.tolist()[:5]}; declare it categorical via "
+            f"clinical column {name!r} is numeric but sample(s) {format_ids(bad.index)} "
+            f"hold non-numeric values {format_ids(bad.tolist())}; declare it categorical via "
             "clinical_types"
         )
     return values

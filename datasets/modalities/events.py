@@ -215,11 +215,11 @@ class EventsPreprocessor(ModalityPreprocessor):
         index_time = pd.Series(np.asarray(index_time, dtype=np.float64), index=index_time.index.astype(str))
         unknown = sorted(set(sample_names) - set(index_time.index))
         if unknown:
-            raise ValueError(f"events: no index_time for sample(s) {unknown[:5]}")
+            raise ValueError(f"events: no index_time for sample(s) {format_ids(unknown)}")
         times = index_time.reindex(sample_names).to_numpy()[sample_of] - events["time"].to_numpy(np.float64)
         late = sorted(sample_names[np.unique(sample_of[times < 0])])
         if late:
-            raise ValueError(f"events: sample(s) {late[:5]} have events after their index_time "
+            raise ValueError(f"events: sample(s) {format_ids(late)} have events after their index_time "
                              "(the Cohort excludes those; pass a Cohort)")
         unique_codes = pd.Series(code_names)
         vocab = {c: i + 2 for i, c in enumerate(self.code_vocab_)}

@@ -172,7 +172,7 @@ class GenomicsPreprocessor(ModalityPreprocessor):
         if (index < 0).any():
             lost = [g for g, i in zip(self.genes_, index, strict=True) if i < 0]
             raise ValueError(f"genomics: {len(lost)} of {len(self.genes_)} fitted gene(s) are missing, "
-                             f"e.g. {lost[:5]}")
+                             f"e.g. {format_ids(lost)}")
         samples = [str(s) for s in adata.obs_names]
         library = self._library_sizes(adata.X, samples)
         block = self._transform_block(_rows(adata.X, slice(None), index), library, samples)
@@ -193,7 +193,7 @@ class GenomicsPreprocessor(ModalityPreprocessor):
         empty = [s for s, t in zip(samples, total, strict=True) if not t > 0]
         if empty:
             raise ValueError(f"genomics: gene_transform='cpm_log1p' needs a positive library size; "
-                             f"sample(s) {empty[:5]} have total expression <= 0")
+                             f"sample(s) {format_ids(empty)} have total expression <= 0")
         return total
 
     def _transform_block(
@@ -207,7 +207,7 @@ class GenomicsPreprocessor(ModalityPreprocessor):
         if bad:
             raise ValueError(
                 f"genomics: gene_transform={self.gene_transform!r} needs non-negative expression; "
-                f"sample(s) {bad[:5]} have negative values (already log-scaled? use None)"
+                f"sample(s) {format_ids(bad)} have negative values (already log-scaled? use None)"
             )
         if library is not None:
             block = block / library[:, None] * 1e6
@@ -231,7 +231,8 @@ class GenomicsPreprocessor(ModalityPreprocessor):
         have = {str(g) for g in adata.var_names}
         lost = [g for g in self.genes_ if g not in have]
         if lost:
-            return [f"genomics: {len(lost)} of {len(self.genes_)} fitted gene(s) missing, e.g. {lost[:5]}"]
+            return [f"genomics: {len(lost)} of {len(self.genes_)} fitted gene(s) missing, "
+                    f"e.g. {format_ids(lost)}"]
         return []
 
 

@@ -43,9 +43,11 @@ class ABMILAggregator(Aggregator):
                  class_names: Sequence[str] | None = None, instance_modality: str | None = None,
                  hidden: int | None = None, gated: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs)
+        check_common_args(owner="abmil", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          dropout=dropout)
         if not any(m in _INSTANCE_PREFERENCE for m in modalities):
-            raise ValueError(f"abmil: no known modality in {list(modalities)}; expected some of {_INSTANCE_PREFERENCE}")
+            raise ValueError(f"abmil: no known modality in {list(modalities)}; expected some of "
+                             f"{_INSTANCE_PREFERENCE}")
         instance_modality = instance_modality or default_instance_modality(modalities)
         if instance_modality not in modalities:
             raise ValueError(f"abmil: instance_modality={instance_modality!r} is not one of the modalities "

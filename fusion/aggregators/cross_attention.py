@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.common import check_positive_int
 from ...encoders.layers import FeedForward, MultiHeadAttention
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
@@ -113,10 +114,9 @@ class CrossAttentionAggregator(Aggregator):
                  both_ways: bool = False, n_heads: int = 4, max_query_tokens: int = 64,
                  max_map_elements: int = 1_000_000, dropout: float = 0.1) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
-        if not isinstance(max_query_tokens, int) or max_query_tokens <= 0:
-            raise ValueError(f"cross_attention: max_query_tokens must be a positive int, "
-                             f"got {max_query_tokens!r}")
+        check_common_args(owner="cross_attention", d_model=d_model, modalities=modalities,
+                          n_outputs=n_outputs, n_heads=n_heads, dropout=dropout)
+        check_positive_int(max_query_tokens, "max_query_tokens", owner="cross_attention")
         self.d_model, self.modalities = d_model, tuple(modalities)
         pair_list = default_pairs(self.modalities) if pairs is None else [tuple(p) for p in pairs]
         for p in pair_list:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.common import check_positive_int
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ..records import masked_normalise
@@ -42,11 +43,13 @@ class HierarchicalAggregator(Aggregator):
     shared_keywords = frozenset({"dropout"})
 
     def __init__(self, *, d_model: int, modalities: Sequence[str], n_outputs: int = 1,
-                 class_names: Sequence[str] | None = None, hidden: int | None = None, dropout: float = 0.0) -> None:
+                 class_names: Sequence[str] | None = None, hidden: int | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs)
-        if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
-            raise ValueError(f"hierarchical: hidden must be a positive int or None, got {hidden!r}")
+        check_common_args(owner="hierarchical", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          dropout=dropout)
+        if hidden is not None:
+            check_positive_int(hidden, "hidden", owner="hierarchical")
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.level1 = nn.ModuleDict({m: GatedAttentionPooling(d_model=d_model, hidden=hidden, dropout=dropout)
                                      for m in self.modalities})
@@ -55,7 +58,8 @@ class HierarchicalAggregator(Aggregator):
         self.level2 = GatedAttentionPooling(d_model=d_model, hidden=hidden, dropout=dropout)
         self.empty = nn.Parameter(torch.zeros(d_model))
         self.norm = nn.LayerNorm(d_model)
-        self.attention_kinds = frozenset({"modality"} | {TOKEN_KIND[m] for m in self.modalities if m in TOKEN_KIND})
+        self.attention_kinds = frozenset({"modality"}
+                                         | {TOKEN_KIND[m] for m in self.modalities if m in TOKEN_KIND})
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:
         """``tokens``: modality -> Tokens ``[B, T_m, d]`` -> pooled ``[B, d]`` + records."""

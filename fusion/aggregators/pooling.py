@@ -110,7 +110,8 @@ class CappedTokens:
         return out * original_mask
 
 
-def cap_tokens(x: torch.Tensor, mask: torch.Tensor, *, limit: int, pooler: GatedAttentionPooling) -> CappedTokens:
+def cap_tokens(x: torch.Tensor, mask: torch.Tensor, *, limit: int,
+               pooler: GatedAttentionPooling) -> CappedTokens:
     """Keep each sample's real tokens when it has at most ``limit`` of them, else its ``pooler`` summary.
 
     The decision is per sample (by its own token count), so a sample's result never depends on which other
@@ -143,7 +144,8 @@ class MissingAwareMeans(nn.Module):
     def __init__(self, *, d_model: int, modalities: Sequence[str]) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
-        self.missing = nn.ParameterDict({m: nn.Parameter(torch.randn(d_model) * 0.02) for m in self.modalities})
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.randn(d_model) * 0.02)
+                                         for m in self.modalities})
 
     def forward(self, tokens: Mapping[str, Tokens], batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """``[B, len(modalities) * d]``; a modality missing from ``tokens`` is absent for every sample."""
@@ -240,6 +242,6 @@ def modality_record(weights: torch.Tensor, present: torch.Tensor, modalities: Se
 def presence_matrix(tokens: Mapping[str, Tokens], modalities: Sequence[str], batch_size: int,
                     device: torch.device) -> torch.Tensor:
     """bool ``[B, M]``: sample b has at least one real token of modality m."""
-    cols = [tokens[m].mask.any(dim=1) if m in tokens else torch.zeros(batch_size, dtype=torch.bool, device=device)
-            for m in modalities]
+    cols = [tokens[m].mask.any(dim=1) if m in tokens
+            else torch.zeros(batch_size, dtype=torch.bool, device=device) for m in modalities]
     return torch.stack(cols, dim=1)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...datasets.batch import TOKEN_KIND
+from ...encoders.common import check_positive_int
 from ...encoders.layers import TransformerBlock
 from ...encoders.tokens import Tokens
 from ..base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
@@ -56,14 +57,12 @@ class SelfAttentionAggregator(Aggregator):
                  max_patch_tokens: int = 256, max_tokens: int = 1024, n_summary_tokens: int = 8,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
+        check_common_args(owner="self_attention", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          n_heads=n_heads, dropout=dropout)
         for name, value in (("n_layers", n_layers), ("ffn_mult", ffn_mult),
                             ("max_patch_tokens", max_patch_tokens),
                             ("max_tokens", max_tokens), ("n_summary_tokens", n_summary_tokens)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"self_attention: {name} must be a positive int, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"self_attention: dropout must be in [0, 1), got {dropout!r}")
+            check_positive_int(value, name, owner="self_attention")
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.limits = {m: (max_patch_tokens if m == "images" else max_tokens) for m in self.modalities}
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)

@@ -228,7 +228,8 @@ SAMPLE_FIGURES: dict[str, SampleFigure] = {
 
 
 def register_sample_figure(name: str, figure: SampleFigure) -> None:
-    """Add ``figure`` to :data:`SAMPLE_FIGURES` under ``name`` (what an aggregator's ``sample_figure`` names)."""
+    """Add ``figure`` to :data:`SAMPLE_FIGURES` under ``name`` (the name an aggregator's ``sample_figure``
+    gives)."""
     if name in SAMPLE_FIGURES and SAMPLE_FIGURES[name] != figure:
         raise ValueError(f"a sample figure {name!r} is registered already")
     SAMPLE_FIGURES[name] = figure

@@ -24,17 +24,15 @@ class AttentionReport:
     Args:
         frame: the tidy table (columns :data:`~.table.COLUMNS`), or None with ``path``.
         path: a Parquet file written by ``explain(..., out=path)``; read lazily on first use.
-        kinds: the kinds the model provides (for clear errors about kinds that are absent).
         aggregator: the aggregator name, for messages.
     """
 
     def __init__(self, frame: pd.DataFrame | None = None, *, path: str | Path | None = None,
-                 kinds: Iterable[str] = (), aggregator: str | None = None) -> None:
+                 aggregator: str | None = None) -> None:
         if frame is None and path is None:
             raise ValueError("AttentionReport needs a frame or the path of a Parquet file written by explain")
         self._frame = None if frame is None else conform_frame(frame.copy())
         self.path = None if path is None else Path(path)
-        self.available_kinds = tuple(kinds)
         self.aggregator = aggregator
 
     # ----------------------------------------------------------------------------------------- access

@@ -47,6 +47,6 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
             stream.abort(exc)
         raise
     if stream is not None:
-        return AttentionReport(path=stream.close(), kinds=available, aggregator=aggregator)
+        return AttentionReport(path=stream.close(), aggregator=aggregator)
     frame = pd.concat(frames, ignore_index=True) if frames else empty_frame()
-    return AttentionReport(frame, kinds=available, aggregator=aggregator)
+    return AttentionReport(frame, aggregator=aggregator)

@@ -155,7 +155,7 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
                 "kind": "shap", "target_class": cls, "value": values[:, c], "raw_value": values[:, c],
             }))
     frame = conform_frame(pd.concat(frames, ignore_index=True)) if frames else conform_frame(pd.DataFrame())
-    report = AttentionReport(frame, kinds=("shap",), aggregator=getattr(model, "aggregator", None))
+    report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.skipped = skipped
     report.base_values = base_values  # sample -> [outputs] expected output over the background
     report.outputs = outputs  # sample -> [outputs] the model's output for the sample itself

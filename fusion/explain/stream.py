@@ -21,12 +21,11 @@ from .table import ARROW_SCHEMA, DICTIONARY, STREAM_SCHEMA, STRING_COLUMNS, conf
 
 # Parquet settings for attention tables. Dictionary encoding only for text (the float columns are nearly
 # unique, so a dictionary is built and then abandoned for every page); min/max statistics only for
-# sample_id, the column readers filter on (a sample's row groups are found without decoding the others):
-# statistics on four more text columns cost a further 15% of the writer's CPU; zstd level 1 compresses
-# about 25% better than the default snappy and, with the two settings above, writes faster. Float columns
-# use the BYTE_STREAM_SPLIT encoding (standard Parquet, read by pyarrow, DuckDB, Polars, Spark): it groups
-# the bytes of the numbers so that zstd compresses them better, and cut the writer's CPU by about a
-# quarter with a 15% smaller file on the explain benchmark.
+# sample_id, the column readers filter on (a sample's row groups are found without decoding the others;
+# statistics on more columns only cost writer time); zstd level 1 compresses better than the default snappy
+# at no extra time. Float columns use the BYTE_STREAM_SPLIT encoding (standard Parquet, read by pyarrow,
+# DuckDB, Polars, Spark): it groups the bytes of the numbers so that zstd compresses them better.
+# benchmarks/README.md ("Design history") has the measurements.
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd", "compression_level": 1,
     "use_dictionary": list(STRING_COLUMNS),

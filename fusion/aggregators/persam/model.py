@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ....datasets.batch import MODALITIES, TOKEN_KIND
+from ....encoders.common import check_int, check_positive_int
 from ....encoders.tokens import Tokens
 from ...base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ...records import AttentionRecord, masked_normalise
@@ -121,7 +122,8 @@ class PersAM(Aggregator):
         modality_logits: bool = True,
     ) -> None:
         super().__init__()
-        check_common_args(d_model=d_model, modalities=modalities, n_outputs=n_outputs, n_heads=n_heads)
+        check_common_args(owner="persam", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
+                          n_heads=n_heads, dropout=dropout)
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"persam: unknown modalities {unknown}; expected a subset of {MODALITIES}")
@@ -131,15 +133,11 @@ class PersAM(Aggregator):
         self.context_modalities = [m for m in self.modalities
                                    if m not in (self.instance_modality, "clinical")]
         self.class_names = _class_names(class_names, n_outputs)
-        for name, value, low in (("n_layers", n_layers, 0), ("n_latents", n_latents, 0),
-                                 ("full_patch_attention_below", full_patch_attention_below, 0),
-                                 ("ffn_mult", ffn_mult, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"persam: {name} must be an int >= {low}, got {value!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"persam: dropout must be in [0, 1), got {dropout!r}")
-        if d_attn is not None and (not isinstance(d_attn, int) or d_attn <= 0):
-            raise ValueError(f"persam: d_attn must be a positive int or None, got {d_attn!r}")
+        for name, value in (("n_layers", n_layers), ("n_latents", n_latents), ("ffn_mult", ffn_mult),
+                            ("full_patch_attention_below", full_patch_attention_below)):
+            check_int(value, name, owner="persam", minimum=0)
+        if d_attn is not None:
+            check_positive_int(d_attn, "d_attn", owner="persam")
 
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
@@ -169,7 +167,10 @@ class PersAM(Aggregator):
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
         e = d_attn or d_model
         self.score_scale = e ** -0.5
-        lin = lambda: nn.Linear(d_model, e, bias=False)
+
+        def lin() -> nn.Linear:
+            return nn.Linear(d_model, e, bias=False)
+
         self.q_class, self.k_class = lin(), lin()  # class-wise:  class token  x instance
         self.q_psi, self.k_psi = lin(), lin()      # exploratory: clinical     x instance
         self.q_phi, self.k_phi = lin(), lin()      # phi:         class token  x clinical
