@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..datasets.batch import ModalityBatch
+from ..datasets.validation import format_ids
 from .base import ENCODERS, ModalityEncoder
 from .common import check_heads, check_modality, check_positive_int
 from .layers import AttentionKind, MaskedTransformer
@@ -149,7 +150,8 @@ class GeneTransformer(ModalityEncoder):
             members.append(idx)
         if self.skipped_gene_sets:
             warnings.warn(f"gene_transformer (genomics): {len(self.skipped_gene_sets)} gene set(s) have no "
-                          f"gene in the schema and are skipped: {self.skipped_gene_sets[:5]}", stacklevel=2)
+                          f"gene in the schema and are skipped: {format_ids(self.skipped_gene_sets)}",
+                          stacklevel=2)
         if use_gene_sets is None:
             use_gene_sets = bool(members)
         if use_gene_sets and not members:

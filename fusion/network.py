@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..datasets.batch import MODALITIES, Batch
+from ..encoders.common import check_probability
 from ..encoders.tokens import Tokens
 from .base import Aggregator
 from .records import AttentionRecord
@@ -66,8 +67,7 @@ class FusionNetwork(nn.Module):
         if not isinstance(aggregator, Aggregator):
             raise TypeError(f"FusionNetwork: aggregator must be an Aggregator module, "
                             f"got {type(aggregator).__name__}")
-        if not isinstance(modality_dropout, (int, float)) or not 0.0 <= modality_dropout < 1.0:
-            raise ValueError(f"FusionNetwork: modality_dropout must be in [0, 1), got {modality_dropout!r}")
+        modality_dropout = check_probability(modality_dropout, "modality_dropout", owner="FusionNetwork")
         self.d_model, self.modalities = d_model, tuple(modalities)
         self.modality_dropout = float(modality_dropout)
         self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})

@@ -77,10 +77,20 @@ class AttentionRecord:
     normalised_over: Literal["tokens", "classes"] = "tokens"
 
     def __post_init__(self) -> None:
-        assert self.kind in ATTENTION_KINDS, f"unknown attention kind {self.kind!r}"
-        assert self.value.dim() == 3 and self.raw.shape == self.value.shape, "value/raw must be [B, C, T]"
-        assert self.mask.shape == (self.value.shape[0], self.value.shape[2]), "mask must be [B, T]"
-        assert self.normalised_over in ("tokens", "classes"), f"normalised_over={self.normalised_over!r}"
+        # aggregators (also user-written ones) build records: say what is wrong, with the record's name
+        where = f"AttentionRecord(kind={self.kind!r}, modality={self.modality!r})"
+        if self.kind not in ATTENTION_KINDS:
+            raise ValueError(f"{where}: unknown kind; the kinds are {list(ATTENTION_KINDS)} (an aggregator "
+                             "declares kinds of its own in own_kinds)")
+        if self.value.dim() != 3 or self.raw.shape != self.value.shape:
+            raise ValueError(f"{where}: value and raw must both be [B, C, T], got {tuple(self.value.shape)} "
+                             f"and {tuple(self.raw.shape)}")
+        if self.mask.shape != (self.value.shape[0], self.value.shape[2]):
+            raise ValueError(f"{where}: mask must be [B, T] = {(self.value.shape[0], self.value.shape[2])}, "
+                             f"got {tuple(self.mask.shape)}")
+        if self.normalised_over not in ("tokens", "classes"):
+            raise ValueError(f"{where}: normalised_over must be 'tokens' or 'classes', "
+                             f"got {self.normalised_over!r}")
 
     def detach(self) -> AttentionRecord:
         return replace(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..datasets.batch import MODALITIES
-from ..encoders.common import sincos_2d
+from ..encoders.common import check_positive_int, sincos_2d
 from ..encoders.tokens import Tokens
 
 
@@ -38,8 +38,7 @@ class TokenTypeEmbedding(nn.Module):
     def __init__(self, *, d_model: int, modalities: Sequence[str], event_segments: bool = False,
                  max_segments: int = 8, patch_coords: bool = False, coord_scale: float = 256.0) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"TokenTypeEmbedding: d_model must be a positive int, got {d_model!r}")
+        check_positive_int(d_model, "d_model", owner="TokenTypeEmbedding")
         if isinstance(modalities, str) or not modalities:
             raise TypeError(f"TokenTypeEmbedding: modalities must be a non-empty sequence, "
                             f"got {modalities!r}")

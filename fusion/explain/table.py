@@ -75,7 +75,9 @@ class _Strings:
             rows = values.tolist() if isinstance(values, np.ndarray) else values
             flat = (pa.array(rows, type=pa.list_(pa.string())).flatten() if n_rows
                     else pa.array([], pa.string()))
-            assert len(flat) == n_rows * n_cols, "token grids must be [B][T], padded with \"\""
+            if len(flat) != n_rows * n_cols:  # the grids come from (possibly user-written) aggregators
+                raise ValueError(f"a token grid has {len(flat)} entries, expected [B][T] = "
+                                 f"{n_rows} x {n_cols} (pad every row with \"\" to T)")
             if empty_is_null:  # "" marks padding / unknown: report it as missing
                 flat = pc.if_else(pc.equal(flat, ""), pa.scalar(None, pa.string()), flat)
             self._cache[key] = (values, flat)  # keep ``values`` alive so that its id stays unique
