@@ -1,6 +1,6 @@
 """Faithfulness of the explanations on a larger synthetic cohort (issue 6), for persam and abmil.
 
-Runs the checks of ``tests/test_faithfulness.py`` (the metrics and recipe of
+Runs the checks of ``tests/fusion/explain/test_faithfulness.py`` (the metrics and recipe of
 ``clinfuse.fusion.explain.faithfulness``) on held-out patients of a synthetic cohort with its planted ground
 truth and writes the figures to ``benchmarks/out/faithfulness.json``:
 

@@ -5,8 +5,9 @@ variable that decides which patch type is evidence, and clinical signal variable
 model's attention (and SHAP) against them: per-patient and pooled AUROC of the planted patches, the lift of
 attention mass on them over uniform, top-3 membership of a planted variable, deletion of the top-attention
 patches against random deletion, and the attention mass on type-A patches as the rule variable flips.
-``tests/test_faithfulness.py`` asserts thresholds on them; ``benchmarks/bench_faithfulness.py`` reports
-them over cohort sizes, seeds and aggregators; ``clinfuse demo`` prints the lift.
+``tests/fusion/explain/test_faithfulness.py`` asserts thresholds on them;
+``benchmarks/bench_faithfulness.py`` reports them over cohort sizes, seeds and aggregators; ``clinfuse demo``
+prints the lift.
 """
 
 from __future__ import annotations

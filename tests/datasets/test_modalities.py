@@ -102,7 +102,7 @@ def test_each_preprocessor_round_trips_through_json(cohort, name):
 
 
 def test_reference_preprocessor_files_load_through_the_parts():
-    root = Path(__file__).parent / "data" / "reference_models"
+    root = Path(__file__).resolve().parents[1] / "data" / "reference_models"
     for path in sorted(root.glob("*/model/preprocessor.json")):
         raw = json.loads(path.read_text())
         p = Preprocessor.from_json(path)

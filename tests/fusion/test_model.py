@@ -180,7 +180,7 @@ def test_save_load_round_trip(fitted_classifier, tmp_path):
 def test_load_builds_the_saved_network_configuration(small_cohort, tmp_path):
     """The folder stores the resolved network (format 4) and load builds exactly that: a PersAM without its
     modality logit terms loads as such, and the same folder claiming today's default no longer fits its
-    weights. (Formats 1 and 2, which left such defaults unsaved, are refused: tests/test_build.py.)"""
+    weights. (Formats 1 and 2, which left such defaults unsaved, are refused: tests/fusion/test_build.py.)"""
     earlier = {"modality_logits": False}
     model = FusionModel(aggregator="persam", aggregator_kwargs=earlier, d_model=16, n_heads=2, max_epochs=1,
                         validation_fraction=0.0, verbose=False, seed=0).fit(small_cohort)

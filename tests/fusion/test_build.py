@@ -16,7 +16,7 @@ from clinfuse.fusion.build import (
     shared_keywords_of,
 )
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "reference_models"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference_models"
 TINY = {"d_model": 16, "n_heads": 2, "max_epochs": 1, "validation_fraction": 0.0, "verbose": False, "seed": 0}
 
 

@@ -1,8 +1,8 @@
 """Specific tests of gene_transformer, event_transformer and the shared masked attention block.
 
 The registry-wide properties (forward/backward, padding, absent samples, determinism, names) are in
-tests/test_encoders.py; here: gene vs gene-set tokens, member weights, 20,000 genes in bounded memory,
-event time/segment/value/unknown-code handling, n_cut, chunked attention, and bad arguments.
+tests/encoders/test_encoders.py; here: gene vs gene-set tokens, member weights, 20,000 genes in bounded
+memory, event time/segment/value/unknown-code handling, n_cut, chunked attention, and bad arguments.
 """
 
 from __future__ import annotations
