@@ -163,7 +163,26 @@ def read_file_rows(
         data, stored = FILE_READERS[path.suffix.lower()].read(path, uniq, single, coords)
     except Exception as err:
         raise read_error(sample, path, err) from err
+    data = finite_float32(np.asarray(data), sample, path, uniq)
     return data[inverse], None if stored is None else np.asarray(stored, dtype=np.float32)[inverse]
+
+
+def finite_float32(data: np.ndarray, sample: str, path: Path, rows: np.ndarray) -> np.ndarray:
+    """Float ``data [len(rows), ...]`` as float32, or ``ValueError`` naming the first row (of the file)
+    holding NaN / inf, including values that only overflow in float32 (float64 1e300). Integer data (uint8
+    pixels) are returned unchanged: they are always finite."""
+    if data.dtype.kind != "f":
+        return data
+    with np.errstate(over="ignore"):  # the overflow is reported below, naming the row
+        cast = data.astype(np.float32, copy=False)
+    ok = np.isfinite(cast.reshape(len(cast), -1)).all(axis=1)
+    if ok.all():
+        return cast
+    first = int(np.argmin(ok))
+    overflow = bool(np.isfinite(data[first]).all())
+    what = ("values too large for float32 (|x| > 3.4e38)" if overflow else "NaN or infinite values")
+    raise ValueError(f"images: sample {sample!r}, slide file {str(path)!r}: row {int(rows[first])} holds "
+                     f"{what}; expected finite features (fix or drop that file)")
 
 
 def tile_size(path: Path, sample: str) -> tuple[int, int]:
