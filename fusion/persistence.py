@@ -34,6 +34,7 @@ import torch
 from ..datasets.atomic import atomic_path, write_text_atomic
 from ..datasets.statistics import to_jsonable
 from .build import build_network, output_names, resolve_network_config
+from .finite import check_finite_network
 from .fitted import FittedState
 
 FORMAT = "clinfuse-model"
@@ -188,6 +189,7 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
     path = Path(path)
     if not state.is_global_zero:
         return path
+    check_finite_network(state.network, f"save to {path}")
     with atomic_dir(path) as tmp:
         write_json(tmp / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
                                          "class": class_name, "params": _jsonable_params(params),

@@ -24,6 +24,7 @@ from torch import nn
 from ..datasets.batch import Batch
 from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
+from .finite import check_fit_finite
 from .fitted import FittedState
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
@@ -338,6 +339,7 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
+    check_fit_finite(module.history, module.network, validated=val_loader is not None)
     best_val = module.best_val_loss if math.isfinite(module.best_val_loss) else None
     state = FittedState(
         preprocessor=pre, schema=schema, network=module.network.cpu().eval(), network_config=config,
