@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .batch import MODALITIES
+from .id_forms import check_id_forms
 from .images import ImageBags
 from .modalities import MODALITY_REGISTRY, Modality, get_modality
 from .validation import check_unique, format_ids, indexed_frame, normalise_labels, normalise_survival, str_ids
@@ -104,6 +105,9 @@ class Cohort:
             self.labels = targets = normalise_labels(labels)
         elif survival is not None:
             self.survival = targets = normalise_survival(survival)
+        check_id_forms({**{m.name: self._modality_ids(m.name) for m in self._registered()},
+                        **({} if targets is None else {"labels" if labels is not None else "survival":
+                                                       targets.index})})
         if targets is not None:
             self._check_targets(list(targets.index), data_ids)
             order = list(targets.index)

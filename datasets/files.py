@@ -32,7 +32,8 @@ def read_table(path: Path, id_column: str, what: str) -> pd.DataFrame:
     if suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
     elif suffix in (".csv", ".tsv", ".txt"):
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        # ids as text, as written: parsed as numbers, "001" would become 1 and no longer match 001.npy
+        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={id_column: str})
     else:
         raise ValueError(f"{what}: {path.name} must be a .csv, .tsv or .parquet file")
     if id_column not in frame.columns:

@@ -196,7 +196,9 @@ class ImagesModality(Modality):
     def read_files(self, source: Any) -> dict[str, Any]:
         path: Any = source.path("images")
         if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
-            manifest = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            manifest = (pd.read_parquet(path) if path.suffix == ".parquet"
+                        else pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",",
+                                         dtype={"sample_id": str, "slide_id": str}))
             manifest["path"] = [
                 str(p if Path(p).is_absolute() else path.parent / p) for p in manifest["path"]
             ]
