@@ -10,7 +10,8 @@ Sample rules (documented once, enforced here)
   a sample with data but no target is an error naming its modality (so events, genomics or images of a
   sample the targets do not know are "unknown samples"), and a target for a sample without any modality is
   an error. Without targets every sample with data is a cohort sample (predict / explain only).
-- A clinical row that is all NaN means the sample has no clinical data: it is dropped and recorded.
+- A clinical row that is all NaN means the sample has no clinical data: it is dropped and recorded. A column
+  with no value is missing data: allowed to predict, refused when fitting (:meth:`Cohort.check_fittable`).
 - Events after a sample's index time are removed and recorded in ``excluded``; a sample left with no data at
   all by that cut is removed from the cohort (with its target) and recorded too.
 - ``classes`` is computed on construction and kept by :meth:`Cohort.subset`, so folds share one class list.
@@ -27,6 +28,7 @@ from .batch import MODALITIES
 from .id_forms import check_id_forms
 from .images import ImageBags
 from .modalities import MODALITY_REGISTRY, Modality, get_modality
+from .modalities.clinical import check_columns_have_values
 from .validation import check_unique, format_ids, indexed_frame, normalise_labels, normalise_survival, str_ids
 
 
@@ -105,9 +107,9 @@ class Cohort:
             self.labels = targets = normalise_labels(labels)
         elif survival is not None:
             self.survival = targets = normalise_survival(survival)
-        check_id_forms({**{m.name: self._modality_ids(m.name) for m in self._registered()},
-                        **({} if targets is None else {"labels" if labels is not None else "survival":
-                                                       targets.index})})
+        ids = {m.name: self._modality_ids(m.name) for m in self._registered()}
+        named = "labels" if labels is not None else "survival"
+        check_id_forms(ids if targets is None else {**ids, named: targets.index})
         if targets is not None:
             self._check_targets(list(targets.index), data_ids)
             order = list(targets.index)
@@ -134,11 +136,8 @@ class Cohort:
                 self.survival = self.survival.loc[order]
         self.sample_ids: list[str] = order
         self.groups: pd.Series = self._make_groups(groups)
-        self.task: str | None = (
-            "classification"
-            if self.labels is not None
-            else ("survival" if self.survival is not None else None)
-        )
+        self.task: str | None = ("classification" if self.labels is not None
+                                 else "survival" if self.survival is not None else None)
         self.classes: list | None = _sorted_unique(self.labels) if self.labels is not None else None
         self._index_presence()
 
@@ -314,6 +313,7 @@ class Cohort:
     def check_fittable(self) -> None:
         """Raise ``ValueError`` unless a model can be fitted on this cohort (targets with >= 2 classes, or
         survival with at least one event)."""
+        check_columns_have_values(self.clinical)  # blank columns can be predicted (missing), not fitted
         if self.task is None:
             raise ValueError(
                 "cohort: no targets; pass labels= or survival= to fit (a cohort without targets can "

@@ -146,7 +146,7 @@ def _has_targets(model: Any, cohort: Any) -> bool:
 def run_predict(args: Any) -> int:
     model, cohort = _load_for_scoring(args)
     with atomic_dir(args.out) as out:
-        write_csv(prediction_frame(model, cohort), out / "predictions.csv")
+        write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
         if _has_targets(model, cohort):
             metrics = model.evaluate(cohort)
             write_json(out / "metrics.json", metrics)
@@ -159,7 +159,7 @@ def run_explain(args: Any) -> int:
     model, cohort = _load_for_scoring(args)
     with atomic_dir(args.out) as out:
         _report, figs = write_attention(model, cohort, out)
-        write_csv(prediction_frame(model, cohort), out / "predictions.csv")
+        write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
         write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator})
     print(f"wrote attention ({', '.join(model.attention_kinds)}) for {len(cohort)} samples to "
           f"{Path(args.out)}/: attention.parquet, attention.csv, predictions.csv, {', '.join(figs)}")

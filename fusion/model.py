@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
+from ..datasets.missingness import warn_data
 from . import metrics as M
 from .build import SHARED_KEYWORDS
 from .fitted import FittedState
@@ -162,6 +163,7 @@ class FusionModel(BaseEstimator):
         if len(cohort) == 0:
             raise ValueError("the cohort has no samples")
         self.preprocessor_.check_compatible(cohort)
+        warn_data(self.preprocessor_, cohort)  # used but unlike training: DataWarning, never silent
 
     # --------------------------------------------------------------------------------------------- fit
     def fit(self, cohort: Any, validation: Any | None = None) -> FusionModel:

@@ -36,6 +36,7 @@ from ..datasets.statistics import to_jsonable
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_finite_network
 from .fitted import FittedState
+from .model_files import validate_folder
 
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 4
@@ -235,6 +236,7 @@ def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, A
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"no saved model at {folder} (expected a folder written by FusionModel.save)")
+    validate_folder(folder)  # every file checked, sizes against the weights' shapes, before building
     config = read_json(folder / "config.json")
     check_format(config, folder)
     params = dict(config["params"])

@@ -13,13 +13,14 @@ import pandas as pd
 
 
 def prediction_frame(model: Any, cohort: Any, *, survival_curves: bool = True,
-                     pattern: bool = True) -> pd.DataFrame:
+                     pattern: bool = True, missing: bool = False) -> pd.DataFrame:
     """Predictions indexed by sample id, with the cohort's targets when it has them.
 
     Classification: ``proba_<class>`` columns and ``prediction`` (the most probable class), then ``label``.
     Survival: ``risk``, with ``survival_curves`` the survival probabilities ``S(t=...)`` at the time-bin ends
     (discrete head) or at the quartiles of the baseline hazard's times (Cox), then ``time`` and ``event``.
     ``pattern``: a column naming each sample's missingness pattern (which modalities it has).
+    ``missing``: a column listing the variables each sample had no value of (``missing_variables``).
     """
     ids = [str(s) for s in cohort.sample_ids]
     if model.task == "classification":
@@ -46,4 +47,8 @@ def prediction_frame(model: Any, cohort: Any, *, survival_curves: bool = True,
 
         presence = cohort.presence().reindex(index=ids, columns=model.modalities_, fill_value=False)
         frame["pattern"] = pattern_names(presence).to_numpy()
+    if missing:
+        from ..datasets.missingness import missing_variables
+
+        frame["missing"] = missing_variables(model.preprocessor_, cohort).loc[ids].to_numpy()
     return frame

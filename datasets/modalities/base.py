@@ -109,6 +109,16 @@ class ModalityPreprocessor(ABC):
         """How this modality's new ``data`` differs from what was fitted (one string per problem)."""
         return []
 
+    def data_warnings(self, data: Any, cohort: Any) -> list[str]:
+        """What in this modality's new ``data`` is used but differs from training (one string each):
+        not an error, recorded with the predictions."""
+        return []
+
+    def missing_values(self, data: Any) -> dict[str, list[str]]:
+        """Sample -> the variables of this modality it has no value of (the sample does have the
+        modality)."""
+        return {}
+
 
 @dataclass
 class ReadContext:

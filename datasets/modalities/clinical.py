@@ -18,6 +18,7 @@ from ..batch import ModalityBatch
 from ..statistics import category_key, mean_std, natural_key
 from ..validation import format_ids, indexed_frame
 from .base import Modality, ModalityPreprocessor, Normalised, TableReader
+from .clinical_drift import clinical_warnings
 
 CLINICAL_TYPES = ("numeric", "categorical")
 
@@ -50,12 +51,6 @@ def normalise_clinical(
     bad = {c: t for c, t in types.items() if t not in ("numeric", "categorical")}
     if bad:
         raise ValueError(f"clinical: clinical_types values must be 'numeric' or 'categorical', got {bad}")
-    all_nan = [c for c in df.columns if df[c].isna().all()]
-    if all_nan:
-        raise ValueError(
-            f"clinical: column(s) {format_ids(all_nan)} have no value for any sample (all NaN); "
-            "drop them or provide values"
-        )
     out_types: dict[str, str] = {}
     for col in df.columns:
         s = df[col]
@@ -96,6 +91,17 @@ def normalise_clinical(
         )
         df = df.drop(index=empty)
     return df, out_types, excluded
+
+
+def check_columns_have_values(frame: pd.DataFrame | None) -> None:
+    """``ValueError`` naming the columns with no value at all: nothing to learn their statistics from. Checked
+    when fitting only; in a cohort being predicted a blank column is missing data, the trained case."""
+    all_nan = [] if frame is None else [c for c in frame.columns if frame[c].isna().all()]
+    if all_nan:
+        raise ValueError(
+            f"clinical: column(s) {format_ids(all_nan)} have no value for any sample (all NaN); "
+            "drop them or provide values"
+        )
 
 
 def _detect(s: pd.Series) -> str:
@@ -141,6 +147,7 @@ class ClinicalPreprocessor(ModalityPreprocessor):
         )
 
     def _fit(self, frame: pd.DataFrame, cohort: Any) -> None:
+        check_columns_have_values(frame)
         columns = [str(c) for c in frame.columns]
         types = {str(k): v for k, v in (getattr(cohort, "clinical_types", None) or {}).items()}
         unknown = sorted(set(self.clinical_types or {}) - set(columns))
@@ -165,10 +172,11 @@ class ClinicalPreprocessor(ModalityPreprocessor):
         """Rows of ``frame`` -> ``numeric`` float32 ``[n, Kn]`` (0.0 where missing), ``numeric_missing``
         bool ``[n, Kn]`` and ``categorical`` int64 ``[n, Kc]`` (0 missing, 1 unknown, 2.. vocabulary)."""
         self._check_fitted()
+        have = {str(c) for c in frame.columns}
+        absent_columns = [c for c in [*self.numeric_columns_, *self.categories_] if c not in have]
+        # a column the table lacks is missing for every sample (the trained case); data_warnings says so
+        frame = frame.assign(**{c: np.nan for c in absent_columns}) if absent_columns else frame
         lookup = {str(c): c for c in frame.columns}
-        missing = [c for c in [*self.numeric_columns_, *self.categories_] if c not in lookup]
-        if missing:
-            raise ValueError(f"clinical: the table lacks column(s) {missing} seen at fit time")
         n = len(frame)
         numeric = np.zeros((n, len(self.numeric_columns_)), dtype=np.float32)
         absent = np.zeros((n, len(self.numeric_columns_)), dtype=bool)
@@ -202,10 +210,17 @@ class ClinicalPreprocessor(ModalityPreprocessor):
         )
         self.categories_ = {k: list(v) for k, v in state["categories"].items()}
 
-    def check_compatible(self, frame: pd.DataFrame) -> list[str]:
-        have = {str(c) for c in frame.columns}
-        lost = [c for c in [*self.numeric_columns_, *self.categories_] if c not in have]
-        return [f"clinical: missing column(s) {lost}"] if lost else []
+    def data_warnings(self, frame: pd.DataFrame, cohort: Any) -> list[str]:
+        return clinical_warnings(self, frame)
+
+    def missing_values(self, frame: pd.DataFrame) -> dict[str, list[str]]:
+        """Sample -> the fitted columns it has no value of (NaN, or the table lacks the column)."""
+        columns = [*self.numeric_columns_, *self.categories_]
+        have = {str(c): c for c in frame.columns}
+        blank = pd.DataFrame({c: frame[have[c]].isna().to_numpy() if c in have else True for c in columns},
+                             index=frame.index.astype(str))
+        return {s: [c for c, b in zip(columns, row, strict=True) if b]
+                for s, row in zip(blank.index, blank.to_numpy(), strict=True) if row.any()}
 
 
 class ClinicalModality(Modality):

@@ -29,6 +29,7 @@ from .base import (
     SampleReader,
     pad_tokens,
 )
+from .events_drift import events_warnings, time_span
 
 _SEQUENCE_FIELDS = {"codes": ((), np.int64), "values": ((), np.float32), "has_value": ((), np.bool_),
                     "times": ((), np.float32), "segments": ((), np.int64)}
@@ -203,6 +204,7 @@ class EventsPreprocessor(ModalityPreprocessor):
         means, stds = observed.mean(), observed.std(ddof=0)
         stds = stds.where(stds > 1e-12, 1.0)  # constant (or single-value) codes: std 1, as in mean_std
         self.event_value_stats_ = {str(c): [float(means[c]), float(stds[c])] for c in means.index}
+        self.event_time_span_ = time_span(events, getattr(cohort, "index_time", None))
 
     def transform(self, events: pd.DataFrame, index_time: pd.Series) -> dict[str, dict[str, Any]]:
         """Long event table -> per sample, the most recent ``max_events`` events, most recent first:
@@ -246,6 +248,9 @@ class EventsPreprocessor(ModalityPreprocessor):
                 "code": code_names[code_of[kept]].tolist(), "n_cut": int(len(rows) - len(kept))}
         return out
 
+    def data_warnings(self, events: pd.DataFrame, cohort: Any) -> list[str]:
+        return events_warnings(self, events, cohort.index_time)
+
     def schema(self) -> dict[str, Any]:
         return {
             "vocab": list(self.code_vocab_),
@@ -256,12 +261,13 @@ class EventsPreprocessor(ModalityPreprocessor):
     def state(self) -> dict[str, Any]:
         return {"vocab": list(self.code_vocab_), "value_stats": dict(self.event_value_stats_),
                 "default_stats": list(self.event_default_stats_), "has_values": self.events_have_values_,
-                "n_rare_codes": self.n_rare_codes_}
+                "n_rare_codes": self.n_rare_codes_,
+                **({} if self.event_time_span_ is None else {"time_span": self.event_time_span_})}
 
     def _load(self, state: dict[str, Any]) -> None:
         self.code_vocab_, self.event_value_stats_ = state["vocab"], state["value_stats"]
         self.event_default_stats_, self.events_have_values_ = state["default_stats"], state["has_values"]
-        self.n_rare_codes_ = state["n_rare_codes"]
+        self.n_rare_codes_, self.event_time_span_ = state["n_rare_codes"], state.get("time_span")
 
 
 @dataclass

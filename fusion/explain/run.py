@@ -33,6 +33,8 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
         if missing:
             raise ValueError(f"aggregator {aggregator!r} provides no {missing} attention; "
                              f"it provides {available}")
+    if out is not None:
+        check_out(out)
     stream = ParquetStream(out) if out is not None else None
     frames: list[pd.DataFrame] = []
     try:
@@ -50,3 +52,15 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
         return AttentionReport(path=stream.close(), aggregator=aggregator)
     frame = pd.concat(frames, ignore_index=True) if frames else empty_frame()
     return AttentionReport(frame, aggregator=aggregator)
+
+
+def check_out(out: str | Path) -> None:
+    """``ValueError`` before any work unless ``out`` names a ``.parquet`` file (not a folder): the report is
+    streamed as Parquet, which a ``.csv`` name would hide (``AttentionReport.to_csv`` writes CSV)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"explain: out={str(out)!r} is an existing folder; give the path of a .parquet file "
+                         "to write, e.g. out='attention.parquet'")
+    if path.suffix.lower() != ".parquet":
+        raise ValueError(f"explain: out={str(out)!r} must end in .parquet (the report is streamed as "
+                         "Parquet); for CSV, call report.to_csv(path) on the returned report")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from clinfuse.datasets import Cohort, ImageBags
+from clinfuse.datasets import Cohort
 from clinfuse.datasets.files import read_table
 from clinfuse.fusion.config import DataConfig
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from clinfuse.datasets import Cohort, ImageBags, Preprocessor
+from clinfuse.datasets.missingness import data_warnings
 from clinfuse.datasets.preprocess import NotFittedError
 
 N = 24
@@ -239,7 +240,10 @@ def test_check_compatible_names_what_differs(cohort, train_ids):
     with pytest.raises(ValueError) as err:
         p.check_compatible(other)
     msg = str(err.value)
-    assert "'size'" in msg and "7 of 10" in msg and p.genes_[0] in msg and "feature dim 5" in msg
+    assert "7 of 10" in msg and p.genes_[0] in msg and "feature dim 5" in msg
+    # a dropped clinical column is missing for every sample (the trained case): a warning, not an error
+    assert "'size'" not in msg
+    assert any("'size' seen at fit time are absent" in w for w in data_warnings(p, Cohort(clinical=clinical)))
     clinical_only = Preprocessor().fit(Cohort(clinical=cohort.clinical))
     with pytest.raises(ValueError, match="genomics"):
         clinical_only.check_compatible(cohort)

@@ -219,10 +219,14 @@ def test_load_refuses_pickled_objects_and_foreign_folders(fitted_classifier, tmp
 
 def test_predicting_on_data_that_does_not_fit_the_schema_names_the_difference(fitted_classifier):
     test = fitted_classifier.test
-    clinical = test.clinical.drop(columns=[test.clinical.columns[0]])
-    bad = Cohort(clinical=clinical, labels=test.labels.loc[clinical.index])
-    with pytest.raises(ValueError, match=str(test.clinical.columns[0])):
+    bags = {s: np.zeros((2, 5), dtype=np.float32) for s in test.clinical.index}
+    bad = Cohort(clinical=test.clinical, images=bags, labels=test.labels.loc[test.clinical.index])
+    with pytest.raises(ValueError, match="feature dim 5"):
         fitted_classifier.model.predict_proba(bad)
+    # a dropped clinical column is the trained missing case: predicted, with a warning naming it
+    clinical = test.clinical.drop(columns=[test.clinical.columns[0]])
+    with pytest.warns(UserWarning, match=f"'{test.clinical.columns[0]}' seen at fit time are absent"):
+        fitted_classifier.model.predict_proba(Cohort(clinical=clinical))
 
 
 # -------------------------------------------------------------------------------------- determinism

@@ -1,0 +1,119 @@
+"""A damaged model folder fails at load, before anything is built, naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from clinfuse.fusion import FusionModel
+from clinfuse.fusion.model_files import validate_folder
+
+
+@pytest.fixture(scope="module")
+def saved(fitted_classifier, tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "model"
+    fitted_classifier.model.save(path)
+    return path
+
+
+@pytest.fixture
+def copy(saved, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(saved, target)
+    return target
+
+
+def _edit(folder, name, change):
+    data = json.loads((folder / name).read_text())
+    change(data)
+    (folder / name).write_text(json.dumps(data, indent=2))
+
+
+def _load_fails(folder, match):
+    with pytest.raises(ValueError, match=match):
+        FusionModel.load(folder)
+
+
+def test_an_intact_folder_validates(saved):
+    contents = validate_folder(saved)
+    assert contents["config.json"]["format_version"] >= 4
+    assert contents["weights_shapes"]["token_types.type_embedding"][-1] == contents["config.json"]["network"][
+        "d_model"]
+
+
+def test_std_zero_in_preprocessor_json(copy):
+    _edit(copy, "preprocessor.json", lambda d: d["fitted"]["clinical"]["std"].__setitem__(1, 0.0))
+    _load_fails(copy, r"preprocessor\.json: field fitted\.clinical\.std\[1\]: expected a finite number > 0")
+
+
+def test_non_finite_statistic_in_preprocessor_json(copy):
+    text = (copy / "preprocessor.json").read_text()
+    data = json.loads(text)
+    data["fitted"]["genomics"]["mean"][0] = float("nan")
+    (copy / "preprocessor.json").write_text(json.dumps(data))  # json writes NaN, which Python reads back
+    _load_fails(copy, r"field fitted\.genomics\.mean\[0\]: expected a finite number, got nan")
+
+
+def test_shortened_mean_list(copy):
+    _edit(copy, "preprocessor.json", lambda d: d["fitted"]["clinical"]["mean"].pop())
+    _load_fails(copy, r"preprocessor\.json: field fitted\.clinical\.mean: has \d+ values, expected \d+")
+
+
+@pytest.mark.parametrize("name", ["config.json", "fitted.json", "preprocessor.json"])
+def test_invalid_json_names_the_file_and_line(copy, name):
+    text = (copy / name).read_text()
+    (copy / name).write_text(text.replace(",", "", 1))
+    _load_fails(copy, rf"{name}: not valid JSON at line \d+, column \d+")
+
+
+@pytest.mark.parametrize(("name", "change", "match"), [
+    ("fitted.json", lambda d: d.pop("classes_"), r"fitted\.json: field classes_: missing"),
+    ("fitted.json", lambda d: d.__setitem__("classes_", ["a"]),
+     r"fitted\.json: field classes_: expected a list"),
+    ("config.json", lambda d: d.pop("network"), r"config\.json: field network: missing"),
+    ("config.json", lambda d: d["network"].__setitem__("class_names", ["x"]),
+     r"config\.json: field network\.class_names: has 1 names for n_outputs=2"),
+    ("config.json", lambda d: d["params"].__setitem__("task", 3), r"config\.json: field params\.task"),
+    ("config.json", lambda d: d["network"]["aggregator"].pop("kwargs"),
+     r"config\.json: field network\.aggregator\.kwargs: missing"),
+])
+def test_missing_or_mistyped_fields(copy, name, change, match):
+    _edit(copy, name, change)
+    _load_fails(copy, match)
+
+
+def test_fitted_json_that_is_not_an_object(copy):
+    (copy / "fitted.json").write_text("[1, 2]")
+    _load_fails(copy, r"fitted\.json: field \(top level\): expected a JSON object")
+
+
+def test_an_edited_d_model_fails_in_milliseconds_naming_the_field(copy):
+    _edit(copy, "config.json", lambda d: d["network"].__setitem__("d_model", 16000))
+    start = time.perf_counter()
+    _load_fails(copy, r"config\.json: field network\.d_model: 16000, but weights\.pt was saved with width")
+    assert time.perf_counter() - start < 2.0
+
+
+def test_other_size_edits_are_checked_against_the_weights_shapes(copy):
+    def more_layers(d):
+        kwargs = d["network"]["aggregator"]["kwargs"]
+        key = next(k for k in ("n_layers", "n_heads") if k in kwargs)
+        kwargs[key] = kwargs[key] * 2
+    _edit(copy, "config.json", more_layers)
+    _load_fails(copy, r"weights\.pt does not fit")
+
+
+def test_cli_prints_one_line_for_a_damaged_folder(copy, tmp_path):
+    _edit(copy, "config.json", lambda d: d["network"].__setitem__("d_model", 16000))
+    data = tmp_path / "data.yaml"
+    data.write_text("clinical: nothing.csv\n")
+    run = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "predict", "--model", str(copy),
+                          "--data", str(data), "--out", str(tmp_path / "p")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "network.d_model" in run.stderr
