@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -107,13 +105,13 @@ def test_other_size_edits_are_checked_against_the_weights_shapes(copy):
     _load_fails(copy, r"weights\.pt does not fit")
 
 
-def test_cli_prints_one_line_for_a_damaged_folder(copy, tmp_path):
+def test_cli_prints_one_line_for_a_damaged_folder(copy, tmp_path, capsys):
+    from clinfuse.fusion.cli import main
+
     _edit(copy, "config.json", lambda d: d["network"].__setitem__("d_model", 16000))
     data = tmp_path / "data.yaml"
     data.write_text("clinical: nothing.csv\n")
-    run = subprocess.run([sys.executable, "-m", "clinfuse.fusion.cli", "predict", "--model", str(copy),
-                          "--data", str(data), "--out", str(tmp_path / "p")], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 2
-    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
-    assert "network.d_model" in run.stderr
+    assert main(["predict", "--model", str(copy), "--data", str(data), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "config.json: field network.d_model: 16000" in err
