@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import yaml
 from clinfuse.datasets import Cohort, ImageBags, make_synthetic_cohort
-from clinfuse.datasets.safe_names import file_stem
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.cli import main
 from clinfuse.fusion.commands import write_attention
@@ -42,6 +41,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Glyph:UserWarning")
 
 
 def test_file_stem_is_safe_bounded_and_one_to_one():
+    from clinfuse.datasets.safe_names import file_stem
+
     stems = [file_stem(i) for i in HOSTILE]
     for text, stem in zip(HOSTILE, stems, strict=True):
         assert SAFE.fullmatch(stem), (text, stem)
