@@ -102,7 +102,7 @@ def _check_complete(out: Path) -> None:
             pq.read_table(p)
         elif p.suffix == ".png":
             assert p.read_bytes().endswith(PNG_END), p
-        elif p.suffix == ".json" or p.name == ".clinfuse":
+        elif p.suffix == ".json":
             json.loads(p.read_text())
         elif p.suffix == ".csv":
             pd.read_csv(p)
