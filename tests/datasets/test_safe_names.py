@@ -125,6 +125,7 @@ def test_explain_figures_of_hostile_ids_stay_in_out_and_name_their_sample(hostil
     assert sorted(mapping) == sorted(pngs) and sorted(mapping.values()) == sorted(FIGURED)  # the true ids
 
 
+@pytest.mark.slow  # the end-to-end run; test_explain_figures_... covers the same ids in-process
 def test_cli_explain_with_hostile_ids_finishes_inside_out(hostile, tmp_path):
     root, cohort, _, model = hostile
     model_dir = model.save(tmp_path / "model")
