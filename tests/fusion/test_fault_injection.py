@@ -47,13 +47,6 @@ def models(tmp_path_factory):
     return SimpleNamespace(a=a, b=b, cohort=cohort, data=root / "data" / "data.yaml", pa=pa, pb=pb)
 
 
-def _which(models, path) -> str:
-    p = FusionModel.load(path).predict_proba(models.cohort).to_numpy()
-    for name in ("a", "b"):
-        if np.array_equal(p, getattr(models, f"p{name}")):
-            return name
-    raise AssertionError(f"{path} holds neither model: a mixed or damaged model")
-
 
 def _save_forever(a, b, path):
     while True:
@@ -79,18 +72,18 @@ def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def test_save_killed_at_30_random_moments_leaves_the_old_or_the_new_model(models, tmp_path):
+def test_save_killed_at_30_random_moments_leaves_the_old_or_the_new_model(which_model, models, tmp_path):
     rng = np.random.default_rng(2024)
     path = tmp_path / "m"
     models.a.save(path)
     seen = []
     for _ in range(30):
         _kill_at(rng, _save_forever, (models.a, models.b, path), 0.0, 0.6)
-        seen.append(_which(models, path))  # loads, and is one of the two
+        seen.append(which_model(models, path))  # loads, and is one of the two
     assert set(seen) == {"a", "b"}  # the kills fell all over the save loop
     models.b.save(path)
     assert _temporaries(tmp_path) == []  # the killed saves' temporaries are gone
-    assert _which(models, path) == "b"
+    assert which_model(models, path) == "b"
 
 
 def _check_complete(out: Path) -> None:
@@ -126,7 +119,7 @@ def test_explain_killed_at_random_moments_never_leaves_a_truncated_or_mixed_outp
     assert _temporaries(tmp_path) == []
 
 
-def test_loads_while_another_process_saves_are_never_mixed(models, tmp_path):
+def test_loads_while_another_process_saves_are_never_mixed(which_model, models, tmp_path):
     path = tmp_path / "m"
     models.a.save(path)
     saver = FORK.Process(target=_save_forever, args=(models.a, models.b, path), daemon=True)
@@ -135,7 +128,7 @@ def test_loads_while_another_process_saves_are_never_mixed(models, tmp_path):
     try:
         end = time.perf_counter() + 8.0
         while time.perf_counter() < end:
-            seen.append(_which(models, path))  # raises on a mixed model or a missing folder
+            seen.append(which_model(models, path))  # raises on a mixed model or a missing folder
     finally:
         os.kill(saver.pid, signal.SIGKILL)
         saver.join()

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import yaml
 from clinfuse.datasets import atomic, make_synthetic_cohort
@@ -38,21 +37,14 @@ def two_models(tmp_path_factory):
                            pa=a.predict_proba(cohort).to_numpy(), pb=b.predict_proba(cohort).to_numpy())
 
 
-def _which(models, path) -> str:
-    """"a" or "b": the model loaded from ``path`` predicts exactly as one of the two."""
-    p = FusionModel.load(path).predict_proba(models.cohort).to_numpy()
-    for name in ("a", "b"):
-        if np.array_equal(p, getattr(models, f"p{name}")):
-            return name
-    raise AssertionError(f"{path} holds neither model (a mixed or damaged model)")
-
 
 # ------------------------------------------------------------------------------ predict onto the model
 def _predict(models, model_dir, out):
     return commands.run_predict(SimpleNamespace(model=str(model_dir), data=str(models.data), out=str(out)))
 
 
-def test_predict_out_onto_its_own_model_folder_is_refused_before_any_work(two_models, tmp_path, monkeypatch):
+def test_predict_out_onto_its_own_model_folder_is_refused_before_any_work(which_model, two_models, tmp_path,
+                                                                          monkeypatch):
     model_dir = two_models.a.save(tmp_path / "M")
     (tmp_path / "link").symlink_to(model_dir)
     (model_dir / "notes.txt").write_text("mine")  # a user's file inside the model folder
@@ -66,18 +58,18 @@ def test_predict_out_onto_its_own_model_folder_is_refused_before_any_work(two_mo
     assert (model_dir / "notes.txt").read_text() == "mine" and not (model_dir / "sub").exists()
     assert sorted(p.name for p in model_dir.iterdir())[:2] == [".clinfuse", "config.json"]
     (model_dir / "notes.txt").unlink()
-    assert _which(two_models, model_dir) == "a"
+    assert which_model(two_models, model_dir) == "a"
 
 
-def test_cli_predict_onto_the_model_exits_2_and_keeps_the_model(two_models, tmp_path, capsys):
+def test_cli_predict_onto_the_model_exits_2_and_keeps_the_model(which_model, two_models, tmp_path, capsys):
     model_dir = two_models.a.save(tmp_path / "M")
     assert main(["predict", "--model", str(model_dir), "--data", str(two_models.data),
                  "--out", str(model_dir)]) == 2
     assert "that this command reads" in capsys.readouterr().err
-    assert _which(two_models, model_dir) == "a"
+    assert which_model(two_models, model_dir) == "a"
 
 
-def test_an_output_replaces_only_the_same_kind_of_clinfuse_output(two_models, tmp_path):
+def test_an_output_replaces_only_the_same_kind_of_clinfuse_output(which_model, two_models, tmp_path):
     model_dir = two_models.a.save(tmp_path / "M")
     pred = tmp_path / "pred"
     _predict(two_models, model_dir, pred)
@@ -87,18 +79,18 @@ def test_an_output_replaces_only_the_same_kind_of_clinfuse_output(two_models, tm
         two_models.b.save(pred)
     with pytest.raises(ValueError, match="holds a clinfuse model, not predictions"):
         _predict(two_models, model_dir, two_models.b.save(tmp_path / "other_model"))
-    assert _which(two_models, tmp_path / "other_model") == "b"
+    assert which_model(two_models, tmp_path / "other_model") == "b"
     (pred / "my_analysis.R").write_text("keep")  # a user's file put into a clinfuse folder
     with pytest.raises(ValueError, match="did not write.*my_analysis.R"):
         _predict(two_models, model_dir, pred)
     assert (pred / "my_analysis.R").read_text() == "keep"
 
 
-def test_a_folder_saved_by_an_older_clinfuse_is_replaced_as_a_model_but_not_with_user_files(two_models,
-                                                                                          tmp_path):
+def test_a_folder_saved_by_an_older_clinfuse_is_replaced_as_a_model_but_not_with_user_files(
+        which_model, two_models, tmp_path):
     old = Path(shutil.copytree(REFERENCE / "persam_classification" / "model", tmp_path / "old"))
     two_models.b.save(old)  # flat layout, plain marker: still recognised as a model
-    assert _which(two_models, old) == "b"
+    assert which_model(two_models, old) == "b"
     legacy = Path(shutil.copytree(REFERENCE / "persam_classification" / "model", tmp_path / "legacy"))
     (legacy / "thesis.txt").write_text("precious")
     with pytest.raises(ValueError, match="did not write.*thesis.txt"):
@@ -133,7 +125,8 @@ def _interrupt_at(monkeypatch, k: int) -> list[str]:
     return log
 
 
-def test_ctrl_c_at_any_step_of_a_save_leaves_the_old_or_the_new_model(two_models, tmp_path, monkeypatch):
+def test_ctrl_c_at_any_step_of_a_save_leaves_the_old_or_the_new_model(which_model, two_models, tmp_path,
+                                                                      monkeypatch):
     path = tmp_path / "m"
     two_models.a.save(path)
     current, k = "a", 1
@@ -146,7 +139,7 @@ def test_ctrl_c_at_any_step_of_a_save_leaves_the_old_or_the_new_model(two_models
         except KeyboardInterrupt:
             finished = False
         monkeypatch.undo()
-        found = _which(two_models, path)  # never missing, never mixed
+        found = which_model(two_models, path)  # never missing, never mixed
         assert found in ({new} if finished else {current, new}), (k, log)
         leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m"]
         assert not leftovers, (k, log, leftovers)  # an interrupted save removes its temporary
@@ -156,7 +149,7 @@ def test_ctrl_c_at_any_step_of_a_save_leaves_the_old_or_the_new_model(two_models
     assert k > 3  # the loop went through the steps of a save
 
 
-def test_leftovers_of_killed_writers_are_removed_by_the_next_write(two_models, tmp_path):
+def test_leftovers_of_killed_writers_are_removed_by_the_next_write(which_model, two_models, tmp_path):
     path = tmp_path / "m"
     two_models.a.save(path)
     dead = tmp_path / f".m.{2 ** 22 + 12345}-deadbeef.tmp"  # above the usual pid_max: no such process
@@ -168,7 +161,7 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_write(two_models, t
     live.mkdir()
     two_models.b.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", live.name])
-    assert _which(two_models, path) == "b"
+    assert which_model(two_models, path) == "b"
 
 
 def test_load_refuses_a_file_that_does_not_match_the_manifest(two_models, tmp_path):
