@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from clinfuse.datasets.safe_names import file_stem
 from clinfuse.fusion import AttentionReport
 
 
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nphi (class relevance to the clinical record):\n{phi.round(3).to_string(index=False)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report.plot_persam(sample, path=out / f"persam_{sample}.png")
-    report.plot_top_tokens(sample, path=out / f"top_tokens_{sample}.png")
+    stem = file_stem(sample)  # a sample id is data: never a path
+    report.plot_persam(sample, path=out / f"persam_{stem}.png")
+    report.plot_top_tokens(sample, path=out / f"top_tokens_{stem}.png")
     report.plot_modality_weights(path=out / "modality_weights.png")
     print(f"\nwrote {out}/: persam_{sample}.png, top_tokens_{sample}.png, modality_weights.png")
 

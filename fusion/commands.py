@@ -1,7 +1,9 @@
 """What the ``clinfuse`` commands do (``cli.py`` parses the arguments and calls ``run_<command>(args)``).
 
-Every output folder is written atomically: into a temporary folder next to it, renamed into place when
-complete, and an existing folder is replaced only if clinfuse wrote it.
+Every output folder is written atomically: into a temporary folder next to it, swapped into place in one
+step when complete. An existing folder is replaced only when it holds nothing but clinfuse outputs of the
+same kind, never when it is (or holds, or lies in) the model folder being read; that is checked before any
+work. File names derived from sample ids go through ``file_stem``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..datasets.output_folders import check_replaceable
+from ..datasets.safe_names import file_stem
 from .persistence import atomic_dir, write_json
 from .predictions import prediction_frame
 
@@ -48,7 +52,8 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3) -> tuple[Any, list[str]]:
     """Attention tables (Parquet + CSV) and figures of ``cohort`` into ``out``; returns (report, figures).
 
-    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``).
+    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``);
+    its file is ``attention_<file_stem(sample id)>.png`` and ``figures.json`` maps each file to its sample.
     """
     from .explain import figures
 
@@ -60,10 +65,14 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3)
         plt.close(figures.plot_modality_weights(report, path=out / "modality_weights.png"))
         written.append("modality_weights.png")
     figure = figures.sample_figure(getattr(model.network_.aggregator, "sample_figure", "patches"))
+    samples = {}
     for sid in report.sample_ids_with(figure.kind)[:max_figures]:
-        name = f"attention_{sid}.png"
+        name = f"attention_{file_stem(sid)}.png"
         plt.close(figure.draw(report, sid, path=out / name))
         written.append(name)
+        samples[name] = str(sid)
+    if samples:
+        write_json(out / "figures.json", {"sample_figures": samples})
     return report, written
 
 
@@ -76,6 +85,7 @@ def run_demo(args: Any) -> int:
     from .explain.figures import plot_training_curve
     from .model import FusionModel
 
+    check_replaceable(args.out, kind="demo")
     size = DEMO_SIZES["tiny" if getattr(args, "tiny", False) else "default"]
     # Small model: intra-op threads cost more in synchronisation than they gain (and keep runs comparable).
     torch.set_num_threads(1)
@@ -93,7 +103,7 @@ def run_demo(args: Any) -> int:
     metrics = model.evaluate(test)
     print("\nheld-out test metrics (per missingness pattern):")
     print(metrics_table(metrics))
-    with atomic_dir(args.out) as out:
+    with atomic_dir(args.out, kind="demo") as out:
         model.save(out / "model")
         preds = prediction_frame(model, test)
         write_csv(preds, out / "predictions.csv")
@@ -144,8 +154,9 @@ def _has_targets(model: Any, cohort: Any) -> bool:
 
 
 def run_predict(args: Any) -> int:
+    check_replaceable(args.out, kind="predictions", protect=[args.model])
     model, cohort = _load_for_scoring(args)
-    with atomic_dir(args.out) as out:
+    with atomic_dir(args.out, kind="predictions", protect=[args.model]) as out:
         write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
         if _has_targets(model, cohort):
             metrics = model.evaluate(cohort)
@@ -156,8 +167,9 @@ def run_predict(args: Any) -> int:
 
 
 def run_explain(args: Any) -> int:
+    check_replaceable(args.out, kind="explanation", protect=[args.model])
     model, cohort = _load_for_scoring(args)
-    with atomic_dir(args.out) as out:
+    with atomic_dir(args.out, kind="explanation", protect=[args.model]) as out:
         _report, figs = write_attention(model, cohort, out)
         write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
         write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator})

@@ -194,7 +194,8 @@ def write_cohort_files(cohort: Any, folder: str | Path) -> dict[str, Any]:
     features/<sample>.npy, events.csv: each modality writes its own, ``Modality.write_files``) and return
     the matching data section (paths relative to ``folder``).
 
-    Used by the examples and tests to show the file-based route; feature bags are written per sample.
+    Used by the examples and tests to show the file-based route; feature bags are written per sample,
+    under safe file names (``file_stem``) with a manifest mapping them to the ids where an id is not one.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

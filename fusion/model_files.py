@@ -10,6 +10,7 @@ from deep inside ``load`` or a network built at the edited size (``d_model: 1600
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -81,13 +82,21 @@ def _numbers(where: _Where, values: Any, field: str, n: int | None, *, positive:
                                         f"{_short(v)}")
 
 
-def read_json_file(folder: Path, name: str) -> Any:
+def _file_bytes(folder: Path, name: str, files: Mapping[str, bytes] | None) -> bytes:
+    """The bytes of one file: from ``files`` (a snapshot read once) when given, else from disk."""
+    path = folder / name
+    data = files.get(name) if files is not None else (path.read_bytes() if path.is_file() else None)
+    if data is None:
+        raise FileNotFoundError(f"{path} is missing: not a complete saved clinfuse model")
+    return data
+
+
+def read_json_file(folder: Path, name: str, files: Mapping[str, bytes] | None = None) -> Any:
     """A JSON file of the folder; ``ValueError`` naming the file and the line when it is not JSON."""
     path = folder / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a complete saved clinfuse model")
+    data = _file_bytes(folder, name, files)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text file ({exc})") from None
     except json.JSONDecodeError as exc:
@@ -95,13 +104,14 @@ def read_json_file(folder: Path, name: str) -> Any:
                          f"{exc.msg}") from None
 
 
-def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of the weights file, memory-mapped (tensor data are not read)."""
+def weight_shapes(folder: Path, files: Mapping[str, bytes] | None = None) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the weights file (memory-mapped from disk, or from the snapshot's bytes)."""
     path = folder / WEIGHTS
-    if not path.is_file():
+    source: Any = io.BytesIO(_file_bytes(folder, WEIGHTS, files)) if files is not None else path
+    if files is None and not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a complete saved clinfuse model")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.load(source, map_location="cpu", weights_only=True, mmap=files is None)
     except Exception as exc:  # not a zip archive (mmap needs one), or more than tensors: refused either way
         raise ValueError(f"refusing to load {path}: it is not a tensors-only state dict ({exc})") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -300,9 +310,10 @@ def check_sizes(folder: Path, config: Mapping[str, Any], schema: Any, shapes: Ma
                          f"the weights but {built[k]} in the configured network ({len(wrong)} differ)")
 
 
-def validate_folder(folder: str | Path) -> dict[str, Any]:
+def validate_folder(folder: str | Path, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
     """Check every file of a saved model folder (the folder holding ``config.json``, ``weights.pt``, ...)
-    before anything is built; returns ``{file name: parsed JSON}`` plus ``"weights_shapes"``.
+    before anything is built; returns ``{file name: parsed JSON}`` plus ``"weights_shapes"``. ``files``:
+    the folder's files already read into memory (name -> bytes), so that the check sees one save.
 
     Raises ``ValueError`` naming the file and field for any damage (see the module docstring),
     ``FileNotFoundError`` for a missing file.
@@ -310,7 +321,7 @@ def validate_folder(folder: str | Path) -> dict[str, Any]:
     from .persistence import check_format
 
     folder = Path(folder).expanduser()
-    contents: dict[str, Any] = {name: read_json_file(folder, name) for name in JSON_FILES}
+    contents: dict[str, Any] = {name: read_json_file(folder, name, files) for name in JSON_FILES}
     config = contents["config.json"]
     if not _mapping(config):
         _Where(folder, "config.json").fail("(top level)", f"expected a JSON object, got {_short(config)}")
@@ -323,7 +334,7 @@ def validate_folder(folder: str | Path) -> dict[str, Any]:
     network = config.get("network") if int(config["format_version"]) >= 4 else None
     check_fitted(_Where(folder, "fitted.json"), contents["fitted.json"], config["params"],
                  None if network is None else network["n_outputs"])
-    shapes = weight_shapes(folder)
+    shapes = weight_shapes(folder, files)
     check_sizes(folder, config, contents["schema.json"], shapes)
     contents["weights_shapes"] = shapes
     return contents

@@ -11,7 +11,11 @@ A saved model is a folder::
     weights.pt         ``network.state_dict()``: tensors only, read with ``torch.load(weights_only=True)``
     metrics.json       validation metrics of the fit
     provenance.json    clinfuse and dependency versions, python, time, fingerprint of the training data
+    .clinfuse          {"written_by": "clinfuse", "kind": "model"}
+    manifest.json      size and SHA-256 of every other file, checked by load before anything is built
 
+The folder is written whole into a temporary next to it and swapped in by one atomic step
+(:mod:`clinfuse.datasets.atomic`), so the path holds the old model or the new one whatever is killed when.
 Nothing is ever unpickled: the weights file is read with ``weights_only=True`` and must hold a flat
 ``{str: Tensor}`` mapping, anything else is refused.
 """
@@ -21,17 +25,19 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import math
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..datasets.atomic import atomic_path, write_text_atomic
+from ..datasets import output_folders
+from ..datasets.atomic import write_text_atomic
 from ..datasets.statistics import to_jsonable
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_finite_network
@@ -41,7 +47,7 @@ from .model_files import validate_folder
 FORMAT = "clinfuse-model"
 FORMAT_VERSION = 4
 OLDEST_FORMAT_VERSION = 3  # older folders left defaults unsaved that have changed since: retrain them
-MARKER = ".clinfuse"  # present in every folder clinfuse writes; only such folders are ever replaced
+MARKER = output_folders.MARKER  # in every folder clinfuse writes: {"written_by": "clinfuse", "kind"}
 WEIGHTS = "weights.pt"
 DEPENDENCIES = ("torch", "pytorch-lightning", "numpy", "pandas", "scikit-learn", "anndata", "lifelines",
                 "pytorch-tabular", "einops")
@@ -59,24 +65,12 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to ``target``; on success it replaces ``target`` by renaming.
-
-    An existing ``target`` is replaced only when it is empty or was written by clinfuse (holds the
-    ``.clinfuse`` marker), so a mistyped ``--out`` can never wipe an unrelated folder. On error the
-    temporary folder is removed and ``target`` is left untouched.
-    """
-    target = Path(target).expanduser().resolve()
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"output path {target} exists and is not a folder")
-        if any(target.iterdir()) and not (target / MARKER).exists():
-            raise ValueError(f"output folder {target} exists and was not written by clinfuse; "
-                             "choose a new or empty folder")
-    with atomic_path(target, directory=True) as tmp:
-        yield tmp
-        (tmp / MARKER).write_text("written by clinfuse\n")
+def atomic_dir(target: str | Path, *, kind: str = "model",
+               protect: Iterable[str | Path] = ()) -> contextlib.AbstractContextManager[Path]:
+    """A temporary folder swapped in at ``target`` whole, in one atomic step (see
+    :func:`clinfuse.datasets.output_folders.atomic_dir`: an existing ``target`` is replaced only when it
+    holds nothing but clinfuse outputs of the same ``kind``, and never when it is one of ``protect``)."""
+    return output_folders.atomic_dir(target, kind=kind, protect=protect)
 
 
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -89,13 +83,14 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> No
     torch.save(clean, Path(path))
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file with ``torch.load(weights_only=True)``; refuse anything but ``{str: Tensor}``."""
+def load_weights(path: str | Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Read a weights file (or its ``data``, already read) with ``torch.load(weights_only=True)``; refuse
+    anything but ``{str: Tensor}``."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a complete saved clinfuse model")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError and friends: the file holds more than tensors
         raise ValueError(f"refusing to load {path}: it is not a tensors-only state dict ({exc})") from exc
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -191,7 +186,7 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
     if not state.is_global_zero:
         return path
     check_finite_network(state.network, f"save to {path}")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, kind="model") as tmp:
         write_json(tmp / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
                                          "class": class_name, "params": _jsonable_params(params),
                                          "network": state.network_config})
@@ -229,39 +224,56 @@ def _format3_network(schema: dict[str, Any], params: dict[str, Any],
                                   class_names=names, shared_keywords=format3_shared)
 
 
+def _json_file(snapshot: output_folders.Snapshot, name: str) -> Any:
+    if name not in snapshot.files:
+        raise FileNotFoundError(f"{snapshot.folder / name} is missing: not a complete clinfuse output folder")
+    return json.loads(snapshot.files[name].decode("utf-8"))
+
+
 def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, Any], FittedState]:
-    """Read a folder written by :func:`save_model`: the hyperparameters and the fitted state."""
+    """Read a folder written by :func:`save_model`: the hyperparameters and the fitted state.
+
+    Every file is read once, into memory, and checked against the folder's manifest before anything is
+    built, so a save running meanwhile in another process can never give a model of two saves.
+    """
     from ..datasets.preprocess import Preprocessor
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"no saved model at {folder} (expected a folder written by FusionModel.save)")
-    validate_folder(folder)  # every file checked, sizes against the weights' shapes, before building
-    config = read_json(folder / "config.json")
+    snapshot = output_folders.read_snapshot(folder)
+    # Every file's contents (read once, all from one save) are checked before anything is built: an invalid
+    # file is named with its field, which says more than "changed since it was saved".
+    validate_folder(folder, snapshot.files)
+    snapshot.check()
+    config = _json_file(snapshot, "config.json")
     check_format(config, folder)
     params = dict(config["params"])
     unknown = sorted(set(params) - valid_params)
     if unknown:
         raise ValueError(f"{folder}/config.json has unknown hyperparameter(s) {unknown}; "
                          f"valid: {sorted(valid_params)}")
-    preprocessor = Preprocessor.from_json(folder / "preprocessor.json")
-    schema = read_json(folder / "schema.json")
+    preprocessor = Preprocessor.from_dict(_json_file(snapshot, "preprocessor.json"))
+    schema = _json_file(snapshot, "schema.json")
     if schema != json.loads(json.dumps(preprocessor.schema_)):
         raise ValueError(f"{folder}: schema.json does not match preprocessor.json (the folder was modified)")
-    fitted = read_json(folder / "fitted.json")
+    fitted = _json_file(snapshot, "fitted.json")
     if fitted.get("time_bins_") is not None:  # JSON has no infinity: the open last edge was written as null
         fitted["time_bins_"] = [math.inf if v is None else float(v) for v in fitted["time_bins_"]]
     network_config = (config.get("network") if int(config["format_version"]) >= 4
                       else _format3_network(schema, params, fitted))
+    if WEIGHTS not in snapshot.files:
+        raise FileNotFoundError(f"{folder / WEIGHTS} is missing: not a complete saved clinfuse model")
+    weights = load_weights(folder / WEIGHTS, snapshot.files[WEIGHTS])
     try:
         network = build_network(schema, network_config)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{folder}/config.json: {exc}") from exc
     try:
-        network.load_state_dict(load_weights(folder / WEIGHTS), strict=True)
+        network.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{folder}/{WEIGHTS} does not fit the saved configuration: {exc}") from exc
     state = FittedState(preprocessor=preprocessor, schema=schema, network=network.eval(),
-                        network_config=network_config, provenance=read_json(folder / "provenance.json"),
+                        network_config=network_config, provenance=_json_file(snapshot, "provenance.json"),
                         **{k: fitted.get(f"{k}_") for k in _FITTED_JSON})
     return params, state

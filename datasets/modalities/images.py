@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atomic import atomic_path
 from ..batch import ModalityBatch
 from ..images import ImageBags
+from ..safe_names import file_stem
 from .base import (
     Modality,
     ModalityPreprocessor,
@@ -28,6 +30,7 @@ from .base import (
     pad_tokens,
 )
 
+IMAGES_MANIFEST = "images.parquet"  # written by write_files where a sample id is not a safe file name
 _UNNAMED_SLIDES = ("", "slide0")  # ImageBags' id for a lone in-memory array: its tokens are named `position`
 
 
@@ -210,9 +213,20 @@ class ImagesModality(Modality):
         return {"images": ImageBags.from_patches(path, patch_size=source.spec.get("patch_size"))}
 
     def write_files(self, data: ImageBags, cohort: Any, folder: Path) -> dict[str, Any]:
+        """``features/<id>.npy`` per sample, read back as a folder (file stem = sample id). Where an id is
+        not a safe file name (``file_stem``), the files get safe names and ``images.parquet`` (sample_id,
+        path, slide_id) maps them back, and the data config points at it."""
         if data.kind != "features":  # pixel bags have no file form the config reads back
             return {}
         (folder / "features").mkdir(exist_ok=True)
-        for sid in data.sample_ids:
-            np.save(folder / "features" / f"{sid}.npy", data.load(sid).data)
-        return {"images": "features"}
+        stems = {str(sid): file_stem(sid) for sid in data.sample_ids}
+        for sid, stem in stems.items():
+            with atomic_path(folder / "features" / f"{stem}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, data.load(sid).data)  # file object: np.save would append ".npy" to tmp
+        if all(stem == sid for sid, stem in stems.items()):
+            return {"images": "features"}
+        manifest = pd.DataFrame({"sample_id": list(stems), "slide_id": list(stems),
+                                 "path": [f"features/{s}.npy" for s in stems.values()]})
+        with atomic_path(folder / IMAGES_MANIFEST) as tmp:
+            manifest.to_parquet(tmp, index=False)  # Parquet keeps ids as strings ("001" stays "001")
+        return {"images": IMAGES_MANIFEST}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clinfuse.datasets.output_folders import write_manifest
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion.build import (
     build_network,
@@ -148,6 +149,7 @@ def _edit(path: Path, edit) -> None:
     config = json.loads((path / "config.json").read_text())
     edit(config)
     (path / "config.json").write_text(json.dumps(config))
+    write_manifest(path)  # a deliberate edit: past the manifest check, to the config's own checks
 
 
 def test_an_unknown_keyword_in_a_saved_config_is_named(saved, tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from clinfuse.datasets import Cohort, Preprocessor
+from clinfuse.datasets.output_folders import write_manifest
 from clinfuse.fusion import FusionModel
 from clinfuse.fusion import metrics as M
 from sklearn.base import clone
@@ -193,6 +194,7 @@ def test_load_builds_the_saved_network_configuration(small_cohort, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict_proba(small_cohort), model.predict_proba(small_cohort))
     config["network"]["aggregator"]["kwargs"]["modality_logits"] = True
     (path / "config.json").write_text(json.dumps(config))
+    write_manifest(path)  # an edit the manifest lists: load goes on to build it (else: "not match manifest")
     with pytest.raises(ValueError, match="does not fit the saved configuration"):
         FusionModel.load(path)
 
@@ -208,6 +210,7 @@ def test_survival_save_load_keeps_bins(fitted_survival, tmp_path):
 def test_load_refuses_pickled_objects_and_foreign_folders(fitted_classifier, tmp_path):
     path = fitted_classifier.model.save(tmp_path / "m")
     torch.save({"weights": torch.zeros(2), "evil": {1, 2}}, path / "weights.pt")
+    write_manifest(path)  # the manifest lists the pickle: the weights reader itself must refuse it
     with pytest.raises(ValueError, match="refusing"):
         FusionModel.load(path)
     (tmp_path / "mine").mkdir()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from clinfuse.fusion import FusionModel
+from clinfuse.datasets.output_folders import write_manifest
 from clinfuse.fusion.model_files import validate_folder
 
 
@@ -29,6 +30,7 @@ def _edit(folder, name, change):
     data = json.loads((folder / name).read_text())
     change(data)
     (folder / name).write_text(json.dumps(data, indent=2))
+    write_manifest(folder)  # a consistent edit: the content checks, not the manifest, must catch it
 
 
 def _load_fails(folder, match):
@@ -53,6 +55,7 @@ def test_non_finite_statistic_in_preprocessor_json(copy):
     data = json.loads(text)
     data["fitted"]["genomics"]["mean"][0] = float("nan")
     (copy / "preprocessor.json").write_text(json.dumps(data))  # json writes NaN, which Python reads back
+    write_manifest(copy)
     _load_fails(copy, r"field fitted\.genomics\.mean\[0\]: expected a finite number, got nan")
 
 
@@ -65,6 +68,7 @@ def test_shortened_mean_list(copy):
 def test_invalid_json_names_the_file_and_line(copy, name):
     text = (copy / name).read_text()
     (copy / name).write_text(text.replace(",", "", 1))
+    write_manifest(copy)
     _load_fails(copy, rf"{name}: not valid JSON at line \d+, column \d+")
 
 
@@ -86,6 +90,7 @@ def test_missing_or_mistyped_fields(copy, name, change, match):
 
 def test_fitted_json_that_is_not_an_object(copy):
     (copy / "fitted.json").write_text("[1, 2]")
+    write_manifest(copy)
     _load_fails(copy, r"fitted\.json: field \(top level\): expected a JSON object")
 
 
