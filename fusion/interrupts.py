@@ -50,7 +50,7 @@ class TrainingInterrupted(Interrupted):
         self.checkpoint = checkpoint
         self.epochs_done = int(epochs_done)
         if checkpoint is not None:
-            kept = f"the checkpoint of epoch {epochs_done} is kept at {checkpoint}"
+            kept = f"their checkpoint is kept at {checkpoint}"
         else:
             kept = "no checkpoint was kept (no checkpoint folder, or no epoch had finished)"
         super().__init__(signum, f"training interrupted by {signal_name(signum)} after {epochs_done} "
