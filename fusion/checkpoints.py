@@ -140,15 +140,16 @@ def prepare(folder: str | Path, identity: dict[str, Any], *, resume: bool) -> Pa
 
 
 def callbacks(folder: str | Path, *, monitor: str, has_validation: bool) -> list[Any]:
-    """ModelCheckpoint writing ``last.ckpt`` every epoch and ``best.ckpt`` by ``monitor`` (with
-    validation data)."""
+    """ModelCheckpoints writing ``best.ckpt`` by ``monitor`` (with validation data), then ``last.ckpt``
+    every epoch (so that it holds the best-checkpoint bookkeeping of the same epoch)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    # Saved at the end of each training epoch, after validation and early stopping have updated.
-    return [ModelCheckpoint(dirpath=str(Path(folder).expanduser()), filename=BEST[:-5],
-                            monitor=monitor if has_validation else None, mode=MONITORS[monitor],
-                            save_top_k=1 if has_validation else 0, save_last=True,
-                            enable_version_counter=False, save_on_train_epoch_end=True, verbose=False)]
+    # Both save at the end of each training epoch, after validation and early stopping have updated.
+    # (save_last=True would write last.ckpt only in epochs that improve on the best.)
+    common = {"dirpath": str(Path(folder).expanduser()), "save_top_k": 1, "enable_version_counter": False,
+              "save_on_train_epoch_end": True, "verbose": False}
+    best = [ModelCheckpoint(filename=BEST[:-5], monitor=monitor, mode=MONITORS[monitor], **common)]
+    return (best if has_validation else []) + [ModelCheckpoint(filename=LAST[:-5], monitor=None, **common)]
 
 
 def last_checkpoint(folder: str | Path | None) -> Path | None:
