@@ -103,6 +103,16 @@ class CohortDataset(Dataset):
         """Change the epoch that seeds patch sampling (reproducible per epoch, also across workers)."""
         self.epoch = int(epoch)
 
+    def sampling_state(self) -> dict[str, dict[int, int]]:
+        """Each reader's sampling counters (how often each item was read), for training checkpoints."""
+        return {name: dict(r.draws) for name, r in self._readers.items() if hasattr(r, "draws")}
+
+    def load_sampling_state(self, state: dict[str, dict[int, int]]) -> None:
+        """Restore :meth:`sampling_state` (a resumed fit then draws the patches the killed one would have)."""
+        for name, draws in state.items():
+            if name in self._readers and hasattr(self._readers[name], "draws"):
+                self._readers[name].draws = {int(k): int(v) for k, v in draws.items()}
+
     def __len__(self) -> int:
         return len(self.sample_ids)
 

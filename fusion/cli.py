@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML run config")
     train.add_argument("--config", required=True, help="run.yaml: data, task and model keywords")
     train.add_argument("--out", required=True, help="folder to save the model into")
+    train.add_argument("--checkpoint-dir", default=None,
+                       help="checkpoint folder (default: run.yaml's model.checkpoint_dir, else "
+                            "<out>.checkpoints next to --out)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run whose checkpoints are in the checkpoint folder")
     for name, what in (("predict", "predictions"), ("explain", "attention tables and figures")):
         p = sub.add_parser(name, help=f"write {what} for new data with a saved model")
         p.add_argument("--model", required=True, help="folder of a saved model")
@@ -37,15 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns its exit status: 0, 2 for bad input, 130 / 143 when SIGINT / SIGTERM stopped
+    it (with one line on stderr saying what was kept)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     from . import commands  # heavy imports (torch, lightning) only when a command runs
+    from .interrupts import Interrupted, raise_on_signals
 
     try:
-        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+        with raise_on_signals():
+            return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except Interrupted as exc:
+        print(f"clinfuse {args.command}: {commands.interruption_message(args, exc)}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, TypeError, FileNotFoundError) as exc:
         # Bad input (config, data, paths): a one-line message naming what to fix, not a traceback.
         # CLINFUSE_DEBUG=1 shows the traceback.

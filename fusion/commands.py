@@ -4,6 +4,11 @@ Every output folder is written atomically: into a temporary folder next to it, s
 step when complete. An existing folder is replaced only when it holds nothing but clinfuse outputs of the
 same kind, never when it is (or holds, or lies in) the model folder being read; that is checked before any
 work. File names derived from sample ids go through ``file_stem``.
+
+``train`` checkpoints every epoch into a folder outside the model folder (``--checkpoint-dir``, else
+``model.checkpoint_dir`` of run.yaml, else ``<out>.checkpoints`` next to ``--out``), which is kept after
+the run; ``train --resume`` continues from it. SIGINT / SIGTERM end a command with status 130 / 143 and
+one line saying what was kept (:func:`interruption_message`).
 """
 
 from __future__ import annotations
@@ -123,21 +128,56 @@ def run_demo(args: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------- train / predict
+def checkpoint_folder(args: Any, model_keys: dict[str, Any]) -> Path:
+    """The checkpoint folder of ``clinfuse train`` (see the module docstring); never inside ``--out``,
+    which the save replaces as a whole."""
+    given = getattr(args, "checkpoint_dir", None) or model_keys.get("checkpoint_dir")
+    if given is None:
+        out = Path(args.out).expanduser().resolve()
+        return out.with_name(f"{out.name}.checkpoints")
+    folder = Path(given).expanduser()
+    if not folder.is_absolute() and not getattr(args, "checkpoint_dir", None):
+        folder = Path(args.config).parent / folder  # run.yaml paths are relative to the file
+    out = Path(args.out).expanduser().resolve()
+    if folder.resolve() == out or out in folder.resolve().parents:
+        raise ValueError(f"checkpoint folder {folder} is inside --out {out}, which a save replaces; "
+                         "choose a folder outside it")
+    return folder
+
+
 def run_train(args: Any) -> int:
     from .config import load_run_config
     from .model import FusionModel
 
     cfg = load_run_config(args.config)
+    check_replaceable(args.out, kind="model")  # a bad --out fails now, not after the training
+    args.checkpoint_folder = folder = checkpoint_folder(args, cfg.model)  # for interruption_message
     cohort = cfg.data.to_cohort(task=cfg.task, require_targets=True)
     print(cohort.summary())
-    model = FusionModel(task=cfg.task, **cfg.model).fit(cohort)
+    model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": str(folder)})
+    model.fit(cohort, resume=bool(getattr(args, "resume", False)))
     path = model.save(args.out)
     val = model.metrics_.get("validation")
     if val:
         print("\nvalidation metrics (inner split):")
         print(metrics_table(val))
-    print(f"\nsaved the model to {path}")
+    print(f"\nsaved the model to {path} (checkpoints in {folder})")
     return 0
+
+
+def interruption_message(args: Any, exc: Any) -> str:
+    """One line for a command stopped by SIGINT / SIGTERM: what stopped, and what was kept."""
+    from .interrupts import TrainingInterrupted
+
+    out = getattr(args, "out", None)
+    if isinstance(exc, TrainingInterrupted):
+        msg = f"{exc}; nothing was written to {out}"
+        if exc.checkpoint is not None and args.command == "train":
+            msg += " (continue with the same command and --resume)"
+        return msg
+    kept = getattr(args, "checkpoint_folder", None)
+    return (f"{exc}; {out} was left as it was (nothing half-written)"
+            + (f"; the checkpoints are kept in {kept}" if kept is not None else ""))
 
 
 def _load_for_scoring(args: Any) -> tuple[Any, Any]:

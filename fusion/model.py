@@ -49,7 +49,11 @@ class FusionModel(BaseEstimator):
             AdamW with linear warm-up then cosine decay, clipping, accumulation (bags of very different sizes
             often train at batch size 1 with accumulation).
         max_patches: patches sampled per bag during training (all patches are used to predict).
-        early_stopping_patience: epochs without a better validation loss before stopping (None: never).
+        early_stopping_patience: epochs without a better ``monitor`` value before stopping (None: never).
+        monitor: the validation metric that picks the best weights and drives early stopping: "val_loss"
+            (lower is better), "c_index" (survival) or "auc" (classification; higher is better).
+        checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
+            ``fit(..., resume=True)`` continues from; None writes nothing.
         validation_fraction: share of the training samples held out (grouped, stratified) for early
             stopping when ``fit`` gets no ``validation`` cohort; 0 trains ``max_epochs`` without validation.
         class_weights: None, "balanced", or a mapping label -> weight for the cross-entropy.
@@ -69,7 +73,8 @@ class FusionModel(BaseEstimator):
                  max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
-                 early_stopping_patience: int | None = 5, validation_fraction: float = 0.2,
+                 early_stopping_patience: int | None = 5, monitor: str = "val_loss",
+                 checkpoint_dir: str | Path | None = None, validation_fraction: float = 0.2,
                  class_weights: str | dict | None = None, top_genes: int | None = 2000,
                  preprocessor_kwargs: dict[str, Any] | None = None,
                  aggregator_kwargs: dict[str, Any] | None = None,
@@ -96,6 +101,8 @@ class FusionModel(BaseEstimator):
         self.gradient_clip = gradient_clip
         self.accumulate_grad_batches = accumulate_grad_batches
         self.early_stopping_patience = early_stopping_patience
+        self.monitor = monitor
+        self.checkpoint_dir = checkpoint_dir
         self.validation_fraction = validation_fraction
         self.class_weights = class_weights
         self.top_genes = top_genes
@@ -140,6 +147,9 @@ class FusionModel(BaseEstimator):
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
                 raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
+        from .checkpoints import check_params
+
+        check_params(task=self.task, monitor=self.monitor, checkpoint_dir=self.checkpoint_dir)
         if self.encoders is not None:
             bad = [m for m in self.encoders if m not in MODALITIES]
             if bad:
@@ -166,16 +176,20 @@ class FusionModel(BaseEstimator):
         warn_data(self.preprocessor_, cohort)  # used but unlike training: DataWarning, never silent
 
     # --------------------------------------------------------------------------------------------- fit
-    def fit(self, cohort: Any, validation: Any | None = None) -> FusionModel:
+    def fit(self, cohort: Any, validation: Any | None = None, *, resume: bool = False) -> FusionModel:
         """Fit on ``cohort`` (all of it is training data).
 
         Without ``validation``, early stopping uses an inner grouped, stratified split of ``cohort``
         (``validation_fraction``); the preprocessor sees the training part only. Returns ``self``.
+
+        ``resume=True`` continues from ``checkpoint_dir`` (same data and hyperparameters, else ValueError)
+        to the weights an uninterrupted fit would have. The global RNGs are left as they were. SIGINT /
+        SIGTERM raise :class:`~clinfuse.fusion.interrupts.TrainingInterrupted` (a KeyboardInterrupt).
         """
         from .persistence import data_shapes
         from .training import fit_model
 
-        run = fit_model(self, cohort, validation)
+        run = fit_model(self, cohort, validation, resume=resume)
         self._set_fitted(replace(run.state, training_shapes=data_shapes(run.train)))
         # What is measured by predicting with the fitted network completes the state.
         if self.task == "survival" and self.survival_head == "cox":

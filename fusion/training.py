@@ -1,18 +1,17 @@
 """Training through pytorch-lightning: the LightningModule around a ``FusionNetwork`` and the Trainer set-up.
 
 What the estimator needs from Lightning is the loop, gradient clipping and accumulation, early stopping,
-and scale-out strategies (DDP across processes). Everything else stays ours: no checkpoint folders, no
-logger, the best weights are kept in memory and restored when the fit ends (in every process, so a
-``ddp_spawn`` run hands the best weights back to the calling process).
+checkpoints (only with ``checkpoint_dir``: see :mod:`clinfuse.fusion.checkpoints`) and scale-out
+strategies (DDP across processes). Everything else stays ours: no logger, the best weights are kept in
+memory and restored when the fit ends (in every process, so a ``ddp_spawn`` run hands the best weights
+back to the calling process). ``fit`` leaves the caller's random generators as it found them, and SIGINT /
+SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import warnings
-from collections.abc import Iterator
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,28 +25,8 @@ from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
-
-_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
-
-
-@contextlib.contextmanager
-def quiet_lightning(verbose: bool) -> Iterator[None]:
-    """Silence Lightning's info logs and its advice-only warnings (always the num_workers advice; all
-    of them, and the info lines, when ``verbose=False``)."""
-    saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
-    for name in _LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
-        warnings.filterwarnings("ignore", message=r".*isn't currently supported.*deterministic.*")
-        if not verbose:
-            warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning.*")
-        try:
-            yield
-        finally:
-            for name, level in saved.items():
-                logging.getLogger(name).setLevel(level)
+from .rng import rng_state, set_rng_state
+from .trainer import make_trainer, quiet_lightning
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
@@ -71,12 +50,14 @@ class FusionLightningModule(pl.LightningModule):
         class_weights: ``[C]`` class weights of the cross-entropy, or None.
         lr, weight_decay, warmup_epochs, max_epochs: AdamW with linear warm-up then cosine decay, stepped
             per optimiser step (``trainer.estimated_stepping_batches`` accounts for accumulation and DDP).
+        monitor: the validation metric that picks the best weights ("val_loss", "c_index" or "auc"); each
+            validation epoch logs "val_loss" and the task's metric ("auc" or "c_index").
     """
 
     def __init__(self, network: nn.Module, *, task: str, survival_head: str = "discrete",
                  bin_edges: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1.0,
-                 max_epochs: int = 30) -> None:
+                 max_epochs: int = 30, monitor: str = "val_loss") -> None:
         super().__init__()
         self.network = network
         self.task, self.survival_head = task, survival_head
@@ -91,6 +72,9 @@ class FusionLightningModule(pl.LightningModule):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
         self.best_val_loss = math.inf
+        self.monitor, self.best_score = monitor, math.nan
+        self.checkpointed_epochs = 0  # epochs in the last checkpoint written
+        self.train_loader: Any = None  # set by fit_model: its order and patch draws go into checkpoints
         self._val_outputs: list[tuple[torch.Tensor, ...]] = []
         self._train_losses: list[float] = []
 
@@ -161,11 +145,14 @@ class FusionLightningModule(pl.LightningModule):
                 metric = M.concordance_index(parts[1].cpu().numpy(), parts[2].cpu().numpy(), risk)
         val = float(val_loss)
         self.log("val_loss", val, prog_bar=True, sync_dist=False)
+        self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
         train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
         self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
                              "val_metric": float(metric)})
-        if math.isfinite(val) and val < self.best_val_loss:
-            self.best_val_loss, self.best_epoch = val, int(self.current_epoch)
+        score = val if self.monitor == "val_loss" else float(metric)
+        better = score < self.best_score if self.monitor == "val_loss" else score > self.best_score
+        if math.isfinite(score) and (better or not math.isfinite(self.best_score)):
+            self.best_score, self.best_val_loss, self.best_epoch = score, val, int(self.current_epoch)
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
 
     def on_train_epoch_end(self) -> None:
@@ -178,6 +165,31 @@ class FusionLightningModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.best_state is not None:
             self.network.load_state_dict(self.best_state)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Saved after an epoch's validation; what the next epoch draws from must resume exactly.
+        self.checkpointed_epochs = len(self.history)
+        checkpoint["clinfuse"] = {
+            "history": list(self.history), "best_state": self.best_state, "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss, "best_score": self.best_score, "rng": rng_state(),
+            "loader_generator": (None if getattr(self.train_loader, "generator", None) is None
+                                 else self.train_loader.generator.get_state()),
+            "sampling": (self.train_loader.dataset.sampling_state()
+                         if hasattr(getattr(self.train_loader, "dataset", None), "sampling_state") else {}),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["clinfuse"]
+        self.history = list(state["history"])
+        self.checkpointed_epochs = len(self.history)
+        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
+        self.best_val_loss, self.best_score = float(state["best_val_loss"]), float(state["best_score"])
+        set_rng_state(state["rng"])
+        if state["loader_generator"] is not None and self.train_loader is not None:
+            self.train_loader.generator.set_state(state["loader_generator"])
+        if state["sampling"] and self.train_loader is not None:
+            self.train_loader.dataset.load_sampling_state(state["sampling"])
 
     def risk_from_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
         """Risk ``[B]`` (higher = worse) from the head's outputs."""
@@ -203,30 +215,6 @@ class FusionLightningModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, warmup_steps=warmup, total_steps=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_grad_batches: int,
-                 early_stopping_patience: int | None, has_validation: bool, strategy: Any = "auto",
-                 devices: Any = 1, accelerator: str = "cpu", verbose: bool = True) -> pl.Trainer:
-    """A Trainer that writes nothing to disk (no checkpoints, no logger) and stops early on ``val_loss``."""
-    from pytorch_lightning.callbacks import EarlyStopping
-
-    callbacks = []
-    if has_validation and early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=int(early_stopping_patience),
-                                       check_finite=False, verbose=False))
-    deterministic: Any = True if accelerator == "cpu" else "warn"
-    if strategy in ("ddp", "ddp_spawn"):
-        # A sample without a modality leaves that encoder (and e.g. missing-value embeddings) out of the
-        # loss for a batch: with missing modalities this is the normal case, so DDP must look for it.
-        strategy = f"{strategy}_find_unused_parameters_true"
-    return pl.Trainer(
-        max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
-        gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
-        deterministic=deterministic, enable_checkpointing=False, logger=False,
-        enable_progress_bar=bool(verbose), enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, callbacks=callbacks,
-    )
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -278,14 +266,18 @@ def _split(model: Any, cohort: Any, validation: Any | None) -> tuple[Any, Any | 
     return cohort, None
 
 
-def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> TrainingRun:
+def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume: bool = False) -> TrainingRun:
     """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights.
 
-    Reads the estimator's hyperparameters only; nothing is assigned to it.
+    Reads the estimator's hyperparameters only; nothing is assigned to it. ``resume=True`` continues from
+    ``checkpoint_dir``'s last checkpoint. The caller's random generators are left as they were; SIGINT and
+    SIGTERM raise :class:`~clinfuse.fusion.interrupts.TrainingInterrupted` (a ``KeyboardInterrupt``).
     """
-    from ..datasets.loading import make_loader
-    from ..datasets.preprocess import Preprocessor
-    from .losses import make_time_bins
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from .checkpoints import last_checkpoint
+    from .interrupts import Interrupted, TrainingInterrupted, raise_on_signals
+    from .rng import preserved_rng
 
     model._validate_params()
     if not hasattr(cohort, "check_fittable"):
@@ -294,6 +286,34 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
     if cohort.task != model.task:
         raise ValueError(f"the cohort has {cohort.task} targets but the model's task is {model.task!r}; "
                          f"use FusionModel(task={cohort.task!r})")
+    if resume and model.checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint folder: set FusionModel(checkpoint_dir=...) to the "
+                         "folder of the run to continue")
+    started: list[FusionLightningModule] = []
+    with preserved_rng(), raise_on_signals() as received:
+        try:
+            return _train(model, cohort, validation, resume=resume, started=started)
+        except (Interrupted, SystemExit) as exc:
+            # Lightning ends a fit hit by KeyboardInterrupt with sys.exit(1), and by SIGTERM (when it
+            # handled the signal itself) with SIGTERMException, a SystemExit without a code.
+            signum = received.signum or (signal.SIGTERM if isinstance(exc, SIGTERMException) else None)
+            if signum is None:
+                raise
+            module = started[0] if started else None
+            checkpoint = last_checkpoint(model.checkpoint_dir) if module is not None else None
+            done = (module.checkpointed_epochs if checkpoint is not None
+                    else len(module.history) if module is not None else 0)
+            raise TrainingInterrupted(signum, checkpoint=checkpoint, epochs_done=done) from None
+
+
+def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
+           started: list[FusionLightningModule]) -> TrainingRun:
+    from ..datasets.loading import make_loader
+    from ..datasets.preprocess import Preprocessor
+    from . import checkpoints
+    from .losses import make_time_bins
+    from .persistence import data_shapes
+
     with quiet_lightning(model.verbose):
         pl.seed_everything(int(model.seed), workers=True, verbose=False)
     train, validation = _split(model, cohort, validation)
@@ -315,13 +335,23 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
     time_bins = None if bin_edges is None else bin_edges.tolist()
     names = output_names(model.task, model.survival_head, classes=classes, time_bins=time_bins)
     config = resolve_network_config(schema, model.get_params(), n_outputs=len(names), class_names=names)
+    ckpt_path = None
+    if model.checkpoint_dir is not None:
+        identity = checkpoints.run_identity(
+            params=model.get_params(), preprocessor=pre, network_config=config,
+            train_ids=list(train.sample_ids), shapes=data_shapes(train),
+            validation_ids=None if validation is None else list(validation.sample_ids))
+        ckpt_path = checkpoints.prepare(model.checkpoint_dir, identity, resume=resume)
     module = FusionLightningModule(build_network(schema, config), task=model.task,
                                    survival_head=model.survival_head, bin_edges=bin_edges,
                                    class_weights=class_weights, lr=model.lr, weight_decay=model.weight_decay,
-                                   warmup_epochs=model.warmup_epochs, max_epochs=model.max_epochs)
+                                   warmup_epochs=model.warmup_epochs, max_epochs=model.max_epochs,
+                                   monitor=model.monitor)
+    started.append(module)
     seed = int(model.seed)
-    train_loader = make_loader(train, pre, batch_size=int(model.batch_size), shuffle=True, train=True,
-                               max_patches=model.max_patches, seed=seed)
+    module.train_loader = train_loader = make_loader(train, pre, batch_size=int(model.batch_size),
+                                                     shuffle=True, train=True, max_patches=model.max_patches,
+                                                     seed=seed)
     val_loader = (None if validation is None
                   else make_loader(validation, pre, batch_size=int(model.batch_size)))
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
@@ -334,8 +364,10 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None) -> Trainin
                                    early_stopping_patience=model.early_stopping_patience,
                                    has_validation=val_loader is not None, strategy=model.strategy,
                                    devices=model.devices, accelerator=model.accelerator,
-                                   verbose=model.verbose)
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+                                   verbose=model.verbose, monitor=model.monitor,
+                                   checkpoint_dir=model.checkpoint_dir)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                        ckpt_path=ckpt_path)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 

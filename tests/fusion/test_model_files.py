@@ -7,8 +7,8 @@ import shutil
 import time
 
 import pytest
-from clinfuse.fusion import FusionModel
 from clinfuse.datasets.output_folders import write_manifest
+from clinfuse.fusion import FusionModel
 from clinfuse.fusion.model_files import validate_folder
 
 
