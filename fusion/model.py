@@ -22,12 +22,9 @@ from sklearn.exceptions import NotFittedError
 from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
 from ..datasets.missingness import warn_data
 from . import metrics as M
-from .build import SHARED_KEYWORDS
 from .fitted import FittedState
+from .hyperparameters import SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
 from .records import ATTENTION_KINDS, AttentionRecord
-
-TASKS = ("classification", "survival")
-SURVIVAL_HEADS = ("discrete", "cox")
 
 
 class FusionModel(BaseEstimator):
@@ -117,43 +114,9 @@ class FusionModel(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------ checks
     def _validate_params(self) -> None:
-        from .base import AGGREGATORS
+        from .hyperparameters import check_hyperparameters
 
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.survival_head not in SURVIVAL_HEADS:
-            raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {self.survival_head!r}")
-        AGGREGATORS.get(self.aggregator)  # unknown name -> ValueError listing the registered ones
-        for name in ("d_model", "n_heads", "n_layers", "ffn_mult", "max_epochs", "batch_size",
-                     "accumulate_grad_batches"):
-            v = getattr(self, name)
-            if v is None and name in SHARED_KEYWORDS:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n_heads is not None and self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.task == "survival" and self.survival_head == "discrete" and (
-                not isinstance(self.n_time_bins, int | np.integer) or self.n_time_bins < 2):
-            raise ValueError(f"n_time_bins must be an int >= 2, got {self.n_time_bins!r}")
-        for name in ("dropout", "modality_dropout"):
-            if getattr(self, name) is not None and not 0.0 <= float(getattr(self, name)) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.max_patches is not None and int(self.max_patches) < 1:
-            raise ValueError(f"max_patches must be a positive int or None, got {self.max_patches!r}")
-        for name in ("encoders", "preprocessor_kwargs", "aggregator_kwargs", "encoder_kwargs"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, dict):
-                raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
-        from .checkpoints import check_params
-
-        check_params(task=self.task, monitor=self.monitor, checkpoint_dir=self.checkpoint_dir)
-        if self.encoders is not None:
-            bad = [m for m in self.encoders if m not in MODALITIES]
-            if bad:
-                raise ValueError(f"encoders: unknown modality {bad}; modalities are {MODALITIES}")
+        check_hyperparameters(self)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):

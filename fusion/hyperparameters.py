@@ -1,0 +1,58 @@
+"""The checks of a :class:`~clinfuse.fusion.FusionModel`'s hyperparameters, run when ``fit`` starts.
+
+scikit-learn's habit: ``__init__`` stores the keywords unchanged (so ``clone`` works) and they are
+validated at fit time, each error naming the hyperparameter and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..datasets.batch import MODALITIES
+from .build import SHARED_KEYWORDS
+
+TASKS = ("classification", "survival")
+SURVIVAL_HEADS = ("discrete", "cox")
+
+
+def check_hyperparameters(model: Any) -> None:
+    """ValueError / TypeError naming the first hyperparameter of ``model`` that is out of range."""
+    from .base import AGGREGATORS
+
+    if model.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {model.task!r}")
+    if model.survival_head not in SURVIVAL_HEADS:
+        raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {model.survival_head!r}")
+    AGGREGATORS.get(model.aggregator)  # unknown name -> ValueError listing the registered ones
+    for name in ("d_model", "n_heads", "n_layers", "ffn_mult", "max_epochs", "batch_size",
+                 "accumulate_grad_batches"):
+        v = getattr(model, name)
+        if v is None and name in SHARED_KEYWORDS:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if model.n_heads is not None and model.d_model % model.n_heads:
+        raise ValueError(f"d_model={model.d_model} must be divisible by n_heads={model.n_heads}")
+    if model.task == "survival" and model.survival_head == "discrete" and (
+            not isinstance(model.n_time_bins, int | np.integer) or model.n_time_bins < 2):
+        raise ValueError(f"n_time_bins must be an int >= 2, got {model.n_time_bins!r}")
+    for name in ("dropout", "modality_dropout"):
+        if getattr(model, name) is not None and not 0.0 <= float(getattr(model, name)) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(model, name)!r}")
+    if not 0.0 <= float(model.validation_fraction) < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {model.validation_fraction!r}")
+    if model.max_patches is not None and int(model.max_patches) < 1:
+        raise ValueError(f"max_patches must be a positive int or None, got {model.max_patches!r}")
+    for name in ("encoders", "preprocessor_kwargs", "aggregator_kwargs", "encoder_kwargs"):
+        v = getattr(model, name)
+        if v is not None and not isinstance(v, dict):
+            raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
+    from .checkpoints import check_params
+
+    check_params(task=model.task, monitor=model.monitor, checkpoint_dir=model.checkpoint_dir)
+    if model.encoders is not None:
+        bad = [m for m in model.encoders if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"encoders: unknown modality {bad}; modalities are {MODALITIES}")
