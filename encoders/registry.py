@@ -38,6 +38,12 @@ class Registry:
 
         return decorator
 
+    def unregister(self, name: str) -> type:
+        """Remove an entry (a test or a plug-in undoing its registration); returns its class."""
+        cls = self.get(name)
+        del self._entries[name], self._modalities[name]
+        return cls
+
     def get(self, name: str) -> type:
         if not isinstance(name, str):
             raise TypeError(f"{self.what} name must be a string, got {type(name).__name__}")

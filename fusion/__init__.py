@@ -1,4 +1,4 @@
-"""clinfuse.fusion: token types, aggregators, the PersAM head, task heads, FusionModel, explanations, CLI.
+"""clinfuse.fusion: token types, aggregators (PersAM among them), task heads, FusionModel, explanations, CLI.
 
 Names are imported on first use (PEP 562), so that ``clinfuse --help`` and ``clinfuse --version`` answer at
 once instead of importing torch, Lightning and every model first. ``from clinfuse.fusion import X`` works

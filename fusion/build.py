@@ -42,10 +42,14 @@ _TOKEN_TYPES_SUPPLIED = frozenset({"d_model", "modalities"})
 NETWORK_KEYS = ("d_model", "modalities", "modality_dropout", "n_outputs", "class_names", "token_types",
                 "encoders", "aggregator", "head")
 
-RENAMED_KEYWORDS: dict[str, str] = {"depth": "n_layers", "ff_hidden_multiplier": "ffn_mult",
-                                    "instance_ffn_mult": "ffn_mult"}
-"""Earlier names of component keywords (a user's ``encoder_kwargs`` / ``aggregator_kwargs``, a saved
-format-3 folder): accepted with a DeprecationWarning and stored under the current name."""
+RENAMED_KEYWORDS: dict[str, dict[str, str]] = {
+    "vit": {"depth": "n_layers"}, "cnn": {"depth": "n_layers"},
+    "tabular_ft_transformer": {"depth": "n_layers", "ff_hidden_multiplier": "ffn_mult"},
+    "persam": {"instance_ffn_mult": "ffn_mult"},
+}
+"""Registered component -> earlier names of its keywords (in a user's ``encoder_kwargs`` /
+``aggregator_kwargs`` or a saved format-3 folder): accepted with a DeprecationWarning and stored under the
+current name. Only the built-ins that were renamed: a user component keeps its own names."""
 
 
 def head_name(task: str, survival_head: str) -> str:
@@ -71,9 +75,10 @@ def shared_keywords_of(cls: type) -> frozenset[str]:
 
 def _current_names(label: str, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     """``given`` with earlier keyword names (:data:`RENAMED_KEYWORDS`) replaced by the current ones."""
+    renamed = RENAMED_KEYWORDS.get(name, {})
     out = {}
     for key, value in given.items():
-        new = RENAMED_KEYWORDS.get(key, key)
+        new = renamed.get(key, key)
         if new != key:
             if new in given:
                 raise ValueError(f"{label} {name!r}: {key!r} is the earlier name of {new!r}; "
@@ -85,8 +90,19 @@ def _current_names(label: str, name: str, given: Mapping[str, Any]) -> dict[str,
 
 
 def _keywords(cls: type) -> dict[str, inspect.Parameter]:
-    return {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
-            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    """The constructor's keywords; a constructor that takes ``**kwargs`` and hands them on (a subclass of
+    a registered component) also has those of the classes it inherits from."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass in (object, nn.Module):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        for p in params:
+            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                out.setdefault(p.name, p)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return out
 
 
 def component_defaults(cls: type) -> dict[str, Any]:
@@ -101,13 +117,21 @@ def _schema_keywords(cls: type, schema_entry: Mapping[str, Any], *, d_model: int
     ``from_schema`` construct a stand-in that only records its keywords."""
     seen: dict[str, Any] = {}
 
+    class _Recorded(Exception):
+        """Stops ``from_schema`` once the constructor is reached: nothing is built or used."""
+
     class _Recorder(cls):  # type: ignore[misc, valid-type]
-        def __init__(self, **kwargs: Any) -> None:  # no super().__init__: nothing is built
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             seen.update(kwargs)
+            raise _Recorded
 
     try:
         _Recorder.from_schema(schema_entry, d_model=d_model, **given)
-    except TypeError as exc:  # "got multiple values for keyword argument ...": one the schema supplies
+    except _Recorded:
+        pass
+    except TypeError as exc:
+        if "multiple values for keyword argument" not in str(exc):
+            raise
         raise ValueError(f"encoder {cls.registry_name!r}: {exc}; keywords that the data schema supplies "
                          "cannot be given") from None
     return frozenset(seen) - set(given) - {"d_model"}

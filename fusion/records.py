@@ -12,6 +12,9 @@ from ..encoders.layers import masked_normalise
 
 __all__ = ["ATTENTION_KINDS", "AttentionRecord", "masked_normalise", "normalise_nonnegative"]
 
+BUILT_IN_TOKEN_KINDS = ("feature", "gene", "event", "patch")
+
+
 class _AttentionKinds(Sequence):
     """The attention kinds, as a live tuple-like view: ``modality``, then the token kind of every registered
     modality (registry order: ``feature, gene, patch, event``, and any registered later), then the kinds
@@ -22,7 +25,8 @@ class _AttentionKinds(Sequence):
         from .base import AGGREGATORS
 
         own = [k for name in AGGREGATORS.names() for k in AGGREGATORS.get(name).own_kinds]
-        return tuple(dict.fromkeys(["modality", *TOKEN_KIND.values(), *own]))
+        # the built-in token kinds keep the order reports have always listed them in
+        return tuple(dict.fromkeys(["modality", *BUILT_IN_TOKEN_KINDS, *TOKEN_KIND.values(), *own]))
 
     def __getitem__(self, index):  # type: ignore[override]
         return self._kinds()[index]
@@ -35,6 +39,17 @@ class _AttentionKinds(Sequence):
 
     def __eq__(self, other: object) -> bool:
         return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # live content: not hashable
+
+    def __add__(self, other: Sequence[str]) -> tuple[str, ...]:
+        return (*self, *other)
+
+    def __radd__(self, other: Sequence[str]) -> tuple[str, ...]:
+        return (*other, *self)
+
+    def __reduce__(self) -> str:  # pickle / deepcopy give back the one live view
+        return "ATTENTION_KINDS"
 
     def __repr__(self) -> str:
         return repr(self._kinds())

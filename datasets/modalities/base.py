@@ -178,11 +178,11 @@ class Modality(ABC):
     data_keys: ClassVar[dict[str, str]] = {}
     report_columns: ClassVar[tuple[str, ...]] = ()
     holds_targets: ClassVar[bool] = False
+    """Whether its data-config table also holds the target columns when ``data.targets`` is not given."""
     layout: ClassVar[str | None] = None
     """The registered modality whose batch contract (tensors, meta, schema entry) this one's batches follow,
     so that the encoders written for it encode this one too (a protein panel laid out like ``genomics``);
     None: its own."""
-    """Whether its data-config table also holds the target columns when ``data.targets`` is not given."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, token_kind={self.token_kind!r})"
@@ -265,18 +265,6 @@ class Modality(ABC):
         """
         return {}
 
-    def token_columns(self, batch: ModalityBatch | None, b_idx: np.ndarray, t_idx: np.ndarray, *,
-                      meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """:meth:`token_grids` at the selected tokens ``(b_idx[i], t_idx[i])``: numbers as float32 arrays,
-        text as object arrays with None for padding."""
-        out = {}
-        for name, grid in self.token_grids(batch, meta).items():
-            if isinstance(grid, list):
-                out[name] = pick_text(grid, b_idx, t_idx)
-            else:
-                out[name] = as_numpy(grid)[b_idx, t_idx].astype(np.float32)
-        return out
-
     # ------------------------------------------------------------------ files (the CLI's data config)
     def check_config(self, spec: Mapping[str, Any]) -> None:
         """Check this modality's data-config values (keys are already known to be valid)."""
@@ -301,12 +289,6 @@ def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def pick_text(rows: Sequence[Sequence[str]], b_idx: np.ndarray, t_idx: np.ndarray) -> np.ndarray:
-    """``rows[b][t]`` of the selected tokens as an object array, None where the text is empty (padding)."""
-    return np.array([rows[b][t] or None for b, t in zip(b_idx.tolist(), t_idx.tolist(), strict=True)],
-                    dtype=object)
 
 
 def pad_tokens(

@@ -43,6 +43,10 @@ class ModalityRegistry:
             )
         if not isinstance(getattr(instance, "token_kind", None), str):
             raise TypeError(f"register_modality: modality {name!r} needs a token_kind string")
+        if instance.token_kind in ("modality", "shap") or instance.token_kind in {
+                m.token_kind for m in self._entries.values() if m.name != name}:
+            raise ValueError(f"register_modality: modality {name!r} takes the token kind "
+                             f"{instance.token_kind!r}, which is already a report kind; choose another")
         cls = getattr(instance, "preprocessor_class", None)
         if not (isinstance(cls, type) and issubclass(cls, ModalityPreprocessor)):
             raise TypeError(f"register_modality: modality {name!r} needs a ModalityPreprocessor subclass "
@@ -137,12 +141,21 @@ class ModalityNames(Sequence):
     def __add__(self, other: Sequence[str]) -> tuple[str, ...]:
         return (*self, *other)
 
+    def __radd__(self, other: Sequence[str]) -> tuple[str, ...]:
+        return (*other, *self)
+
+    def __reduce__(self) -> str:  # pickle / deepcopy give back the one live view, not a frozen copy
+        return "MODALITY_NAMES"
+
     def __repr__(self) -> str:
         return repr(self._registry.names())
 
 
 class TokenKinds(Mapping):
     """A live view modality name -> token kind of the registered modalities."""
+
+    def __reduce__(self) -> str:  # pickle / deepcopy give back the one live view
+        return "TOKEN_KINDS"
 
     def __init__(self, registry: ModalityRegistry) -> None:
         self._registry = registry

@@ -110,22 +110,20 @@ def test_reference_preprocessor_files_load_through_the_parts():
         assert set(p.preprocessors_) == set(raw["fitted"]["modalities"])
 
 
-def test_token_columns_of_images_and_events():
+def test_token_grids_of_images_and_events():
     images = random_modality_batch("images", random_schema("images"), lengths=[2, 3])
-    b, t = np.array([0, 1, 1]), np.array([1, 0, 2])
-    cols = get_modality("images").token_columns(images, b, t)
-    assert list(cols) == ["position", "x", "y", "slide_id"] == list(get_modality("images").report_columns)
-    np.testing.assert_array_equal(cols["x"], images.tensors["coords"][b, t, 0].numpy())
-    assert cols["slide_id"].tolist() == ["s0", "s0", "s0"]
+    grids = get_modality("images").token_grids(images)
+    assert list(grids) == ["position", "x", "y", "slide_id"] == list(get_modality("images").report_columns)
+    np.testing.assert_array_equal(grids["x"], images.tensors["coords"][..., 0].numpy())
+    assert grids["slide_id"] == images.meta["slide_id"]
     meta = {"x": np.ones((2, 3)), "slide_id": [["a"] * 3] * 2}
-    own = get_modality("images").token_columns(None, b, t, meta=meta)
-    assert list(own) == ["x", "slide_id"] and own["x"].tolist() == [1.0, 1.0, 1.0]
+    own = get_modality("images").token_grids(None, meta)
+    assert list(own) == ["x", "slide_id"] and own["x"].tolist() == [[1.0] * 3] * 2
     events = random_modality_batch("events", random_schema("events"), lengths=[2, 3])
-    cols = get_modality("events").token_columns(events, b, t)
-    assert list(cols) == ["time", "code"]
-    np.testing.assert_array_equal(cols["time"], events.tensors["times"][b, t].numpy())
-    assert cols["code"].tolist() == [events.meta["code"][i][j] for i, j in zip(b, t, strict=True)]
-    assert get_modality("clinical").token_columns(None, b, t) == {}
+    grids = get_modality("events").token_grids(events)
+    assert list(grids) == ["time", "code"]
+    assert grids["time"] is events.tensors["times"] and grids["code"] == events.meta["code"]
+    assert get_modality("clinical").token_grids(None) == {}
 
 
 # ------------------------------------------------------------------------------- a fifth modality

@@ -199,3 +199,58 @@ def test_earlier_keyword_names_are_accepted_with_a_warning_and_stored_under_the_
     assert config["aggregator"]["kwargs"]["ffn_mult"] == 2
     with pytest.raises(ValueError, match="earlier name of 'ffn_mult'"):
         _resolve(schema, aggregator_kwargs={"instance_ffn_mult": 2, "ffn_mult": 2})
+
+
+# ------------------------------------------------------------------------------- user components
+def test_user_components_keep_their_own_keywords_and_inherit_through_kwargs(schema):
+    """A user's encoder may call a keyword ``depth`` (the renames are for the built-ins only), may do work
+    in ``from_schema`` after constructing, and a subclass taking ``**kwargs`` still gets the shared and
+    inherited keywords."""
+    from clinfuse.encoders import ENCODERS
+    from clinfuse.encoders.genomics import GeneTransformer
+    from clinfuse.fusion.aggregators.persam import PersAM
+    from clinfuse.fusion.base import AGGREGATORS
+
+    class DeepGenes(GeneTransformer):
+        def __init__(self, *, depth: int = 1, **kwargs):
+            super().__init__(**kwargs)
+            self.depth = depth
+
+        @classmethod
+        def from_schema(cls, schema, *, d_model, **kwargs):
+            encoder = super().from_schema(schema, d_model=d_model, **kwargs)
+            encoder.extra = encoder.depth * 2  # work after constructing: the builder must not trip on it
+            return encoder
+
+    class WiderPersAM(PersAM):
+        def __init__(self, *, extra: int = 1, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = extra
+
+    ENCODERS.register("deep_genes", modalities=("genomics",))(DeepGenes)
+    AGGREGATORS.register("wider_persam")(WiderPersAM)
+    try:
+        config = _resolve(schema, n_heads=2, encoders={"genomics": "deep_genes"}, aggregator="wider_persam",
+                          encoder_kwargs={"genomics": {"depth": 3}}, aggregator_kwargs={"n_latents": 8})
+        genes, agg = config["encoders"]["genomics"]["kwargs"], config["aggregator"]["kwargs"]
+        assert genes["depth"] == 3 and "n_layers" in genes and genes["n_heads"] == 2
+        assert agg["n_latents"] == 8 and agg["n_heads"] == 2 and agg["extra"] == 1
+        net = build_network(schema, config)
+        assert net.encoders["genomics"].extra == 6 and net.aggregator.n_heads == 2
+    finally:
+        ENCODERS.unregister("deep_genes")
+        AGGREGATORS.unregister("wider_persam")
+
+
+def test_live_name_views_add_pickle_and_copy_as_the_one_view():
+    import copy
+    import pickle
+
+    from clinfuse.datasets import MODALITIES, TOKEN_KIND
+    from clinfuse.fusion import ATTENTION_KINDS
+
+    assert ATTENTION_KINDS + ("shap",) == (*ATTENTION_KINDS, "shap")
+    assert ("x",) + MODALITIES == ("x", *MODALITIES)
+    assert list(ATTENTION_KINDS)[:5] == ["modality", "feature", "gene", "event", "patch"]
+    for view in (MODALITIES, TOKEN_KIND, ATTENTION_KINDS):
+        assert pickle.loads(pickle.dumps(view)) is view and copy.deepcopy(view) is view

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ....datasets.modalities import layout_of
 from ....encoders.tokens import Tokens
 
 # Modalities whose tokens are fixed slots (one per variable / gene): their reference is per slot, [K, d];
@@ -84,7 +85,7 @@ def update_reference(module: nn.Module, modality: str, tok: Tokens, momentum: fl
     """Running mean of the modality's real training tokens: per slot for clinical variables and genes / gene
     sets (a fixed token per slot), pooled over the tokens for events (a sequence)."""
     values, mask = tok.values.detach().float(), tok.mask
-    if modality in PER_SLOT:
+    if layout_of(modality) in PER_SLOT:
         count = mask.sum(0)  # [K]
         mean = (values * mask[..., None]).sum(0) / count.clamp_min(1)[:, None]  # [K, d]
     else:
