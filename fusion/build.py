@@ -25,6 +25,10 @@ from .heads import ClassificationHead, CoxHead, DiscreteTimeHead
 from .network import FusionNetwork
 from .token_types import TokenTypeEmbedding
 
+# The default for a cohort without an instance modality: on clinical-only cohorts (GBSG2, 3 splits) it
+# trained better than concat and self_attention, and it exports per-feature attention for explain.
+TABLE_AGGREGATOR = "hierarchical"
+
 SHARED_KEYWORDS = ("n_heads", "n_layers", "dropout", "ffn_mult")
 """FusionModel keywords passed to every component that has the concept (``d_model`` always is)."""
 
@@ -200,7 +204,7 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
         kwargs = _full_kwargs(f"encoder ({m})", name, cls, shared=shared, given=given, supplied=supplied,
                               concepts=shared_keywords)
         encoders[m] = {"name": name, "kwargs": kwargs}
-    agg = str(params["aggregator"])
+    agg = resolve_aggregator(params.get("aggregator"), modalities)
     agg_kwargs = _full_kwargs("aggregator", agg, AGGREGATORS.get(agg), shared=shared,
                               given=dict(params.get("aggregator_kwargs") or {}),
                               supplied=_AGGREGATOR_SUPPLIED, concepts=shared_keywords)
@@ -215,6 +219,17 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
             "n_outputs": int(n_outputs), "class_names": [str(c) for c in class_names],
             "token_types": {"name": "token_types", "kwargs": token_kwargs}, "encoders": encoders,
             "aggregator": {"name": agg, "kwargs": agg_kwargs}, "head": {"name": head, "kwargs": head_kwargs}}
+
+
+def resolve_aggregator(name: str | None, modalities: Sequence[str]) -> str:
+    """The aggregator a FusionModel's ``aggregator`` means for ``modalities``: a name is itself; None is
+    ``"persam"`` when there is an instance modality (images, genomics, events), else ``TABLE_AGGREGATOR``
+    (PersAM pools instances, so a clinical-only cohort has nothing for it to attend over)."""
+    from .aggregators.persam.model import INSTANCE_MODALITIES
+
+    if name is not None:
+        return str(name)
+    return "persam" if any(m in INSTANCE_MODALITIES for m in modalities) else TABLE_AGGREGATOR
 
 
 def _head_supplied(name: str) -> frozenset[str]:

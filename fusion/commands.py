@@ -212,7 +212,7 @@ def run_explain(args: Any) -> int:
     with atomic_dir(args.out, kind="explanation", protect=[args.model]) as out:
         _report, figs = write_attention(model, cohort, out)
         write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
-        write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator})
+        write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator_})
     print(f"wrote attention ({', '.join(model.attention_kinds)}) for {len(cohort)} samples to "
           f"{Path(args.out)}/: attention.parquet, attention.csv, predictions.csv, {', '.join(figs)}")
     return 0

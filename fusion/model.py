@@ -32,7 +32,10 @@ class FusionModel(BaseEstimator):
 
     Args:
         task: "classification" or "survival".
-        aggregator: registered aggregator name ("persam", "self_attention", ...; ``list_aggregators()``).
+        aggregator: registered aggregator name ("persam", "self_attention", ...; ``list_aggregators()``),
+            or None: ``"persam"`` when the training cohort has an instance modality (images, genomics,
+            events), else ``"hierarchical"`` (a clinical-only cohort); resolved at fit time, the name used
+            is ``aggregator_``.
         encoders: modality -> registered encoder name; modalities not named get
             ``clinfuse.encoders.default_encoder``.
         d_model, n_heads, n_layers, dropout, ffn_mult: token width and the shared settings (attention
@@ -62,7 +65,7 @@ class FusionModel(BaseEstimator):
         seed: seeds weights, sampling, the inner split and modality dropout.
     """
 
-    def __init__(self, *, task: str = "classification", aggregator: str = "persam",
+    def __init__(self, *, task: str = "classification", aggregator: str | None = None,
                  encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int | None = 4,
                  n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
                  modality_dropout: float = 0.1, survival_head: str = "discrete",
@@ -179,6 +182,12 @@ class FusionModel(BaseEstimator):
     def modalities_(self) -> list[str]:
         self._check_fitted()
         return [m for m in MODALITIES if m in self.schema_]
+
+    @property
+    def aggregator_(self) -> str:
+        """The aggregator the fitted network uses (``aggregator``, or what None resolved to)."""
+        self._check_fitted()
+        return str(self.network_config_["aggregator"]["name"])
 
     def _network_for_inference(self) -> torch.nn.Module:
         net = self.network_.cpu()

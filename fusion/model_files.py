@@ -139,7 +139,8 @@ def check_config(where: _Where, config: Any) -> None:
     where.get(params, "survival_head", "params.survival_head", lambda v: v in ("discrete", "cox"),
               "'discrete' or 'cox'")
     where.get(params, "d_model", "params.d_model", _pos_int, "a positive int")
-    where.get(params, "aggregator", "params.aggregator", lambda v: isinstance(v, str), "an aggregator name")
+    where.get(params, "aggregator", "params.aggregator", lambda v: v is None or isinstance(v, str),
+              "an aggregator name or null")
     if int(config["format_version"]) < 4:
         return
     net = where.get(config, "network", "network", _mapping, "the resolved network configuration")
