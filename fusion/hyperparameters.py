@@ -25,7 +25,7 @@ def check_hyperparameters(model: Any) -> None:
         raise ValueError(f"task must be one of {TASKS}, got {model.task!r}")
     if model.survival_head not in SURVIVAL_HEADS:
         raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {model.survival_head!r}")
-    if model.aggregator is not None:  # None is resolved from the cohort's modalities (build.resolve_aggregator)
+    if model.aggregator is not None:  # None: resolved from the modalities (build.resolve_aggregator)
         AGGREGATORS.get(model.aggregator)  # unknown name -> ValueError listing the registered ones
     for name in ("d_model", "n_heads", "n_layers", "ffn_mult", "max_epochs", "batch_size",
                  "accumulate_grad_batches"):
