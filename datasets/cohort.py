@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .batch import MODALITIES
@@ -46,7 +47,9 @@ class Cohort:
         events: long DataFrame ``sample_id`` (or ``patient_id``), ``time``, ``code``[, ``value``,
             ``segment``].
         labels: Series sample -> class label (any hashable).  Exclusive with ``survival``.
-        survival: DataFrame indexed by sample with ``time`` (> 0) and ``event`` (0/1).
+        survival: DataFrame indexed by sample with ``time`` (> 0) and ``event`` (0/1), or a structured
+            array (scikit-survival's ``Surv.from_arrays``: first bool field = event, first float field =
+            time) whose rows follow the data's sample order (the ids a cohort without targets lists).
         groups: Series sample -> patient id (for grouped splits); every sample must be in it.
         clinical_types: ``{column: "numeric" | "categorical"}`` overriding the detection.
         genomics_layer: AnnData layer to use instead of ``.X``.
@@ -55,14 +58,13 @@ class Cohort:
             samples absent from it (or NaN) use their latest event.
         name: a label for summaries.
         excluded: records of cuts made before the cohort was built (loaders pass theirs here); each a dict
-            with
-            ``what, modality, sample_id, count, reason``.
+            with ``what, modality, sample_id, count, reason``.
     """
 
     def __init__(
         self, *, clinical: pd.DataFrame | None = None, genomics: Any = None,
         images: ImageBags | Mapping | None = None, events: pd.DataFrame | None = None,
-        labels: pd.Series | None = None, survival: pd.DataFrame | None = None,
+        labels: pd.Series | None = None, survival: pd.DataFrame | np.ndarray | None = None,
         groups: pd.Series | Mapping | None = None, clinical_types: Mapping[str, str] | None = None,
         genomics_layer: str | None = None, gene_sets: Any = None,
         index_time: pd.Series | Mapping | None = None, name: str | None = None,
@@ -94,10 +96,8 @@ class Cohort:
 
         data_ids = self._data_ids()
         if not data_ids:
-            raise ValueError(
-                "cohort: no sample has any modality; pass at least one of "
-                f"{', '.join(MODALITY_REGISTRY.names())}"
-            )
+            raise ValueError("cohort: no sample has any modality; pass at least one of "
+                             f"{', '.join(MODALITY_REGISTRY.names())}")
         self.labels: pd.Series | None = None
         self.survival: pd.DataFrame | None = None
         if labels is not None and survival is not None:
@@ -106,7 +106,7 @@ class Cohort:
         if labels is not None:
             self.labels = targets = normalise_labels(labels)
         elif survival is not None:
-            self.survival = targets = normalise_survival(survival)
+            self.survival = targets = normalise_survival(survival, list(data_ids))
         ids = {m.name: self._modality_ids(m.name) for m in self._registered()}
         named = "labels" if labels is not None else "survival"
         check_id_forms(ids if targets is None else {**ids, named: targets.index})

@@ -127,8 +127,47 @@ def normalise_labels(labels: Any) -> pd.Series:
     return s
 
 
-def normalise_survival(survival: Any) -> pd.DataFrame:
-    """Survival frame with str index, ``time`` float > 0 and ``event`` int 0/1."""
+def is_structured_survival(survival: Any) -> bool:
+    """Whether ``survival`` is a numpy structured array (as scikit-survival's ``Surv.from_arrays`` makes)."""
+    return isinstance(survival, np.ndarray) and survival.dtype.names is not None
+
+
+def structured_survival(survival: np.ndarray, sample_ids: Sequence[str]) -> pd.DataFrame:
+    """A structured array ``[N]`` as a ``time``/``event`` frame indexed by ``sample_ids`` (same order).
+
+    The event is the first bool field and the time the first float field, whatever their names (e.g.
+    ``("event", "time")`` or ``("Status", "Survival_in_days")``); scikit-survival is not needed.
+    """
+    names = survival.dtype.names
+    kinds = {n: survival.dtype.fields[n][0].kind for n in names}
+    event = next((n for n in names if kinds[n] == "b"), None)
+    time = next((n for n in names if kinds[n] == "f"), None)
+    if event is None or time is None or survival.ndim != 1:
+        raise ValueError(f"survival: a structured array needs one dimension, a bool event field and a float "
+                         f"time field (as Surv.from_arrays makes); got shape {survival.shape} and fields "
+                         f"{ {n: str(survival.dtype.fields[n][0]) for n in names} }")
+    if len(survival) != len(sample_ids):
+        raise ValueError(
+            f"survival: the structured array has {len(survival)} rows but the cohort's data have "
+            f"{len(sample_ids)} samples; a structured array carries no sample ids, so its rows must follow "
+            "the data's sample order (Cohort(<same data>).sample_ids: the clinical index first). Pass a "
+            "DataFrame with 'time' and 'event' indexed by sample id to match by id instead"
+        )
+    return pd.DataFrame({"time": survival[time], "event": survival[event]},
+                        index=pd.Index(list(sample_ids), name="sample_id"))
+
+
+def normalise_survival(survival: Any, sample_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Survival frame with str index, ``time`` float > 0 and ``event`` int 0/1.
+
+    ``survival``: a DataFrame indexed by sample id with ``time`` and ``event``, or a structured array
+    (:func:`structured_survival`) whose rows follow ``sample_ids``, the data's sample order.
+    """
+    if is_structured_survival(survival):
+        if sample_ids is None:
+            raise TypeError("survival: a structured array has no sample ids; pass a DataFrame indexed by "
+                            "sample id with 'time' and 'event'")
+        survival = structured_survival(survival, sample_ids)
     df = indexed_frame(survival, what="survival")
     if isinstance(df, pd.Series) or not {"time", "event"} <= set(df.columns):
         cols = [df.name] if isinstance(df, pd.Series) else list(df.columns)

@@ -1,8 +1,9 @@
 """Losses and survival utilities: cross-entropy, discrete-time hazard NLL, Cox partial likelihood.
 
 Conventions: survival ``time`` > 0, ``event`` 1 = event observed, 0 = censored. Discrete-time bins come from
-:func:`make_time_bins` on the TRAINING samples' event times; a time t falls in bin k when
-``edges[k] <= t < edges[k + 1]`` (``edges[0] = 0``, ``edges[-1] = inf``, so any future time has a bin).
+:func:`make_time_bins` on the TRAINING samples' times; a time t falls in bin k when
+``edges[k] <= t < edges[k + 1]`` (``edges[0] = 0``; ``edges[-1]`` is the largest training time, and a later
+time falls in the last bin). Models fitted before the last edge was finite have ``edges[-1] = inf``.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def make_time_bins(time, event, n_bins: int) -> np.ndarray:
-    """Bin edges ``[n_bins + 1]`` at quantiles of the observed EVENT times (censored times are ignored).
+    """Bin edges ``[n_bins + 1]``: the inner ones at quantiles of the observed EVENT times.
 
-    ``edges[0] = 0`` and ``edges[-1] = inf``; the inner edges are the 1/K, ..., (K-1)/K quantiles, so each
-    bin holds about the same number of training events. Raises ``ValueError`` when there are fewer distinct
-    event times than bins (ask for fewer bins).
+    ``edges[0] = 0``; the inner edges are the 1/K, ..., (K-1)/K quantiles of the event times (censored
+    times are ignored there), so each bin holds about the same number of training events; ``edges[-1]`` is
+    the largest time, event or censored, so the bins cover the whole follow-up and the last bin has a
+    length (its hazard is a rate that S(t) can be extrapolated with). Raises ``ValueError`` when there are
+    fewer distinct event times than bins (ask for fewer bins).
     """
     t = np.asarray(time.detach().cpu() if isinstance(time, torch.Tensor) else time, dtype=float).ravel()
     e = np.asarray(event.detach().cpu() if isinstance(event, torch.Tensor) else event, dtype=float).ravel()
@@ -77,9 +80,11 @@ def make_time_bins(time, event, n_bins: int) -> np.ndarray:
                          f"use n_bins <= {max(len(distinct), 1)}")
     probs = np.arange(1, n_bins) / n_bins
     inner = np.quantile(event_times, probs)
-    if np.any(np.diff(inner) <= 0) or np.any(inner <= 0):
-        inner = np.quantile(distinct, probs)  # ties: quantiles of the distinct times are strictly increasing
-    return np.concatenate([[0.0], inner, [np.inf]])
+    edges = np.concatenate([[0.0], inner, [t.max()]])
+    if np.any(np.diff(edges) <= 0):
+        # ties: quantiles of >= K distinct times are strictly increasing and below the largest one
+        edges = np.concatenate([[0.0], np.quantile(distinct, probs), [t.max()]])
+    return edges
 
 
 def time_to_bin(time: torch.Tensor, bin_edges) -> torch.Tensor:

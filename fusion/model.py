@@ -25,6 +25,7 @@ from . import metrics as M
 from .fitted import FittedState
 from .hyperparameters import SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
 from .records import ATTENTION_KINDS, AttentionRecord
+from .survival_curves import discrete_survival_at
 
 
 class FusionModel(BaseEstimator):
@@ -257,10 +258,15 @@ class FusionModel(BaseEstimator):
     def predict_survival(self, cohort: Any, times: Sequence[float]) -> pd.DataFrame:
         """S(t) of each sample at ``times``, DataFrame ``[samples x times]``.
 
-        Discrete head: the model gives S at the end of each time bin; S(t) is the step function that is 1
-        before the first bin end and takes the value of the last bin end <= t after it (constant beyond
-        the last bin). Cox head: ``S(t) = exp(-H0(t) exp(risk))`` with the Breslow baseline cumulative
-        hazard H0 of the training samples (a step function of the training event times).
+        Discrete head: the model gives S at the end of each time bin (the last bin ends at the largest
+        training time); between bin ends the hazard is constant in each bin (log S linear in t, exact at
+        the bin ends), and beyond the last bin end t_K the last bin's hazard rate continues:
+        ``S(t) = S(t_K) * (S(t_K) / S(t_{K-1})) ** ((t - t_K) / (t_K - t_{K-1}))``, an extrapolation
+        beyond the training follow-up, not an estimate from data there. Models saved with an open last
+        bin (``time_bins_[-1] == inf``, fitted before this rule) keep their step rule: 1 before the first
+        bin end, then the value at the last bin end <= t. Cox head: ``S(t) = exp(-H0(t) exp(risk))``
+        with the Breslow baseline cumulative hazard H0 of the training samples (a step function of the
+        training event times).
         """
         self._check_task("predict_survival", "survival")
         times = np.asarray(times, dtype=float).reshape(-1)
@@ -274,9 +280,7 @@ class FusionModel(BaseEstimator):
         index = pd.Index(ids, name="sample_id")
         if self.survival_head == "cox":
             return pd.DataFrame(self._cox_survival(arrays["risk"], times), index=index, columns=list(times))
-        ends = np.asarray(self.time_bins_, dtype=float)[1:]
-        k = np.searchsorted(ends, times, side="right")  # number of bin ends <= t
-        surv = np.concatenate([np.ones((len(ids), 1)), arrays["survival"]], axis=1)[:, k]
+        surv = discrete_survival_at(self.time_bins_, arrays["survival"], times)
         return pd.DataFrame(surv, index=index, columns=list(times))
 
     def _cox_survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:

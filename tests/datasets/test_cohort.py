@@ -114,6 +114,35 @@ def test_survival_targets():
     c.check_fittable()
 
 
+@pytest.mark.parametrize("fields", [("event", "time"), ("Status", "Survival_in_days")])
+def test_survival_accepts_a_structured_array_in_the_data_order(fields):
+    # what scikit-survival's Surv.from_arrays(event, time) returns, built by hand (no sksurv needed)
+    y = np.array([(True, 5.0), (False, 2.5), (True, 7.0), (False, 1.0)],
+                 dtype=[(fields[0], "?"), (fields[1], "<f8")])
+    clinical = _clinical().iloc[[3, 1, 0, 2]]  # rows follow the clinical index, not sorted ids
+    c = Cohort(clinical=clinical, genomics=_adata(["s2", "s4"]), survival=y)
+    assert c.sample_ids == ["s4", "s2", "s1", "s3"]
+    assert c.survival["time"].tolist() == [5.0, 2.5, 7.0, 1.0]
+    assert c.survival["event"].tolist() == [1, 0, 1, 0] and c.survival["event"].dtype == np.int64
+    # fields in the other order, with an extra int field: still the first bool and the first float
+    z = np.array([(3, 5.0, True), (4, 2.5, False), (5, 7.0, True), (6, 1.0, False)],
+                 dtype=[("n", "<i8"), ("days", "<f4"), ("died", "?")])
+    assert Cohort(clinical=clinical, survival=z).survival["event"].tolist() == [1, 0, 1, 0]
+
+
+def test_survival_structured_array_errors():
+    y = np.array([(True, 5.0), (False, 2.5), (True, 7.0)], dtype=[("event", "?"), ("time", "<f8")])
+    with pytest.raises(ValueError, match="3 rows but the cohort's data have 4 samples"):
+        Cohort(clinical=_clinical(), survival=y)
+    no_bool = np.array([(1, 5.0)] * 4, dtype=[("event", "<i8"), ("time", "<f8")])
+    with pytest.raises(ValueError, match="bool event field and a float time field.*'event': 'int64'"):
+        Cohort(clinical=_clinical(), survival=no_bool)
+    bad_time = np.array([(True, 5.0), (False, -1.0), (True, 7.0), (False, 1.0)],
+                        dtype=[("event", "?"), ("time", "<f8")])
+    with pytest.raises(ValueError, match="'time' must be a finite number > 0.*'s2'"):
+        Cohort(clinical=_clinical(), survival=bad_time)
+
+
 def test_clinical_type_detection_and_override():
     df = pd.DataFrame(
         {

@@ -134,7 +134,7 @@ def test_make_time_bins_uses_event_time_quantiles_only():
     time = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0, 200.0])
     event = np.array([1, 1, 1, 1, 1, 1, 0, 0])
     edges = make_time_bins(time, event, 3)
-    assert edges[0] == 0 and np.isinf(edges[-1]) and len(edges) == 4
+    assert edges[0] == 0 and edges[-1] == 200.0 and len(edges) == 4  # the last bin ends at follow-up end
     np.testing.assert_allclose(edges[1:-1], np.quantile([1, 2, 3, 4, 5, 6], [1 / 3, 2 / 3]))
     # tied event times fall back to quantiles of the distinct times: still strictly increasing
     tied = make_time_bins([1, 1, 1, 1, 1, 2, 3], [1, 1, 1, 1, 1, 1, 1], 3)

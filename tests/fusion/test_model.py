@@ -124,13 +124,13 @@ def test_survival_predictions(fitted_survival):
     risk = model.predict_risk(test)
     assert list(risk.index) == list(test.sample_ids) and np.isfinite(risk).all()
     edges = model.time_bins_
-    assert len(edges) == 4 and edges[0] == 0 and edges[-1] == np.inf
+    assert len(edges) == 4 and edges[0] == 0 and np.isfinite(edges[-1])
     times = [0.0, edges[1] * 0.5, edges[1], edges[2], edges[2] * 10]
     surv = model.predict_survival(test, times)
     assert surv.shape == (len(test), 5)
     assert np.allclose(surv[0.0], 1.0)  # before the first bin end
     assert (np.diff(surv.to_numpy(), axis=1) <= 1e-7).all() and ((surv >= 0) & (surv <= 1)).all().all()
-    # Step interpolation: at a bin end, S equals the model's S for that bin; risk = -sum_k S_k.
+    # At a bin end, S equals the model's S for that bin; risk = -sum_k S_k.
     s_bins = np.concatenate([p["survival"] for _, _, p in model.iter_attention(test)])
     assert np.allclose(surv[edges[1]], s_bins[:, 0], atol=1e-6)
     assert np.allclose(risk, -s_bins.sum(1), atol=1e-5)
@@ -140,6 +140,41 @@ def test_survival_predictions(fitted_survival):
     assert "by_pattern" in ev
     with pytest.raises(ValueError, match="times"):
         model.predict_survival(test, [-1.0])
+
+
+def test_survival_curve_covers_the_follow_up_and_falls_beyond_the_last_bin(fitted_survival):
+    model, train, test = fitted_survival.model, fitted_survival.train, fitted_survival.test
+    edges = np.asarray(model.time_bins_, dtype=float)
+    t_max = train.survival["time"].max()
+    # the last bin ends at the largest (inner-training) time, not at an event quantile
+    assert np.isfinite(edges[-1]) and edges[-2] < edges[-1] <= t_max * (1 + 1e-6)
+    s_bins = np.concatenate([p["survival"] for _, _, p in model.iter_attention(test)])
+    surv = model.predict_survival(test, list(edges[1:]))
+    np.testing.assert_allclose(surv.to_numpy(), s_bins, atol=1e-6)  # exact at every bin end
+    beyond = [edges[-1] * f for f in (1.5, 2.0, 4.0)]
+    curve = model.predict_survival(test, [edges[-1], *beyond]).to_numpy()
+    assert (np.diff(curve, axis=1) < 0).all()  # no plateau after the last bin end
+    # the last bin's constant hazard rate continues: log S is linear in t beyond t_K
+    rate = (np.log(s_bins[:, -2]) - np.log(s_bins[:, -1])) / (edges[-1] - edges[-2])
+    want = s_bins[:, -1:] * np.exp(-rate[:, None] * (np.asarray(beyond) - edges[-1]))
+    np.testing.assert_allclose(curve[:, 1:], want, rtol=1e-5)
+    # between bin ends: log-linear (piecewise-constant hazard), strictly between the two ends
+    mid = model.predict_survival(test, [(edges[1] + edges[2]) / 2])[(edges[1] + edges[2]) / 2]
+    np.testing.assert_allclose(mid, np.sqrt(s_bins[:, 0] * s_bins[:, 1]), rtol=1e-5)
+
+
+def test_discrete_survival_rule_of_an_open_last_bin_stays_the_step_rule():
+    from clinfuse.fusion.survival_curves import discrete_survival_at, survival_rule
+
+    s = np.array([[0.9, 0.6, 0.3]])
+    old = [0.0, 10.0, 20.0, np.inf]
+    assert survival_rule(old) == "step" and survival_rule([0.0, 10.0, 20.0, 30.0]) != "step"
+    np.testing.assert_allclose(discrete_survival_at(old, s, np.array([5.0, 10.0, 15.0, 500.0])),
+                               [[1.0, 0.9, 0.9, 0.6]])
+    new = discrete_survival_at([0.0, 10.0, 20.0, 30.0], s, np.array([0.0, 5.0, 30.0, 40.0]))
+    np.testing.assert_allclose(new, [[1.0, np.sqrt(0.9), 0.3, 0.15]])
+    zero = discrete_survival_at([0.0, 10.0, 20.0], np.array([[0.0, 0.0]]), np.array([5.0, 10.0, 25.0]))
+    np.testing.assert_array_equal(zero, [[0.0, 0.0, 0.0]])
 
 
 @pytest.mark.parametrize("aggregator", ["concat", "persam"])  # persam adds its clinical term to the risk
