@@ -22,14 +22,16 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["AttentionReport", "build_report", "attention_shap_agreement"], "explain"),
     "FusionModel": "model",
     **dict.fromkeys(["CVResult", "cross_validate"], "crossval"),
+    **dict.fromkeys(["TuneResult", "tune"], "tuning"),
 }
 
 __all__ = [
     "AGGREGATORS", "ATTENTION_KINDS", "Aggregator", "AggregatorOutput", "AttentionRecord",
     "AttentionReport", "CVResult", "ClassificationHead", "CoxHead", "DiscreteTimeHead", "FusionModel",
-    "FusionNetwork", "NetworkOutput", "TokenTypeEmbedding", "attention_shap_agreement", "build_report",
-    "classification_loss", "cox_partial_nll", "create_aggregator", "cross_validate", "discrete_time_nll",
-    "hazards_to_survival", "list_aggregators", "make_time_bins", "risk_from_survival",
+    "FusionNetwork", "NetworkOutput", "TokenTypeEmbedding", "TuneResult", "attention_shap_agreement",
+    "build_report", "classification_loss", "cox_partial_nll", "create_aggregator", "cross_validate",
+    "discrete_time_nll", "hazards_to_survival", "list_aggregators", "make_time_bins", "risk_from_survival",
+    "tune",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)  # one list of names, checked at import
 

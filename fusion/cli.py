@@ -1,4 +1,4 @@
-"""The ``clinfuse`` command line: demo, train, predict, explain."""
+"""The ``clinfuse`` command line: demo, train, tune, predict, explain."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "<out>.checkpoints next to --out)")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run whose checkpoints are in the checkpoint folder")
+    tune = sub.add_parser("tune", help="tune a model's hyperparameters by inner cross-validation (Optuna)")
+    tune.add_argument("--config", required=True, help="run.yaml: data, task, model keywords, tune section")
+    tune.add_argument("--out", required=True,
+                      help="output folder: best_params.json, trials.csv, model/ (refitted on all samples)")
+    tune.add_argument("--n-trials", type=int, default=None, help="trials (default: run.yaml's, else 20)")
+    tune.add_argument("--folds", type=int, default=None, help="inner folds (default: run.yaml's, else 3)")
+    tune.add_argument("--seed", type=int, default=None, help="seed (default: run.yaml's, else 0)")
     for name, what in (("predict", "predictions"), ("explain", "attention tables and figures")):
         p = sub.add_parser(name, help=f"write {what} for new data with a saved model")
         p.add_argument("--model", required=True, help="folder of a saved model")

@@ -165,6 +165,31 @@ def run_train(args: Any) -> int:
     return 0
 
 
+def run_tune(args: Any) -> int:
+    from .config import load_run_config
+    from .model import FusionModel
+    from .tuning import tune
+
+    cfg = load_run_config(args.config)
+    check_replaceable(args.out, kind="tuning")
+    given = {"n_trials": args.n_trials, "folds": args.folds, "seed": args.seed}
+    keys = {**cfg.tune, **{k: v for k, v in given.items() if v is not None}}
+    cohort = cfg.data.to_cohort(task=cfg.task, require_targets=True)
+    print(cohort.summary())
+    # every trial and fold would share (and resume from) one checkpoint folder: tuning keeps none
+    model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": None})
+    result = tune(model, cohort, **keys)
+    with atomic_dir(args.out, kind="tuning") as out:
+        write_json(out / "best_params.json", {"best_params": result.best_params_,
+                                              "best_score": result.best_score_,
+                                              "metric": "c_index" if cfg.task == "survival" else "auc"})
+        result.trials_.to_csv(out / "trials.csv", index=False)
+        result.best_model_.save(out / "model")
+    print(f"best inner-CV score {_fmt(result.best_score_)} with {result.best_params_}")
+    print(f"wrote {Path(args.out)}/: best_params.json, trials.csv, model/")
+    return 0
+
+
 def interruption_message(args: Any, exc: Any) -> str:
     """One line for a command stopped by SIGINT / SIGTERM: what stopped, and what was kept."""
     from .interrupts import TrainingInterrupted

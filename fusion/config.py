@@ -23,7 +23,7 @@ key and listing the valid ones. Target and group columns are taken out of the cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,13 @@ RUN_KEYS: dict[str, str] = {
     "task": "classification or survival",
     "data": "the data: a mapping of data keys, or the path of a data.yaml",
     "model": "FusionModel keywords (aggregator, max_epochs, ...)",
+    "tune": "clinfuse tune only: n_trials, folds, seed, space (param: [kind, ...], see clinfuse.fusion.tune)",
+}
+TUNE_KEYS: dict[str, str] = {
+    "n_trials": "Optuna trials (default 20)",
+    "folds": "inner cross-validation folds (default 3)",
+    "seed": "seed of the sampler and the folds (default 0)",
+    "space": "param: [kind, low, high] or [categorical, [choices]]; default: the aggregator's space",
 }
 
 
@@ -158,6 +165,7 @@ class RunConfig:
     task: str
     data: DataConfig
     model: dict[str, Any]
+    tune: dict[str, Any] = field(default_factory=dict)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -177,7 +185,12 @@ def load_run_config(path: str | Path) -> RunConfig:
     if "task" in model:
         raise ValueError(f"{path.name}: give task at the top level, not under model")
     _check_keys(model, valid, "model")
-    return RunConfig(task=raw["task"], data=DataConfig.parse(raw["data"], base=path.parent), model=model)
+    tune = dict(raw.get("tune") or {})
+    _check_keys(tune, TUNE_KEYS, "tune")
+    if isinstance(tune.get("space"), dict):  # YAML has lists only; a spec is a tuple
+        tune["space"] = {k: tuple(v) if isinstance(v, list) else v for k, v in tune["space"].items()}
+    return RunConfig(task=raw["task"], data=DataConfig.parse(raw["data"], base=path.parent), model=model,
+                     tune=tune)
 
 
 def load_data_config(path: str | Path) -> DataConfig:

@@ -24,12 +24,15 @@ class CVResult:
             and ``proba_<class>`` columns (classification) or ``risk`` (survival), plus the targets.
         splits: the ``(train_ids, test_ids)`` pairs used, in fold order.
         by_pattern: one row per (fold, missingness pattern) with that pattern's metrics.
+        tuned: with ``tune=``, each fold's :class:`~clinfuse.fusion.tuning.TuneResult` (tuned on that fold's
+            training samples only), in fold order; empty otherwise.
     """
 
     metrics: pd.DataFrame
     oof: pd.DataFrame
     splits: list[tuple[list[str], list[str]]]
     by_pattern: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuned: list[Any] = field(default_factory=list)
 
     def summary(self) -> pd.DataFrame:
         """Mean, standard deviation and count of every numeric metric over the folds."""
@@ -48,7 +51,20 @@ def _fold_predictions(model: Any, test: Any, repeat: int, fold: int) -> pd.DataF
     return frame.reset_index()
 
 
-def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1) -> CVResult:
+_TUNE_KEYS = ("n_trials", "folds", "space", "seed")
+
+
+def _check_tune(tune: Any) -> dict[str, Any]:
+    if not isinstance(tune, dict):
+        raise TypeError(f"tune must be a dict of tune() keywords {_TUNE_KEYS}, got {type(tune).__name__}")
+    unknown = sorted(set(tune) - set(_TUNE_KEYS))
+    if unknown:
+        raise ValueError(f"tune: unknown keys {unknown}; expected some of {_TUNE_KEYS}")
+    return dict(tune)
+
+
+def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1,
+                   tune: dict[str, Any] | None = None) -> CVResult:
     """Fit a clone of ``model`` on each training fold and evaluate it on the matching test fold.
 
     Args:
@@ -59,6 +75,9 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
             ``(train_ids, test_ids)`` pairs (validated: no patient on both sides), see ``make_splits``.
         seed: seed of the fold assignment (repeat r uses ``seed + r``).
         repeats: repeated k-fold (int ``folds`` only).
+        tune: keywords of :func:`clinfuse.fusion.tune` (``n_trials``, ``folds``, ``space``, ``seed``; the
+            seed defaults to ``seed``): each fold's model is tuned by inner cross-validation on that fold's
+            training samples, then refitted on them, so the test fold never informs the parameters.
 
     Returns:
         A :class:`CVResult`.
@@ -68,12 +87,19 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
     if not hasattr(model, "get_params") or not hasattr(model, "fit"):
         raise TypeError(f"model must be an estimator such as FusionModel, got {type(model).__name__}")
     cohort.check_fittable()
+    tune_kw = None if tune is None else {"seed": seed, **_check_tune(tune)}
     splits = make_splits(cohort, folds, seed=seed, repeats=repeats)
     n_per_repeat = max(len(splits) // max(int(repeats), 1), 1)
-    rows, oof, by_pattern = [], [], []
+    rows, oof, by_pattern, tuned = [], [], [], []
     for i, (train_ids, test_ids) in enumerate(splits):
         repeat, fold = divmod(i, n_per_repeat)
-        fitted = clone(model).fit(cohort.subset(train_ids))
+        if tune_kw is None:
+            fitted = clone(model).fit(cohort.subset(train_ids))
+        else:
+            from . import tuning  # looked up per call: optuna is optional
+
+            tuned.append(tuning.tune(model, cohort.subset(train_ids), **tune_kw))
+            fitted = tuned[-1].best_model_
         test = cohort.subset(test_ids)
         result = fitted.evaluate(test)
         patterns = result.pop("by_pattern", {})
@@ -83,7 +109,8 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
             by_pattern.append({"repeat": repeat, "fold": fold, "pattern": name, **values})
         oof.append(_fold_predictions(fitted, test, repeat, fold))
     return CVResult(metrics=pd.DataFrame(rows), oof=pd.concat(oof, ignore_index=True),
-                    splits=[(list(tr), list(te)) for tr, te in splits], by_pattern=pd.DataFrame(by_pattern))
+                    splits=[(list(tr), list(te)) for tr, te in splits], by_pattern=pd.DataFrame(by_pattern),
+                    tuned=tuned)
 
 
 def pooled_metrics(cv: CVResult) -> dict[str, float]:
