@@ -66,9 +66,12 @@ def _import_optuna() -> Any:
     return optuna
 
 
-def default_space(model: Any) -> dict[str, tuple]:
-    """The declared space of ``model.aggregator`` (a copy); ValueError for an aggregator without one."""
-    name = getattr(model, "aggregator", None)
+def default_space(model: Any, modalities: Any = ()) -> dict[str, tuple]:
+    """The declared space of the aggregator ``model`` uses on ``modalities`` (its ``aggregator``, or for
+    None the one fit resolves it to); a copy. ValueError for an aggregator without one."""
+    from .build import resolve_aggregator
+
+    name = resolve_aggregator(getattr(model, "aggregator", None), list(modalities))
     if name not in DEFAULT_SPACES:
         raise ValueError(f"no default tuning space for aggregator {name!r} (spaces exist for "
                          f"{sorted(DEFAULT_SPACES)}); pass space={{param: spec, ...}}")
@@ -150,7 +153,7 @@ def tune(model: Any, cohort: Any, *, n_trials: int = 20, folds: Any = 3, seed: i
         raise TypeError(f"model must be an estimator such as FusionModel, got {type(model).__name__}")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
-    space = check_space(default_space(model) if space is None else space, model)
+    space = check_space(default_space(model, cohort.modalities) if space is None else space, model)
     cohort.check_fittable()
     splits = make_splits(cohort, folds, seed=seed)  # fixed, so trials differ by their params only
     metric = primary_metric(model)

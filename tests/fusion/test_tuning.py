@@ -69,7 +69,7 @@ def test_nested_cross_validate_tunes_on_outer_training_folds_only(cohort, monkey
 def test_default_space_per_aggregator_and_aggregator_kwargs_keys():
     space = T.default_space(FusionModel(aggregator="abmil"))
     assert {"lr", "weight_decay", "dropout", "d_model", "max_epochs", "aggregator_kwargs.gated"} <= set(space)
-    assert {"n_layers", "n_heads"} <= set(T.default_space(FusionModel()))  # persam
+    assert {"n_layers", "n_heads"} <= set(T.default_space(FusionModel(), ("clinical", "images")))  # persam
     m = T.with_params(FusionModel(aggregator="abmil", aggregator_kwargs={"hidden": 8}),
                       {"aggregator_kwargs.gated": False, "lr": 0.01})
     assert m.aggregator_kwargs == {"hidden": 8, "gated": False} and m.lr == 0.01
@@ -125,3 +125,11 @@ def test_cli_tune_writes_best_params_trials_and_the_model(cohort, tmp_path, caps
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     assert main(["tune", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "o2")]) == 2
     assert "trails" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_the_default_aggregator_gets_the_space_of_the_one_fit_uses():
+    from clinfuse.fusion.tuning import DEFAULT_SPACES, default_space
+
+    model = FusionModel()  # aggregator=None
+    assert default_space(model, ("clinical", "images")) == DEFAULT_SPACES["persam"]
+    assert default_space(model, ("clinical",)) == DEFAULT_SPACES["hierarchical"]
