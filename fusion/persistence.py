@@ -224,12 +224,6 @@ def _format3_network(schema: dict[str, Any], params: dict[str, Any],
                                   class_names=names, shared_keywords=format3_shared)
 
 
-def _json_file(snapshot: output_folders.Snapshot, name: str) -> Any:
-    if name not in snapshot.files:
-        raise FileNotFoundError(f"{snapshot.folder / name} is missing: not a complete clinfuse output folder")
-    return json.loads(snapshot.files[name].decode("utf-8"))
-
-
 def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, Any], FittedState]:
     """Read a folder written by :func:`save_model`: the hyperparameters and the fitted state.
 
@@ -244,26 +238,23 @@ def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, A
     snapshot = output_folders.read_snapshot(folder)
     # Every file's contents (read once, all from one save) are checked before anything is built: an invalid
     # file is named with its field, which says more than "changed since it was saved".
-    validate_folder(folder, snapshot.files)
+    contents = validate_folder(folder, snapshot.files)  # parsed JSON (format checked), weights' shapes
     snapshot.check()
-    config = _json_file(snapshot, "config.json")
-    check_format(config, folder)
+    config = contents["config.json"]
     params = dict(config["params"])
     unknown = sorted(set(params) - valid_params)
     if unknown:
         raise ValueError(f"{folder}/config.json has unknown hyperparameter(s) {unknown}; "
                          f"valid: {sorted(valid_params)}")
-    preprocessor = Preprocessor.from_dict(_json_file(snapshot, "preprocessor.json"))
-    schema = _json_file(snapshot, "schema.json")
+    preprocessor = Preprocessor.from_dict(contents["preprocessor.json"])
+    schema = contents["schema.json"]
     if schema != json.loads(json.dumps(preprocessor.schema_)):
         raise ValueError(f"{folder}: schema.json does not match preprocessor.json (the folder was modified)")
-    fitted = _json_file(snapshot, "fitted.json")
+    fitted = contents["fitted.json"]
     if fitted.get("time_bins_") is not None:  # JSON has no infinity: the open last edge was written as null
         fitted["time_bins_"] = [math.inf if v is None else float(v) for v in fitted["time_bins_"]]
     network_config = (config.get("network") if int(config["format_version"]) >= 4
                       else _format3_network(schema, params, fitted))
-    if WEIGHTS not in snapshot.files:
-        raise FileNotFoundError(f"{folder / WEIGHTS} is missing: not a complete saved clinfuse model")
     weights = load_weights(folder / WEIGHTS, snapshot.files[WEIGHTS])
     try:
         network = build_network(schema, network_config)
@@ -274,6 +265,6 @@ def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, A
     except RuntimeError as exc:
         raise ValueError(f"{folder}/{WEIGHTS} does not fit the saved configuration: {exc}") from exc
     state = FittedState(preprocessor=preprocessor, schema=schema, network=network.eval(),
-                        network_config=network_config, provenance=_json_file(snapshot, "provenance.json"),
+                        network_config=network_config, provenance=contents["provenance.json"],
                         **{k: fitted.get(f"{k}_") for k in _FITTED_JSON})
     return params, state
