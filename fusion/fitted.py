@@ -20,7 +20,10 @@ class FittedState:
         classes: class labels (classification) or None; time_bins: the discrete-time bin edges or None.
         history: one dict per epoch (train_loss, val_loss, val_metric); best_epoch: the epoch kept.
         baseline_hazard: Breslow ``{"times", "cumhaz"}`` (Cox head) or None.
-        censoring: Kaplan-Meier censoring curve of the training targets (survival) or None.
+        follow_up: life table of the survival targets of the cohort given to ``fit`` (distinct times with
+            their numbers of events and censorings, ``ipcw_metrics.follow_up``): the IPCW weights and the
+            end of the evaluable follow-up of the metrics. None for classification and for survival models
+            saved before it was kept (their metrics weigh by the evaluated samples).
         metrics: best epoch, best validation loss, epochs run, and the validation metrics.
         is_global_zero, world_size: the process's rank 0 flag and the number of training processes.
         training_ids, validation_ids, training_shapes: what the model was trained and validated on (a
@@ -37,7 +40,7 @@ class FittedState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     baseline_hazard: dict[str, list[float]] | None = None
-    censoring: dict[str, list[float]] | None = None
+    follow_up: dict[str, list[float]] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     is_global_zero: bool = True
     world_size: int = 1

@@ -1,5 +1,6 @@
-"""Metrics of the estimator: AUC, balanced accuracy, c-index, IPCW integrated Brier score, per missingness
-pattern.
+"""Metrics of the estimator: AUC, balanced accuracy, c-index; for survival also time-dependent AUC, IPCW
+Brier scores and calibration (scikit-survival, :mod:`.ipcw_metrics`, :mod:`.survival_calibration`); per
+missingness pattern.
 
 Every function takes plain arrays / pandas objects and returns floats, so the same code scores a fitted
 model (``FusionModel.evaluate``), the out-of-fold predictions of ``cross_validate`` and the baselines of the
@@ -17,10 +18,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from . import ipcw_metrics as S
+from .ipcw_metrics import brier_scores, default_brier_times, integrated_brier_score, km_censoring
+from .survival_calibration import calibration_error, calibration_table
+
 __all__ = [
     "balanced_accuracy",
     "breslow_baseline",
     "brier_scores",
+    "calibration_error",
+    "calibration_table",
     "classification_metrics",
     "concordance_index",
     "default_brier_times",
@@ -94,85 +101,6 @@ def concordance_index(time: Sequence[float], event: Sequence[int], risk: Sequenc
         return float("nan")
 
 
-def km_censoring(time: Sequence[float], event: Sequence[int]) -> dict[str, list[float]]:
-    """Kaplan-Meier estimate of the censoring survival G(t) = P(C > t) (lifelines), as a step function
-    ``{"times": [...], "survival": [...]}`` (right-continuous; G = 1 before the first time)."""
-    from lifelines import KaplanMeierFitter
-
-    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    km = KaplanMeierFitter().fit(time, event_observed=1 - event)
-    sf = km.survival_function_
-    return {"times": sf.index.to_numpy(float).tolist(), "survival": sf.iloc[:, 0].to_numpy(float).tolist()}
-
-
-def _step(curve: dict[str, list[float]], t: np.ndarray) -> np.ndarray:
-    times, values = np.asarray(curve["times"], dtype=float), np.asarray(curve["survival"], dtype=float)
-    idx = np.searchsorted(times, np.asarray(t, dtype=float), side="right") - 1
-    return np.where(idx >= 0, values[np.clip(idx, 0, None)], 1.0)
-
-
-def brier_scores(
-    time: Sequence[float], event: Sequence[int], survival: np.ndarray, times: Sequence[float], *,
-    censoring: dict[str, list[float]] | None = None,
-) -> np.ndarray:
-    """IPCW Brier score at each of ``times`` (Graf et al. 1999).
-
-    ``BS(t) = mean_i [ S_i(t)^2 1{T_i <= t, d_i = 1} / G(T_i-) + (1 - S_i(t))^2 1{T_i > t} / G(t) ]``, with G
-    the Kaplan-Meier estimate of the censoring survival: ``censoring`` (from :func:`km_censoring` of the
-    training targets, as scikit-survival does) when given, else fitted on the evaluated samples.
-
-    Args:
-        time, event: ``[n]`` observed times and event indicators of the evaluated samples.
-        survival: ``[n, m]`` predicted S(t) of each sample at each of the m ``times``.
-        times: ``[m]`` increasing evaluation times.
-
-    Returns:
-        ``[m]`` Brier scores.
-    """
-    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
-    times = np.asarray(times, dtype=float)
-    surv = np.asarray(survival, dtype=float)
-    if surv.shape != (len(time), len(times)):
-        raise ValueError(f"survival must be [n_samples={len(time)}, n_times={len(times)}], got {surv.shape}")
-    curve = km_censoring(time, event) if censoring is None else censoring
-    floor = 1e-8  # G can reach 0 after the last censoring; those terms then carry no finite weight
-    g_before = np.maximum(_step(curve, np.nextafter(time, -np.inf)), floor)  # G(T_i-)
-    g_at = np.maximum(_step(curve, times), floor)
-    died = (time[:, None] <= times[None, :]) & (event[:, None] == 1)
-    alive = time[:, None] > times[None, :]
-    terms = surv**2 * died / g_before[:, None] + (1.0 - surv) ** 2 * alive / g_at[None, :]
-    return terms.mean(axis=0)
-
-
-def integrated_brier_score(
-    time: Sequence[float], event: Sequence[int], survival: np.ndarray, times: Sequence[float], *,
-    censoring: dict[str, list[float]] | None = None,
-) -> float:
-    """Integrated IPCW Brier score over ``times`` (trapezoid rule divided by the time span).
-
-    Lower is better; 0.25 is what S(t) = 0.5 everywhere scores without censoring. Needs at least two
-    evaluation times; ``nan`` for no samples.
-    """
-    times = np.asarray(times, dtype=float)
-    if len(time) == 0:
-        return float("nan")
-    if len(times) < 2 or np.any(np.diff(times) <= 0):
-        raise ValueError(f"times must be at least two strictly increasing values, got {times.tolist()}")
-    bs = brier_scores(time, event, survival, times, censoring=censoring)
-    return float(np.trapezoid(bs, times) / (times[-1] - times[0]))
-
-
-def default_brier_times(time: Sequence[float], event: Sequence[int], n: int = 20) -> np.ndarray:
-    """Evaluation grid for the integrated Brier score: ``n`` points between the 10th and 90th percentile
-    of the observed event times (outside that range too few samples remain at risk to weigh)."""
-    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    ev = time[event == 1] if event.sum() >= 2 else time
-    lo, hi = np.quantile(ev, [0.1, 0.9])
-    if not hi > lo:
-        return np.array([])
-    return np.linspace(lo, hi, n)
-
-
 def classification_metrics(y_true: Sequence, proba: pd.DataFrame) -> dict[str, float]:
     """``auc`` (binary, or macro one-vs-rest), ``balanced_accuracy`` (arg-max label) and ``n``."""
     y_true = list(y_true)
@@ -181,22 +109,78 @@ def classification_metrics(y_true: Sequence, proba: pd.DataFrame) -> dict[str, f
             "n": len(y_true)}
 
 
+def _time_keys(times: np.ndarray) -> list[str]:
+    keys = [f"{t:g}" for t in times]
+    return keys if len(set(keys)) == len(keys) else [repr(float(t)) for t in times]
+
+
 def survival_metrics(
     time: Sequence[float], event: Sequence[int], risk: Sequence[float],
-    survival: pd.DataFrame | None = None, *, censoring: dict[str, list[float]] | None = None,
+    survival: pd.DataFrame | None = None, *, times: Sequence[float] | None = None,
+    ibs_times: Sequence[float] | None = None, train: Any = None, n_groups: int | None = None,
 ) -> dict[str, float]:
-    """``c_index``, ``integrated_brier_score`` (when ``survival``, samples x times, is given), ``n``,
-    ``n_events``."""
+    """Survival metrics of predictions: discrimination, IPCW Brier scores and calibration (scikit-survival).
+
+    Keys: ``c_index`` (Harrell's, lifelines); with ``survival``, at each of ``times`` (key suffix
+    ``@<t>``, e.g. ``auc@12``): ``auc@t`` (cumulative/dynamic AUC of ``1 - S(t)``), ``brier@t`` and
+    ``calibration_error@t`` (:mod:`.survival_calibration`), then ``mean_auc`` (the AUCs weighted by the
+    drop of the samples' Kaplan-Meier curve at each time), ``integrated_brier_score`` (over ``ibs_times``);
+    and ``n``, ``n_events``, ``n_after_follow_up`` (samples observed after the last training time, counted
+    as censored there: see :mod:`.ipcw_metrics`). An undefined metric is ``nan``.
+
+    Args:
+        time, event: ``[n]`` observed times and event indicators (1 = event).
+        risk: ``[n]`` risk scores (higher = worse).
+        survival: predicted S(t), ``[n]`` rows (same order) x evaluation-time columns.
+        times: the columns to report per time (default: all of them); each inside the evaluable follow-up
+            (:func:`~.ipcw_metrics.check_times`, else ValueError naming it).
+        ibs_times: the columns the integrated Brier score integrates over (default: all of them).
+        train: the training targets whose censoring distribution gives the IPCW weights (a DataFrame with
+            ``time``/``event``, a ``(time, event)`` pair, a structured array or a fitted model's
+            ``follow_up_``); None: the evaluated samples themselves.
+        n_groups: calibration groups per time (default: groups of at least 10 samples, at most 5).
+    """
+    return _survival_metrics(time, event, risk, survival, times=times, ibs_times=ibs_times, train=train,
+                             n_groups=n_groups, strict=True)
+
+
+def _survival_metrics(time, event, risk, survival, *, times, ibs_times, train, n_groups,
+                      strict: bool) -> dict[str, float]:
+    """:func:`survival_metrics`; ``strict=False`` (subgroups) gives ``nan`` at times outside the samples'
+    evaluable follow-up instead of raising."""
     time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
+    risk = np.asarray(risk, dtype=float)
     out = {"c_index": concordance_index(time, event, risk)}
+    n_after = 0
     if survival is not None:
-        times = np.asarray(survival.columns, dtype=float)
-        ok = len(times) >= 2 and len(time) > 0 and event.sum() > 0
+        columns = np.asarray(survival.columns, dtype=float)
+        times = columns if times is None else np.asarray(times, dtype=float).reshape(-1)
+        grid = columns if ibs_times is None else np.asarray(ibs_times, dtype=float).reshape(-1)
+        if strict and len(times):
+            S.check_times(times, time, train)
+        lo, hi = S.evaluable_range(time, train)
+        ok = (times >= lo) & (times < hi) & (event.sum() > 0)
+        auc, brier, calib = (np.full(len(times), np.nan) for _ in range(3))
+        mean_auc = float("nan")
+        frame = survival.set_axis(columns, axis=1)
+        if ok.any():
+            at = frame[times[ok]].to_numpy(dtype=float)
+            auc[ok], mean_auc = S.cumulative_dynamic_auc(time, event, 1.0 - at, times[ok], train=train)
+            brier[ok] = S.brier_scores(time, event, at, times[ok], train=train)
+            calib[ok] = calibration_error(time, event, at, times[ok], n_groups=n_groups)
+        keys = _time_keys(times)
+        for name, values in (("auc", auc), ("brier", brier), ("calibration_error", calib)):
+            out.update({f"{name}@{k}": float(v) for k, v in zip(keys, values)})
+        out["mean_auc"] = mean_auc
+        grid = np.sort(grid[(grid >= lo) & (grid < hi)])
         out["integrated_brier_score"] = (
-            integrated_brier_score(time, event, survival.to_numpy(dtype=float), times,
-                                   censoring=censoring) if ok else float("nan"))
+            S.integrated_brier_score(time, event, frame[grid].to_numpy(dtype=float), grid, train=train)
+            if len(grid) >= 2 and event.sum() > 0 else float("nan"))
+        if train is not None:
+            n_after = int((time > S.as_structured(train)["time"].max()).sum())
     out["n"] = len(time)
     out["n_events"] = int(event.sum())
+    out["n_after_follow_up"] = n_after
     return out
 
 
@@ -244,21 +228,26 @@ def evaluate_classification(labels: pd.Series, proba: pd.DataFrame, presence: pd
 
 
 def evaluate_survival(targets: pd.DataFrame, risk: pd.Series, survival: pd.DataFrame | None,
-                      presence: pd.DataFrame, *,
-                      censoring: dict[str, list[float]] | None = None) -> dict[str, Any]:
+                      presence: pd.DataFrame, *, times: Sequence[float] | None = None,
+                      ibs_times: Sequence[float] | None = None, train: Any = None,
+                      n_groups: int | None = None) -> dict[str, Any]:
     """:func:`survival_metrics` of every sample, and per missingness pattern (``by_pattern``).
+
+    A time outside the evaluable follow-up of all the samples is a ValueError; outside that of a pattern's
+    samples only, that pattern's metrics at it are ``nan``.
 
     Args:
         targets: ``time`` and ``event`` columns, indexed by sample id.
         risk: ``[n]`` predicted risk (higher = worse), same index.
-        survival: predicted S(t), samples x evaluation times (None: no integrated Brier score).
+        survival: predicted S(t), samples x evaluation times (None: c-index only).
         presence: ``[n, M]`` bool, which modalities each sample has, same index.
-        censoring: the training samples' censoring curve (:func:`km_censoring`) for the IPCW weights.
+        times, ibs_times, train, n_groups: as :func:`survival_metrics`.
     """
 
-    def compute(ids: pd.Index) -> dict[str, float]:
+    def compute(ids: pd.Index, strict: bool = False) -> dict[str, float]:
         part = targets.loc[ids]
-        return survival_metrics(part["time"], part["event"], risk.loc[ids],
-                                None if survival is None else survival.loc[ids], censoring=censoring)
+        return _survival_metrics(part["time"], part["event"], risk.loc[ids],
+                                 None if survival is None else survival.loc[ids], times=times,
+                                 ibs_times=ibs_times, train=train, n_groups=n_groups, strict=strict)
 
-    return {**compute(targets.index), "by_pattern": metrics_by_pattern(presence, compute)}
+    return {**compute(targets.index, strict=True), "by_pattern": metrics_by_pattern(presence, compute)}

@@ -8,6 +8,7 @@ PyTorch (no Trainer) in the calling process; metrics are computed from the predi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from sklearn.exceptions import NotFittedError
 
 from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
 from ..datasets.missingness import warn_data
+from . import ipcw_metrics
 from . import metrics as M
 from .fitted import FittedState
 from .hyperparameters import SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
@@ -305,15 +307,27 @@ class FusionModel(BaseEstimator):
             need = "labels" if self.task == "classification" else "survival (time, event)"
             raise ValueError(f"{what} needs a cohort with {need}; this cohort has none")
 
-    def evaluate(self, cohort: Any) -> dict[str, Any]:
+    def evaluate(self, cohort: Any, *, times: Sequence[float] | None = None,
+                 n_groups: int | None = None) -> dict[str, Any]:
         """All metrics on ``cohort``, overall and per missingness pattern (``by_pattern``).
 
-        Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival: ``c_index``,
-        ``integrated_brier_score`` (IPCW, censoring Kaplan-Meier of the training samples, over 20 times
-        between the 10th and 90th percentile of the cohort's event times), ``n``, ``n_events``.
+        Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival (scikit-survival, IPCW weights from
+        the censoring of the cohort given to ``fit``, see :func:`clinfuse.fusion.metrics.survival_metrics`):
+        ``c_index``; ``auc@t``, ``brier@t``, ``calibration_error@t`` at each of ``times`` (default: the
+        quartiles of the cohort's event times inside the evaluable follow-up, which ends before the last
+        training time), ``mean_auc``; ``integrated_brier_score`` over 20 times between the 10th and 90th
+        percentile of the cohort's event times; ``n``, ``n_events``, ``n_after_follow_up``.
+
+        Args:
+            cohort: a cohort with targets.
+            times: survival only: evaluation times, each inside the evaluable follow-up (else ValueError
+                naming them).
+            n_groups: survival only: calibration groups per time (default: >= 10 samples each, at most 5).
         """
         self._check_fitted()
         self._require_targets(cohort, "evaluate")
+        if self.task == "classification" and (times is not None or n_groups is not None):
+            raise ValueError("evaluate: times and n_groups are for survival models; this one classifies")
         ids = [str(s) for s in cohort.sample_ids]
         presence = cohort.presence().reindex(index=ids, columns=self.modalities_, fill_value=False)
         _, arrays = self._predict_arrays(cohort)  # one pass over the data for every metric
@@ -323,10 +337,18 @@ class FusionModel(BaseEstimator):
             proba = pd.DataFrame(arrays["proba"], index=index, columns=list(self.classes_))
             return M.evaluate_classification(labels, proba, presence)
         targets = cohort.survival.loc[ids].set_axis(index)
-        times = M.default_brier_times(targets["time"], targets["event"])
-        curves = self._survival_frame(ids, arrays, times) if len(times) >= 2 else None
+        train = self.follow_up_
+        if train is None:
+            warnings.warn("this model was saved without the follow-up of its training samples: the IPCW "
+                          "weights of the survival metrics are estimated on the evaluated cohort instead; "
+                          "refit it to weigh by the training censoring", UserWarning, stacklevel=2)
+        time, event = targets["time"].to_numpy(float), targets["event"].to_numpy(int)
+        times = (ipcw_metrics.default_times(time, event, train) if times is None
+                 else ipcw_metrics.check_times(times, time, train))
+        grid = M.default_brier_times(time, event, train=train)
+        curves = self._survival_frame(ids, arrays, np.union1d(times, grid))
         return M.evaluate_survival(targets, pd.Series(arrays["risk"], index=index), curves, presence,
-                                   censoring=self.censoring_)
+                                   times=times, ibs_times=grid, train=train, n_groups=n_groups)
 
     # ----------------------------------------------------------------------------------------- explain
     @property

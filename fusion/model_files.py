@@ -234,7 +234,8 @@ def check_preprocessor(where: _Where, state: Any) -> None:
 
 # ------------------------------------------------------------------------------------------ fitted.json
 def check_fitted(where: _Where, fitted: Any, params: Mapping[str, Any], n_outputs: int | None) -> None:
-    """``fitted.json``: classes or time bins that agree with the outputs, history, baseline hazard."""
+    """``fitted.json``: classes or time bins that agree with the outputs, history, baseline hazard, the
+    survival follow-up (optional: older folders have none)."""
     if not _mapping(fitted):
         where.fail("(top level)", f"expected a JSON object, got {_short(fitted)}")
     task, head = params["task"], params["survival_head"]
@@ -266,6 +267,18 @@ def check_fitted(where: _Where, fitted: Any, params: Mapping[str, Any], n_output
     where.get(fitted, "best_epoch_", "best_epoch_", lambda v: v is None or _int(v), "an int or null",
               optional=True)
     where.get(fitted, "metrics_", "metrics_", lambda v: v is None or _mapping(v), "a mapping", optional=True)
+    follow = where.get(fitted, "follow_up_", "follow_up_", lambda v: v is None or _mapping(v),
+                       "null or the life table {'time': [...], 'n_events': [...], 'n_censored': [...]}",
+                       optional=True)
+    if follow is not None:
+        times = where.get(follow, "time", "follow_up_.time", lambda v: isinstance(v, list) and len(v) >= 1,
+                          "a non-empty list")
+        _numbers(where, times, "follow_up_.time", None)
+        for key in ("n_events", "n_censored"):
+            counts = where.get(follow, key, f"follow_up_.{key}", lambda v: isinstance(v, list), "a list")
+            _numbers(where, counts, f"follow_up_.{key}", len(times))
+            if not all(_int(c) and c >= 0 for c in counts):
+                where.fail(f"follow_up_.{key}", "expected counts (integers >= 0)")
 
 
 # ----------------------------------------------------------------------------------------- the weights

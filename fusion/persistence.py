@@ -160,7 +160,8 @@ def check_format(config: Mapping[str, Any], folder: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- the model
 # fitted.json holds these FittedState fields (keys with the attributes' trailing "_", as format 3 wrote them)
-_FITTED_JSON = ("classes", "time_bins", "history", "best_epoch", "baseline_hazard", "censoring", "metrics")
+# (format 4 folders written before follow_up was kept have "censoring_" instead, which nothing reads)
+_FITTED_JSON = ("classes", "time_bins", "history", "best_epoch", "baseline_hazard", "follow_up", "metrics")
 
 
 def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
+from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
 
@@ -320,14 +321,16 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
 
     pre = Preprocessor(top_genes=model.top_genes, **(model.preprocessor_kwargs or {})).fit(train)
     schema = pre.schema_
-    classes = bin_edges = class_weights = censoring = None
+    classes = bin_edges = class_weights = follow_up = None
     if model.task == "classification":
         classes = list(schema["task"]["classes"])
         class_weights = _class_weight_tensor(model.class_weights, classes,
                                              train.labels.loc[train.sample_ids].tolist())
     else:
         surv = train.survival.loc[train.sample_ids]
-        censoring = M.km_censoring(surv["time"].to_numpy(float), surv["event"].to_numpy(int))
+        # the IPCW weights of the metrics: every sample given to fit (its inner validation split too)
+        given = cohort.survival.loc[cohort.sample_ids]
+        follow_up = ipcw_follow_up(given["time"].to_numpy(float), given["event"].to_numpy(int))
         if model.survival_head == "discrete":
             bin_edges = torch.as_tensor(make_time_bins(torch.as_tensor(surv["time"].to_numpy(float)),
                                                        torch.as_tensor(surv["event"].to_numpy(float)),
@@ -376,7 +379,7 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
     state = FittedState(
         preprocessor=pre, schema=schema, network=module.network.cpu().eval(), network_config=config,
         classes=classes, time_bins=time_bins, history=list(module.history), best_epoch=module.best_epoch,
-        censoring=censoring, is_global_zero=bool(trainer.is_global_zero), world_size=int(trainer.world_size),
+        follow_up=follow_up, is_global_zero=bool(trainer.is_global_zero), world_size=int(trainer.world_size),
         metrics={"best_epoch": module.best_epoch, "best_val_loss": best_val,
                  "epochs_run": len(module.history)},
         training_ids=[str(s) for s in train.sample_ids],
