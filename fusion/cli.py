@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="folder of a saved model")
         p.add_argument("--data", required=True, help="data.yaml naming the data to score")
         p.add_argument("--out", required=True, help="output folder")
+        if name == "predict":
+            p.add_argument("--times", type=float, nargs="+", default=None, metavar="T",
+                           help="survival models, data with targets: report the time-dependent AUC, Brier "
+                                "score and calibration at these times (default: the quartiles of the event "
+                                "times inside the evaluable follow-up)")
     return parser
 
 

@@ -43,10 +43,11 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     rows = {"all": {k: v for k, v in metrics.items() if k != "by_pattern"}}
     rows.update(metrics.get("by_pattern", {}))
     frame = pd.DataFrame(rows).T
-    counted = [c for c in ("n", "n_events") if c in frame]
-    cols = [c for c in frame.columns if c not in ("n", "n_events")] + counted
+    count_cols = ("n", "n_events", "n_after_follow_up")
+    counted = [c for c in count_cols if c in frame]
+    cols = [c for c in frame.columns if c not in count_cols] + counted
     frame = frame[cols]
-    counts = {c: (lambda v: "" if pd.isna(v) else str(int(v))) for c in ("n", "n_events") if c in frame}
+    counts = {c: (lambda v: "" if pd.isna(v) else str(int(v))) for c in counted}
     return frame.to_string(formatters={**{c: _fmt for c in frame.columns}, **counts})
 
 
@@ -221,10 +222,15 @@ def _has_targets(model: Any, cohort: Any) -> bool:
 def run_predict(args: Any) -> int:
     check_replaceable(args.out, kind="predictions", protect=[args.model])
     model, cohort = _load_for_scoring(args)
+    times = getattr(args, "times", None)
+    if times is not None and (model.task != "survival" or not _has_targets(model, cohort)):
+        raise ValueError("--times sets the times of the survival metrics: it needs a survival model and data "
+                         f"with survival targets (this model is for {model.task}"
+                         f"{'' if _has_targets(model, cohort) else ', the data have no targets'})")
     with atomic_dir(args.out, kind="predictions", protect=[args.model]) as out:
         write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
         if _has_targets(model, cohort):
-            metrics = model.evaluate(cohort)
+            metrics = model.evaluate(cohort) if times is None else model.evaluate(cohort, times=times)
             write_json(out / "metrics.json", metrics)
             print(metrics_table(metrics))
     print(f"wrote predictions for {len(cohort)} samples to {Path(args.out)}/predictions.csv")

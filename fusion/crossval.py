@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from . import ipcw_metrics
 from . import metrics as M
 from .predictions import prediction_frame
 
@@ -63,8 +64,32 @@ def _check_tune(tune: Any) -> dict[str, Any]:
     return dict(tune)
 
 
+def fold_times(cohort: Any, splits: list[tuple[Any, Any]], times: Any = None) -> np.ndarray:
+    """Survival evaluation times shared by every fold, checked before any fit.
+
+    ``times`` given: each must lie inside every fold's evaluable follow-up (from the fold's first test time
+    to its last test or training time, excluded), else a ValueError naming the fold and the times. None:
+    the quartiles of the whole cohort's event times inside the range every fold can evaluate (evaluation
+    points only; nothing is fitted on them).
+    """
+    surv = cohort.survival
+    ranges = []
+    for i, (train_ids, test_ids) in enumerate(splits):
+        train, test = surv.loc[list(train_ids)], surv.loc[list(test_ids)]["time"]
+        if times is not None:
+            try:
+                ipcw_metrics.check_times(times, test, train)
+            except ValueError as exc:
+                raise ValueError(f"cross_validate fold {i}: {exc}") from None
+        ranges.append(ipcw_metrics.evaluable_range(test, train))
+    if times is not None:
+        return np.sort(np.asarray(times, dtype=float).reshape(-1))
+    within = (max(r[0] for r in ranges), min(r[1] for r in ranges))
+    return ipcw_metrics.default_times(surv["time"], surv["event"], within=within)
+
+
 def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, repeats: int = 1,
-                   tune: dict[str, Any] | None = None) -> CVResult:
+                   tune: dict[str, Any] | None = None, times: Any = None) -> CVResult:
     """Fit a clone of ``model`` on each training fold and evaluate it on the matching test fold.
 
     Args:
@@ -78,6 +103,8 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
         tune: keywords of :func:`clinfuse.fusion.tune` (``n_trials``, ``folds``, ``space``, ``seed``; the
             seed defaults to ``seed``): each fold's model is tuned by inner cross-validation on that fold's
             training samples, then refitted on them, so the test fold never informs the parameters.
+        times: survival only: the times of the per-time metrics (``auc@t``, ``brier@t``,
+            ``calibration_error@t``), the same in every fold (default and checks: :func:`fold_times`).
 
     Returns:
         A :class:`CVResult`.
@@ -89,6 +116,12 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
     cohort.check_fittable()
     tune_kw = None if tune is None else {"seed": seed, **_check_tune(tune)}
     splits = make_splits(cohort, folds, seed=seed, repeats=repeats)
+    if getattr(model, "task", None) == "survival":
+        evaluate_kw = {"times": fold_times(cohort, splits, times)}
+    elif times is not None:
+        raise ValueError("cross_validate: times is for survival models; this one classifies")
+    else:
+        evaluate_kw = {}
     n_per_repeat = max(len(splits) // max(int(repeats), 1), 1)
     rows, oof, by_pattern, tuned = [], [], [], []
     for i, (train_ids, test_ids) in enumerate(splits):
@@ -101,7 +134,7 @@ def cross_validate(model: Any, cohort: Any, folds: Any = 5, *, seed: int = 0, re
             tuned.append(tuning.tune(model, cohort.subset(train_ids), **tune_kw))
             fitted = tuned[-1].best_model_
         test = cohort.subset(test_ids)
-        result = fitted.evaluate(test)
+        result = fitted.evaluate(test, **evaluate_kw)
         patterns = result.pop("by_pattern", {})
         rows.append({"repeat": repeat, "fold": fold, "n_train": len(train_ids), "n_test": len(test_ids),
                      **{k: v for k, v in result.items() if np.isscalar(v)}})

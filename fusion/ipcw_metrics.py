@@ -117,11 +117,12 @@ def check_times(times: Sequence[float], time: Sequence[float], train: Any = None
 
 
 def default_times(time: Sequence[float], event: Sequence[int], train: Any = None, *,
-                  quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> np.ndarray:
-    """The quartiles (``quantiles``) of the event times inside :func:`evaluable_range`, distinct; empty
-    without an event there."""
+                  quantiles: Sequence[float] = (0.25, 0.5, 0.75),
+                  within: tuple[float, float] | None = None) -> np.ndarray:
+    """The quartiles (``quantiles``, observed values) of the event times inside :func:`evaluable_range`
+    (or the range ``within``, ``lo <= t < hi``), distinct; empty without an event there."""
     time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    lo, hi = evaluable_range(time, train)
+    lo, hi = evaluable_range(time, train) if within is None else within
     ev = time[(event == 1) & (time >= lo) & (time < hi)]
     if len(ev) == 0:
         return np.array([])

@@ -115,3 +115,21 @@ def test_data_config_errors_name_the_column(file_cohort, tmp_path, capsys, monke
     monkeypatch.setenv("CLINFUSE_DEBUG", "1")
     with pytest.raises(ValueError, match="'outcome'"):
         main(["train", "--config", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")])
+
+
+def test_predict_reports_survival_metrics_at_the_given_times(tmp_path, capsys):
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference_models" / "persam_survival"
+    args = ["predict", "--model", str(ref / "model"), "--data", str(ref / "data.yaml")]
+    # a model saved before the training follow-up was kept: the evaluated cohort weighs, and it says so
+    with pytest.warns(UserWarning, match="saved without the follow-up"):
+        assert main([*args, "--out", str(tmp_path / "p"), "--times", "10", "20"]) == 0
+    metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert {"c_index", "auc@10", "auc@20", "brier@10", "brier@20", "calibration_error@10", "mean_auc",
+            "integrated_brier_score", "n_after_follow_up"} <= set(metrics)
+    assert "auc@10" in capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        assert main([*args, "--out", str(tmp_path / "q"), "--times", "1e5"]) == 2
+    assert "times [100000.0] lie outside" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

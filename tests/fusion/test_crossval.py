@@ -64,7 +64,11 @@ def test_survival_cross_validation_and_pooled_metrics():
     cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"),
                                       n_genes=12, seed=5)
     cv = cross_validate(FusionModel(task="survival", n_time_bins=2, **FAST), cohort, folds=2)
-    assert {"c_index", "integrated_brier_score", "n_events"} <= set(cv.metrics.columns)
+    assert {"c_index", "integrated_brier_score", "n_events", "mean_auc"} <= set(cv.metrics.columns)
+    # the same default times (event quartiles inside every fold's follow-up) in every fold
+    per_time = [c for c in cv.metrics.columns if c.startswith(("auc@", "brier@", "calibration_error@"))]
+    assert len(per_time) >= 6 and cv.metrics[per_time].notna().all().all()
+    assert {"auc@", "brier@"} <= {c.split("@")[0] + "@" for c in cv.summary().index}
     assert {"risk", "time", "event"} <= set(cv.oof.columns)
     pooled = CV.pooled_metrics(cv)
     assert 0 <= pooled["c_index"] <= 1 and np.isfinite(cv.metrics["c_index"]).all()
@@ -75,3 +79,19 @@ def test_cross_validation_is_reproducible(small_cohort):
     b = cross_validate(FusionModel(**FAST), small_cohort, folds=2, seed=3)
     assert a.splits == b.splits
     assert a.metrics.equals(b.metrics) and a.oof.equals(b.oof)
+
+
+def test_survival_cross_validation_at_given_times_checks_every_fold_first(monkeypatch):
+    from clinfuse.datasets import make_synthetic_cohort
+
+    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical", "genomics"),
+                                      n_genes=12, seed=5)
+    t = float(cohort.survival["time"].median())
+    model = FusionModel(task="survival", n_time_bins=2, **FAST)
+    cv = cross_validate(model, cohort, folds=2, times=[t])
+    assert f"brier@{t:g}" in cv.metrics and f"calibration_error@{t:g}" in cv.metrics
+    monkeypatch.setattr(FusionModel, "fit",
+                        lambda *a, **k: pytest.fail("fitted before the times were checked"))
+    late = float(cohort.survival["time"].max())
+    with pytest.raises(ValueError, match=rf"fold \d: survival metrics: times \[{late:g}"):
+        cross_validate(model, cohort, folds=2, times=[t, late])

@@ -85,8 +85,8 @@ def test_brier_weights_by_inverse_probability_of_censoring():
     s = np.array([[0.2], [0.6], [0.7], [0.9]])
     expected = (0.2**2 * 1.0 + 0 + (1 - 0.7) ** 2 * 1.5 + (1 - 0.9) ** 2 * 1.5) / 4
     assert M.brier_scores(time, event, s, [3.0])[0] == pytest.approx(expected)
-    curve = M.km_censoring(time, event)
-    assert M.brier_scores(time, event, s, [3.0], censoring=curve)[0] == pytest.approx(expected)
+    # the same weights given as the training targets (what a fitted model passes: its follow-up)
+    assert M.brier_scores(time, event, s, [3.0], train=(time, event))[0] == pytest.approx(expected)
 
 
 def test_integrated_brier_needs_increasing_times():
@@ -102,3 +102,51 @@ def test_survival_metrics_and_patterns():
     assert got == {"clinical": {"n": 1}, "clinical+images": {"n": 2}, "images": {"n": 1}}
     out = M.survival_metrics([1, 2, 3], [1, 1, 0], [3, 2, 1])
     assert out["c_index"] == pytest.approx(1.0) and out["n"] == 3 and out["n_events"] == 2
+
+
+def _exponential(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    rate = 0.1 * np.exp(rng.normal(size=n))
+    t, c = rng.exponential(1 / rate), rng.exponential(20.0, n)
+    return np.minimum(t, c), (t <= c).astype(int), rate
+
+
+def test_survival_metrics_at_chosen_times_match_scikit_survival():
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    time, event, rate = _exponential(120, seed=0)
+    train_t, train_e, _ = _exponential(200, seed=1)
+    grid = np.linspace(2.0, 12.0, 6)
+    frame = pd.DataFrame(np.exp(-np.outer(rate, grid)), columns=list(grid))
+    out = M.survival_metrics(time, event, rate, frame, times=grid[[1, 3]], train=(train_t, train_e))
+    keys = [f"auc@{grid[1]:g}", f"auc@{grid[3]:g}"]
+    y_train = Surv.from_arrays(train_e == 1, train_t)
+    y_test = Surv.from_arrays(event == 1, np.minimum(time, train_t.max()))
+    at = grid[[1, 3]]
+    auc, mean = cumulative_dynamic_auc(y_train, y_test, 1 - frame[list(at)].to_numpy(), at)
+    assert [out[k] for k in keys] == pytest.approx(auc.tolist()) and out["mean_auc"] == pytest.approx(mean)
+    assert out["integrated_brier_score"] == pytest.approx(
+        integrated_brier_score(y_train, y_test, frame.to_numpy(), grid))
+    assert 0 <= out[f"calibration_error@{grid[1]:g}"] < 0.1  # the true S(t)
+    assert out["n"] == 120 and out["n_events"] == int(event.sum())
+    with pytest.raises(ValueError, match="lie outside"):
+        M.survival_metrics(time, event, rate, frame.assign(**{"1000.0": 0.5}).rename(columns=float),
+                           train=(train_t, train_e))
+
+
+def test_evaluate_survival_is_strict_overall_and_nan_for_a_pattern_too_short():
+    time = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    event = np.array([1, 1, 0, 1, 1, 1, 0, 1])
+    ids = [f"s{i}" for i in range(8)]
+    targets = pd.DataFrame({"time": time, "event": event}, index=ids)
+    presence = pd.DataFrame({"clinical": [True] * 8, "images": [False, False] + [True] * 6}, index=ids)
+    surv = pd.DataFrame({2.5: np.linspace(0.5, 0.9, 8), 5.5: np.linspace(0.2, 0.7, 8)}, index=ids)
+    risk = pd.Series(-time, index=ids)
+    out = M.evaluate_survival(targets, risk, surv, presence)
+    assert out["auc@2.5"] == pytest.approx(1.0)
+    # the clinical-only pattern (observed at 1 and 2) has no follow-up at 2.5 or 5.5: nan, not an error
+    short = out["by_pattern"]["clinical"]
+    assert np.isnan(short["brier@2.5"]) and np.isnan(short["auc@5.5"]) and short["n"] == 2
+    with pytest.raises(ValueError, match=r"times \[8\.0\]"):
+        M.evaluate_survival(targets, risk, surv.assign(**{"8": 0.1}).rename(columns=float), presence)

@@ -142,6 +142,37 @@ def test_survival_predictions(fitted_survival):
         model.predict_survival(test, [-1.0])
 
 
+def test_survival_evaluation_reports_auc_brier_and_calibration_at_chosen_times(fitted_survival, tmp_path):
+    model, train, test = fitted_survival.model, fitted_survival.train, fitted_survival.test
+    given = train.survival.loc[train.sample_ids]
+    # the IPCW weights come from the follow-up of every sample given to fit, kept (and saved) with the model
+    assert model.follow_up_["time"] == sorted(set(given["time"].tolist()))
+    assert sum(model.follow_up_["n_events"]) == int(given["event"].sum())
+    assert FusionModel.load(model.save(tmp_path / "m")).follow_up_ == model.follow_up_
+    t = test.survival.loc[test.sample_ids]
+    times = [float(np.quantile(t["time"], 0.3)), float(np.quantile(t["time"], 0.6))]
+    ev = model.evaluate(test, times=times)
+    keys = [f"{name}@{x:g}" for name in ("auc", "brier", "calibration_error") for x in times]
+    assert set(keys) | {"c_index", "mean_auc", "integrated_brier_score", "n_after_follow_up"} <= set(ev)
+    from sksurv.metrics import brier_score
+    from sksurv.util import Surv
+
+    surv = model.predict_survival(test, times).to_numpy()
+    _, want = brier_score(Surv.from_arrays(given["event"] == 1, given["time"]),
+                          Surv.from_arrays(t["event"] == 1, np.minimum(t["time"], given["time"].max())),
+                          surv, times)
+    assert [ev[k] for k in keys[2:4]] == pytest.approx(want.tolist())
+    default = model.evaluate(test)  # the event quartiles inside the follow-up
+    assert sum(k.startswith("auc@") for k in default) >= 2
+    with pytest.raises(ValueError, match=r"times \[100000\.0\] lie outside"):
+        model.evaluate(test, times=[times[0], 1e5])
+
+
+def test_classifier_evaluation_refuses_survival_times(fitted_classifier):
+    with pytest.raises(ValueError, match="times and n_groups are for survival models"):
+        fitted_classifier.model.evaluate(fitted_classifier.test, times=[1.0])
+
+
 def test_survival_curve_covers_the_follow_up_and_falls_beyond_the_last_bin(fitted_survival):
     model, train, test = fitted_survival.model, fitted_survival.train, fitted_survival.test
     edges = np.asarray(model.time_bins_, dtype=float)
