@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["AttentionReport", "build_report", "attention_shap_agreement"], "explain"),
     "FusionModel": "model",
     **dict.fromkeys(["CVResult", "cross_validate"], "crossval"),
+    "survival_metrics": "metrics",
     **dict.fromkeys(["TuneResult", "tune"], "tuning"),
 }
 
@@ -31,7 +32,7 @@ __all__ = [
     "FusionNetwork", "NetworkOutput", "TokenTypeEmbedding", "TuneResult", "attention_shap_agreement",
     "build_report", "classification_loss", "cox_partial_nll", "create_aggregator", "cross_validate",
     "discrete_time_nll", "hazards_to_survival", "list_aggregators", "make_time_bins", "risk_from_survival",
-    "tune",
+    "survival_metrics", "tune",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)  # one list of names, checked at import
 

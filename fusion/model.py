@@ -311,18 +311,11 @@ class FusionModel(BaseEstimator):
                  n_groups: int | None = None) -> dict[str, Any]:
         """All metrics on ``cohort``, overall and per missingness pattern (``by_pattern``).
 
-        Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival (scikit-survival, IPCW weights from
-        the censoring of the cohort given to ``fit``, see :func:`clinfuse.fusion.metrics.survival_metrics`):
-        ``c_index``; ``auc@t``, ``brier@t``, ``calibration_error@t`` at each of ``times`` (default: the
+        Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival: :func:`.metrics.survival_metrics`
+        (IPCW weights from the follow-up of the cohort given to ``fit``) at ``times`` (default: the
         quartiles of the cohort's event times inside the evaluable follow-up, which ends before the last
-        training time), ``mean_auc``; ``integrated_brier_score`` over 20 times between the 10th and 90th
-        percentile of the cohort's event times; ``n``, ``n_events``, ``n_after_follow_up``.
-
-        Args:
-            cohort: a cohort with targets.
-            times: survival only: evaluation times, each inside the evaluable follow-up (else ValueError
-                naming them).
-            n_groups: survival only: calibration groups per time (default: >= 10 samples each, at most 5).
+        training time; others: ValueError naming them), the integrated Brier score over 20 times between
+        the 10th and 90th percentile of its event times, ``n_groups`` calibration groups per time.
         """
         self._check_fitted()
         self._require_targets(cohort, "evaluate")
