@@ -4,7 +4,13 @@ cohorts."""
 from .batch import MODALITIES, TOKEN_KIND, Batch, ModalityBatch
 from .cohort import Cohort
 from .images import ImageBag, ImageBags
-from .loaders import breastmnist_split_ids, load_breastmnist, load_gse7390, load_mimic3_demo
+from .loaders import (
+    breastmnist_split_ids,
+    load_breastmnist,
+    load_gse7390,
+    load_mil_benchmark,
+    load_mimic3_demo,
+)
 from .loading import CohortDataset, collate_samples, make_loader
 from .modalities import MODALITY_REGISTRY, Modality, ModalityPreprocessor, get_modality, register_modality
 from .preprocess import Preprocessor
@@ -16,4 +22,5 @@ __all__ += ["CohortDataset", "Preprocessor", "collate_samples", "make_loader", "
             "train_validation_split"]
 __all__ += ["SyntheticTruth", "make_synthetic_cohort"]
 __all__ += ["MODALITY_REGISTRY", "Modality", "ModalityPreprocessor", "get_modality", "register_modality"]
-__all__ += ["breastmnist_split_ids", "load_breastmnist", "load_gse7390", "load_mimic3_demo"]
+__all__ += ["breastmnist_split_ids", "load_breastmnist", "load_gse7390", "load_mil_benchmark",
+            "load_mimic3_demo"]

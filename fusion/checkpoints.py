@@ -32,14 +32,22 @@ from .persistence import read_json, write_json
 LAST, BEST, RUN = "last.ckpt", "best.ckpt", "run.json"
 MONITORS = {"val_loss": "min", "c_index": "max", "auc": "max"}  # metric -> the better direction
 MONITOR_TASK = {"c_index": "survival", "auc": "classification"}
+# monitor=None: the task's own metric for classification (on the few validation bags of a small cohort the
+# loss and the ranking disagree, and the ranking is what is reported); survival keeps the loss.
+DEFAULT_MONITOR = {"classification": "auc", "survival": "val_loss"}
+
+
+def resolve_monitor(task: str, monitor: str | None) -> str:
+    """The metric ``monitor`` means for ``task``: itself, or ``DEFAULT_MONITOR[task]`` when None."""
+    return DEFAULT_MONITOR[task] if monitor is None else monitor
 # Hyperparameters that change nothing a checkpoint holds.
 _FREE_PARAMS = ("verbose", "checkpoint_dir")
 
 
 def check_params(*, task: str, monitor: Any, checkpoint_dir: Any) -> None:
     """``FusionModel``'s ``monitor`` and ``checkpoint_dir`` (ValueError / TypeError naming the field)."""
-    if monitor not in MONITORS:
-        raise ValueError(f"monitor must be one of {list(MONITORS)}, got {monitor!r}")
+    if monitor is not None and monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {list(MONITORS)} or None, got {monitor!r}")
     if MONITOR_TASK.get(monitor, task) != task:
         raise ValueError(f"monitor={monitor!r} is a {MONITOR_TASK[monitor]} metric; this model's task is "
                          f"{task!r}")

@@ -54,7 +54,8 @@ class FusionModel(BaseEstimator):
         max_patches: patches sampled per bag during training (all patches are used to predict).
         early_stopping_patience: epochs without a better ``monitor`` value before stopping (None: never).
         monitor: the validation metric that picks the best weights and drives early stopping: "val_loss"
-            (lower is better), "c_index" (survival) or "auc" (classification; higher is better).
+            (lower is better), "c_index" (survival) or "auc" (classification; higher is better); None
+            (default): "auc" for classification, "val_loss" for survival.
         checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
             ``fit(..., resume=True)`` continues from; None writes nothing.
         validation_fraction: share of the training samples held out (grouped, stratified) for early
@@ -76,7 +77,7 @@ class FusionModel(BaseEstimator):
                  max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
-                 early_stopping_patience: int | None = 5, monitor: str = "val_loss",
+                 early_stopping_patience: int | None = 5, monitor: str | None = None,
                  checkpoint_dir: str | Path | None = None, validation_fraction: float = 0.2,
                  class_weights: str | dict | None = None, top_genes: int | None = 2000,
                  preprocessor_kwargs: dict[str, Any] | None = None,

@@ -345,11 +345,12 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
             train_ids=list(train.sample_ids), shapes=data_shapes(train),
             validation_ids=None if validation is None else list(validation.sample_ids))
         ckpt_path = checkpoints.prepare(model.checkpoint_dir, identity, resume=resume)
+    monitor = checkpoints.resolve_monitor(model.task, model.monitor)
     module = FusionLightningModule(build_network(schema, config), task=model.task,
                                    survival_head=model.survival_head, bin_edges=bin_edges,
                                    class_weights=class_weights, lr=model.lr, weight_decay=model.weight_decay,
                                    warmup_epochs=model.warmup_epochs, max_epochs=model.max_epochs,
-                                   monitor=model.monitor)
+                                   monitor=monitor)
     started.append(module)
     seed = int(model.seed)
     module.train_loader = train_loader = make_loader(train, pre, batch_size=int(model.batch_size),
@@ -367,7 +368,7 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                    early_stopping_patience=model.early_stopping_patience,
                                    has_validation=val_loader is not None, strategy=model.strategy,
                                    devices=model.devices, accelerator=model.accelerator,
-                                   verbose=model.verbose, monitor=model.monitor,
+                                   verbose=model.verbose, monitor=monitor,
                                    checkpoint_dir=model.checkpoint_dir)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                         ckpt_path=ckpt_path)

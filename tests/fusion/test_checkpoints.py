@@ -157,3 +157,26 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_weights(tmp_pa
     torch.testing.assert_close(torch.tensor(resumed.predict_risk(cohort).to_numpy()),
                                torch.tensor(whole.predict_risk(cohort).to_numpy()), rtol=0, atol=1e-6)
     assert Path(folder / "run.json").is_file()
+
+
+def test_default_monitor_is_the_task_metric_for_classification():
+    """monitor=None (the default): a classifier keeps the epoch of the best validation AUC, not loss."""
+    cohort, _ = make_synthetic_cohort(60, modalities=("clinical", "genomics"), n_genes=12, seed=5)
+    model = FusionModel(**{**TINY, "seed": 1}, max_epochs=8, early_stopping_patience=None, lr=3e-2)
+    assert model.monitor is None
+    model.fit(cohort)
+    auc = [h["val_metric"] for h in model.history_]
+    loss = [h["val_loss"] for h in model.history_]
+    assert auc.index(max(auc)) != loss.index(min(loss))  # the two rules disagree on this run
+    assert model.best_epoch_ == auc.index(max(auc))
+    explicit = FusionModel(**{**TINY, "seed": 1}, max_epochs=8, early_stopping_patience=None, lr=3e-2,
+                           monitor="val_loss").fit(cohort)
+    assert explicit.best_epoch_ == loss.index(min(loss))
+
+
+def test_default_monitor_of_survival_stays_the_loss():
+    from clinfuse.fusion.checkpoints import resolve_monitor
+
+    assert resolve_monitor("survival", None) == "val_loss"
+    assert resolve_monitor("classification", None) == "auc"
+    assert resolve_monitor("classification", "val_loss") == "val_loss"
