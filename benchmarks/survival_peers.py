@@ -9,7 +9,9 @@ choice of CoxNet's alpha use the training fold only. Every row holds ``c_index``
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from survival_cohorts import design, survival_of
@@ -148,9 +150,12 @@ def _pycox(cohort, train, test, quick: bool, kind: str) -> dict:
         model = CoxPH(net, tt.optim.Adam(lr=0.01))
     else:
         model = DeepHitSingle(net, tt.optim.Adam(lr=0.01), alpha=0.2, sigma=0.1, duration_index=labels.cuts)
-    log = model.fit(x[fit_i], y_fit, batch_size=256, epochs=2 if quick else max_epochs,
-                    callbacks=[tt.callbacks.EarlyStopping(patience=10)], verbose=False,
-                    val_data=(x[val_i], y_val))
+    # torchtuples keeps the best weights in a file, by default in the working directory: a stopped run
+    # would leave it there, so it goes to a temporary folder
+    with tempfile.TemporaryDirectory() as tmp:
+        stop = tt.callbacks.EarlyStopping(patience=10, file_path=str(Path(tmp) / "best.pt"))
+        log = model.fit(x[fit_i], y_fit, batch_size=256, epochs=2 if quick else max_epochs,
+                        callbacks=[stop], verbose=False, val_data=(x[val_i], y_val))
     if kind == "deepsurv":
         model.compute_baseline_hazards()  # part of a usable DeepSurv fit (survival curves); counted
     fit_s = time.perf_counter() - t0
