@@ -17,10 +17,13 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   e.g. for an absent sample), i.e. each member's share of the first layer's input magnitude. A set's
   attention times these weights spreads it over genes.
 
-Memory: with ``attention="full"`` SDPA's fused CPU kernel keeps memory linear in the number of tokens
-(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs, but time grows as T^2;
-``attention="latent"`` is linear in T, the practical choice for full profiles. Gene-set tokens are far
-fewer still.
+Cost: by default (``n_layers=0``) the gene tokens do not attend to each other: each token is made from
+its own gene only (embedding + value projection, LayerNorm), so an epoch costs time linear in the number
+of genes, and the aggregator (PersAM's instance attention) is where genes meet. A 1,554-gene profile
+with one full self-attention layer spends most of its training time in the G x G attention (forward
+and backward). With ``n_layers >= 1`` and ``attention="full"`` SDPA's fused CPU kernel keeps memory
+linear in the number of tokens (see :mod:`clinfuse.encoders.layers`), but time grows as T^2;
+``attention="latent"`` is linear in T. Gene-set tokens are far fewer still.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ class GeneTransformer(ModalityEncoder):
         genes: the schema's genes, in the order of the batch's columns.
         gene_sets: set name -> member genes (genes outside ``genes`` are ignored; sets left empty are
             skipped with a warning and listed in ``skipped_gene_sets``).
-        d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``).
+        d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``);
+            ``n_layers=0`` (default): no attention among the tokens, cost linear in their number.
         use_gene_sets: tokens are gene sets (default: True when ``gene_sets`` has a non-empty set).
         set_hidden: hidden width of each set's MLP.
         attention: ``"full"`` (exact, O(T^2) time, O(T) memory) or ``"latent"`` (O(T * n_latents)).
@@ -111,7 +115,7 @@ class GeneTransformer(ModalityEncoder):
         gene_sets: Mapping[str, Sequence[str]] | None = None,
         d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 1,
+        n_layers: int = 0,
         ffn_mult: int = 2,
         dropout: float = 0.1,
         use_gene_sets: bool | None = None,
@@ -212,8 +216,9 @@ class GeneTransformer(ModalityEncoder):
         """``batch.tensors["values"]`` ``[B, G]`` -> ``Tokens`` ``[B, T, d_model]`` (T = G or the number of
         sets)."""
         values = self._check(batch)
-        values = values.masked_fill(~batch.present.unsqueeze(1), 0.0)  # absent rows: content is never used
         present = batch.present
+        if not bool(present.all()):
+            values = values.masked_fill(~present.unsqueeze(1), 0.0)  # absent rows: content is never used
         meta: dict[str, Any] = {}
         if self.use_gene_sets:
             x = self.set_tokenizer(values)
