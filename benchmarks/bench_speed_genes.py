@@ -200,6 +200,8 @@ def main() -> None:
                    choices=["survival", "classification"])
     p.add_argument("--all-genes", action="store_true",
                    help="also fit the largest panel with top_genes=None (every gene a token)")
+    p.add_argument("--note", default=None,
+                   help="stored in the JSON, e.g. which code was run when it is not a git checkout")
     args = p.parse_args()
     setup(args.threads)
     genes, repeats, epochs = list(args.genes), args.repeats, args.epochs
@@ -211,7 +213,7 @@ def main() -> None:
         configs += [(task, max(genes), None) for task in args.tasks]
     payload: dict[str, Any] = {
         "benchmark": "epoch time of the default FusionModel vs a two-layer MLP on clinical + genes",
-        **provenance(args),
+        **provenance(args), "note": args.note,
         "protocol": {"patients": N_PATIENTS, "clinical_columns": CLINICAL, "genes": genes, "repeats": repeats,
                      "epochs": epochs, "ours": "FusionModel(task=task, max_epochs=epochs, "
                      "early_stopping_patience=None, verbose=False, seed=repeat)",
