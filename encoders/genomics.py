@@ -21,11 +21,11 @@ Cost: by default (``n_layers=0``) the gene tokens do not attend to each other: e
 its own gene only (embedding + value projection, LayerNorm), so an epoch costs time linear in the number
 of genes, and the aggregator (PersAM's instance attention) is where genes meet. Without layers, training
 dropout acts on the gene values ``[B, G]`` (a dropped gene's token keeps its gene embedding) instead of on
-the ``[B, G, d]`` token features, d times fewer random draws for the same kind of regularisation. A 1,554-gene profile
-with one full self-attention layer spends most of its training time in the G x G attention (forward
-and backward). With ``n_layers >= 1`` and ``attention="full"`` SDPA's fused CPU kernel keeps memory
-linear in the number of tokens (see :mod:`clinfuse.encoders.layers`), but time grows as T^2;
-``attention="latent"`` is linear in T. Gene-set tokens are far fewer still.
+the ``[B, G, d]`` token features, d times fewer random draws for the same kind of regularisation. A
+1,554-gene profile with one full self-attention layer spends most of its training time in the G x G
+attention (forward and backward). With ``n_layers >= 1`` and ``attention="full"`` SDPA's fused CPU
+kernel keeps memory linear in the number of tokens (see :mod:`clinfuse.encoders.layers`), but time grows
+as T^2; ``attention="latent"`` is linear in T. Gene-set tokens are far fewer still.
 """
 
 from __future__ import annotations

@@ -102,3 +102,30 @@ def test_format3_folders_keep_the_gene_layers_they_were_trained_with(given, want
                                           "encoder_kwargs": {"genomics": {"n_layers": 0}}},
                             {"time_bins_": [0.0, 1.0, 2.0, 3.0, 4.0]})
     assert kept["encoders"]["genomics"]["kwargs"]["n_layers"] == 0
+
+
+def test_without_layers_training_dropout_drops_whole_gene_values():
+    """Each gene token in training is either the token of the (rescaled) value or that of value 0 (its
+    gene embedding only), never a token with some of its d features zeroed."""
+    from clinfuse.datasets.testing import random_modality_batch, random_schema
+    from clinfuse.encoders.genomics import GeneTransformer
+
+    schema = random_schema("genomics")
+    batch = random_modality_batch("genomics", schema, present=[True, True, True], seed=3)
+    torch.manual_seed(0)
+    enc = GeneTransformer(genes=schema["genes"], d_model=16, n_heads=2, dropout=0.5).train()
+    values = batch.tensors["values"]
+    kept = enc.transformer(enc.norm_in(enc.gene_embedding + (values / 0.5).unsqueeze(-1) * enc.value_weight),
+                           batch.mask)
+    dropped = enc.transformer(enc.norm_in(enc.gene_embedding.expand_as(kept)), batch.mask)
+    with torch.no_grad():
+        got = enc(batch).values
+        is_kept = (got - kept).abs().amax(-1) < 1e-5
+        is_dropped = (got - dropped).abs().amax(-1) < 1e-5
+    assert bool((is_kept | is_dropped).all())
+    assert bool(is_kept.any()) and bool((is_dropped & ~is_kept).any())
+    enc.eval()
+    with torch.no_grad():  # at inference nothing is dropped
+        plain = enc.transformer(enc.norm_in(enc.gene_embedding + values.unsqueeze(-1) * enc.value_weight),
+                                batch.mask)
+        assert torch.allclose(enc(batch).values, plain, atol=1e-6)
