@@ -17,15 +17,14 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   e.g. for an absent sample), i.e. each member's share of the first layer's input magnitude. A set's
   attention times these weights spreads it over genes.
 
-Cost: by default (``n_layers=0``) the gene tokens do not attend to each other: each token is made from
-its own gene only (embedding + value projection, LayerNorm), so an epoch costs time linear in the number
-of genes, and the aggregator (PersAM's instance attention) is where genes meet. Without layers, training
-dropout acts on the gene values ``[B, G]`` (a dropped gene's token keeps its gene embedding) instead of on
-the ``[B, G, d]`` token features, d times fewer random draws for the same kind of regularisation. A
-1,554-gene profile with one full self-attention layer spends most of its training time in the G x G
-attention (forward and backward). With ``n_layers >= 1`` and ``attention="full"`` SDPA's fused CPU
-kernel keeps memory linear in the number of tokens (see :mod:`clinfuse.encoders.layers`), but time grows
-as T^2; ``attention="latent"`` is linear in T. Gene-set tokens are far fewer still.
+Cost: by default (``n_layers=None``) gene tokens do not attend to each other (0 layers): each token is
+made from its own gene only (embedding + value projection, LayerNorm), so an epoch costs time linear in
+the number of genes, and the aggregator (PersAM's instance attention) is where genes meet; the few
+gene-set tokens keep one layer. Without layers, training dropout acts on the gene values ``[B, G]`` (a
+dropped gene's token keeps its gene embedding) instead of on the ``[B, G, d]`` token features, d times
+fewer random draws for the same kind of regularisation. With ``n_layers >= 1`` and ``attention="full"``
+SDPA's fused CPU kernel keeps memory linear in the number of tokens (see :mod:`clinfuse.encoders.layers`),
+but time grows as T^2; ``attention="latent"`` is linear in T.
 """
 
 from __future__ import annotations
@@ -99,7 +98,8 @@ class GeneTransformer(ModalityEncoder):
         gene_sets: set name -> member genes (genes outside ``genes`` are ignored; sets left empty are
             skipped with a warning and listed in ``skipped_gene_sets``).
         d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``);
-            ``n_layers=0`` (default): no attention among the tokens, cost linear in their number.
+            ``n_layers=None`` (default): 0 for gene tokens (no attention among them, cost linear in
+            their number), 1 for gene-set tokens.
         use_gene_sets: tokens are gene sets (default: True when ``gene_sets`` has a non-empty set).
         set_hidden: hidden width of each set's MLP.
         attention: ``"full"`` (exact, O(T^2) time, O(T) memory) or ``"latent"`` (O(T * n_latents)).
@@ -117,7 +117,7 @@ class GeneTransformer(ModalityEncoder):
         gene_sets: Mapping[str, Sequence[str]] | None = None,
         d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 0,
+        n_layers: int | None = None,
         ffn_mult: int = 2,
         dropout: float = 0.1,
         use_gene_sets: bool | None = None,
@@ -164,6 +164,8 @@ class GeneTransformer(ModalityEncoder):
             raise ValueError("gene_transformer (genomics): use_gene_sets=True but no gene set has a gene in "
                              "the schema")
         self.use_gene_sets = bool(use_gene_sets)
+        if n_layers is None:  # attention among G gene tokens costs G^2; among a few sets it is cheap
+            n_layers = 1 if self.use_gene_sets else 0
         self.max_tokens = max_tokens
         if self.use_gene_sets:
             self.set_tokenizer = GeneSetTokenizer(members=members, d_model=d_model, hidden=set_hidden)

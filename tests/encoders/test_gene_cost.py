@@ -71,11 +71,19 @@ def test_default_model_forms_no_attention_among_gene_tokens():
     n_genes = 300
     net, config, _ = _default_network(_gene_cohort(n_genes))
     assert config["encoders"]["genomics"]["name"] == "gene_transformer"
-    assert config["encoders"]["genomics"]["kwargs"]["n_layers"] == 0  # stored: a saved model keeps it
     assert len(net.encoders["genomics"].transformer.layers) == 0
     _, attention = _training_step(n_genes)
     among_genes = [c for c in attention.calls if c[1] >= n_genes and c[2] >= n_genes]
     assert not among_genes, f"G x G attention formed: {among_genes}"
+
+
+def test_gene_set_tokens_keep_their_layer_by_default():
+    cohort, _ = make_synthetic_cohort(12, task="survival", modalities=("clinical", "genomics"), n_genes=40,
+                                      missing_rate=0.0, seed=0)
+    net, config, _ = _default_network(cohort)
+    assert config["encoders"]["genomics"]["kwargs"]["n_layers"] is None  # resolved by the schema, as
+    assert config["encoders"]["genomics"]["kwargs"]["use_gene_sets"] is None  # use_gene_sets is
+    assert net.encoders["genomics"].use_gene_sets and len(net.encoders["genomics"].transformer.layers) == 1
 
 
 def test_default_training_step_costs_flops_linear_in_genes():
