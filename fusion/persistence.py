@@ -227,7 +227,7 @@ def _format3_network(schema: dict[str, Any], params: dict[str, Any],
 
 def _format3_gene_layers(schema: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with gene_transformer's ``n_layers`` pinned to 1, its default when format 3 was written
-    (it is 0 now), where the folder left it to that default."""
+    (None now: no layer among gene tokens), where the folder left it to that default."""
     from ..encoders import default_encoder
 
     if params.get("n_layers") is not None or "genomics" not in schema:
