@@ -17,10 +17,14 @@ tokens carry, per set, the member genes and a gradient-free member weighting:
   e.g. for an absent sample), i.e. each member's share of the first layer's input magnitude. A set's
   attention times these weights spreads it over genes.
 
-Memory: with ``attention="full"`` SDPA's fused CPU kernel keeps memory linear in the number of tokens
-(see :mod:`clinfuse.encoders.layers`), so a full 20,000-gene profile runs, but time grows as T^2;
-``attention="latent"`` is linear in T, the practical choice for full profiles. Gene-set tokens are far
-fewer still.
+Cost: by default (``n_layers=None``) gene tokens do not attend to each other (0 layers): each token is
+made from its own gene only (embedding + value projection, LayerNorm), so an epoch costs time linear in
+the number of genes, and the aggregator (PersAM's instance attention) is where genes meet; the few
+gene-set tokens keep one layer. Without layers, training dropout acts on the gene values ``[B, G]`` (a
+dropped gene's token keeps its gene embedding) instead of on the ``[B, G, d]`` token features, d times
+fewer random draws for the same kind of regularisation. With ``n_layers >= 1`` and ``attention="full"``
+SDPA's fused CPU kernel keeps memory linear in the number of tokens (see :mod:`clinfuse.encoders.layers`),
+but time grows as T^2; ``attention="latent"`` is linear in T.
 """
 
 from __future__ import annotations
@@ -93,7 +97,9 @@ class GeneTransformer(ModalityEncoder):
         genes: the schema's genes, in the order of the batch's columns.
         gene_sets: set name -> member genes (genes outside ``genes`` are ignored; sets left empty are
             skipped with a warning and listed in ``skipped_gene_sets``).
-        d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``).
+        d_model, n_heads, n_layers, ffn_mult, dropout: transformer size (``d_model % n_heads == 0``);
+            ``n_layers=None`` (default): 0 for gene tokens (no attention among them, cost linear in
+            their number), 1 for gene-set tokens.
         use_gene_sets: tokens are gene sets (default: True when ``gene_sets`` has a non-empty set).
         set_hidden: hidden width of each set's MLP.
         attention: ``"full"`` (exact, O(T^2) time, O(T) memory) or ``"latent"`` (O(T * n_latents)).
@@ -111,7 +117,7 @@ class GeneTransformer(ModalityEncoder):
         gene_sets: Mapping[str, Sequence[str]] | None = None,
         d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 1,
+        n_layers: int | None = None,
         ffn_mult: int = 2,
         dropout: float = 0.1,
         use_gene_sets: bool | None = None,
@@ -158,6 +164,8 @@ class GeneTransformer(ModalityEncoder):
             raise ValueError("gene_transformer (genomics): use_gene_sets=True but no gene set has a gene in "
                              "the schema")
         self.use_gene_sets = bool(use_gene_sets)
+        if n_layers is None:  # attention among G gene tokens costs G^2; among a few sets it is cheap
+            n_layers = 1 if self.use_gene_sets else 0
         self.max_tokens = max_tokens
         if self.use_gene_sets:
             self.set_tokenizer = GeneSetTokenizer(members=members, d_model=d_model, hidden=set_hidden)
@@ -212,8 +220,9 @@ class GeneTransformer(ModalityEncoder):
         """``batch.tensors["values"]`` ``[B, G]`` -> ``Tokens`` ``[B, T, d_model]`` (T = G or the number of
         sets)."""
         values = self._check(batch)
-        values = values.masked_fill(~batch.present.unsqueeze(1), 0.0)  # absent rows: content is never used
         present = batch.present
+        if not bool(present.all()):
+            values = values.masked_fill(~present.unsqueeze(1), 0.0)  # absent rows: content is never used
         meta: dict[str, Any] = {}
         if self.use_gene_sets:
             x = self.set_tokenizer(values)
@@ -221,9 +230,15 @@ class GeneTransformer(ModalityEncoder):
             names = [list(self.set_names) if p else [""] * len(self.set_names) for p in present.tolist()]
             meta["member_genes"] = {s: list(g) for s, g in self.member_genes.items()}
             meta["member_weights"] = dict(zip(self.set_names, self.set_tokenizer.member_weights(values)))
+            x = self.drop(self.norm_in(x))
         else:
-            x = self.gene_embedding + values.unsqueeze(-1) * self.value_weight  # [B, G, d]
+            per_gene = not self.transformer.layers  # no attention: drop gene values, not [B, G, d] features
+            if per_gene:
+                values = self.drop(values)
+            x = self.norm_in(self.gene_embedding + values.unsqueeze(-1) * self.value_weight)  # [B, G, d]
+            if not per_gene:
+                x = self.drop(x)
             mask = batch.mask & present.unsqueeze(1)
             names = [list(r) for r in batch.names]
-        x = self.transformer(self.drop(self.norm_in(x)), mask)
+        x = self.transformer(x, mask)
         return Tokens(values=x, mask=mask, names=names, modality=batch.modality, present=present, meta=meta)

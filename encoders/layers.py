@@ -251,6 +251,8 @@ class MaskedTransformer(nn.Module):
         super().__init__()
         check_heads(d_model, n_heads, owner="MaskedTransformer")
         check_int(n_layers, "n_layers", owner="MaskedTransformer", minimum=0)
+        if attention not in ("full", "latent"):  # checked here too: with n_layers=0 no block checks it
+            raise ValueError(f"attention must be 'full' or 'latent', got {attention!r}")
         self.layers = nn.ModuleList(
             TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_mult=ffn_mult, dropout=dropout,
                              attention=attention, n_latents=n_latents, query_chunk_size=query_chunk_size)
@@ -262,4 +264,5 @@ class MaskedTransformer(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         # zero padding rows so that nothing downstream can pick up their (finite, meaningless) content
-        return self.norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)
+        x = self.norm(x)
+        return x if bool(mask.all()) else x.masked_fill(~mask.unsqueeze(-1), 0.0)

@@ -221,8 +221,24 @@ def _format3_network(schema: dict[str, Any], params: dict[str, Any],
 
     names = output_names(params["task"], params["survival_head"], classes=fitted.get("classes_"),
                          time_bins=fitted.get("time_bins_"))
+    params = _format3_gene_layers(schema, params)
     return resolve_network_config(schema, {**params, "ffn_mult": None}, n_outputs=len(names),
                                   class_names=names, shared_keywords=format3_shared)
+
+
+def _format3_gene_layers(schema: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with gene_transformer's ``n_layers`` pinned to 1, its default when format 3 was written
+    (None now: no layer among gene tokens), where the folder left it to that default."""
+    from ..encoders import default_encoder
+
+    if params.get("n_layers") is not None or "genomics" not in schema:
+        return params
+    name = (params.get("encoders") or {}).get("genomics") or default_encoder("genomics", schema["genomics"])
+    given = dict(params.get("encoder_kwargs") or {})
+    if name != "gene_transformer" or "n_layers" in (given.get("genomics") or {}):
+        return params
+    given["genomics"] = {**(given.get("genomics") or {}), "n_layers": 1}
+    return {**params, "encoder_kwargs": given}
 
 
 def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, Any], FittedState]:

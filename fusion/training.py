@@ -210,7 +210,8 @@ class FusionLightningModule(pl.LightningModule):
             (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        # foreach: one multi-tensor update per group instead of a loop over every parameter tensor
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, foreach=True)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = round(total * self.warmup_epochs / max(self.max_epochs, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(
