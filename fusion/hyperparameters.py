@@ -42,6 +42,9 @@ def check_hyperparameters(model: Any) -> None:
     for name in ("dropout", "modality_dropout"):
         if getattr(model, name) is not None and not 0.0 <= float(getattr(model, name)) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {getattr(model, name)!r}")
+    if model.wide_penalty is not None and (isinstance(model.wide_penalty, bool) or not isinstance(
+            model.wide_penalty, int | float | np.integer | np.floating) or not model.wide_penalty >= 0):
+        raise ValueError(f"wide_penalty must be a number >= 0 or None, got {model.wide_penalty!r}")
     if not 0.0 <= float(model.validation_fraction) < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {model.validation_fraction!r}")
     if model.max_patches is not None and int(model.max_patches) < 1:

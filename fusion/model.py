@@ -44,6 +44,9 @@ class FusionModel(BaseEstimator):
             encoder, aggregator and head that has the concept; None leaves each component its own default.
         modality_dropout: probability of dropping a whole modality of a training sample (missing modalities
             at prediction time are then a trained case).
+        wide_penalty: a linear ("wide") term on the preprocessed clinical and gene inputs (standardised
+            values, missing flags, one weight per category) is added to the outputs, with this L2 penalty
+            (``wide_penalty / 2 * ||w||^2`` in the training loss); None: no linear term.
         survival_head: "discrete" (discrete-time hazards over ``n_time_bins`` bins of the training event
             times; risk = -sum_k S(t_k)) or "cox" (one risk, Cox partial likelihood, Breslow baseline).
         max_epochs, batch_size, lr, weight_decay, warmup_epochs, gradient_clip, accumulate_grad_batches:
@@ -69,7 +72,8 @@ class FusionModel(BaseEstimator):
     def __init__(self, *, task: str = "classification", aggregator: str | None = None,
                  encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int | None = 4,
                  n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
-                 modality_dropout: float = 0.1, survival_head: str = "discrete",
+                 modality_dropout: float = 0.1, wide_penalty: float | None = 0.1,
+                 survival_head: str = "discrete",
                  n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16,
                  max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
@@ -91,6 +95,7 @@ class FusionModel(BaseEstimator):
         self.dropout = dropout
         self.ffn_mult = ffn_mult
         self.modality_dropout = modality_dropout
+        self.wide_penalty = wide_penalty
         self.survival_head = survival_head
         self.n_time_bins = n_time_bins
         self.max_epochs = max_epochs

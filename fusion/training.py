@@ -29,6 +29,11 @@ from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
 
 
+WIDE_LR_SCALE = 10.0
+"""The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
+ridge solution within the few dozen optimiser steps a small cohort's fit takes."""
+
+
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
     """Learning-rate factor: linear warm-up over ``warmup_steps`` then cosine decay to ``floor``."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -105,7 +110,9 @@ class FusionLightningModule(pl.LightningModule):
         out = self.network(batch)
         loss = self._batch_loss(out.outputs, batch)
         self._train_losses.append(float(loss.detach()))
-        return loss
+        wide = getattr(self.network, "wide", None)
+        # the linear term's ridge penalty is part of the training objective only (val_loss is the task's)
+        return loss if wide is None else loss + wide.penalty_loss()
 
     def on_train_epoch_start(self) -> None:
         self._train_losses = []
@@ -201,14 +208,18 @@ class FusionLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        decay, no_decay, wide = [], [], []
         for name, p in self.network.named_parameters():
             if not p.requires_grad:
+                continue
+            if name.startswith("wide."):  # kept small by its own L2 penalty in the loss, not by decay
+                wide.append(p)
                 continue
             # Biases, norms and embeddings-as-vectors are not decayed (the usual AdamW convention).
             (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+                  {"params": no_decay, "weight_decay": 0.0},
+                  {"params": wide, "weight_decay": 0.0, "lr": self.lr * WIDE_LR_SCALE}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = round(total * self.warmup_epochs / max(self.max_epochs, 1))
