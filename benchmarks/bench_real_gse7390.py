@@ -30,7 +30,6 @@ import json
 import time
 
 import numpy as np
-import pandas as pd
 from common import (
     DATA,
     OUT_DIR,
@@ -42,62 +41,22 @@ from common import (
     summary_table,
     write_json,
 )
+from survival_cohorts import N_PCS, design
 
 AGGREGATORS = ("persam", "hierarchical", "self_attention", "concat")
 REFERENCE = "cox_both"
-N_PCS = 10
 
 
 # ------------------------------------------------------------------------------------------- Cox baselines
-def _clinical_matrix(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Numeric design of the clinical table, every statistic taken from ``train``."""
-    out_tr, out_te = pd.DataFrame(index=train.index), pd.DataFrame(index=test.index)
-    for col in ("age", "size"):
-        med = float(train[col].median())
-        out_tr[col], out_te[col] = train[col].fillna(med).astype(float), test[col].fillna(med).astype(float)
-    for col in ("grade", "er"):
-        levels = sorted(train[col].dropna().unique().tolist())
-        for level in levels[1:]:  # first level is the reference
-            name = f"{col}={level}"
-            tr = (train[col] == level).astype(float).where(train[col].notna())
-            te = (test[col] == level).astype(float).where(test[col].notna())
-            med = float(tr.median())
-            out_tr[name], out_te[name] = tr.fillna(med), te.fillna(med)
-    return out_tr, out_te
-
-
-def _gene_pcs(train: np.ndarray, test: np.ndarray, index_tr, index_te) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """10 principal components of the standardised genes; scaler and PCA fitted on ``train`` only."""
-    from sklearn.decomposition import PCA
-
-    mu, sd = train.mean(0), train.std(0, ddof=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    pca = PCA(n_components=N_PCS, random_state=0).fit((train - mu) / sd)
-    cols = [f"PC{i + 1}" for i in range(N_PCS)]
-    return (pd.DataFrame(pca.transform((train - mu) / sd), index=index_tr, columns=cols),
-            pd.DataFrame(pca.transform((test - mu) / sd), index=index_te, columns=cols))
-
-
 def cox_fold(cohort, features: str, train_ids: list[str], test_ids: list[str]) -> dict:
-    """Fit ``CoxPHFitter(penalizer=0.1)`` on the training fold; c-index on the test fold."""
+    """Fit ``CoxPHFitter(penalizer=0.1)`` on the training fold; c-index on the test fold.
+
+    The design (train-fold-only imputation, one-hot, gene PCs, standardisation) is
+    ``survival_cohorts.design``, shared with ``bench_survival_peers.py``."""
     from clinfuse.fusion.metrics import concordance_index
     from lifelines import CoxPHFitter
 
-    parts_tr, parts_te = [], []
-    if features in ("clinical", "both"):
-        a, b = _clinical_matrix(cohort.clinical.loc[train_ids], cohort.clinical.loc[test_ids])
-        parts_tr.append(a)
-        parts_te.append(b)
-    if features in ("genes", "both"):
-        g = cohort.genomics
-        x = np.asarray(g.X.toarray() if hasattr(g.X, "toarray") else g.X, dtype=float)
-        pos = pd.Index(g.obs_names).get_indexer
-        a, b = _gene_pcs(x[pos(train_ids)], x[pos(test_ids)], pd.Index(train_ids), pd.Index(test_ids))
-        parts_tr.append(a)
-        parts_te.append(b)
-    x_tr, x_te = pd.concat(parts_tr, axis=1), pd.concat(parts_te, axis=1)
-    mu, sd = x_tr.mean(), x_tr.std(ddof=0).replace(0.0, 1.0)
-    x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
+    x_tr, x_te = design(cohort, train_ids, test_ids, features=features, n_pcs=N_PCS)
     surv_tr, surv_te = cohort.survival.loc[train_ids], cohort.survival.loc[test_ids]
     frame = x_tr.assign(_time=surv_tr["time"].to_numpy(float), _event=surv_tr["event"].to_numpy(int))
     cph = CoxPHFitter(penalizer=0.1).fit(frame, duration_col="_time", event_col="_event")
