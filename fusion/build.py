@@ -185,7 +185,8 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
 
     Returns a JSON-able dict: ``d_model``, ``modalities``, ``modality_dropout``, ``n_outputs``,
     ``class_names``, and ``token_types`` / ``encoders[modality]`` / ``aggregator`` / ``head`` (and ``wide``
-    when there is a linear term: :func:`resolve_wide`) as ``{"name": ..., "kwargs": {...}}`` holding every constructor keyword (defaults filled in) except those
+    when there is a linear term: :func:`resolve_wide`) as ``{"name": ..., "kwargs": {...}}`` holding every
+    constructor keyword (defaults filled in) except those
     the builder supplies. ``shared_keywords(cls)`` says which of ``n_heads, n_layers, dropout, ffn_mult``
     a component receives (default: what the class declares; the format-3 reader passes the old rule).
     """
@@ -219,7 +220,8 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
               "modality_dropout": float(params["modality_dropout"]),
               "n_outputs": int(n_outputs), "class_names": [str(c) for c in class_names],
               "token_types": {"name": "token_types", "kwargs": token_kwargs}, "encoders": encoders,
-              "aggregator": {"name": agg, "kwargs": agg_kwargs}, "head": {"name": head, "kwargs": head_kwargs}}
+              "aggregator": {"name": agg, "kwargs": agg_kwargs},
+              "head": {"name": head, "kwargs": head_kwargs}}
     wide = resolve_wide(params, modalities, head=head, n_outputs=int(n_outputs))
     if wide is not None:
         config["wide"] = wide

@@ -36,8 +36,19 @@ MONITOR_TASK = {"c_index": "survival", "auc": "classification"}
 _FREE_PARAMS = ("verbose", "checkpoint_dir")
 
 
+TASK_MONITOR = {"survival": "c_index", "classification": "val_loss"}
+"""What ``monitor=None`` means per task. Survival: the c-index, the ranking the task is scored by (chosen on
+inner folds of training data, ``benchmarks/bench_survival_defaults.py``); classification keeps the loss."""
+
+
+def resolve_monitor(task: str, monitor: str | None) -> str:
+    """The metric a fit monitors: ``monitor``, or the task's own (:data:`TASK_MONITOR`) when None."""
+    return TASK_MONITOR.get(task, "val_loss") if monitor is None else monitor
+
+
 def check_params(*, task: str, monitor: Any, checkpoint_dir: Any) -> None:
     """``FusionModel``'s ``monitor`` and ``checkpoint_dir`` (ValueError / TypeError naming the field)."""
+    monitor = resolve_monitor(task, monitor)
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {list(MONITORS)}, got {monitor!r}")
     if MONITOR_TASK.get(monitor, task) != task:

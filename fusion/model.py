@@ -23,7 +23,7 @@ from ..datasets.batch import MODALITIES, TOKEN_KIND, Batch
 from ..datasets.missingness import warn_data
 from . import metrics as M
 from .fitted import FittedState
-from .hyperparameters import SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
+from .hyperparameters import BATCH_SIZE, SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
 from .records import ATTENTION_KINDS, AttentionRecord
 from .survival_curves import discrete_survival_at
 
@@ -51,11 +51,13 @@ class FusionModel(BaseEstimator):
             times; risk = -sum_k S(t_k)) or "cox" (one risk, Cox partial likelihood, Breslow baseline).
         max_epochs, batch_size, lr, weight_decay, warmup_epochs, gradient_clip, accumulate_grad_batches:
             AdamW with linear warm-up then cosine decay, clipping, accumulation (bags of very different sizes
-            often train at batch size 1 with accumulation).
+            often train at batch size 1 with accumulation). ``batch_size=None``: 16, or
+            ``ceil(n_train / 32)`` when that is larger (at most 32 steps an epoch on large cohorts).
         max_patches: patches sampled per bag during training (all patches are used to predict).
         early_stopping_patience: epochs without a better ``monitor`` value before stopping (None: never).
         monitor: the validation metric that picks the best weights and drives early stopping: "val_loss"
-            (lower is better), "c_index" (survival) or "auc" (classification; higher is better).
+            (lower is better), "c_index" (survival) or "auc" (classification; higher is better); None:
+            the task's own, "c_index" for survival and "val_loss" for classification.
         checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
             ``fit(..., resume=True)`` continues from; None writes nothing.
         validation_fraction: share of the training samples held out (grouped, stratified) for early
@@ -74,11 +76,11 @@ class FusionModel(BaseEstimator):
                  n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
                  modality_dropout: float = 0.1, wide_penalty: float | None = 0.1,
                  survival_head: str = "discrete",
-                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16,
+                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int | None = None,
                  max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
-                 early_stopping_patience: int | None = 5, monitor: str = "val_loss",
+                 early_stopping_patience: int | None = 5, monitor: str | None = None,
                  checkpoint_dir: str | Path | None = None, validation_fraction: float = 0.2,
                  class_weights: str | dict | None = None, top_genes: int | None = 2000,
                  preprocessor_kwargs: dict[str, Any] | None = None,
@@ -220,7 +222,8 @@ class FusionModel(BaseEstimator):
 
         self._check_fitted()
         self._check_cohort(cohort)
-        loader = make_loader(cohort, self.preprocessor_, batch_size=int(batch_size or self.batch_size),
+        size = int(batch_size or self.batch_size or BATCH_SIZE)
+        loader = make_loader(cohort, self.preprocessor_, batch_size=size,
                              shuffle=False, train=False)
         net = self._network_for_inference()
         with torch.no_grad():

@@ -25,9 +25,9 @@ from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
+from .hyperparameters import resolve_batch_size
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
-
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
@@ -353,18 +353,20 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
             train_ids=list(train.sample_ids), shapes=data_shapes(train),
             validation_ids=None if validation is None else list(validation.sample_ids))
         ckpt_path = checkpoints.prepare(model.checkpoint_dir, identity, resume=resume)
+    monitor = checkpoints.resolve_monitor(model.task, model.monitor)
     module = FusionLightningModule(build_network(schema, config), task=model.task,
                                    survival_head=model.survival_head, bin_edges=bin_edges,
                                    class_weights=class_weights, lr=model.lr, weight_decay=model.weight_decay,
                                    warmup_epochs=model.warmup_epochs, max_epochs=model.max_epochs,
-                                   monitor=model.monitor)
+                                   monitor=monitor)
     started.append(module)
     seed = int(model.seed)
-    module.train_loader = train_loader = make_loader(train, pre, batch_size=int(model.batch_size),
+    batch_size = resolve_batch_size(model.batch_size, len(train))
+    module.train_loader = train_loader = make_loader(train, pre, batch_size=batch_size,
                                                      shuffle=True, train=True, max_patches=model.max_patches,
                                                      seed=seed)
     val_loader = (None if validation is None
-                  else make_loader(validation, pre, batch_size=int(model.batch_size)))
+                  else make_loader(validation, pre, batch_size=batch_size))
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -375,7 +377,7 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                    early_stopping_patience=model.early_stopping_patience,
                                    has_validation=val_loader is not None, strategy=model.strategy,
                                    devices=model.devices, accelerator=model.accelerator,
-                                   verbose=model.verbose, monitor=model.monitor,
+                                   verbose=model.verbose, monitor=monitor,
                                    checkpoint_dir=model.checkpoint_dir)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                         ckpt_path=ckpt_path)
