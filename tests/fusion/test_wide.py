@@ -96,3 +96,28 @@ def test_bad_wide_penalty_is_a_clear_error(bad):
     cohort, _ = make_synthetic_cohort(20, task="survival", modalities=("clinical",), seed=0)
     with pytest.raises(ValueError, match="wide_penalty must be a number >= 0 or None"):
         FusionModel(task="survival", wide_penalty=bad, **SMALL).fit(cohort)
+
+
+def test_default_monitor_is_the_c_index_for_survival_and_the_loss_for_classification():
+    from clinfuse.fusion.checkpoints import resolve_monitor
+
+    assert FusionModel().monitor is None
+    assert resolve_monitor("survival", None) == "c_index"
+    assert resolve_monitor("classification", None) == "val_loss"
+    assert resolve_monitor("survival", "val_loss") == "val_loss"
+    cohort, _ = make_synthetic_cohort(60, task="survival", modalities=("clinical",), seed=2)
+    model = FusionModel(task="survival", **{**SMALL, "max_epochs": 4}).fit(cohort)
+    scores = [h["val_metric"] for h in model.history_]
+    assert model.best_epoch_ == int(np.argmax(scores))  # the kept weights: the best validation c-index
+
+
+def test_default_batch_size_grows_with_the_cohort():
+    from clinfuse.fusion.hyperparameters import resolve_batch_size
+
+    assert FusionModel().batch_size is None
+    assert resolve_batch_size(None, 100) == 16 and resolve_batch_size(None, 512) == 16
+    assert resolve_batch_size(None, 5040) == 158  # ceil(5040 / 32): 32 steps an epoch
+    assert resolve_batch_size(8, 5040) == 8
+    cohort, _ = make_synthetic_cohort(30, task="survival", modalities=("clinical",), seed=0)
+    model = FusionModel(task="survival", **{**SMALL, "max_epochs": 1}).fit(cohort)
+    assert len(model.predict_risk(cohort)) == len(cohort)  # prediction batches without a batch_size
