@@ -186,8 +186,9 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
     Returns a JSON-able dict: ``d_model``, ``modalities``, ``modality_dropout``, ``n_outputs``,
     ``class_names``, and ``token_types`` / ``encoders[modality]`` / ``aggregator`` / ``head`` (and ``wide``
     when there is a linear term: :func:`resolve_wide`) as ``{"name": ..., "kwargs": {...}}`` holding every
-    constructor keyword (defaults filled in) except those the builder supplies. ``shared_keywords(cls)`` says which of ``n_heads, n_layers, dropout, ffn_mult``
-    a component receives (default: what the class declares; the format-3 reader passes the old rule).
+    constructor keyword (defaults filled in) except those the builder supplies. ``shared_keywords(cls)``
+    says which of ``n_heads, n_layers, dropout, ffn_mult`` a component receives (default: what the class
+    declares; the format-3 reader passes the old rule).
     """
     modalities = [m for m in MODALITIES if m in schema]
     names, encoder_kwargs = dict(params.get("encoders") or {}), dict(params.get("encoder_kwargs") or {})
