@@ -37,7 +37,9 @@ of (our fit seconds / Cox fit seconds on the same fold, Cox timed with its desig
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 from common import OUT_DIR, base_parser, fmt, markdown_table, paired_difference, provenance, setup, write_json
@@ -61,7 +63,10 @@ def _fold(fn, cohort, train, test, split: int) -> dict:
 
 
 def _summary(rows: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per model: mean c-index, paired difference to Cox and (ablations) to the default on the same folds,
+    fit-time ratio to Cox."""
     ref = {r["split"]: r for r in rows[REFERENCE]}
+    default = {r["split"]: r["c_index"] for r in rows.get("default", [])}
     out = {}
     for name, rs in rows.items():
         c = np.array([r["c_index"] for r in rs], dtype=float)
@@ -74,6 +79,10 @@ def _summary(rows: dict[str, list[dict]]) -> dict[str, dict]:
             entry["cox_c_index_same_folds"] = float(np.mean([ref[r["split"]]["c_index"] for r in shared]))
             entry["fit_time_ratio_vs_cox"] = float(np.median(
                 [r["fit_seconds"] / max(ref[r["split"]]["fit_seconds"], 1e-6) for r in shared]))
+        if name not in (REFERENCE, "default") and default:
+            both = [r for r in rs if r["split"] in default]
+            entry["diff_vs_default"] = paired_difference([r["c_index"] for r in both],
+                                                         [default[r["split"]] for r in both])
         out[name] = entry
     return out
 
@@ -87,9 +96,11 @@ def _table(payload: dict) -> str:
             d = e["diff_vs_cox"]
             rows.append([cohort, name, e["n_folds"], fmt(e["c_index"]), fmt(e["cox_c_index_same_folds"]),
                          f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
-                         f"{d['wins']}/{d['n']}", f"{e['fit_time_ratio_vs_cox']:.0f}x"])
+                         f"{d['wins']}/{d['n']}", f"{e['fit_time_ratio_vs_cox']:.0f}x",
+                         "" if "diff_vs_default" not in e else f"{e['diff_vs_default']['mean']:+.3f}"])
     return markdown_table(["cohort", "model", "folds", "c-index", "Cox c-index (same folds)",
-                           "paired diff vs Cox [95% t-CI]", "folds better", "fit time / Cox"], rows)
+                           "paired diff vs Cox [95% t-CI]", "folds better", "fit time / Cox",
+                           "ablation minus default (same folds)"], rows)
 
 
 def main() -> None:
@@ -99,7 +110,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="repeats of 5-fold CV for default and Cox")
     p.add_argument("--ablation-repeats", type=int, default=1, help="repeats for the ablations")
     p.add_argument("--flchain-ablation-folds", type=int, default=1, help="flchain folds for the ablations")
+    p.add_argument("--resummarise", type=Path, default=None,
+                   help="recompute the summaries and the table of a written JSON from its folds, then exit")
     args = p.parse_args()
+    if args.resummarise is not None:
+        payload = json.loads(args.resummarise.read_text())
+        payload["summary"] = {c: _summary(rows) for c, rows in payload["folds"].items()}
+        payload["table_markdown"] = _table(payload)
+        write_json(args.resummarise, payload)
+        print(payload["table_markdown"])
+        return
     setup(args.threads)
     out = args.out or OUT_DIR / ("survival_defaults_quick.json" if args.quick else "survival_defaults.json")
     cohorts = args.cohorts[:2] if args.quick else args.cohorts
