@@ -24,6 +24,7 @@ from .base import AGGREGATORS
 from .heads import ClassificationHead, CoxHead, DiscreteTimeHead
 from .network import FusionNetwork
 from .token_types import TokenTypeEmbedding
+from .wide import WIDE_MODALITIES, WideLinear
 
 # The default for a cohort without an instance modality: on clinical-only cohorts (GBSG2, 3 splits) it
 # trained better than concat and self_attention, and it exports per-feature attention for explain.
@@ -183,10 +184,11 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
     """The complete network configuration of a FusionModel's hyperparameters ``params`` for ``schema``.
 
     Returns a JSON-able dict: ``d_model``, ``modalities``, ``modality_dropout``, ``n_outputs``,
-    ``class_names``, and ``token_types`` / ``encoders[modality]`` / ``aggregator`` / ``head`` as
-    ``{"name": ..., "kwargs": {...}}`` holding every constructor keyword (defaults filled in) except those
-    the builder supplies. ``shared_keywords(cls)`` says which of ``n_heads, n_layers, dropout, ffn_mult``
-    a component receives (default: what the class declares; the format-3 reader passes the old rule).
+    ``class_names``, and ``token_types`` / ``encoders[modality]`` / ``aggregator`` / ``head`` (and ``wide``
+    when there is a linear term: :func:`resolve_wide`) as ``{"name": ..., "kwargs": {...}}`` holding every
+    constructor keyword (defaults filled in) except those the builder supplies. ``shared_keywords(cls)``
+    says which of ``n_heads, n_layers, dropout, ffn_mult`` a component receives (default: what the class
+    declares; the format-3 reader passes the old rule).
     """
     modalities = [m for m in MODALITIES if m in schema]
     names, encoder_kwargs = dict(params.get("encoders") or {}), dict(params.get("encoder_kwargs") or {})
@@ -214,11 +216,29 @@ def resolve_network_config(schema: Mapping[str, Any], params: Mapping[str, Any],
                                concepts=shared_keywords)
     token_kwargs = _full_kwargs("token_types", "token_types", TokenTypeEmbedding, shared={}, given={},
                                 supplied=_TOKEN_TYPES_SUPPLIED, concepts=shared_keywords)
-    return {"d_model": d_model, "modalities": modalities,
-            "modality_dropout": float(params["modality_dropout"]),
-            "n_outputs": int(n_outputs), "class_names": [str(c) for c in class_names],
-            "token_types": {"name": "token_types", "kwargs": token_kwargs}, "encoders": encoders,
-            "aggregator": {"name": agg, "kwargs": agg_kwargs}, "head": {"name": head, "kwargs": head_kwargs}}
+    config = {"d_model": d_model, "modalities": modalities,
+              "modality_dropout": float(params["modality_dropout"]),
+              "n_outputs": int(n_outputs), "class_names": [str(c) for c in class_names],
+              "token_types": {"name": "token_types", "kwargs": token_kwargs}, "encoders": encoders,
+              "aggregator": {"name": agg, "kwargs": agg_kwargs},
+              "head": {"name": head, "kwargs": head_kwargs}}
+    wide = resolve_wide(params, modalities, head=head, n_outputs=int(n_outputs))
+    if wide is not None:
+        config["wide"] = wide
+    return config
+
+
+def resolve_wide(params: Mapping[str, Any], modalities: Sequence[str], *, head: str,
+                 n_outputs: int) -> dict[str, Any] | None:
+    """The linear ("wide") term's configuration, or None: when ``wide_penalty`` is None or absent (models
+    saved before the term existed) or no modality has tabular inputs. A survival head gets one linear risk
+    added to all its outputs (a proportional effect on every bin's hazard logit), a classifier one score
+    per class."""
+    penalty = params.get("wide_penalty")
+    if penalty is None or not any(m in WIDE_MODALITIES for m in modalities):
+        return None
+    return {"name": "linear", "kwargs": {"penalty": float(penalty),
+                                         "n_outputs": n_outputs if head == "classification" else 1}}
 
 
 def resolve_aggregator(name: str | None, modalities: Sequence[str]) -> str:
@@ -279,6 +299,11 @@ def check_network_config(schema: Mapping[str, Any], config: Mapping[str, Any]) -
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; registered: {', '.join(sorted(HEADS))}")
     parts.append(("head", name, HEADS[name][0], _head_supplied(name), kwargs))
+    if config.get("wide") is not None:
+        name, kwargs = _component("wide", config["wide"])
+        if name != "linear":
+            raise ValueError(f"unknown wide term {name!r}; the one there is: 'linear'")
+        parts.append(("wide", name, WideLinear, frozenset({"n_numeric", "categories", "n_genes"}), kwargs))
     for label, name, cls, supplied, kwargs in parts:
         known = set(_keywords(cls)) - supplied
         unknown = sorted(set(kwargs) - known)
@@ -309,7 +334,9 @@ def build_network(schema: Mapping[str, Any], config: Mapping[str, Any]) -> Fusio
     head = head_cls(d_model=d_model, **sizes, **config["head"]["kwargs"])
     token_types = TokenTypeEmbedding(d_model=d_model, modalities=modalities,
                                      **config["token_types"]["kwargs"])
+    wide = config.get("wide")
     return FusionNetwork(encoders=encoders, aggregator=aggregator, head=head, d_model=d_model,
                          modalities=modalities, modality_dropout=float(config["modality_dropout"]),
-                         token_types=token_types)
+                         token_types=token_types,
+                         wide=None if wide is None else WideLinear.from_schema(schema, **wide["kwargs"]))
 

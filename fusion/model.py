@@ -25,7 +25,7 @@ from ..datasets.missingness import warn_data
 from . import ipcw_metrics
 from . import metrics as M
 from .fitted import FittedState
-from .hyperparameters import SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
+from .hyperparameters import BATCH_SIZE, SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
 from .records import ATTENTION_KINDS, AttentionRecord
 from .survival_curves import discrete_survival_at
 
@@ -46,16 +46,20 @@ class FusionModel(BaseEstimator):
             encoder, aggregator and head that has the concept; None leaves each component its own default.
         modality_dropout: probability of dropping a whole modality of a training sample (missing modalities
             at prediction time are then a trained case).
+        wide_penalty: a linear ("wide") term on the preprocessed clinical and gene inputs (standardised
+            values, missing flags, one weight per category) is added to the outputs, with this L2 penalty
+            (``wide_penalty / 2 * ||w||^2`` in the training loss); None: no linear term.
         survival_head: "discrete" (discrete-time hazards over ``n_time_bins`` bins of the training event
             times; risk = -sum_k S(t_k)) or "cox" (one risk, Cox partial likelihood, Breslow baseline).
         max_epochs, batch_size, lr, weight_decay, warmup_epochs, gradient_clip, accumulate_grad_batches:
             AdamW with linear warm-up then cosine decay, clipping, accumulation (bags of very different sizes
-            often train at batch size 1 with accumulation).
+            often train at batch size 1 with accumulation). ``batch_size=None``: 16, or
+            ``ceil(n_train / 32)`` when that is larger (at most 32 steps an epoch on large cohorts).
         max_patches: patches sampled per bag during training (all patches are used to predict).
         early_stopping_patience: epochs without a better ``monitor`` value before stopping (None: never).
         monitor: the validation metric that picks the best weights and drives early stopping: "val_loss"
             (lower is better), "c_index" (survival) or "auc" (classification; higher is better); None
-            (default): "auc" for classification, "val_loss" for survival.
+            (default): the task's own ranking metric, "c_index" for survival and "auc" for classification.
         checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
             ``fit(..., resume=True)`` continues from; None writes nothing.
         validation_fraction: share of the training samples held out (grouped, stratified) for early
@@ -72,8 +76,9 @@ class FusionModel(BaseEstimator):
     def __init__(self, *, task: str = "classification", aggregator: str | None = None,
                  encoders: dict[str, str] | None = None, d_model: int = 64, n_heads: int | None = 4,
                  n_layers: int | None = None, dropout: float | None = 0.1, ffn_mult: int | None = None,
-                 modality_dropout: float = 0.1, survival_head: str = "discrete",
-                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int = 16,
+                 modality_dropout: float = 0.1, wide_penalty: float | None = 0.1,
+                 survival_head: str = "discrete",
+                 n_time_bins: int = 4, max_epochs: int = 30, batch_size: int | None = None,
                  max_patches: int | None = 512,
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
@@ -94,6 +99,7 @@ class FusionModel(BaseEstimator):
         self.dropout = dropout
         self.ffn_mult = ffn_mult
         self.modality_dropout = modality_dropout
+        self.wide_penalty = wide_penalty
         self.survival_head = survival_head
         self.n_time_bins = n_time_bins
         self.max_epochs = max_epochs
@@ -218,7 +224,8 @@ class FusionModel(BaseEstimator):
 
         self._check_fitted()
         self._check_cohort(cohort)
-        loader = make_loader(cohort, self.preprocessor_, batch_size=int(batch_size or self.batch_size),
+        size = int(batch_size or self.batch_size or BATCH_SIZE)
+        loader = make_loader(cohort, self.preprocessor_, batch_size=size,
                              shuffle=False, train=False)
         net = self._network_for_inference()
         with torch.no_grad():

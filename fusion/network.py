@@ -48,11 +48,14 @@ class FusionNetwork(nn.Module):
             never loses every modality it has: when all would be dropped, one of them (chosen at random) is
             kept. Evaluation is never affected.
         token_types: a :class:`TokenTypeEmbedding` (default: modality embeddings only).
+        wide: optional module ``Batch -> [B, 1 or C]`` (:class:`~clinfuse.fusion.wide.WideLinear`) whose
+            score is added to the outputs: one column is added to every output (a Cox risk, every bin's
+            hazard logit), C columns to the C outputs.
     """
 
     def __init__(self, *, encoders: Mapping[str, nn.Module], aggregator: Aggregator, head: nn.Module,
                  d_model: int, modalities: Sequence[str], modality_dropout: float = 0.0,
-                 token_types: TokenTypeEmbedding | None = None) -> None:
+                 token_types: TokenTypeEmbedding | None = None, wide: nn.Module | None = None) -> None:
         super().__init__()
         if isinstance(modalities, str) or not modalities:
             raise TypeError(f"FusionNetwork: modalities must be a non-empty sequence, got {modalities!r}")
@@ -74,6 +77,7 @@ class FusionNetwork(nn.Module):
         self.token_types = token_types or TokenTypeEmbedding(d_model=d_model, modalities=self.modalities)
         self.aggregator = aggregator
         self.head = head
+        self.wide = wide
 
     def encode(self, batch: Batch) -> dict[str, Tokens]:
         """modality -> Tokens ``[B, T_m, d]`` (encoders only, no token types, no dropout)."""
@@ -125,6 +129,9 @@ class FusionNetwork(nn.Module):
                 raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} "
                                  f"do not match the head's outputs {tuple(outputs.shape)}")
             outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
+        if self.wide is not None:
+            linear = self.wide(batch)  # [B, 1] or [B, C]
+            outputs = outputs + (linear[:, 0] if outputs.dim() == 1 else linear)
         # outside training the aggregator may measure its attention on the head's scores
         records = agg.records if self.training else self.aggregator.explain(agg, self.head)
         return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)

@@ -25,9 +25,14 @@ from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
+from .hyperparameters import resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
+
+WIDE_LR_SCALE = 10.0
+"""The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
+ridge solution within the few dozen optimiser steps a small cohort's fit takes."""
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
@@ -106,7 +111,9 @@ class FusionLightningModule(pl.LightningModule):
         out = self.network(batch)
         loss = self._batch_loss(out.outputs, batch)
         self._train_losses.append(float(loss.detach()))
-        return loss
+        wide = getattr(self.network, "wide", None)
+        # the linear term's ridge penalty is part of the training objective only (val_loss is the task's)
+        return loss if wide is None else loss + wide.penalty_loss()
 
     def on_train_epoch_start(self) -> None:
         self._train_losses = []
@@ -202,14 +209,18 @@ class FusionLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        decay, no_decay, wide = [], [], []
         for name, p in self.network.named_parameters():
             if not p.requires_grad:
+                continue
+            if name.startswith("wide."):  # kept small by its own L2 penalty in the loss, not by decay
+                wide.append(p)
                 continue
             # Biases, norms and embeddings-as-vectors are not decayed (the usual AdamW convention).
             (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+                  {"params": no_decay, "weight_decay": 0.0},
+                  {"params": wide, "weight_decay": 0.0, "lr": self.lr * WIDE_LR_SCALE}]
         # foreach: one multi-tensor update per group instead of a loop over every parameter tensor
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, foreach=True)
         total = int(self.trainer.estimated_stepping_batches)
@@ -354,11 +365,12 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                    monitor=monitor)
     started.append(module)
     seed = int(model.seed)
-    module.train_loader = train_loader = make_loader(train, pre, batch_size=int(model.batch_size),
+    batch_size = resolve_batch_size(model.batch_size, len(train))
+    module.train_loader = train_loader = make_loader(train, pre, batch_size=batch_size,
                                                      shuffle=True, train=True, max_patches=model.max_patches,
                                                      seed=seed)
     val_loader = (None if validation is None
-                  else make_loader(validation, pre, batch_size=int(model.batch_size)))
+                  else make_loader(validation, pre, batch_size=batch_size))
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()

@@ -174,9 +174,9 @@ def test_default_monitor_is_the_task_metric_for_classification():
     assert explicit.best_epoch_ == loss.index(min(loss))
 
 
-def test_default_monitor_of_survival_stays_the_loss():
+def test_default_monitor_of_survival_is_the_c_index():
     from clinfuse.fusion.checkpoints import resolve_monitor
 
-    assert resolve_monitor("survival", None) == "val_loss"
+    assert resolve_monitor("survival", None) == "c_index"
     assert resolve_monitor("classification", None) == "auc"
     assert resolve_monitor("classification", "val_loss") == "val_loss"

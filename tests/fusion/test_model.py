@@ -68,8 +68,9 @@ def test_fitted_attributes_and_training_history(fitted_classifier):
     assert [h["epoch"] for h in model.history_] == list(range(n_epochs))
     assert n_epochs == model.metrics_["epochs_run"]
     assert n_epochs == min(model.max_epochs, model.best_epoch_ + 1 + model.early_stopping_patience)
-    losses = [h["val_loss"] for h in model.history_]
-    assert model.best_epoch_ == int(np.argmin(losses))  # the best epoch's weights are the ones kept
+    # the best epoch by the default monitor (a classifier's validation AUC; the first of ties) is kept
+    aucs = [h["val_metric"] for h in model.history_]
+    assert model.best_epoch_ == int(np.argmax(aucs))
     # Early stopping used an inner split of the training samples only, and preprocessing saw only the rest.
     train_ids = set(fitted_classifier.train.sample_ids)
     assert set(model.validation_ids_) < train_ids and set(model.training_ids_) < train_ids
