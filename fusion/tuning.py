@@ -21,6 +21,7 @@ _COMMON: dict[str, tuple] = {
     "d_model": ("categorical", [32, 64, 128]),
     "max_epochs": ("int", 10, 50),
     "modality_dropout": ("uniform", 0.0, 0.3),
+    "wide_penalty": ("loguniform", 1e-2, 1.0),  # ridge penalty of the linear term (default 0.1)
 }
 
 # n_heads choices divide every d_model choice, so any combination builds
