@@ -1,8 +1,8 @@
 """``feature_bag``: image bags of precomputed patch features -> one token per patch.
 
 The cost floor of a bag is projecting its features (N x D x d multiply-adds). This encoder adds only
-row-wise work on the ``[B, N, d]`` output (LayerNorm, an optional positional term, dropout) and never copies
-the ``[B, N, D]`` input, so a large bag costs little more than its matrix multiply.
+row-wise work on the ``[B, N, d]`` output (an activation, LayerNorm, an optional positional term, dropout)
+and never copies the ``[B, N, D]`` input, so a large bag costs little more than its matrix multiply.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ from .tokens import Tokens
 
 @ENCODERS.register("feature_bag", modalities=("images",))
 class FeatureBagEncoder(ModalityEncoder):
-    """Linear(D, d) + LayerNorm + dropout per patch, with an optional 2-D sinusoidal positional term.
+    """Linear(D, d) + activation + LayerNorm + dropout per patch, with an optional 2-D sinusoidal positional
+    term.
 
     Args:
         in_dim: D, the feature dimension of the bags (``schema["images"]["feature_dim"]``).
         d_model: d, the token width.
+        activation: None (default: a linear embedding), ``"relu"`` or ``"gelu"`` after the projection. The
+            attention of the MIL aggregators is bilinear in the tokens, so with None each instance's score
+            is linear in its features; a nonlinear embedding (as in CLAM) can score a concept that is not a
+            half-space of feature space, at the price of more variance on small cohorts.
         dropout: dropout on the output tokens (training only).
         positional: add a fixed 2-D sinusoidal encoding of the patch coordinates
             (:func:`~clinfuse.encoders.common.sincos_2d`) after the LayerNorm. A patch whose coordinates are
@@ -53,8 +58,11 @@ class FeatureBagEncoder(ModalityEncoder):
 
     CHUNK_ROWS = 16384  # rows per chunk of the no-grad path: 16384 x d floats of temporary memory
 
-    def __init__(self, *, in_dim: int, d_model: int, dropout: float = 0.1, positional: bool = False,
-                 coord_scale: float = 1.0 / 256.0, max_wavelength: float = 10_000.0) -> None:
+    ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+    def __init__(self, *, in_dim: int, d_model: int, activation: str | None = None, dropout: float = 0.1,
+                 positional: bool = False, coord_scale: float = 1.0 / 256.0,
+                 max_wavelength: float = 10_000.0) -> None:
         super().__init__()
         owner = "feature_bag"
         self.in_dim = check_positive_int(in_dim, "in_dim", owner=owner)
@@ -65,6 +73,10 @@ class FeatureBagEncoder(ModalityEncoder):
         if not coord_scale > 0 or not max_wavelength > 1:
             raise ValueError(f"feature_bag: coord_scale must be > 0 and max_wavelength > 1, got "
                              f"{coord_scale} and {max_wavelength}")
+        if activation is not None and activation not in self.ACTIVATIONS:
+            raise ValueError(f"feature_bag: activation must be one of {sorted(self.ACTIVATIONS)} or None, "
+                             f"got {activation!r}")
+        self.activation = activation
         self.positional = positional
         self.coord_scale = float(coord_scale)
         self.max_wavelength = float(max_wavelength)
@@ -103,6 +115,10 @@ class FeatureBagEncoder(ModalityEncoder):
             rows = slice(start, start + self.CHUNK_ROWS)
             chunk = out[rows]  # a contiguous view of the output
             torch.addmm(self.proj.bias, flat[rows], weight_t, out=chunk)
+            if self.activation == "relu":
+                chunk.clamp_(min=0)
+            elif self.activation is not None:
+                chunk.copy_(self.ACTIVATIONS[self.activation](chunk))
             chunk.copy_(F.layer_norm(chunk, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
             if tables is not None:
                 for axis, (table, index) in enumerate(tables):
@@ -123,7 +139,10 @@ class FeatureBagEncoder(ModalityEncoder):
         meta = image_meta(batch)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
-            out = F.layer_norm(self.proj(x), (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
+            out = self.proj(x)
+            if self.activation is not None:
+                out = self.ACTIVATIONS[self.activation](out)
+            out = F.layer_norm(out, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
             if self.positional:
                 out = out + self._positions(meta["coords"].to(out.dtype))
         else:

@@ -48,12 +48,15 @@ def _pixel_batch(images: torch.Tensor, counts: list[int]) -> ModalityBatch:
 # ------------------------------------------------------------------------------------------------ feature_bag
 
 
-def test_feature_bag_is_linear_layernorm_and_zero_on_padding() -> None:
-    enc = FeatureBagEncoder.from_schema(FEAT, d_model=8).eval()
+@pytest.mark.parametrize(("kwargs", "act"), [({}, lambda z: z), ({"activation": "relu"}, F.relu),
+                                             ({"activation": "gelu"}, F.gelu)])
+def test_feature_bag_is_linear_activation_layernorm_and_zero_on_padding(kwargs, act) -> None:
+    # the default embedding stays linear (activation=None); relu / gelu make it nonlinear
+    enc = FeatureBagEncoder.from_schema(FEAT, d_model=8, **kwargs).eval()
     batch = random_modality_batch("images", FEAT, lengths=[4, 2], seed=1)
     out = enc(batch)
     x = batch.tensors["features"]
-    expected = F.layer_norm(x @ enc.proj.weight.T + enc.proj.bias, (8,), enc.norm.weight, enc.norm.bias)
+    expected = F.layer_norm(act(x @ enc.proj.weight.T + enc.proj.bias), (8,), enc.norm.weight, enc.norm.bias)
     assert torch.allclose(out.values[batch.mask], expected[batch.mask], atol=1e-5)
     assert (out.values[~batch.mask] == 0).all()
     assert torch.equal(out.meta["position"], batch.tensors["position"])
@@ -73,10 +76,11 @@ def test_feature_bag_positional_term_follows_coords_and_skips_nan() -> None:
     assert torch.isfinite(b).all()
 
 
-@pytest.mark.parametrize("positional", [False, True])
-def test_feature_bag_chunked_inference_matches_autograd_path(positional: bool) -> None:
+@pytest.mark.parametrize(("positional", "activation"),
+                         [(False, "relu"), (True, "relu"), (False, "gelu"), (False, None)])
+def test_feature_bag_chunked_inference_matches_autograd_path(positional: bool, activation) -> None:
     torch.manual_seed(0)
-    enc = FeatureBagEncoder.from_schema(FEAT, d_model=8, positional=positional).eval()
+    enc = FeatureBagEncoder.from_schema(FEAT, d_model=8, positional=positional, activation=activation).eval()
     enc.CHUNK_ROWS = 3  # several chunks, the last one partial
     batch = random_modality_batch("images", FEAT, lengths=[7, 2, 4], seed=5)
     batch.tensors["coords"][1, 0] = float("nan")
@@ -124,6 +128,11 @@ def test_feature_bag_padding_invariance_property(lengths: list[int], extra: int,
         a, b = enc(batch), enc(padded)
     assert torch.allclose(a.values[batch.mask], b.values[mask], atol=1e-5)
     assert longer.mask.shape[1] >= T  # the factory itself pads to the longest bag
+
+
+def test_feature_bag_names_an_unknown_activation() -> None:
+    with pytest.raises(ValueError, match=r"feature_bag: activation must be one of \['gelu', 'relu'\]"):
+        FeatureBagEncoder.from_schema(FEAT, d_model=8, activation="tanh")
 
 
 def test_image_encoders_reject_the_other_image_kind() -> None:

@@ -6,6 +6,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from clinfuse.datasets.output_folders import write_manifest
@@ -93,6 +94,8 @@ def test_a_format3_reference_folder_resaves_as_format4_and_reloads_identically(t
     # format 3: the shared n_heads / n_layers / dropout reached the components that took them
     assert old.network_config_["aggregator"]["kwargs"]["n_layers"] == 1
     assert old.network_config_["aggregator"]["kwargs"]["n_heads"] == 2
+    # a keyword added since format 3 builds what format 3 built: a linear patch embedding
+    assert old.network_config_["encoders"]["images"]["kwargs"]["activation"] is None
     new = FusionModel.load(old.save(tmp_path / "v4"))
     assert json.loads((tmp_path / "v4" / "config.json").read_text())["format_version"] == 4
     assert new.network_config_ == old.network_config_
@@ -167,6 +170,27 @@ def test_an_unknown_keyword_in_a_saved_config_is_named(saved, tmp_path):
     _edit(bad, lambda c: c["network"]["aggregator"].update(name="nope"))
     with pytest.raises(ValueError, match=r"unknown aggregator 'nope'; registered: .*persam"):
         FusionModel.load(bad)
+
+
+def test_a_relu_patch_embedding_is_saved_and_a_config_without_the_keyword_builds_the_linear_one(tmp_path):
+    import shutil
+
+    from clinfuse.datasets import make_synthetic_cohort
+
+    cohort, _ = make_synthetic_cohort(24, modalities=("clinical", "images"), n_patches=(2, 5), feature_dim=6,
+                                      seed=4)
+    linear = FusionModel(**TINY).fit(cohort)
+    assert linear.network_config_["encoders"]["images"]["kwargs"]["activation"] is None
+    relu = FusionModel(**TINY, encoder_kwargs={"images": {"activation": "relu"}}).fit(cohort)
+    loaded = FusionModel.load(relu.save(tmp_path / "relu"))
+    assert loaded.network_config_["encoders"]["images"]["kwargs"]["activation"] == "relu"
+    pd.testing.assert_frame_equal(loaded.predict_proba(cohort), relu.predict_proba(cohort))
+    assert not np.allclose(relu.predict_proba(cohort), linear.predict_proba(cohort))
+    # a format-4 folder saved before the keyword existed has no "activation": it builds the linear embedding
+    before = Path(shutil.copytree(linear.save(tmp_path / "linear"), tmp_path / "before"))
+    _edit(before, lambda c: c["network"]["encoders"]["images"]["kwargs"].pop("activation"))
+    old = FusionModel.load(before)
+    pd.testing.assert_frame_equal(old.predict_proba(cohort), linear.predict_proba(cohort))
 
 
 @pytest.mark.parametrize("version", [1, 2])
