@@ -93,9 +93,27 @@ def overall(cohorts: dict[str, dict]) -> dict:
             "peer_ahead_beyond_interval": ahead}
 
 
+def overview(payload: dict) -> str:
+    """Markdown: one row per cohort, the mean c-index of every model, and ours minus the penalised Cox."""
+    models = list(next(iter(payload["cohorts"].values()))["summary"])
+    rows = []
+    for cname, block in payload["cohorts"].items():
+        s = block["summary"]
+        best = max(s[n]["c_index"]["mean"] for n in s)
+        cells = [(f"**{fmt(s[n]['c_index']['mean'])}**" if s[n]["c_index"]["mean"] == best
+                  else fmt(s[n]["c_index"]["mean"])) if n in s else "" for n in models]
+        d = s.get("cox_ph", {}).get("diff_vs_" + REFERENCE)
+        vs_cox = ("" if d is None else f"{-d['mean']:+.3f} [{-d['ci_high']:+.3f}, {-d['ci_low']:+.3f}]"
+                  f" ({d['n'] - d['wins']}/{d['n']})")
+        rows.append([f"{cname} ({block['n_splits']} folds)", *cells, vs_cox])
+    ranks = payload.get("overall", {}).get("mean_rank", {})
+    rows.append(["mean rank", *[f"{ranks[n]['mean_rank']:.2f}" if n in ranks else "" for n in models], ""])
+    return markdown_table(["cohort", *models, "ours - cox_ph [95% t-CI] (folds ours better or tied)"], rows)
+
+
 def tables(payload: dict) -> str:
-    """Markdown: one table per cohort, then the mean ranks and the cohorts where a peer is clearly ahead."""
-    parts = []
+    """Markdown: the overview, one table per cohort, the mean ranks and the cohorts where a peer is ahead."""
+    parts = [overview(payload), ""]
     for cname, block in payload["cohorts"].items():
         c = block["cohort"]
         parts.append(f"**{cname}** ({c['n']} samples, {c['events']} events, {block['n_splits']} folds: "
