@@ -31,18 +31,18 @@ def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert "held-out test metrics" in printed and "auc" in printed
     a = tmp_path / "a"
     names = {p.name for p in a.iterdir()}
-    assert {"metrics.json", "predictions.csv", "attention.parquet", "attention.csv", "training_curve.png",
-            "model"} <= names
+    assert {"metrics.json", "predictions.parquet", "attention.parquet", "training_curve.png", "model"} <= names
+    assert not {"attention.csv", "predictions.csv"} & names  # CSV only with --csv
     assert any(n.startswith("attention_") and n.endswith(".png") for n in names)
     metrics = json.loads((a / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"auc", "balanced_accuracy", "by_pattern"}
     att = pd.read_parquet(a / "attention.parquet")
     assert {"explanatory", "exploratory", "class_wise", "patch"} <= set(att["kind"])
-    predictions = pd.read_csv(a / "predictions.csv")
+    predictions = pd.read_parquet(a / "predictions.parquet")
     # Rerunning gives the same numbers (and replaces the folder it wrote before, leaving no temp folder).
     assert main(["demo", "--tiny", "--out", str(a)]) == 0
     assert json.loads((a / "metrics.json").read_text()) == metrics
-    pd.testing.assert_frame_equal(pd.read_csv(a / "predictions.csv"), predictions)
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "predictions.parquet"), predictions)
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
@@ -73,7 +73,9 @@ def test_train_predict_explain_from_yaml(file_cohort, tmp_path):
     assert (tmp_path / "model" / "weights.pt").is_file()
     assert main(["predict", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml"),
                  "--out", str(tmp_path / "pred")]) == 0
-    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv", index_col=0)
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "predictions.parquet"]  # Parquet only: CSV only when asked
+    pred = pd.read_parquet(tmp_path / "pred" / "predictions.parquet")
     assert list(pred.index.astype(str)) == list(cohort.sample_ids)
     assert {"proba_0", "proba_1", "prediction", "pattern"} <= set(pred.columns) and "label" not in pred
     assert not (tmp_path / "pred" / "metrics.json").exists()  # no labels given, no metrics
