@@ -178,6 +178,10 @@ def draw_panels(grid: list[list[Panel | None]], *, title: str, patch_size: float
                 ax.set_axis_off()
                 continue
             draw_token_bars(ax, panel.rows, title=panel_title(panel, n_slides), uniform=uniform)
+        top = max(float(p.rows["value"].max()) for p in panels)
+        for ax in axes.ravel():  # one value scale for the patient, as the maps share one colour scale
+            if ax.axison:
+                ax.set_xlim(0.0, 1.08 * max(top, uniform))
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return save_figure(fig, path, format)

@@ -81,17 +81,22 @@ def colour_limits(values: np.ndarray, uniform: float) -> tuple[float, float]:
     return 0.0, max(top, CEILING_TIMES_UNIFORM * uniform, 1e-12)
 
 
-def tick_formatter(vmin: float, vmax: float):
-    """A formatter with as many decimals as the tick step needs (never 0.001, 0.001, 0.001)."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+def tick_formatter(vmin: float = 0.0, vmax: float = 1.0):
+    """A formatter with as many decimals as the axis' tick step needs (0.025 -> 3; never 0.001, 0.001)."""
+    from matplotlib.ticker import Formatter
 
-    ticks = MaxNLocator(5).tick_values(vmin, vmax)
-    step = float(np.min(np.diff(ticks))) if len(ticks) > 1 else abs(vmax) or 1.0
-    # the fewest decimals that write the step exactly (0.0025 needs 4, 0.002 needs 3)
-    decimals = next(d for d in range(12) if abs(round(step, d) - step) <= 1e-9 * step or d == 11)
-    if vmax >= 1e4 or 0 < vmax < 1e-4:
-        return FuncFormatter(lambda v, _: f"{v:.2g}")
-    return FuncFormatter(lambda v, _: f"{v:.{decimals}f}")
+    class StepFormatter(Formatter):
+        def __call__(self, value, pos=None):
+            locs = np.asarray(getattr(self, "locs", []), dtype=float)
+            steps = np.diff(np.unique(locs))
+            step = float(steps.min()) if len(steps) else (abs(vmax - vmin) or 1.0) / 5
+            if abs(value) >= 1e4 or 0 < step < 1e-6:
+                return f"{value:.3g}"
+            # the fewest decimals that write the step exactly (0.0025 needs 4, 0.002 needs 3)
+            decimals = next(d for d in range(12) if abs(round(step, d) - step) <= 1e-6 * step or d == 11)
+            return f"{value:.{decimals}f}"
+
+    return StepFormatter()
 
 
 def attention_colourbar(fig, mappable, axes, *, uniform: float, vmax: float, what: str = "attention"):

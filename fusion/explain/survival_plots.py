@@ -62,7 +62,7 @@ def plot_risk_groups(risk: pd.Series, time: Any, event: Any, *, n_groups: int = 
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     fig.tight_layout()
     fig.p_value = p
