@@ -72,9 +72,10 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``),
     drawn for informative samples (:func:`~.explain.selection.informative_samples`: the most confident of
     each class, or the highest and lowest risks); patch maps skip one-patch bags. Its file is
-    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg); ``figures.json`` maps each file to its sample
-    (``sample_figures``) and says why it was picked (``reasons``) and what was skipped. Survival models
-    with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by predicted risk group).
+    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg); ``figures.json`` maps each
+    file to its sample (``sample_figures``) and says why it was picked (``reasons``) and what was
+    skipped. Survival models with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by
+    predicted risk group).
     """
     from .explain import figures
     from .explain.selection import informative_samples, patch_counts

@@ -31,7 +31,8 @@ def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert "held-out test metrics" in printed and "auc" in printed
     a = tmp_path / "a"
     names = {p.name for p in a.iterdir()}
-    assert {"metrics.json", "predictions.parquet", "attention.parquet", "training_curve.png", "model"} <= names
+    assert {"metrics.json", "predictions.parquet", "attention.parquet", "training_curve.png",
+            "model"} <= names
     assert not {"attention.csv", "predictions.csv"} & names  # CSV only with --csv
     assert any(n.startswith("attention_") and n.endswith(".png") for n in names)
     metrics = json.loads((a / "metrics.json").read_text())
@@ -163,10 +164,9 @@ def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was
 
 
 def test_explain_skips_one_patch_bags_for_patch_maps(tmp_path):
+    from clinfuse.datasets import Cohort
     from clinfuse.fusion import FusionModel
     from clinfuse.fusion.commands import write_attention
-
-    from clinfuse.datasets import Cohort
 
     base, _ = make_synthetic_cohort(24, modalities=("clinical", "images"), n_patches=(2, 4), feature_dim=8,
                                     missing_rate=0.0, seed=5)

@@ -88,12 +88,21 @@ def test_one_colour_scale_per_patient_from_zero_with_the_uniform_level_marked(re
     assert lo == 0.0 and hi == pytest.approx(3 / n)
 
 
-def test_colourbar_ticks_read_differently(report):
-    fig = report.plot_patches("P1", kind="patch")
+def test_colourbar_ticks_are_readable_for_a_large_near_uniform_bag():
+    """1,000 patches within 2% of uniform: ticks from 0, each label the value of its tick, none repeated."""
+    xs, ys = np.meshgrid(np.arange(40) * 256.0, np.arange(25) * 256.0)
+    base = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel(), "slide_id": "s", "position": np.arange(1000.0),
+                         "token": [f"t{i}" for i in range(1000)]})
+    values = 1 + 0.02 * np.random.default_rng(0).random(1000)
+    fig = AttentionReport(_rows(base, "a", "patch", None, values)).plot_patches("a")
     fig.canvas.draw()
     bar = _colourbar(fig)
-    labels = [t.get_text() for t in bar.get_yticklabels() if t.get_text()]
+    ticks = [(loc, t.get_text()) for loc, t in zip(bar.get_yticks(), bar.get_yticklabels())
+             if 0 <= loc <= 3e-3 + 1e-12]
+    labels = [text for _, text in ticks]
     assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert float(labels[0]) == 0.0 and all(float(text) == pytest.approx(loc, abs=1e-9) for loc, text in ticks)
+    assert _maps(fig)[0].images[0].get_clim() == pytest.approx((0.0, 3e-3))  # not stretched
 
 
 def test_empty_positions_are_grey_not_a_colour_of_the_map(report):
