@@ -138,6 +138,7 @@ def test_predict_reports_survival_metrics_at_the_given_times(tmp_path, capsys):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow  # a training and two explains / a PersAM explain with figures (~6-8 s)
 def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was_drawn(file_cohort, tmp_path,
                                                                                        capsys):
     root, cohort = file_cohort
@@ -181,6 +182,7 @@ def test_explain_skips_one_patch_bags_for_patch_maps(tmp_path):
     assert sorted(index["sample_figures"].values()) == sorted(s for s, n in sizes.items() if n > 1)
 
 
+@pytest.mark.slow  # a training and two explains / a PersAM explain with figures (~6-8 s)
 def test_explain_draws_the_risk_groups_of_a_survival_model(tmp_path):
     from pathlib import Path
 
