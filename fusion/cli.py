@@ -15,6 +15,14 @@ def _version() -> str:
         return "unknown"
 
 
+def _table_and_figure_options(parser: argparse.ArgumentParser, *, figures: bool = True) -> None:
+    parser.add_argument("--csv", action="store_true",
+                        help="also write the tables as CSV (default: Parquet only; attention CSV is large)")
+    if figures:
+        parser.add_argument("--figure-format", choices=("png", "pdf", "svg"), default="png",
+                            help="file format of the figures (default: png)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clinfuse",
@@ -25,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train PersAM on the embedded synthetic cohort and write its outputs")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--tiny", action="store_true", help="a very small, fast run (seconds; for tests)")
+    _table_and_figure_options(demo)
     train = sub.add_parser("train", help="train a model from a YAML run config")
     train.add_argument("--config", required=True, help="run.yaml: data, task and model keywords")
     train.add_argument("--out", required=True, help="folder to save the model into")
@@ -45,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="folder of a saved model")
         p.add_argument("--data", required=True, help="data.yaml naming the data to score")
         p.add_argument("--out", required=True, help="output folder")
+        _table_and_figure_options(p, figures=name == "explain")
         if name == "predict":
             p.add_argument("--times", type=float, nargs="+", default=None, metavar="T",
                            help="survival models, data with targets: report the time-dependent AUC, Brier "

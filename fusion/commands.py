@@ -55,31 +55,87 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, float_format="%.6g")
 
 
-def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3) -> tuple[Any, list[str]]:
-    """Attention tables (Parquet + CSV) and figures of ``cohort`` into ``out``; returns (report, figures).
+def write_table(frame: pd.DataFrame, out: Path, stem: str, *, csv: bool = False) -> list[str]:
+    """``<stem>.parquet`` (index kept), and ``<stem>.csv`` too when ``csv``; returns the file names."""
+    frame.to_parquet(out / f"{stem}.parquet")
+    if csv:
+        write_csv(frame, out / f"{stem}.csv")
+    return [f"{stem}.parquet"] + ([f"{stem}.csv"] if csv else [])
 
-    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``);
-    its file is ``attention_<file_stem(sample id)>.png`` and ``figures.json`` maps each file to its sample.
+
+def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3, csv: bool = False,
+                    predictions: pd.DataFrame | None = None,
+                    figure_format: str = "png") -> tuple[Any, list[str]]:
+    """Attention table (Parquet; CSV too with ``csv``) and figures of ``cohort`` into ``out``; returns
+    (report, names of the files written).
+
+    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``),
+    drawn for informative samples (:func:`~.explain.selection.informative_samples`: the most confident of
+    each class, or the highest and lowest risks); patch maps skip one-patch bags. Its file is
+    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg); ``figures.json`` maps each
+    file to its sample (``sample_figures``) and says why it was picked (``reasons``) and what was
+    skipped. Survival models with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by
+    predicted risk group).
     """
     from .explain import figures
+    from .explain.selection import informative_samples, patch_counts
+    from .explain.table import spatial_modalities
 
+    ext = figures.figure_format(f"figure.{figure_format}")
     report = model.explain(cohort, out=out / "attention.parquet")
-    report.to_csv(out / "attention.csv")
-    written = []
+    written = ["attention.parquet"]
+    if csv:
+        report.to_csv(out / "attention.csv")
+        written.append("attention.csv")
     plt = figures.pyplot()
     if "modality" in model.attention_kinds:
-        plt.close(figures.plot_modality_weights(report, path=out / "modality_weights.png"))
-        written.append("modality_weights.png")
+        plt.close(figures.plot_modality_weights(report, path=out / f"modality_weights.{ext}"))
+        written.append(f"modality_weights.{ext}")
+    if predictions is None:
+        predictions = prediction_frame(model, cohort, survival_curves=False, pattern=False)
+    predictions = predictions.set_axis(predictions.index.astype(str))
     figure = figures.sample_figure(getattr(model.network_.aggregator, "sample_figure", "patches"))
-    samples = {}
-    for sid in report.sample_ids_with(figure.kind)[:max_figures]:
-        name = f"attention_{file_stem(sid)}.png"
-        plt.close(figure.draw(report, sid, path=out / name))
+    candidates = report.sample_ids_with(figure.kind)
+    frame = report.frame
+    skipped: list[str] = []
+    if frame.loc[frame["kind"] == figure.kind, "modality"].isin(spatial_modalities()).any():
+        counts = patch_counts(frame, figure.kind)
+        skipped = [s for s in candidates if counts.get(s, 0) < 2]
+        candidates = [s for s in candidates if counts.get(s, 0) >= 2]
+    samples, reasons = {}, {}
+    for pick in informative_samples(predictions, candidates, max_figures):
+        name = f"attention_{file_stem(pick.sample_id)}.{ext}"
+        plt.close(figure.draw(report, pick.sample_id, path=out / name))
         written.append(name)
-        samples[name] = str(sid)
-    if samples:
-        write_json(out / "figures.json", {"sample_figures": samples})
+        samples[name], reasons[name] = pick.sample_id, pick.reason
+    index: dict[str, Any] = {"sample_figures": samples, "reasons": reasons,
+                             "skipped_one_patch_bags": skipped}
+    if model.task == "survival" and {"time", "event"} <= set(predictions.columns):
+        try:
+            plt.close(figures.plot_risk_groups(predictions["risk"], predictions["time"], predictions["event"],
+                                               path=out / f"risk_groups.{ext}"))
+            written.append(f"risk_groups.{ext}")
+        except ValueError as exc:  # every predicted risk equal: no groups to compare, and say so
+            index["risk_groups"] = f"not drawn: {exc}"
+    if samples or skipped or "risk_groups" in index:
+        write_json(out / "figures.json", index)
     return report, written
+
+
+def figure_lines(out: Path) -> list[str]:
+    """What ``figures.json`` in ``out`` says: one line per sample figure and why, and what was skipped."""
+    import json
+
+    path = out / "figures.json"
+    if not path.is_file():
+        return []
+    index = json.loads(path.read_text())
+    lines = [f"  {name}: {index['sample_figures'][name]}, {why}" for name, why in index["reasons"].items()]
+    if index.get("skipped_one_patch_bags"):
+        lines.append(f"  skipped {len(index['skipped_one_patch_bags'])} one-patch bag(s) for patch maps")
+    if "risk_groups" in index:
+        lines.append(f"  risk groups {index['risk_groups']}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -92,6 +148,7 @@ def run_demo(args: Any) -> int:
     from .model import FusionModel
 
     check_replaceable(args.out, kind="demo")
+    csv = bool(getattr(args, "csv", False))
     size = DEMO_SIZES["tiny" if getattr(args, "tiny", False) else "default"]
     # Small model: intra-op threads cost more in synchronisation than they gain (and keep runs comparable).
     torch.set_num_threads(1)
@@ -112,10 +169,12 @@ def run_demo(args: Any) -> int:
     with atomic_dir(args.out, kind="demo") as out:
         model.save(out / "model")
         preds = prediction_frame(model, test)
-        write_csv(preds, out / "predictions.csv")
-        report, figs = write_attention(model, test, out)
+        tables = write_table(preds, out, "predictions", csv=csv)
+        report, figs = write_attention(model, test, out, csv=csv, predictions=preds,
+                                       figure_format=getattr(args, "figure_format", "png"))
         lift = planted_patch_lift(report, truth, test.labels)
-        plot_training_curve(model.history_, best_epoch=model.best_epoch_, path=out / "training_curve.png")
+        fmt = getattr(args, "figure_format", "png")
+        plot_training_curve(model.history_, best_epoch=model.best_epoch_, path=out / f"training_curve.{fmt}")
         write_json(out / "metrics.json", {"test": metrics, "validation": model.metrics_.get("validation"),
                                           "best_epoch": model.best_epoch_, "history": model.history_,
                                           "attention": lift, "n_train": len(train), "n_test": len(test),
@@ -123,8 +182,8 @@ def run_demo(args: Any) -> int:
     print("\nattention mass on the planted evidence patches / their share of the bag (1.0 = uniform):")
     for kind, v in lift.items():
         print(f"  {kind:12s} {_fmt(v['lift'])}  ({v['n_samples']} samples)")
-    print(f"wrote {Path(args.out)}/: metrics.json, predictions.csv, attention.parquet, attention.csv, "
-          f"training_curve.png, {', '.join(figs)}, model/")
+    print(f"wrote {Path(args.out)}/: metrics.json, {', '.join(tables + figs)}, training_curve.{fmt}, model/")
+    print("\n".join(figure_lines(Path(args.out))))
     return 0
 
 
@@ -228,22 +287,27 @@ def run_predict(args: Any) -> int:
                          f"with survival targets (this model is for {model.task}"
                          f"{'' if _has_targets(model, cohort) else ', the data have no targets'})")
     with atomic_dir(args.out, kind="predictions", protect=[args.model]) as out:
-        write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
+        tables = write_table(prediction_frame(model, cohort, missing=True), out, "predictions",
+                             csv=bool(getattr(args, "csv", False)))
         if _has_targets(model, cohort):
             metrics = model.evaluate(cohort) if times is None else model.evaluate(cohort, times=times)
             write_json(out / "metrics.json", metrics)
             print(metrics_table(metrics))
-    print(f"wrote predictions for {len(cohort)} samples to {Path(args.out)}/predictions.csv")
+    print(f"wrote predictions for {len(cohort)} samples to {Path(args.out)}/: {', '.join(tables)}")
     return 0
 
 
 def run_explain(args: Any) -> int:
     check_replaceable(args.out, kind="explanation", protect=[args.model])
     model, cohort = _load_for_scoring(args)
+    csv = bool(getattr(args, "csv", False))
     with atomic_dir(args.out, kind="explanation", protect=[args.model]) as out:
-        _report, figs = write_attention(model, cohort, out)
-        write_csv(prediction_frame(model, cohort, missing=True), out / "predictions.csv")
+        preds = prediction_frame(model, cohort, missing=True)
+        tables = write_table(preds, out, "predictions", csv=csv)
+        _report, files = write_attention(model, cohort, out, csv=csv, predictions=preds,
+                                         figure_format=getattr(args, "figure_format", "png"))
         write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator_})
     print(f"wrote attention ({', '.join(model.attention_kinds)}) for {len(cohort)} samples to "
-          f"{Path(args.out)}/: attention.parquet, attention.csv, predictions.csv, {', '.join(figs)}")
+          f"{Path(args.out)}/: {', '.join(files + tables)}")
+    print("\n".join(figure_lines(Path(args.out))))
     return 0

@@ -1,9 +1,10 @@
 """Explanations of a fitted model: the tidy attention table and what is built on it.
 
 ``table`` (records -> rows, the columns), ``stream`` (the atomic, threaded Parquet writer), ``report``
-(``AttentionReport``, the query API), ``exporters`` (CSV, Parquet, JSON, AnnData, GeoJSON), ``figures``,
-``shap`` (SHAP attributions and their agreement with attention), ``faithfulness`` (metrics against a
-synthetic cohort's planted truth) and ``run`` (``build_report``: the model over a cohort).
+(``AttentionReport``, the query API), ``exporters`` (CSV, Parquet, JSON, AnnData, GeoJSON), ``figures``
+(with ``plotting``, ``patch_maps``, ``token_bars``, ``survival_plots``; ``selection`` picks the samples the
+CLI draws), ``shap`` (SHAP attributions and their agreement with attention), ``faithfulness`` (metrics
+against a synthetic cohort's planted truth) and ``run`` (``build_report``: the model over a cohort).
 """
 
 from __future__ import annotations

@@ -31,18 +31,19 @@ def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert "held-out test metrics" in printed and "auc" in printed
     a = tmp_path / "a"
     names = {p.name for p in a.iterdir()}
-    assert {"metrics.json", "predictions.csv", "attention.parquet", "attention.csv", "training_curve.png",
+    assert {"metrics.json", "predictions.parquet", "attention.parquet", "training_curve.png",
             "model"} <= names
+    assert not {"attention.csv", "predictions.csv"} & names  # CSV only with --csv
     assert any(n.startswith("attention_") and n.endswith(".png") for n in names)
     metrics = json.loads((a / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"auc", "balanced_accuracy", "by_pattern"}
     att = pd.read_parquet(a / "attention.parquet")
     assert {"explanatory", "exploratory", "class_wise", "patch"} <= set(att["kind"])
-    predictions = pd.read_csv(a / "predictions.csv")
+    predictions = pd.read_parquet(a / "predictions.parquet")
     # Rerunning gives the same numbers (and replaces the folder it wrote before, leaving no temp folder).
     assert main(["demo", "--tiny", "--out", str(a)]) == 0
     assert json.loads((a / "metrics.json").read_text()) == metrics
-    pd.testing.assert_frame_equal(pd.read_csv(a / "predictions.csv"), predictions)
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "predictions.parquet"), predictions)
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
@@ -73,7 +74,9 @@ def test_train_predict_explain_from_yaml(file_cohort, tmp_path):
     assert (tmp_path / "model" / "weights.pt").is_file()
     assert main(["predict", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml"),
                  "--out", str(tmp_path / "pred")]) == 0
-    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv", index_col=0)
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "predictions.parquet"]  # Parquet only: CSV only when asked
+    pred = pd.read_parquet(tmp_path / "pred" / "predictions.parquet")
     assert list(pred.index.astype(str)) == list(cohort.sample_ids)
     assert {"proba_0", "proba_1", "prediction", "pattern"} <= set(pred.columns) and "label" not in pred
     assert not (tmp_path / "pred" / "metrics.json").exists()  # no labels given, no metrics
@@ -133,3 +136,60 @@ def test_predict_reports_survival_metrics_at_the_given_times(tmp_path, capsys):
         assert main([*args, "--out", str(tmp_path / "q"), "--times", "1e5"]) == 2
     assert "times [100000.0] lie outside" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.slow  # a training and two explains / a PersAM explain with figures (~6-8 s)
+def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was_drawn(file_cohort, tmp_path,
+                                                                                       capsys):
+    root, cohort = file_cohort
+    assert main(["train", "--config", str(root / "run.yaml"), "--out", str(tmp_path / "model")]) == 0
+    base = ["explain", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml")]
+    assert main([*base, "--out", str(tmp_path / "e")]) == 0
+    names = {p.name for p in (tmp_path / "e").iterdir()}
+    assert {"attention.parquet", "predictions.parquet", "figures.json"} <= names
+    assert not [n for n in names if n.endswith(".csv")]
+    index = json.loads((tmp_path / "e" / "figures.json").read_text())
+    pred = pd.read_parquet(tmp_path / "e" / "predictions.parquet")
+    drawn = list(index["sample_figures"].values())
+    assert drawn[:2] == [pred["proba_0"].idxmax(), pred["proba_1"].idxmax()]  # most confident per class
+    assert set(index["reasons"]) == set(index["sample_figures"])
+    assert index["reasons"][next(iter(index["reasons"]))].startswith("most confident for class 0 no. 1")
+    printed = capsys.readouterr().out
+    assert "most confident for class 1 no. 1" in printed
+    assert main([*base, "--out", str(tmp_path / "c"), "--csv", "--figure-format", "svg"]) == 0
+    att = pd.read_csv(tmp_path / "c" / "attention.csv")
+    assert len(att) == len(pd.read_parquet(tmp_path / "c" / "attention.parquet"))
+    assert (tmp_path / "c" / "predictions.csv").is_file()
+    svgs = [p for p in (tmp_path / "c").iterdir() if p.suffix == ".svg"]
+    assert svgs and not list((tmp_path / "c").glob("*.png"))
+
+
+def test_explain_skips_one_patch_bags_for_patch_maps(tmp_path):
+    from clinfuse.datasets import Cohort
+    from clinfuse.fusion import FusionModel
+    from clinfuse.fusion.commands import write_attention
+
+    base, _ = make_synthetic_cohort(24, modalities=("clinical", "images"), n_patches=(2, 4), feature_dim=8,
+                                    missing_rate=0.0, seed=5)
+    bags = {s: base.images.load(s).data[: 1 if i % 3 == 0 else None] for i, s in enumerate(base.sample_ids)}
+    cohort = Cohort(clinical=base.clinical, images=bags, labels=base.labels)
+    model = FusionModel(aggregator="abmil", seed=0, **TINY_MODEL).fit(cohort)
+    sizes = {s: len(cohort.images.load(s).data) for s in cohort.sample_ids}
+    assert 1 in sizes.values()
+    _, written = write_attention(model, cohort, tmp_path, max_figures=30)
+    index = json.loads((tmp_path / "figures.json").read_text())
+    assert sorted(index["skipped_one_patch_bags"]) == sorted(s for s, n in sizes.items() if n == 1)
+    assert sorted(index["sample_figures"].values()) == sorted(s for s, n in sizes.items() if n > 1)
+
+
+@pytest.mark.slow  # a training and two explains / a PersAM explain with figures (~6-8 s)
+def test_explain_draws_the_risk_groups_of_a_survival_model(tmp_path):
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference_models" / "persam_survival"
+    assert main(["explain", "--model", str(ref / "model"), "--data", str(ref / "data.yaml"),
+                 "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "risk_groups.png").is_file()
+    index = json.loads((tmp_path / "e" / "figures.json").read_text())
+    reasons = list(index["reasons"].values())
+    assert reasons[0].startswith("highest predicted risk no. 1") and reasons[1].startswith("lowest")

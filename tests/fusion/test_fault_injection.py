@@ -89,7 +89,7 @@ def test_save_killed_at_30_random_moments_leaves_the_old_or_the_new_model(which_
 def _check_complete(out: Path) -> None:
     """Every final file of an explanation parses, and together they are the files one run listed."""
     names = {p.name for p in out.iterdir()}
-    assert {"attention.parquet", "attention.csv", "predictions.csv", "kinds.json"} <= names, names
+    assert {"attention.parquet", "predictions.parquet", "kinds.json"} <= names, names  # Parquet by default
     for p in out.iterdir():
         if p.suffix == ".parquet":
             pq.read_table(p)

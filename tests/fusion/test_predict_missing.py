@@ -85,6 +85,6 @@ def test_cli_predictions_list_the_missing_variables(tmp_path):
     with pytest.warns(DataWarning):
         assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(new / "data.yaml"),
                      "--out", str(tmp_path / "p")]) == 0
-    preds = pd.read_csv(tmp_path / "p" / "predictions.csv", index_col=0, dtype={"sample_id": str})
+    preds = pd.read_parquet(tmp_path / "p" / "predictions.parquet")
     listed = preds.loc[first, "missing"].split("; ")
     assert "age" in listed and "images" in listed and "biomarker_level" in listed

@@ -9,30 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...explain.figures import (
-    SampleFigure,
-    draw_instances,
-    patch_rows,
-    pyplot,
-    register_sample_figure,
-    save_png,
-)
+from ...explain.figures import SampleFigure, draw_panels, register_sample_figure
+from ...explain.patch_maps import classes_of, panels_of, sample_rows
 
 KINDS = ("class_wise", "exploratory", "explanatory")
 
 
 def plot_persam_trio(report: Any, sample_id: str, *, target_class: str | None = None,
-                     patch_size: float | None = None, path: str | Path | None = None):
-    """The three patch attentions of one sample (class-wise and explanatory for ``target_class``, default
-    the first class; exploratory is class-independent), one panel each; returns the Figure."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, kind in zip(axes, KINDS, strict=True):
-        rows = patch_rows(report, sample_id, kind, None if kind == "exploratory" else target_class)
-        cls = rows["target_class"].dropna().unique()
-        draw_instances(ax, rows, kind + (f" (class {cls[0]})" if len(cls) else ""), patch_size)
-    fig.suptitle(f"PersAM attention, sample {sample_id}", fontsize=10)
-    return save_png(fig, path)
+                     patch_size: float | None = None, mpp: float | None = None, background: Any = None,
+                     downsample: float = 1.0, path: str | Path | None = None, format: str | None = None):
+    """The three patch attentions of one sample on one colour scale: columns are the kinds (times the
+    slides, one panel each), rows the classes (every class, or ``target_class``); exploratory is
+    class-independent and drawn once. Keywords as in :func:`~clinfuse.fusion.explain.figures.
+    plot_patch_attention`; returns the Figure."""
+    rows = {kind: sample_rows(report, sample_id, kind) for kind in KINDS}
+    classes = classes_of(rows["explanatory"], target_class)
+    grid = []
+    for r, cls in enumerate(classes):
+        line: list = []
+        for kind in KINDS:
+            if kind == "exploratory":
+                slides = panels_of(rows[kind], kind, None)
+                line += slides if r == 0 else [None] * len(slides)
+            else:
+                line += panels_of(rows[kind], kind, cls)
+        grid.append(line)
+    return draw_panels(grid, title=f"PersAM attention, sample {sample_id}", patch_size=patch_size, mpp=mpp,
+                       background=background, downsample=downsample, path=path, format=format)
 
 
 register_sample_figure("persam", SampleFigure(plot_persam_trio, "explanatory"))

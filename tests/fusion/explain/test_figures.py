@@ -104,3 +104,106 @@ def test_risk_groups_log_rank(tmp_path):
     assert flat.p_value > fig.p_value
     with pytest.raises(ValueError, match="one value per sample"):
         plot_risk_groups(risk, time[:10], event)
+
+
+# --------------------------------------------------------------------------- what the figures draw
+def _gene_report(n_genes=1554, classes=("0", "1")):
+    rng = np.random.default_rng(3)
+    frames = []
+    for cls in classes:
+        v = rng.random(n_genes) ** 8
+        frames.append(pd.DataFrame({"sample_id": "g", "patient_id": "g", "modality": "genomics",
+                                    "token": [f"GENE{i}" for i in range(n_genes)], "kind": "gene",
+                                    "target_class": cls, "value": v / v.sum(), "raw_value": v}))
+    return AttentionReport(pd.concat(frames, ignore_index=True))
+
+
+def test_top_tokens_are_the_top_k_named_and_titled_with_kind_and_class():
+    report = _gene_report(classes=("0-10", "10-20"))
+    fig = report.plot_top_tokens("g", kinds=("gene",))
+    ax = fig.axes[0]
+    assert len(ax.patches) == 20  # k = 20 by default, not every gene
+    frame = report.to_frame()
+    last = frame[frame["target_class"] == "10-20"].nlargest(20, "value")
+    by_height = sorted(zip(ax.get_yticks(), [t.get_text() for t in ax.get_yticklabels()]), reverse=True)
+    assert [name for _, name in by_height] == list(last["token"])  # the largest on top
+    assert ax.get_title() == "gene (genomics), time bin 10-20\n(top 20 of 1554 tokens)"
+    assert ax.get_xlabel() == "gene attention weight"
+    first = report.plot_top_tokens("g", kinds=("gene",), target_class="0-10", k=5).axes[0]
+    assert len(first.patches) == 5 and "time bin 0-10" in first.get_title()
+    classified = _gene_report(n_genes=8).plot_top_tokens("g", kinds=("gene",)).axes[0]
+    assert classified.get_title() == "gene (genomics), class 1\n(all 8 tokens)"
+
+
+def test_modality_weights_say_when_they_show_a_subset(report):
+    weights = pd.DataFrame({"sample_id": np.repeat([f"s{i}" for i in range(60)], 2),
+                            "patient_id": np.repeat([f"s{i}" for i in range(60)], 2),
+                            "modality": "all", "token": ["clinical", "images"] * 60, "kind": "modality",
+                            "target_class": None, "value": 0.5, "raw_value": 0.5})
+    many = AttentionReport(weights)
+    fig = many.plot_modality_weights()
+    ax = fig.axes[0]
+    assert "(40 of 60 samples)" in ax.get_title() and "not importance" in ax.get_title()
+    assert len(ax.patches) == 40 * 2 and ax.get_ylabel() == "modality weight (attention share)"
+    assert "(all 2 samples)" in report.plot_modality_weights().axes[0].get_title()
+    assert "(3 of 60 samples)" in many.plot_modality_weights(samples=["s1", "s2", "s3"]).axes[0].get_title()
+
+
+def test_uint8_and_float_images_display_alike(tmp_path):
+    xs, ys = np.meshgrid(np.arange(4) * 7.0, np.arange(4) * 7.0)
+    values = np.full(15, 1 / 15)
+    frame = pd.DataFrame({"sample_id": "img", "patient_id": "img", "modality": "images",
+                          "token": [f"img:{i}" for i in range(15)], "kind": "patch", "target_class": None,
+                          "value": values, "raw_value": values, "position": np.arange(15.0),
+                          "x": xs.ravel()[:15], "y": ys.ravel()[:15]})
+    report = AttentionReport(frame)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)  # [C, H, W]
+    as_uint8 = report.plot_image("img", pixels).axes[0].images[0]
+    as_float = report.plot_image("img", pixels / 255.0).axes[0].images[0]
+    np.testing.assert_allclose(as_uint8.get_array(), as_float.get_array())
+    shown = np.asarray(as_uint8.get_array())
+    assert shown.shape == (28, 28, 3) and 0.9 < shown.max() <= 1.0 and shown.min() < 0.1
+    fig = report.plot_image("img", pixels)
+    overlay = fig.axes[1].images[-1]
+    assert np.ma.getmaskarray(overlay.get_array())[-7:, -7:].all()  # no token there: left transparent
+    assert overlay.get_clim() == pytest.approx((0.0, 3 / 15))  # near uniform: not stretched
+    bar = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0]
+    assert any(line.get_gid() == "uniform_level" for line in bar.lines)
+
+
+def test_risk_groups_draw_an_at_risk_table_and_name_the_split():
+    rng = np.random.default_rng(1)
+    risk = pd.Series(rng.normal(size=120))
+    time = rng.exponential(np.exp(-risk.to_numpy()))
+    event = rng.random(120) < 0.7
+    fig = plot_risk_groups(risk, time, event, time_unit="days")
+    main_ax = fig.axes[0]
+    assert main_ax.get_xlabel() == "time (days)" and main_ax.get_ylabel() == "survival probability"
+    assert "log-rank p = " in main_ax.get_title() and "median" in main_ax.get_title()
+    fig.canvas.draw()
+    table = [ax for ax in fig.axes[1:] if any(t.get_text().startswith("At risk\nlow risk (n=60)")
+                                              for t in ax.get_xticklabels())]
+    assert len(table) == 1, "an at-risk table under the axes"
+    assert main_ax.get_xlim()[0] == 0.0
+    legend = [t.get_text() for t in main_ax.get_legend().get_texts()]
+    assert legend == ["low risk (n=60)", "high risk (n=60)"]
+    three = plot_risk_groups(risk, time, event, n_groups=3)
+    assert len(three.axes[0].get_legend().get_texts()) == 3 and np.bincount(three.groups).tolist() == [40] * 3
+    with pytest.raises(ValueError, match="cannot be split into 2 risk groups"):
+        plot_risk_groups(pd.Series(np.ones(120)), time, event)
+
+
+def test_informative_samples_are_the_most_confident_per_class_or_the_risk_extremes():
+    from clinfuse.fusion.explain.selection import informative_samples
+
+    proba = pd.DataFrame({"proba_0": [0.6, 0.9, 0.2, 0.05], "proba_1": [0.4, 0.1, 0.8, 0.95]},
+                         index=["a", "b", "c", "d"])
+    picks = informative_samples(proba, ["a", "b", "c", "d"], 3)
+    assert [p.sample_id for p in picks] == ["b", "d", "a"]
+    assert picks[0].reason == "most confident for class 0 no. 1 (p = 0.900)"
+    assert picks[1].reason == "most confident for class 1 no. 1 (p = 0.950)"
+    assert [p.sample_id for p in informative_samples(proba, ["a", "c"], 3)] == ["a", "c"]
+    risk = pd.DataFrame({"risk": [0.1, 2.0, -1.0, 0.5]}, index=["a", "b", "c", "d"])
+    picks = informative_samples(risk, ["a", "b", "c", "d"], 3)
+    assert [p.sample_id for p in picks] == ["b", "c", "d"]
+    assert picks[0].reason.startswith("highest predicted risk") and picks[1].reason.startswith("lowest")
