@@ -86,9 +86,13 @@ def tick_formatter(vmin: float = 0.0, vmax: float = 1.0):
     from matplotlib.ticker import Formatter
 
     class StepFormatter(Formatter):
+        ticks = np.zeros(0)
+
+        def set_locs(self, locs):  # the axis hands over its tick positions before labelling them
+            self.ticks = np.asarray(locs, dtype=float)
+
         def __call__(self, value, pos=None):
-            locs = np.asarray(getattr(self, "locs", []), dtype=float)
-            steps = np.diff(np.unique(locs))
+            steps = np.diff(np.unique(self.ticks))
             step = float(steps.min()) if len(steps) else (abs(vmax - vmin) or 1.0) / 5
             if abs(value) >= 1e4 or 0 < step < 1e-6:
                 return f"{value:.3g}"
