@@ -29,6 +29,7 @@ from .hyperparameters import resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
+from .wide_start import fit_wide_first
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
@@ -371,6 +372,8 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                                      seed=seed)
     val_loader = (None if validation is None
                   else make_loader(validation, pre, batch_size=batch_size))
+    if ckpt_path is None:  # a resumed fit takes its weights from the checkpoint
+        fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
