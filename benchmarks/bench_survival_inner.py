@@ -8,12 +8,18 @@ inner parts and scored (Harrell's c-index) on the fifth, paired per inner fold w
 survival time ``survtime`` / ``stat``; covariates ``dx, tx, extent, agvhdgd, age``; the later event times
 are outcomes, not covariates) is never reported and is used whole.
 
-Arms (``ARMS``): ``round1``, the default before the wide-first fit (the linear term starts at 0,
-``clinfuse.fusion.wide_start.WIDE_FIRST_ITERATIONS = 0``), and ``wide_first``, the linear term fitted first by
-full-batch L-BFGS, the deep part a residual from zero (``WIDE_FIRST_ITERATIONS = 100``), then trained jointly
-at 10x ``lr`` as in round 1; ``wide_first_lr1`` / ``wide_first_frozen``: the same with the linear term's
-learning rate in the joint training at 1x ``lr`` / 0 (kept at its ridge optimum, the deep part a pure
-residual).
+Arms (``ARMS``):
+
+* ``round1``: the default before the wide-first fit (the linear term starts at 0,
+  ``clinfuse.fusion.wide_start.WIDE_FIRST_ITERATIONS = 0``);
+* ``wide_first``: the linear term fitted first by full-batch L-BFGS (``WIDE_FIRST_ITERATIONS = 100``), the
+  deep part a residual from zero, then trained jointly at 10x ``lr`` as in round 1;
+* ``wide_first_lr1`` / ``wide_first_frozen``: the same with the linear term's learning rate in the joint
+  training at 1x ``lr`` / 0 (kept at its ridge optimum, the deep part a pure residual);
+* ``wide_first_select``: ``wide_first`` with the linear model itself (before the first epoch) a candidate of
+  the checkpoint selection on the validation c-index (``wide_start.LINEAR_CANDIDATE``);
+* ``linear_only``: the wide-first model before any training (``lr=1e-12``, one epoch: the ridge-penalised
+  linear discrete-time model alone; a diagnostic).
 
     python benchmarks/bench_survival_inner.py            # -> benchmarks/out/survival_inner.json
     python benchmarks/bench_survival_inner.py --quick    # smoke: 2 inner folds, 2 epochs, 2 cohorts
@@ -29,10 +35,13 @@ from survival_cohorts import COHORTS, DATA, _cohort, _read_arff, load_cohort
 from survival_cohorts import folds as cohort_folds
 from survival_peers import cox_ph, ours
 
-ARMS = {"round1": (0, 10.0), "wide_first": (100, 10.0), "wide_first_lr1": (100, 1.0),
-        "wide_first_frozen": (100, 0.0)}
+ARMS = {"round1": (0, 10.0, False, {}), "wide_first": (100, 10.0, False, {}),
+        "wide_first_lr1": (100, 1.0, False, {}), "wide_first_frozen": (100, 0.0, False, {}),
+        "wide_first_select": (100, 10.0, True, {}),
+        "linear_only": (100, 0.0, False, {"lr": 1e-12, "max_epochs": 1})}
 """arm -> (``wide_start.WIDE_FIRST_ITERATIONS``, ``training.WIDE_LR_SCALE``: the linear term's learning rate
-in the joint training as a multiple of ``lr``; 0 keeps it at its ridge optimum)."""
+in the joint training as a multiple of ``lr``, 0 keeps it at its ridge optimum;
+``wide_start.LINEAR_CANDIDATE``; FusionModel keywords)."""
 INNER_COHORTS = ("gse7390", "gbsg2", "whas500", "veteran", "actg320", "cgvhd")
 
 
@@ -68,8 +77,8 @@ def main() -> None:
     payload = {"benchmark": "survival defaults chosen on inner folds of training data", **provenance(args),
                "protocol": {"inner_folds": "make_splits(first training fold of repeat 0, 5, seed=0); cgvhd "
                                            "whole",
-                            "arms": {a: f"WIDE_FIRST_ITERATIONS={n}, WIDE_LR_SCALE={r}"
-                                     for a, (n, r) in ARMS.items()},
+                            "arms": {a: f"WIDE_FIRST_ITERATIONS={n}, WIDE_LR_SCALE={r}, "
+                                        f"LINEAR_CANDIDATE={c}, {x}" for a, (n, r, c, x) in ARMS.items()},
                             "reference": "lifelines CoxPHFitter(penalizer=0.1)"},
                "folds": {}, "summary": {}}
     t0 = time.perf_counter()
@@ -80,10 +89,12 @@ def main() -> None:
             inner = inner[:2]
         rows = {"cox_ph": [cox_ph(cohort, list(tr), list(te), False) for tr, te in inner]}
         for arm in args.arms:
-            wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = ARMS[arm]
-            rows[arm] = [ours(cohort, list(tr), list(te), False, kw) for tr, te in inner]
+            n, scale, wide_start.LINEAR_CANDIDATE, extra = ARMS[arm]
+            wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = n, scale
+            rows[arm] = [ours(cohort, list(tr), list(te), False, {**extra, **kw}) for tr, te in inner]
             print(f"  {name:<8} {arm:<11} " + " ".join(f"{r['c_index']:.3f}" for r in rows[arm]), flush=True)
-        wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = ARMS["wide_first"]
+        n, scale, wide_start.LINEAR_CANDIDATE, _ = ARMS["wide_first_select"]
+        wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = n, scale
         cox = [r["c_index"] for r in rows["cox_ph"]]
         summary = {"cox_ph": {"c_index": float(np.mean(cox))}}
         for arm in args.arms:

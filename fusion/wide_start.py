@@ -22,6 +22,11 @@ from torch import nn
 from ..datasets.batch import Batch
 from .wide import WIDE_MODALITIES
 
+LINEAR_CANDIDATE_EPOCH = -1
+"""``best_epoch_`` when no epoch's weights beat the wide-first linear model on the validation samples."""
+LINEAR_CANDIDATE = True
+"""Whether the linear model itself competes in checkpoint selection (see :func:`consider_linear_model`)."""
+
 WIDE_FIRST_ITERATIONS = 100
 """L-BFGS iterations of the linear term's fit before training (0: no such fit, the term starts at 0 and the
 head keeps its random output weights)."""
@@ -96,3 +101,24 @@ def fit_wide_first(module: Any, loader: Any, *, iterations: int | None = None) -
         p.grad = None
     with torch.no_grad():
         return float(objective())
+
+
+def consider_linear_model(module: Any, loader: Any) -> None:
+    """Score the network before training (the wide-first linear model) on the validation ``loader``: it is
+    kept, with ``best_epoch`` :data:`LINEAR_CANDIDATE_EPOCH`, unless an epoch's weights do better on the
+    ``monitor`` metric. Nothing is added to the history (no epoch was trained)."""
+    if not LINEAR_CANDIDATE:
+        return
+    was_training = module.network.training
+    module.network.eval()
+    module.on_validation_epoch_start()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                module.validation_step(batch, i)
+        parts = [torch.cat(col) for col in zip(*module._val_outputs)]
+    finally:
+        module._val_outputs = []
+        module.network.train(was_training)
+    val, metric = module.score_outputs(parts)
+    module.consider(val, metric, epoch=LINEAR_CANDIDATE_EPOCH)
