@@ -81,6 +81,7 @@ def main() -> None:
                                         f"LINEAR_CANDIDATE={c}, {x}" for a, (n, r, c, x) in ARMS.items()},
                             "reference": "lifelines CoxPHFitter(penalizer=0.1)"},
                "folds": {}, "summary": {}}
+    defaults = wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE, wide_start.LINEAR_CANDIDATE
     t0 = time.perf_counter()
     for name in cohorts:
         cohort, part = _selection_part(name, args.data)
@@ -93,8 +94,7 @@ def main() -> None:
             wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = n, scale
             rows[arm] = [ours(cohort, list(tr), list(te), False, {**extra, **kw}) for tr, te in inner]
             print(f"  {name:<8} {arm:<11} " + " ".join(f"{r['c_index']:.3f}" for r in rows[arm]), flush=True)
-        n, scale, wide_start.LINEAR_CANDIDATE, _ = ARMS["wide_first_select"]
-        wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE = n, scale
+        wide_start.WIDE_FIRST_ITERATIONS, training.WIDE_LR_SCALE, wide_start.LINEAR_CANDIDATE = defaults
         cox = [r["c_index"] for r in rows["cox_ph"]]
         summary = {"cox_ph": {"c_index": float(np.mean(cox))}}
         for arm in args.arms:
