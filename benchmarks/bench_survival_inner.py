@@ -19,7 +19,9 @@ Arms (``ARMS``):
 * ``wide_first_select``: ``wide_first`` with the linear model itself (before the first epoch) a candidate of
   the checkpoint selection on the validation c-index (``wide_start.LINEAR_CANDIDATE``);
 * ``linear_only``: the wide-first model before any training (``lr=1e-12``, one epoch: the ridge-penalised
-  linear discrete-time model alone; a diagnostic).
+  linear discrete-time model alone; a diagnostic);
+* ``dropout_03`` / ``d_model_32``: the current default with ``dropout=0.3`` / ``d_model=32`` (a smaller or
+  more regularised deep part; a screen for a capacity rule scaled to the number of events).
 
     python benchmarks/bench_survival_inner.py            # -> benchmarks/out/survival_inner.json
     python benchmarks/bench_survival_inner.py --quick    # smoke: 2 inner folds, 2 epochs, 2 cohorts
@@ -38,7 +40,8 @@ from survival_peers import cox_ph, ours
 ARMS = {"round1": (0, 10.0, False, {}), "wide_first": (100, 10.0, False, {}),
         "wide_first_lr1": (100, 1.0, False, {}), "wide_first_frozen": (100, 0.0, False, {}),
         "wide_first_select": (100, 10.0, True, {}),
-        "linear_only": (100, 0.0, False, {"lr": 1e-12, "max_epochs": 1})}
+        "linear_only": (100, 0.0, False, {"lr": 1e-12, "max_epochs": 1}),
+        "dropout_03": (0, 10.0, False, {"dropout": 0.3}), "d_model_32": (0, 10.0, False, {"d_model": 32})}
 """arm -> (``wide_start.WIDE_FIRST_ITERATIONS``, ``training.WIDE_LR_SCALE``: the linear term's learning rate
 in the joint training as a multiple of ``lr``, 0 keeps it at its ridge optimum;
 ``wide_start.LINEAR_CANDIDATE``; FusionModel keywords)."""
