@@ -75,3 +75,26 @@ def check_hyperparameters(model: Any) -> None:
         bad = [m for m in model.encoders if m not in MODALITIES]
         if bad:
             raise ValueError(f"encoders: unknown modality {bad}; modalities are {MODALITIES}")
+
+
+def class_weight_tensor(spec: Any, classes: list, labels: list) -> Any:
+    """The cross-entropy's ``[C]`` class weights for ``class_weights=spec`` (None: unweighted)."""
+    import torch
+
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ValueError(f"class_weights must be None, 'balanced' or a mapping label -> weight, "
+                             f"got {spec!r}")
+        counts = np.array([sum(1 for y in labels if y == c) for c in classes], dtype=float)
+        return torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1.0)), dtype=torch.float32)
+    if isinstance(spec, dict):
+        keys = {str(k): float(v) for k, v in spec.items()}
+        unknown = [k for k in keys if k not in {str(c) for c in classes}]
+        missing = [c for c in classes if str(c) not in keys]
+        if unknown or missing:
+            raise ValueError(f"class_weights must give a weight for every class {classes}; "
+                             f"unknown: {unknown}, missing: {missing}")
+        return torch.tensor([keys[str(c)] for c in classes], dtype=torch.float32)
+    raise TypeError(f"class_weights must be None, 'balanced' or a dict, got {type(spec).__name__}")

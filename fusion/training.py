@@ -25,10 +25,11 @@ from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
-from .hyperparameters import resolve_batch_size
+from .hyperparameters import class_weight_tensor, resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
+from .wide_start import consider_linear_model, fit_wide_first
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
@@ -141,6 +142,16 @@ class FusionLightningModule(pl.LightningModule):
         self._val_outputs = []
         if self.trainer.world_size > 1:  # every process sees every validation sample (equal shards)
             parts = [self.all_gather(p).flatten(0, 1) for p in parts]
+        val, metric = self.score_outputs(parts)
+        self.log("val_loss", val, prog_bar=True, sync_dist=False)
+        self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
+        train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+        self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
+                             "val_metric": float(metric)})
+        self.consider(val, metric, epoch=int(self.current_epoch))
+
+    def score_outputs(self, parts: list[torch.Tensor]) -> tuple[float, float]:
+        """``(val_loss, metric)`` of the validation outputs and targets gathered by ``validation_step``."""
         with torch.no_grad():
             if self.task == "classification":
                 val_loss = self.loss(parts[0], labels=parts[1])
@@ -151,16 +162,14 @@ class FusionLightningModule(pl.LightningModule):
                 val_loss = self.loss(parts[0], time=parts[1], event=parts[2])
                 risk = self.risk_from_outputs(parts[0]).cpu().numpy()
                 metric = M.concordance_index(parts[1].cpu().numpy(), parts[2].cpu().numpy(), risk)
-        val = float(val_loss)
-        self.log("val_loss", val, prog_bar=True, sync_dist=False)
-        self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
-        train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
-        self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
-                             "val_metric": float(metric)})
+        return float(val_loss), float(metric)
+
+    def consider(self, val: float, metric: float, *, epoch: int) -> None:
+        """Keep the current weights as the best if their ``monitor`` value is the best so far."""
         score = val if self.monitor == "val_loss" else float(metric)
         better = score < self.best_score if self.monitor == "val_loss" else score > self.best_score
         if math.isfinite(score) and (better or not math.isfinite(self.best_score)):
-            self.best_score, self.best_val_loss, self.best_epoch = score, val, int(self.current_epoch)
+            self.best_score, self.best_val_loss, self.best_epoch = score, val, int(epoch)
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
 
     def on_train_epoch_end(self) -> None:
@@ -231,26 +240,6 @@ class FusionLightningModule(pl.LightningModule):
 
 
 # ------------------------------------------------------------------------------------------------- fit
-def _class_weight_tensor(spec: Any, classes: list, labels: list) -> torch.Tensor | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        if spec != "balanced":
-            raise ValueError(f"class_weights must be None, 'balanced' or a mapping label -> weight, "
-                             f"got {spec!r}")
-        counts = np.array([sum(1 for y in labels if y == c) for c in classes], dtype=float)
-        return torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1.0)), dtype=torch.float32)
-    if isinstance(spec, dict):
-        keys = {str(k): float(v) for k, v in spec.items()}
-        unknown = [k for k in keys if k not in {str(c) for c in classes}]
-        missing = [c for c in classes if str(c) not in keys]
-        if unknown or missing:
-            raise ValueError(f"class_weights must give a weight for every class {classes}; "
-                             f"unknown: {unknown}, missing: {missing}")
-        return torch.tensor([keys[str(c)] for c in classes], dtype=torch.float32)
-    raise TypeError(f"class_weights must be None, 'balanced' or a dict, got {type(spec).__name__}")
-
-
 @dataclass
 class TrainingRun:
     """What :func:`fit_model` returns: the fitted state and the cohorts it was trained and validated on.
@@ -336,7 +325,7 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
     classes = bin_edges = class_weights = follow_up = None
     if model.task == "classification":
         classes = list(schema["task"]["classes"])
-        class_weights = _class_weight_tensor(model.class_weights, classes,
+        class_weights = class_weight_tensor(model.class_weights, classes,
                                              train.labels.loc[train.sample_ids].tolist())
     else:
         surv = train.survival.loc[train.sample_ids]
@@ -371,6 +360,10 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                                      seed=seed)
     val_loader = (None if validation is None
                   else make_loader(validation, pre, batch_size=batch_size))
+    if ckpt_path is None:  # a resumed fit takes its weights from the checkpoint
+        fitted = fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
+        if fitted is not None and val_loader is not None:
+            consider_linear_model(module, val_loader)
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
