@@ -110,6 +110,7 @@ def test_write_cohort_files_keeps_the_plain_layout_for_safe_ids(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "features").iterdir()) == sorted(cohort.sample_ids)
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_explain_figures_of_hostile_ids_stay_in_out_and_name_their_sample(hostile):
     root, cohort, _, model = hostile
     out = root / "figs"

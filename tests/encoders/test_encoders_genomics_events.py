@@ -308,6 +308,7 @@ def test_real_cohorts_encode(shared_path):
     assert torch.equal(tokens.meta["n_cut"], events.tensors["n_cut"]) and tokens.mask.sum() > 0
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_query_chunks_keep_memory_linear_even_on_the_math_kernel():
     """Forcing SDPA's math kernel (T x T weights): without chunks T=4,000 x 4 heads takes ~750 MB of peak RSS
     for forward+backward (measured 1.7 GB at T=6,000); with 1,024-query chunks recomputed in backward only

@@ -159,6 +159,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_weights(tmp_pa
     assert Path(folder / "run.json").is_file()
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_default_monitor_is_the_task_metric_for_classification():
     """monitor=None (the default): a classifier keeps the epoch of the best validation AUC, not loss."""
     cohort, _ = make_synthetic_cohort(60, modalities=("clinical", "genomics"), n_genes=12, seed=5)

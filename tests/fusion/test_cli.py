@@ -164,6 +164,7 @@ def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was
     assert svgs and not list((tmp_path / "c").glob("*.png"))
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_explain_skips_one_patch_bags_for_patch_maps(tmp_path):
     from clinfuse.datasets import Cohort
     from clinfuse.fusion import FusionModel

@@ -39,6 +39,7 @@ def test_tune_returns_best_params_in_the_space_a_trials_table_and_a_fitted_model
     assert not hasattr(model, "network_") and model.lr == 1e-3  # the given model is left as it was
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_tune_is_reproducible_with_a_seed(cohort):
     a = tune(FusionModel(**FAST), cohort, n_trials=2, folds=2, seed=4, space=SPACE)
     b = tune(FusionModel(**FAST), cohort, n_trials=2, folds=2, seed=4, space=SPACE)
@@ -47,6 +48,7 @@ def test_tune_is_reproducible_with_a_seed(cohort):
     assert a.trials_[cols].equals(b.trials_[cols])
 
 
+@pytest.mark.slow  # several seconds: CI runs it, the quick suite does not
 def test_nested_cross_validate_tunes_on_outer_training_folds_only(cohort, monkeypatch):
     seen: list[set[str]] = []
     original = T.tune
