@@ -27,6 +27,7 @@ __all__ = [
     "cumulative_dynamic_auc",
     "default_brier_times",
     "default_times",
+    "evaluation_times",
     "evaluable_range",
     "follow_up",
     "km_censoring",
@@ -127,6 +128,14 @@ def default_times(time: Sequence[float], event: Sequence[int], train: Any = None
     if len(ev) == 0:
         return np.array([])
     return np.unique(np.quantile(ev, list(quantiles), method="lower"))
+
+
+def evaluation_times(time: Sequence[float], event: Sequence[int], train: Any = None,
+                     times: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, grid)`` of an evaluation: ``times`` checked (:func:`check_times`), or
+    :func:`default_times` when None, and the integrated Brier score's :func:`default_brier_times`."""
+    chosen = default_times(time, event, train) if times is None else check_times(times, time, train)
+    return chosen, default_brier_times(time, event, train=train)
 
 
 def default_brier_times(time: Sequence[float], event: Sequence[int], n: int = 20,

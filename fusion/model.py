@@ -343,10 +343,8 @@ class FusionModel(BaseEstimator):
             warnings.warn("this model was saved without the follow-up of its training samples: the IPCW "
                           "weights of the survival metrics are estimated on the evaluated cohort instead; "
                           "refit it to weigh by the training censoring", UserWarning, stacklevel=2)
-        time, event = targets["time"].to_numpy(float), targets["event"].to_numpy(int)
-        times = (ipcw_metrics.default_times(time, event, train) if times is None
-                 else ipcw_metrics.check_times(times, time, train))
-        grid = M.default_brier_times(time, event, train=train)
+        times, grid = ipcw_metrics.evaluation_times(targets["time"].to_numpy(float),
+                                                    targets["event"].to_numpy(int), train, times)
         curves = self._survival_frame(ids, arrays, np.union1d(times, grid))
         return M.evaluate_survival(targets, pd.Series(arrays["risk"], index=index), curves, presence,
                                    times=times, ibs_times=grid, train=train, n_groups=n_groups)
