@@ -45,21 +45,13 @@ import numpy as np
 from common import OUT_DIR, base_parser, fmt, markdown_table, paired_difference, provenance, setup, write_json
 from survival_cohorts import COHORTS, DATA, load_cohort
 from survival_cohorts import folds as cohort_folds
-from survival_peers import cox_ph, ours
+from survival_peers import cox_ph, ours, run_fold
 
 REFERENCE = "cox_ph"
 ABLATIONS = {"no_wide": {"wide_penalty": None}, "monitor_loss": {"monitor": "val_loss"},
              "batch_16": {"batch_size": 16}, "cox_head": {"survival_head": "cox"},
              "old": {"wide_penalty": None, "monitor": "val_loss", "batch_size": 16}}
 LARGE = "flchain"
-
-
-def _fold(fn, cohort, train, test, split: int) -> dict:
-    row = {"split": split, "n_test": len(test), "events_test": int(cohort.survival.loc[test, "event"].sum())}
-    t0 = time.perf_counter()
-    row.update(fn(cohort, train, test))
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
 
 
 def _summary(rows: dict[str, list[dict]]) -> dict[str, dict]:
@@ -152,7 +144,7 @@ def main() -> None:
         for model, sp, fn in jobs:
             rows[model] = []
             for i, (tr, te) in enumerate(sp):
-                rows[model].append(_fold(fn, cohort, list(tr), list(te), i))
+                rows[model].append(run_fold(fn, cohort, list(tr), list(te), split=i, record_errors=False))
                 print(f"  {name:<8} {model:<13} split {i:>2}: c={rows[model][-1]['c_index']:.4f} "
                       f"({rows[model][-1]['seconds']:.1f} s)", flush=True)
             payload["folds"][name] = rows

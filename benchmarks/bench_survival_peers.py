@@ -40,22 +40,10 @@ import numpy as np
 from common import OUT_DIR, base_parser, fmt, markdown_table, provenance, setup, summarise, write_json
 from survival_cohorts import COHORTS, DATA, load_cohort
 from survival_cohorts import folds as cohort_folds
-from survival_peers import FIT_SCORE, MODELS, SETTINGS, ours
+from survival_peers import FIT_SCORE, MODELS, SETTINGS, ours, run_fold
 
 REFERENCE = "ours"
 LARGE = "flchain"
-
-
-def _run_fold(fn, cohort, train, test) -> dict:
-    """One fold; an error is recorded in the row (c-index NaN) instead of ending the run."""
-    row = {"n_test": len(test), "events_test": int(cohort.survival.loc[test, "event"].sum())}
-    t0 = time.perf_counter()
-    try:
-        row.update(fn(cohort, train, test))
-    except Exception as exc:  # a peer failing on a fold is a result too
-        row.update({"c_index": math.nan, "fit_seconds": math.nan, "error": f"{type(exc).__name__}: {exc}"})
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
 
 
 def cohort_summary(folds: dict[str, list[dict]]) -> dict[str, dict]:
@@ -199,7 +187,7 @@ def main() -> None:
         for m in order:
             rows = []
             for i, (tr, te) in enumerate(splits):
-                row = {"split": i, **_run_fold(fns[m], cohort, list(tr), list(te))}
+                row = run_fold(fns[m], cohort, list(tr), list(te), split=i)
                 rows.append(row)
                 err = f" ERROR {row['error']}" if "error" in row else ""
                 print(f"  {cname:<8} {m:<9} split {i:>2}: c={fmt(row['c_index'])} "

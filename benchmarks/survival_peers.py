@@ -9,6 +9,7 @@ choice of CoxNet's alpha use the training fold only. Every row holds ``c_index``
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,22 @@ def _inner_split(event: np.ndarray, seed: int = INNER_SEED) -> tuple[np.ndarray,
 
     idx = np.arange(len(event))
     return train_test_split(idx, test_size=0.2, stratify=event, random_state=seed)
+
+
+def run_fold(fn, cohort, train, test, *, split: int, record_errors: bool = True) -> dict:
+    """One fold of ``fn(cohort, train, test)``: its row with the split, test size, test events and wall
+    seconds. ``record_errors``: an exception is recorded in the row (c-index NaN) instead of ending the run
+    (a peer failing on a fold is a result too)."""
+    row = {"split": split, "n_test": len(test), "events_test": int(cohort.survival.loc[test, "event"].sum())}
+    t0 = time.perf_counter()
+    try:
+        row.update(fn(cohort, train, test))
+    except Exception as exc:
+        if not record_errors:
+            raise
+        row.update({"c_index": math.nan, "fit_seconds": math.nan, "error": f"{type(exc).__name__}: {exc}"})
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
 
 
 def ours(cohort, train, test, quick: bool, kwargs: dict | None = None) -> dict:
