@@ -176,7 +176,7 @@ def test_explain_skips_one_patch_bags_for_patch_maps(tmp_path):
     cohort = Cohort(clinical=base.clinical, images=bags, labels=base.labels)
     model = FusionModel(aggregator="abmil", seed=0, **TINY_MODEL).fit(cohort)
     sizes = {s: len(cohort.images.load(s).data) for s in cohort.sample_ids}
-    assert 1 in sizes.values()
+    assert sum(n == 1 for n in sizes.values()) == 8  # every third of the 24 bags cut to one patch
     _, written = write_attention(model, cohort, tmp_path, max_figures=30)
     index = json.loads((tmp_path / "figures.json").read_text())
     assert sorted(index["skipped_one_patch_bags"]) == sorted(s for s, n in sizes.items() if n == 1)
