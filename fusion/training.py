@@ -22,6 +22,7 @@ from torch import nn
 
 from ..datasets.batch import Batch
 from . import metrics as M
+from . import wide_start
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
@@ -29,7 +30,6 @@ from .hyperparameters import class_weight_tensor, resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
 from .trainer import make_trainer, quiet_lightning
-from .wide_start import consider_linear_model, fit_wide_first
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
@@ -360,10 +360,11 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                                      seed=seed)
     val_loader = (None if validation is None
                   else make_loader(validation, pre, batch_size=batch_size))
-    if ckpt_path is None:  # a resumed fit takes its weights from the checkpoint
-        fitted = fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
+    # a resumed fit takes its weights from the checkpoint; switched off, no loader is built for it
+    if ckpt_path is None and wide_start.WIDE_FIRST_ITERATIONS > 0:
+        fitted = wide_start.fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
         if fitted is not None and val_loader is not None:
-            consider_linear_model(module, val_loader)
+            wide_start.consider_linear_model(module, val_loader)
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
