@@ -37,7 +37,6 @@ MONITOR_TASK = {"c_index": "survival", "auc": "classification"}
 # synthetic classic-MIL cohorts (benchmarks/bench_mil_synthetic.py) for classification, inner folds of
 # training data and an unreported cohort for survival (benchmarks/bench_survival_defaults.py).
 DEFAULT_MONITOR = {"classification": "auc", "survival": "c_index"}
-TASK_MONITOR = DEFAULT_MONITOR  # the name the survival-defaults code uses
 
 
 def resolve_monitor(task: str, monitor: str | None) -> str:
