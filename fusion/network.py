@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 from ..datasets.batch import MODALITIES, Batch
 from ..encoders.common import check_probability
 from ..encoders.tokens import Tokens
-from .base import Aggregator
+from .base import Aggregator, AggregatorOutput
 from .records import AttentionRecord
 from .token_types import TokenTypeEmbedding
 
@@ -122,6 +122,19 @@ class FusionNetwork(nn.Module):
     def forward(self, batch: Batch) -> NetworkOutput:
         """``Batch`` -> :class:`NetworkOutput` (outputs, attention records, pooled vectors)."""
         tokens = self.drop_modalities(self.token_types(self.encode(batch)))
+        outputs, agg = self.fuse(tokens, lambda: self.wide(batch))
+        # outside training the aggregator may measure its attention on the head's scores
+        records = agg.records if self.training else self.aggregator.explain(agg, self.head)
+        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)
+
+    def fuse(self, tokens: Mapping[str, Tokens], linear: Callable[[], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, AggregatorOutput]:
+        """Tokens (token types added, masked as they should be seen) -> (outputs, the aggregator's output).
+
+        ``outputs`` = head(pooled) + the aggregator's offsets + ``linear()``, the wide score ``[B, 1 or C]``
+        (called only when the network has a wide term; :meth:`forward` scores the batch with it). Masking
+        the tokens of a modality (``mask`` and ``present`` False) is what the network sees for a missing one.
+        """
         agg = self.aggregator(tokens)
         outputs = self.head(agg.pooled)
         if agg.offsets is not None:
@@ -129,9 +142,7 @@ class FusionNetwork(nn.Module):
                 raise ValueError(f"{type(self.aggregator).__name__}: offsets {tuple(agg.offsets.shape)} "
                                  f"do not match the head's outputs {tuple(outputs.shape)}")
             outputs = outputs + agg.offsets.reshape(outputs.shape)  # (a Cox risk is [B], its offset [B, 1])
-        if self.wide is not None:
-            linear = self.wide(batch)  # [B, 1] or [B, C]
-            outputs = outputs + (linear[:, 0] if outputs.dim() == 1 else linear)
-        # outside training the aggregator may measure its attention on the head's scores
-        records = agg.records if self.training else self.aggregator.explain(agg, self.head)
-        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)
+        if self.wide is not None and linear is not None:
+            score = linear()  # [B, 1] or [B, C]
+            outputs = outputs + (score[:, 0] if outputs.dim() == 1 else score)
+        return outputs, agg

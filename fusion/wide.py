@@ -11,7 +11,7 @@ regression on standardised inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -60,12 +60,20 @@ class WideLinear(nn.Module):
                    categories={c: len(v) for c, v in (clinical.get("categorical") or {}).items()},
                    n_genes=len(genomics.get("genes", [])), penalty=penalty)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """``[B, n_outputs]``; zero for a sample without clinical or genomic data."""
+    def forward(self, batch: Batch, *, modalities: Collection[str] | None = None) -> torch.Tensor:
+        """``[B, n_outputs]``; zero for a sample without clinical or genomic data.
+
+        ``modalities``: score only these modalities' inputs, the others counted as absent for every sample
+        (what a modality masked in :mod:`clinfuse.fusion.explain.contributions` must contribute: nothing);
+        None (the network's forward) scores every modality of the batch.
+        """
+        if isinstance(modalities, str):
+            raise TypeError(f"WideLinear: modalities must be a collection of names, got the string "
+                            f"{modalities!r}")
         like = self.numeric
         B = len(batch.sample_ids)
         out = like.new_zeros(B, self.n_outputs)
-        clin = batch.modalities.get("clinical")
+        clin = batch.modalities.get("clinical") if modalities is None or "clinical" in modalities else None
         if clin is not None and (self.numeric.numel() or len(self.categorical)):
             t = clin.tensors
             keep = clin.present.to(like.dtype).unsqueeze(1)
@@ -74,7 +82,7 @@ class WideLinear(nn.Module):
                 out = out + keep * (x @ self.numeric)
             for j, table in enumerate(self.categorical):
                 out = out + keep * table(t["categorical"][:, j])
-        genes = batch.modalities.get("genomics")
+        genes = batch.modalities.get("genomics") if modalities is None or "genomics" in modalities else None
         if genes is not None and self.genes.numel():
             keep = genes.present.to(like.dtype).unsqueeze(1)
             out = out + keep * (genes.tensors["values"].to(like.dtype) @ self.genes)
