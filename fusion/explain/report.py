@@ -75,13 +75,52 @@ class AttentionReport:
             )
 
     def modality_weights(self) -> pd.DataFrame:
-        """Samples x modalities: the weight of each modality per sample (rows sum to 1; absent = 0)."""
+        """Samples x modalities: the attention share of each modality per sample (rows sum to 1; absent =
+        0). How the attention is spread, not what each modality does to the prediction: see
+        :meth:`modality_contributions` for that."""
         self._check_kinds(["modality"])
         rows = self.frame[self.frame["kind"] == "modality"]
         table = rows.pivot_table(index="sample_id", columns="token", values="value", aggfunc="sum",
                                  sort=False)
         table.columns.name = "modality"
         return table.reindex(self.sample_ids_with("modality")).fillna(0.0)
+
+    def modality_contributions(self, target_class: str | None = None, *, share: bool = False) -> pd.DataFrame:
+        """Samples x modalities: each modality's exact Shapley contribution to the prediction (rows of kind
+        ``modality_contribution``, from ``FusionModel.modality_contributions``).
+
+        Values are signed and in output units (a class logit; the risk for survival); a sample's values plus
+        its base (the rows' ``raw_value``) sum to its prediction. A modality the sample lacks shows 0.
+        ``target_class``: one class of a classifier; None: every output, with columns ``(target_class,
+        modality)`` when there are several (a survival model has one, its risk). ``share=True``: the
+        fraction of the prediction each modality explains, ``|phi_m| / sum_k |phi_k|`` per sample and output
+        (rows sum to 1; NaN for a sample whose contributions are all exactly 0).
+        """
+        rows = self.frame[self.frame["kind"] == "modality_contribution"]
+        if rows.empty:
+            raise ValueError("this report has no modality_contribution rows; build them with "
+                             "model.modality_contributions(cohort)")
+        outputs = list(dict.fromkeys(rows["target_class"].fillna("").tolist()))
+        if target_class is not None:
+            if str(target_class) not in outputs:
+                raise ValueError(f"target_class {target_class!r} is not an output of this report; "
+                                 f"the outputs are {[o for o in outputs if o] or ['risk (no class)']}")
+            rows, outputs = rows[rows["target_class"] == str(target_class)], [str(target_class)]
+        rows = rows.assign(target_class=rows["target_class"].fillna(""))
+        modalities = list(dict.fromkeys(rows["token"].tolist()))
+        table = rows.pivot_table(index="sample_id", columns=["target_class", "token"], values="value",
+                                 aggfunc="sum", sort=False)
+        columns = pd.MultiIndex.from_product([outputs, modalities], names=["target_class", "modality"])
+        table = table.reindex(index=list(dict.fromkeys(rows["sample_id"].tolist())), columns=columns)
+        table = table.fillna(0.0)
+        if share:
+            magnitude = table.abs()
+            totals = magnitude.T.groupby(level="target_class", sort=False).sum().T  # [samples, outputs]
+            table = magnitude / totals.reindex(columns=columns.get_level_values(0)).set_axis(columns, axis=1)
+        if len(outputs) == 1:
+            table = table.droplevel("target_class", axis=1)
+        table.index.name = "sample_id"
+        return table
 
     def sample_ids_with(self, kind: str) -> list[str]:
         return list(dict.fromkeys(self.frame.loc[self.frame["kind"] == kind, "sample_id"].tolist()))
@@ -163,6 +202,13 @@ class AttentionReport:
         from .figures import sample_figure
 
         return sample_figure("persam").draw(self, sample_id, **kwargs)
+
+    def plot_modality_contributions(self, **kwargs: Any):
+        """Mean |Shapley share| per modality, beside the attention share when the report has it (see
+        :func:`.contribution_plot.plot_modality_contributions`)."""
+        from .contribution_plot import plot_modality_contributions
+
+        return plot_modality_contributions(self, **kwargs)
 
     def plot_modality_weights(self, **kwargs: Any):
         from .figures import plot_modality_weights

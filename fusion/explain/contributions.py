@@ -1,0 +1,231 @@
+"""Exact Shapley contributions of the modalities to each prediction, by masking whole modalities.
+
+For one sample with present modalities P (M = |P|) and one output f (a class logit; the Cox risk; for a
+discrete-time head the risk ``-sum_k S_k`` the library reports), the value of a coalition S of P is the
+network's output when it sees only the modalities of S: every other one is masked exactly as a missing
+modality (token ``mask`` and ``present`` False, what modality dropout trains), and the wide linear term
+scores only the inputs of S. The encoders run once per batch; the 2^M coalitions reuse their tokens through
+token types, aggregator, head, offsets and wide term (:meth:`~clinfuse.fusion.network.FusionNetwork.fuse`)::
+
+    phi_m = sum over S in P \\ {m} of  |S|! (M - |S| - 1)! / M!  * (v(S + {m}) - v(S))
+
+The values are exact (every coalition is evaluated, no sampling), signed, in output units, and efficient:
+``v({}) + sum_m phi_m = v(P)``, the model's prediction. The base ``v({})`` is the network's output with no
+modality seen. Nothing of the sample is left then, so it is one value for every sample; every registered
+aggregator has a finite "nothing known" path for it. Training never shows that case (modality dropout keeps
+one modality of each sample), so the base is a reference point, not a calibrated prior; what is credited to
+the modalities is the move from it to the prediction. A modality the sample lacks contributes exactly 0.
+
+Unlike the attention ``modality`` kind (how the attention is shared among the modalities), a contribution
+is what the modality changes in the output: a modality the model ignores gets about 0 however much
+attention lands on it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from math import factorial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ...encoders.tokens import Tokens
+from .report import AttentionReport
+from .table import conform_frame
+
+KIND = "modality_contribution"
+"""The report kind of the contributions (``value`` = phi, ``raw_value`` = the base ``v({})``)."""
+
+MAX_MODALITIES = 10
+"""At most this many present modalities per sample: the exact value costs 2^M fusion passes."""
+
+
+@lru_cache(maxsize=None)
+def shapley_matrix(n: int) -> np.ndarray:
+    """``[n, 2^n]`` float64 W with ``phi = W @ v`` for coalition values ``v`` indexed by bit mask (bit j set:
+    player j is in the coalition)."""
+    weight = [factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)]
+    W = np.zeros((n, 2 ** n))
+    for S in range(2 ** n):
+        size = bin(S).count("1")
+        for j in range(n):
+            if S >> j & 1:
+                W[j, S] += weight[size - 1]  # v(S) enters as v(S' + {j}), S' = S without j
+            else:
+                W[j, S] -= weight[size]
+    return W
+
+
+def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = None,
+                           chunk_size: int = 256) -> AttentionReport:
+    """Exact Shapley contributions of each present modality to each output, for every sample of ``cohort``.
+
+    Args:
+        model: a fitted :class:`~clinfuse.fusion.FusionModel`.
+        cohort: the samples to explain.
+        batch_size: samples encoded together (default: the model's batch size).
+        chunk_size: coalition passes (rows) per aggregator call; lower it for very large bags.
+
+    Returns:
+        An :class:`AttentionReport` with rows of kind ``modality_contribution``: one per sample, present
+        modality (``modality`` = ``token`` = its name) and output (``target_class`` = the class for a
+        classifier, NA for the one risk of a survival model); ``value`` = the modality's Shapley value in
+        output units (logit or risk), ``raw_value`` = the base ``v({})``. Absent modalities have no row
+        (:meth:`AttentionReport.modality_contributions` shows them as 0). Attributes ``base_values`` and
+        ``outputs`` (sample -> array over outputs) hold ``v({})`` and the prediction ``v(P)``, so that a
+        sample's values sum to ``outputs - base_values``.
+    """
+    from ...datasets.loading import make_loader
+
+    if getattr(model, "network_", None) is None:
+        raise ValueError("modality_contributions: this FusionModel is not fitted yet: call fit first")
+    model._check_cohort(cohort)
+    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"modality_contributions: chunk_size must be a positive int, got {chunk_size!r}")
+    net = model._network_for_inference()
+    modalities = list(net.modalities)
+    _check_wide(net)
+    classes = [str(c) for c in model.classes_] if model.task == "classification" else [None]
+    size = int(batch_size or model.batch_size or 16)
+    loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False)
+    parts: list[pd.DataFrame] = []
+    base_values: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for batch in loader:
+            tokens = net.token_types(net.encode(batch))
+            present = torch.stack([tokens[m].present | tokens[m].mask.any(dim=1) for m in modalities], dim=1)
+            rows, keep = _coalitions(present, batch.sample_ids, modalities)
+            values = _coalition_values(model, net, batch, tokens, rows, keep, modalities, chunk_size)
+            start = 0
+            for b, sample in enumerate(batch.sample_ids):
+                players = [m for j, m in enumerate(modalities) if bool(present[b, j])]
+                v = values[start:start + 2 ** len(players)]
+                start += 2 ** len(players)
+                phi = shapley_matrix(len(players)) @ v  # [M, outputs]
+                base_values[sample], outputs[sample] = v[0], v[-1]
+                for c, cls in enumerate(classes):
+                    parts.append(pd.DataFrame({
+                        "sample_id": sample, "patient_id": batch.patient_ids[b], "modality": players,
+                        "token": players, "kind": KIND, "target_class": cls, "value": phi[:, c],
+                        "raw_value": v[0, c]}))
+    frame = conform_frame(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
+    report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
+    report.base_values, report.outputs = base_values, outputs
+    return report
+
+
+def _check_wide(net: Any) -> None:
+    """A wide term must be able to leave masked modalities out (a ``modalities`` keyword, as WideLinear)."""
+    if net.wide is not None and "modalities" not in inspect.signature(net.wide.forward).parameters:
+        raise TypeError(f"modality_contributions: the network's wide term {type(net.wide).__name__} has no "
+                        "`modalities` keyword, so a masked modality's inputs would still reach the output; "
+                        "give its forward `modalities=` (the modalities to score), as WideLinear has")
+
+
+def _coalitions(present: torch.Tensor, sample_ids: list[str], modalities: list[str]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every subset of each sample's present modalities: (sample index ``[R]``, kept modalities ``[R, M]``).
+
+    A sample's rows are consecutive, coalition ``S`` (a bit mask over its present modalities, in model
+    order) at row ``S`` of its block: the empty coalition first, all present modalities last.
+    """
+    index, keep = [], []
+    for b, row in enumerate(present.tolist()):
+        players = [j for j, p in enumerate(row) if p]
+        if len(players) > MAX_MODALITIES:
+            raise ValueError(f"modality_contributions: sample {sample_ids[b]!r} has {len(players)} modalities "
+                             f"({[modalities[j] for j in players]}); exact contributions take 2^M passes and "
+                             f"are limited to M <= {MAX_MODALITIES}")
+        for S in range(2 ** len(players)):
+            kept = [False] * len(row)
+            for k, j in enumerate(players):
+                kept[j] = bool(S >> k & 1)
+            index.append(b)
+            keep.append(kept)
+    return (torch.tensor(index, dtype=torch.long, device=present.device),
+            torch.tensor(keep, dtype=torch.bool, device=present.device).reshape(len(index), len(modalities)))
+
+
+def _coalition_values(model: Any, net: Any, batch: Any, tokens: dict[str, Tokens], rows: torch.Tensor,
+                      keep: torch.Tensor, modalities: list[str], chunk_size: int) -> np.ndarray:
+    """float64 ``[R, outputs]``: the explained outputs of every coalition row, ``chunk_size`` rows a pass."""
+    wide_scores: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def wide_rows(idx: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        # the wide term of each row, scoring only the row's kept modalities (one call per distinct subset)
+        out = None
+        for pattern in torch.unique(kept, dim=0):
+            key = tuple(m for m, k in zip(modalities, pattern.tolist()) if k)
+            if key not in wide_scores:
+                wide_scores[key] = net.wide(batch, modalities=key)
+            score = wide_scores[key]
+            out = score.new_zeros(len(idx), score.shape[1]) if out is None else out
+            hit = (kept == pattern).all(dim=1)
+            out[hit] = score[idx[hit]]
+        return out
+
+    values = []
+    B = len(batch.sample_ids)
+    for start in range(0, len(rows), chunk_size):
+        idx, kept = rows[start:start + chunk_size], keep[start:start + chunk_size]
+        masked = {m: _select(tokens[m], idx, kept[:, j], B) for j, m in enumerate(modalities)}
+        out, _ = net.fuse(masked, lambda idx=idx, kept=kept: wide_rows(idx, kept))
+        values.append(explained_outputs(model, out))
+    result = torch.cat(values).double().cpu().numpy()
+    if not np.isfinite(result).all():
+        bad = int(rows[np.flatnonzero(~np.isfinite(result).all(axis=1))[0]])
+        raise ValueError(f"modality_contributions: the network gave a non-finite output for a coalition of "
+                         f"sample {batch.sample_ids[bad]!r} (aggregator {type(net.aggregator).__name__}): "
+                         "it does not handle masked modalities")
+    return result
+
+
+def explained_outputs(model: Any, outputs: torch.Tensor) -> torch.Tensor:
+    """Network outputs -> what the contributions explain, ``[n, outputs]``: each class's log-odds
+    (:func:`class_log_odds`), the Cox risk, or the discrete-time risk ``-sum_k S_k`` (as
+    ``FusionModel.predict_risk``)."""
+    from ..losses import hazards_to_survival, risk_from_survival
+
+    if model.task == "classification":
+        return class_log_odds(outputs)
+    if outputs.dim() == 1:
+        return outputs[:, None]
+    return risk_from_survival(hazards_to_survival(outputs))[:, None]
+
+
+def class_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """``[n, C]`` logits -> the log-odds of each class, ``log p_c / (1 - p_c) = l_c - logsumexp_{k != c} l_k``.
+
+    Raw logits are not explained: the softmax ignores a shift common to every logit, so a modality that
+    only moves all logits together (e.g. by being present) would get a large, meaningless credit.
+    """
+    C = logits.shape[-1]
+    if C == 1:
+        return logits
+    others = logits.unsqueeze(-2).expand(*logits.shape[:-1], C, C)
+    eye = torch.eye(C, dtype=torch.bool, device=logits.device)
+    rest = torch.logsumexp(others.masked_fill(eye, float("-inf")), dim=-1)  # [n, C]: over k != c
+    return logits - rest
+
+
+def _select(tok: Tokens, idx: torch.Tensor, keep: torch.Tensor, n_samples: int) -> Tokens:
+    """The rows ``idx`` of ``tok``, masked where ``keep`` is False (as a missing modality)."""
+    return Tokens(values=tok.values.index_select(0, idx), mask=tok.mask.index_select(0, idx) & keep[:, None],
+                  names=[tok.names[i] for i in idx.tolist()], modality=tok.modality,
+                  present=tok.present.index_select(0, idx) & keep, meta=_select_meta(tok.meta, idx, n_samples))
+
+
+def _select_meta(meta: Any, idx: torch.Tensor, n_samples: int) -> Any:
+    """Per-sample entries of ``meta`` (tensors ``[B, ...]``, ``[B][T]`` lists, dicts of them) at rows ``idx``;
+    anything else (e.g. gene-set members, shared by the batch) is passed as it is."""
+    if isinstance(meta, dict):
+        return {k: _select_meta(v, idx, n_samples) for k, v in meta.items()}
+    if isinstance(meta, torch.Tensor) and meta.dim() >= 1 and meta.shape[0] == n_samples:
+        return meta.index_select(0, idx.to(meta.device))
+    if isinstance(meta, list) and len(meta) == n_samples and all(isinstance(r, list) for r in meta):
+        return [meta[i] for i in idx.tolist()]
+    return meta
