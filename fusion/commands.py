@@ -72,12 +72,16 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``),
     drawn for informative samples (:func:`~.explain.selection.informative_samples`: the most confident of
     each class, or the highest and lowest risks); patch maps skip one-patch bags. Its file is
-    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg); ``figures.json`` maps each
+    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg). The modalities' exact Shapley
+    contributions go to ``modality_contributions.parquet`` (CSV too with ``csv``) and their figure to
+    ``modality_contributions.<figure_format>``; ``figures.json`` maps each
     file to its sample (``sample_figures``) and says why it was picked (``reasons``) and what was
     skipped. Survival models with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by
     predicted risk group).
     """
     from .explain import figures
+    from .explain.contribution_plot import plot_modality_contributions
+    from .explain.contributions import modality_contributions
     from .explain.selection import informative_samples, patch_counts
     from .explain.table import spatial_modalities
 
@@ -91,6 +95,16 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     if "modality" in model.attention_kinds:
         plt.close(figures.plot_modality_weights(report, path=out / f"modality_weights.{ext}"))
         written.append(f"modality_weights.{ext}")
+    # exact Shapley contributions of the modalities (what they do to the output, unlike attention shares)
+    contributions = modality_contributions(model, cohort)
+    contributions.to_parquet(out / "modality_contributions.parquet")
+    written.append("modality_contributions.parquet")
+    if csv:
+        contributions.to_csv(out / "modality_contributions.csv")
+        written.append("modality_contributions.csv")
+    plt.close(plot_modality_contributions(contributions, attention=report,
+                                          path=out / f"modality_contributions.{ext}"))
+    written.append(f"modality_contributions.{ext}")
     if predictions is None:
         predictions = prediction_frame(model, cohort, survival_curves=False, pattern=False)
     predictions = predictions.set_axis(predictions.index.astype(str))

@@ -87,7 +87,7 @@ class AttentionReport:
 
     def modality_contributions(self, target_class: str | None = None, *, share: bool = False) -> pd.DataFrame:
         """Samples x modalities: each modality's exact Shapley contribution to the prediction (rows of kind
-        ``modality_contribution``, from ``FusionModel.modality_contributions``).
+        ``modality_contribution``, from :func:`clinfuse.fusion.explain.modality_contributions`).
 
         Values are signed and in output units (a class logit; the risk for survival); a sample's values plus
         its base (the rows' ``raw_value``) sum to its prediction. A modality the sample lacks shows 0.
@@ -99,7 +99,7 @@ class AttentionReport:
         rows = self.frame[self.frame["kind"] == "modality_contribution"]
         if rows.empty:
             raise ValueError("this report has no modality_contribution rows; build them with "
-                             "model.modality_contributions(cohort)")
+                             "clinfuse.fusion.explain.modality_contributions(model, cohort)")
         outputs = list(dict.fromkeys(rows["target_class"].fillna("").tolist()))
         if target_class is not None:
             if str(target_class) not in outputs:
