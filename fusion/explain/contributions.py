@@ -10,11 +10,17 @@ token types, aggregator, head, offsets and wide term (:meth:`~clinfuse.fusion.ne
     phi_m = sum over S in P \\ {m} of  |S|! (M - |S| - 1)! / M!  * (v(S + {m}) - v(S))
 
 The values are exact (every coalition is evaluated, no sampling), signed, in output units, and efficient:
-``v({}) + sum_m phi_m = v(P)``, the model's prediction. The base ``v({})`` is the network's output with no
-modality seen. Nothing of the sample is left then, so it is one value for every sample; every registered
-aggregator has a finite "nothing known" path for it. Training never shows that case (modality dropout keeps
-one modality of each sample), so the base is a reference point, not a calibrated prior; what is credited to
-the modalities is the move from it to the prediction. A modality the sample lacks contributes exactly 0.
+``v({}) + sum_m phi_m = v(P)``, the model's prediction.
+
+The empty coalition is the one place where masking is not a trained case: modality dropout always keeps one
+modality of a sample, so the network's output with nothing seen (finite for every registered aggregator,
+one value for all samples) is an untrained extrapolation. It enters every ``phi_m`` with weight ``-1/M``,
+so an arbitrary value there moves every modality's credit by the same arbitrary amount (a pure-noise
+modality then gets half of that move in a two-modality model). The default base is therefore
+``base="mean"``: ``v({})`` = the mean prediction over a background cohort (the explained one unless
+``background=`` is given), what is predicted knowing nothing of the patient, as in SHAP; every other
+coalition is the network with the rest masked. ``base="network"`` keeps the network's own empty output.
+A modality the sample lacks contributes exactly 0.
 
 Unlike the attention ``modality`` kind (how the attention is shared among the modalities), a contribution
 is what the modality changes in the output: a modality the model ignores gets about 0 however much
@@ -59,13 +65,18 @@ def shapley_matrix(n: int) -> np.ndarray:
     return W
 
 
-def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = None,
-                           chunk_size: int = 256) -> AttentionReport:
+def modality_contributions(model: Any, cohort: Any, *, base: str = "mean", background: Any = None,
+                           batch_size: int | None = None, chunk_size: int = 256) -> AttentionReport:
     """Exact Shapley contributions of each present modality to each output, for every sample of ``cohort``.
 
     Args:
         model: a fitted :class:`~clinfuse.fusion.FusionModel`.
         cohort: the samples to explain.
+        base: what "no modality known" predicts, ``v({})``: ``"mean"`` (default), the mean prediction over
+            ``background``; ``"network"``, the network's own output with every modality masked (a case
+            training never shows; see the module docstring).
+        background: the cohort whose mean prediction is the base with ``base="mean"`` (default:
+            ``cohort``); e.g. the training cohort, so that the base does not depend on who is explained.
         batch_size: samples encoded together (default: the model's batch size).
         chunk_size: coalition passes (rows) per aggregator call; lower it for very large bags.
 
@@ -73,7 +84,7 @@ def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = 
         An :class:`AttentionReport` with rows of kind ``modality_contribution``: one per sample, present
         modality (``modality`` = ``token`` = its name) and output (``target_class`` = the class for a
         classifier, NA for the one risk of a survival model); ``value`` = the modality's Shapley value in
-        output units (logit or risk), ``raw_value`` = the base ``v({})``. Absent modalities have no row
+        output units (log-odds or risk), ``raw_value`` = the base ``v({})``. Absent modalities have no row
         (:meth:`AttentionReport.modality_contributions` shows them as 0). Attributes ``base_values`` and
         ``outputs`` (sample -> array over outputs) hold ``v({})`` and the prediction ``v(P)``, so that a
         sample's values sum to ``outputs - base_values``.
@@ -83,6 +94,11 @@ def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = 
     if getattr(model, "network_", None) is None:
         raise ValueError("modality_contributions: this FusionModel is not fitted yet: call fit first")
     model._check_cohort(cohort)
+    if base not in ("mean", "network"):
+        raise ValueError(f"modality_contributions: base must be 'mean' or 'network', got {base!r}")
+    if background is not None and base != "mean":
+        raise ValueError("modality_contributions: background= sets the base of base='mean'; with "
+                         f"base={base!r} it would be ignored")
     if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
         raise ValueError(f"modality_contributions: chunk_size must be a positive int, got {chunk_size!r}")
     net = model._network_for_inference()
@@ -91,9 +107,7 @@ def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = 
     classes = [str(c) for c in model.classes_] if model.task == "classification" else [None]
     size = int(batch_size or model.batch_size or 16)
     loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False)
-    parts: list[pd.DataFrame] = []
-    base_values: dict[str, np.ndarray] = {}
-    outputs: dict[str, np.ndarray] = {}
+    done: list[tuple[str, str, list[str], np.ndarray, np.ndarray]] = []  # sample, patient, players, phi, v
     with torch.no_grad():
         for batch in loader:
             tokens = net.token_types(net.encode(batch))
@@ -105,17 +119,38 @@ def modality_contributions(model: Any, cohort: Any, *, batch_size: int | None = 
                 players = [m for j, m in enumerate(modalities) if bool(present[b, j])]
                 v = values[start:start + 2 ** len(players)]
                 start += 2 ** len(players)
-                phi = shapley_matrix(len(players)) @ v  # [M, outputs]
-                base_values[sample], outputs[sample] = v[0], v[-1]
-                for c, cls in enumerate(classes):
-                    parts.append(pd.DataFrame({
-                        "sample_id": sample, "patient_id": batch.patient_ids[b], "modality": players,
-                        "token": players, "kind": KIND, "target_class": cls, "value": phi[:, c],
-                        "raw_value": v[0, c]}))
+                done.append((sample, batch.patient_ids[b], players, shapley_matrix(len(players)) @ v, v))
+    outputs = {sample: v[-1] for sample, _, _, _, v in done}
+    if base == "mean":
+        mean = (np.mean(list(outputs.values()), axis=0) if background is None
+                else _mean_prediction(model, net, background, size))
+    parts: list[pd.DataFrame] = []
+    base_values: dict[str, np.ndarray] = {}
+    for sample, patient, players, phi, v in done:
+        if base == "mean" and players:
+            # phi is linear in v and v({}) enters every phi_m with weight -1/M: move the base to the mean
+            phi = phi - (mean - v[0]) / len(players)
+        base_values[sample] = mean if base == "mean" else v[0]
+        for c, cls in enumerate(classes):
+            parts.append(pd.DataFrame({
+                "sample_id": sample, "patient_id": patient, "modality": players, "token": players, "kind": KIND,
+                "target_class": cls, "value": phi[:, c] if players else [], "raw_value": base_values[sample][c]}))
     frame = conform_frame(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
     report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.base_values, report.outputs = base_values, outputs
+    report.network_base = done[0][4][0] if done else None  # v({}) of the network itself, for reference
     return report
+
+
+def _mean_prediction(model: Any, net: Any, cohort: Any, batch_size: int) -> np.ndarray:
+    """The mean explained output over ``cohort`` (the base of ``base="mean"`` with a background)."""
+    from ...datasets.loading import make_loader
+
+    model._check_cohort(cohort)
+    with torch.no_grad():
+        rows = [explained_outputs(model, net(batch).outputs).double().cpu().numpy()
+                for batch in make_loader(cohort, model.preprocessor_, batch_size=batch_size)]
+    return np.concatenate(rows).mean(axis=0)
 
 
 def _check_wide(net: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import combinations
 from math import factorial
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -50,12 +51,40 @@ def test_efficiency_base_plus_contributions_is_the_prediction(fitted):
             total = np.array([row.sum()])
         np.testing.assert_allclose(report.base_values[sample] + total, report.outputs[sample], atol=1e-5)
         np.testing.assert_allclose(report.outputs[sample], expected.loc[sample].to_numpy(), atol=1e-4)
-    # the base v({}) is one value for all samples: nothing of a sample is left when every modality is masked
-    bases = np.stack(list(report.base_values.values()))
-    np.testing.assert_allclose(bases, bases[:1].repeat(len(bases), 0), atol=1e-5)
+    # the default base is the mean prediction over the explained cohort, in every row's raw_value
+    mean = expected.to_numpy().mean(axis=0)
+    for sample, base in report.base_values.items():
+        np.testing.assert_allclose(base, mean, atol=1e-4)
     rows = report.to_frame(KIND)
-    np.testing.assert_allclose(rows["raw_value"], np.repeat(bases[:1], len(rows), 0)[:, 0]
-                               if bases.shape[1] == 1 else rows["raw_value"])
+    first = [str(c) for c in expected.columns][0] if fitted.model.task == "classification" else None
+    part = rows if first is None else rows[rows["target_class"] == first]
+    np.testing.assert_allclose(part["raw_value"], mean[0], atol=1e-4)
+
+
+def test_base_network_and_background(fitted):
+    """base="network": v({}) is the network's all-masked output, one value for all samples (nothing of a
+    sample is left); the contributions differ from the default's by (mean - v({})) / M, and a background
+    cohort sets the mean."""
+    model, test = fitted.model, fitted.test
+    default = _contributions(fitted)
+    network = modality_contributions(model, test, base="network")
+    bases = np.stack(list(network.base_values.values()))
+    np.testing.assert_allclose(bases, bases[:1].repeat(len(bases), 0), atol=1e-5)
+    np.testing.assert_allclose(bases[0], default.network_base, atol=1e-6)
+    for sample in list(network.base_values)[:5]:
+        a = default.to_frame(KIND).query("sample_id == @sample")
+        b = network.to_frame(KIND).query("sample_id == @sample")
+        n = a["token"].nunique()
+        shift = (a["raw_value"].to_numpy() - b["raw_value"].to_numpy()) / n
+        np.testing.assert_allclose(b["value"].to_numpy() - a["value"].to_numpy(), shift, atol=1e-5)
+        np.testing.assert_allclose(network.outputs[sample], default.outputs[sample])
+    on_train = modality_contributions(model, test.subset(test.sample_ids[:2]), background=fitted.train)
+    train_mean = _prediction(SimpleNamespace(model=model, test=fitted.train)).to_numpy().mean(axis=0)
+    np.testing.assert_allclose(next(iter(on_train.base_values.values())), train_mean, atol=1e-4)
+    with pytest.raises(ValueError, match="base must be"):
+        modality_contributions(model, test, base="zero")
+    with pytest.raises(ValueError, match="background="):
+        modality_contributions(model, test, base="network", background=fitted.train)
 
 
 def test_absent_modality_has_no_row_and_zero_contribution_and_shares_sum_to_one(fitted):
@@ -113,7 +142,7 @@ def _masked_network_value(model, cohort, sample: str, keep: frozenset) -> np.nda
 
 def test_equals_brute_force_shapley(fitted_classifier):
     model, test = fitted_classifier.model, fitted_classifier.test
-    report = _contributions(fitted_classifier)
+    report = modality_contributions(model, test, base="network")
     sample = next(str(s) for s in test.sample_ids if all(test.has(s, m) for m in model.modalities_))
     players = list(model.modalities_)
     v = {frozenset(S): _masked_network_value(model, test, sample, frozenset(S))
@@ -186,7 +215,7 @@ def test_too_many_modalities_and_bad_arguments(fitted_classifier, monkeypatch):
     with pytest.raises(ValueError, match="chunk_size"):
         modality_contributions(model, test, chunk_size=0)
     # the result does not depend on how the coalitions are chunked
-    small = modality_contributions(model, test.subset(test.sample_ids[:3]), chunk_size=5)
+    small = modality_contributions(model, test.subset(test.sample_ids[:3]), background=test, chunk_size=5)
     big = _contributions(fitted_classifier).modality_contributions().loc[small.sample_ids]
     np.testing.assert_allclose(small.modality_contributions().to_numpy(), big.to_numpy(), atol=1e-5)
 
