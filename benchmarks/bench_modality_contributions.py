@@ -11,9 +11,13 @@ part we read, per modality and over the samples that have it,
 
 * the baseline: the mean attention ``modality`` weight (``report.modality_weights()``, the number the issue
   found at 0.85 for noise images on a TCGA cohort), and
-* the mean |Shapley share| of the exact contributions (``modality_contributions``, by masking),
+* the mean |Shapley share| of the exact contributions (``modality_contributions``, by masking; the base is
+  the mean prediction over the training part),
 
-and report the median (and range) over the folds, and the fold c-index for context. The figure is drawn from
+and report the median (and range) over the folds, and the fold c-index for context. A check on the
+Shapley values themselves: the mean |change of the predicted risk| when each test patient's noise bag is
+redrawn (fresh noise, same patient), beside the mean |phi| of each modality (risk units): if the model
+ignored the noise, redrawing it would change nothing. The figure is drawn from
 the medians.
 
     python benchmarks/bench_modality_contributions.py            # 3 folds x 2 repeats
@@ -52,25 +56,36 @@ def run_fold(cohort, train_ids, test_ids, *, seed: int, max_epochs: int | None) 
     kw = {} if max_epochs is None else {"max_epochs": max_epochs}
     model = FusionModel(task="survival", verbose=False, seed=seed, **kw)
     t0 = time.perf_counter()
-    model.fit(cohort.subset(train_ids))
+    train = cohort.subset(train_ids)
+    model.fit(train)
     fit_s = time.perf_counter() - t0
     test = cohort.subset(test_ids)
     t0 = time.perf_counter()
-    contributions = modality_contributions(model, test)
+    contributions = modality_contributions(model, test, background=train)  # base: mean training prediction
     contributions_s = time.perf_counter() - t0
     attention = model.explain(test)
     table = mean_shares(contributions, attention)
     risk = model.predict_risk(test)
     surv = test.survival.loc[risk.index]
-    return {"aggregator": model.aggregator_, "fit_s": fit_s, "contributions_s": contributions_s,
-            "n_test": len(test_ids), "c_index": concordance_index(surv["time"], surv["event"], risk.to_numpy()),
+    # the check on what the Shapley values say: do the predictions move when the noise is redrawn?
+    redrawn = model.predict_risk(with_noise_images(test, seed=1000 + seed))
+    phi = contributions.modality_contributions().abs()
+    for m, row in table.iterrows():
+        ids = contributions.to_frame("modality_contribution").query("token == @m")["sample_id"].unique()
+        table.loc[m, "mean_abs_phi"] = float(phi.loc[ids, m].mean())
+    return {"mean_abs_risk_change_noise_redrawn": float((risk - redrawn.loc[risk.index]).abs().mean()),
+            "mean_abs_risk_deviation": float((risk - risk.mean()).abs().mean()),
+            "aggregator": model.aggregator_, "fit_s": fit_s, "contributions_s": contributions_s,
+            "n_test": len(test_ids),
+            "c_index": concordance_index(surv["time"], surv["event"], risk.to_numpy()),
             "modalities": {m: {k: float(v) for k, v in row.items()} for m, row in table.iterrows()}}
 
 
 def summarise(folds: list[dict]) -> dict:
     out = {}
     for m in folds[0]["modalities"]:
-        per = {k: [f["modalities"][m][k] for f in folds] for k in ("attention_share", "shapley_share")}
+        per = {k: [f["modalities"][m][k] for f in folds] for k in ("attention_share", "shapley_share",
+                                                                   "mean_abs_phi")}
         out[m] = {f"{k}_median": float(np.median(v)) for k, v in per.items()}
         out[m].update({f"{k}_range": [float(np.min(v)), float(np.max(v))] for k, v in per.items()})
     return out
@@ -125,17 +140,25 @@ def main() -> None:
                **provenance(args),
                "cohort": {"n": len(cohort), "noise_images": {"n_patches": list(N_PATCHES),
                                                              "feature_dim": FEATURE_DIM}},
-               "protocol": {"splits": f"make_splits(cohort, {k}, seed=0, repeats={repeats})", "model": "FusionModel(task='survival') defaults",
+               "protocol": {"splits": f"make_splits(cohort, {k}, seed=0, repeats={repeats})",
+                            "model": "FusionModel(task='survival') defaults",
                             "statistic": "per fold: mean over test samples that have the modality; "
                                          "summary: median and range over folds"},
                "folds": folds, "summary": summary,
-               "c_index_median": float(np.median([f["c_index"] for f in folds]))}
+               "c_index_median": float(np.median([f["c_index"] for f in folds])),
+               "risk_change_noise_redrawn_median": float(np.median(
+                   [f["mean_abs_risk_change_noise_redrawn"] for f in folds])),
+               "risk_deviation_median": float(np.median([f["mean_abs_risk_deviation"] for f in folds]))}
     out = args.out or OUT_DIR / f"{stem}.json"
     write_json(out, payload)
     plot(summary, OUT_DIR / f"{stem}.png")
     for m, s in summary.items():
         print(f"{m}: attention {s['attention_share_median']:.3f} vs |Shapley share| "
               f"{s['shapley_share_median']:.3f} (median over {len(folds)} folds)")
+    print("mean |risk change| when the noise images are redrawn: "
+          f"{payload['risk_change_noise_redrawn_median']:.3f}"
+          f" (mean |risk - mean risk|: {payload['risk_deviation_median']:.3f}); mean |phi|: " + ", ".join(
+              f"{m} {s['mean_abs_phi_median']:.3f}" for m, s in summary.items()))
     print(f"wrote {out}")
 
 

@@ -65,7 +65,8 @@ class AttentionRecord:
     Attributes:
         kind: one of :data:`ATTENTION_KINDS`.
         modality: the modality whose tokens are weighed; ``"all"`` for ``kind == "modality"`` (then the
-            tokens are the modalities themselves).
+            tokens are the modalities themselves, and the weights are attention shares, not importance: a
+            modality's effect on the prediction is its ``modality_contribution``).
         value: float ``[B, C, T]``: normalised weights (see ``normalised_over``). C = 1 for
             class-independent kinds (``class_names`` is None then).
         raw: float ``[B, C, T]``: the unnormalised scores (logits or products) behind ``value``.

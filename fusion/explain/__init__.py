@@ -3,15 +3,15 @@
 ``table`` (records -> rows, the columns), ``stream`` (the atomic, threaded Parquet writer), ``report``
 (``AttentionReport``, the query API), ``exporters`` (CSV, Parquet, JSON, AnnData, GeoJSON), ``figures``
 (with ``plotting``, ``patch_maps``, ``token_bars``, ``survival_plots``; ``selection`` picks the samples the
-CLI draws), ``shap`` (SHAP attributions and their agreement with attention), ``contributions`` (exact Shapley values
-of the modalities, by masking; figure in ``contribution_plot``), ``faithfulness`` (metrics
+CLI draws), ``shap`` (SHAP attributions and their agreement with attention), ``contributions`` (exact
+Shapley values of the modalities, by masking; figure in ``contribution_plot``), ``faithfulness`` (metrics
 against a synthetic cohort's planted truth) and ``run`` (``build_report``: the model over a cohort).
 """
 
 from __future__ import annotations
 
-from .report import AttentionReport
 from .contributions import modality_contributions
+from .report import AttentionReport
 from .run import build_report
 from .shap import attention_shap_agreement, shap_values
 from .stream import ParquetStream

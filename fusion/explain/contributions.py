@@ -133,8 +133,9 @@ def modality_contributions(model: Any, cohort: Any, *, base: str = "mean", backg
         base_values[sample] = mean if base == "mean" else v[0]
         for c, cls in enumerate(classes):
             parts.append(pd.DataFrame({
-                "sample_id": sample, "patient_id": patient, "modality": players, "token": players, "kind": KIND,
-                "target_class": cls, "value": phi[:, c] if players else [], "raw_value": base_values[sample][c]}))
+                "sample_id": sample, "patient_id": patient, "modality": players, "token": players,
+                "kind": KIND, "target_class": cls, "value": phi[:, c] if players else [],
+                "raw_value": base_values[sample][c]}))
     frame = conform_frame(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
     report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.base_values, report.outputs = base_values, outputs
@@ -172,9 +173,9 @@ def _coalitions(present: torch.Tensor, sample_ids: list[str], modalities: list[s
     for b, row in enumerate(present.tolist()):
         players = [j for j, p in enumerate(row) if p]
         if len(players) > MAX_MODALITIES:
-            raise ValueError(f"modality_contributions: sample {sample_ids[b]!r} has {len(players)} modalities "
-                             f"({[modalities[j] for j in players]}); exact contributions take 2^M passes and "
-                             f"are limited to M <= {MAX_MODALITIES}")
+            raise ValueError(f"modality_contributions: sample {sample_ids[b]!r} has {len(players)} "
+                             f"modalities ({[modalities[j] for j in players]}); exact contributions take "
+                             f"2^M passes and are limited to M <= {MAX_MODALITIES}")
         for S in range(2 ** len(players)):
             kept = [False] * len(row)
             for k, j in enumerate(players):
@@ -233,7 +234,7 @@ def explained_outputs(model: Any, outputs: torch.Tensor) -> torch.Tensor:
 
 
 def class_log_odds(logits: torch.Tensor) -> torch.Tensor:
-    """``[n, C]`` logits -> the log-odds of each class, ``log p_c / (1 - p_c) = l_c - logsumexp_{k != c} l_k``.
+    """``[n, C]`` logits -> each class's log-odds ``log p_c / (1 - p_c) = l_c - logsumexp_{k != c} l_k``.
 
     Raw logits are not explained: the softmax ignores a shift common to every logit, so a modality that
     only moves all logits together (e.g. by being present) would get a large, meaningless credit.
@@ -251,7 +252,8 @@ def _select(tok: Tokens, idx: torch.Tensor, keep: torch.Tensor, n_samples: int) 
     """The rows ``idx`` of ``tok``, masked where ``keep`` is False (as a missing modality)."""
     return Tokens(values=tok.values.index_select(0, idx), mask=tok.mask.index_select(0, idx) & keep[:, None],
                   names=[tok.names[i] for i in idx.tolist()], modality=tok.modality,
-                  present=tok.present.index_select(0, idx) & keep, meta=_select_meta(tok.meta, idx, n_samples))
+                  present=tok.present.index_select(0, idx) & keep,
+                  meta=_select_meta(tok.meta, idx, n_samples))
 
 
 def _select_meta(meta: Any, idx: torch.Tensor, n_samples: int) -> Any:

@@ -9,7 +9,10 @@ One row per (sample, modality, token, kind, class)::
 A record contributes one row per real token (``mask`` True) and class. ``value`` is the record's
 normalised weight (over the sample's tokens, or over the classes when the record says
 ``normalised_over="classes"``); ``raw_value`` the unnormalised score. ``modality`` rows list every
-modality of the model, an absent one with weight 0. Class-independent kinds have ``target_class`` NA.
+modality of the model, an absent one with weight 0: how the attention (or, for PersAM, the output's
+magnitude) is shared among the modalities, not what each one changes in the prediction; the kind
+``modality_contribution`` (:mod:`.contributions`: exact Shapley values by masking) is that. Class-independent
+kinds have ``target_class`` NA.
 """
 
 from __future__ import annotations

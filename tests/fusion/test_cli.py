@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -150,6 +151,13 @@ def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was
     assert not [n for n in names if n.endswith(".csv")]
     index = json.loads((tmp_path / "e" / "figures.json").read_text())
     pred = pd.read_parquet(tmp_path / "e" / "predictions.parquet")
+    # the modalities' exact contributions: base + their sum = each class's predicted log-odds
+    contributions = pd.read_parquet(tmp_path / "e" / "modality_contributions.parquet")
+    assert set(contributions["kind"]) == {"modality_contribution"} and "modality_contributions.png" in names
+    ones = contributions[contributions["target_class"] == "1"].groupby("sample_id")
+    p1 = pred.loc[list(ones.groups), "proba_1"].to_numpy()
+    np.testing.assert_allclose((ones["value"].sum() + ones["raw_value"].first()).to_numpy(),
+                               np.log(p1 / (1 - p1)), atol=1e-4)
     drawn = list(index["sample_figures"].values())
     assert drawn[:2] == [pred["proba_0"].idxmax(), pred["proba_1"].idxmax()]  # most confident per class
     assert set(index["reasons"]) == set(index["sample_figures"])
@@ -160,6 +168,8 @@ def test_explain_writes_parquet_unless_csv_is_asked_and_says_why_each_sample_was
     att = pd.read_csv(tmp_path / "c" / "attention.csv")
     assert len(att) == len(pd.read_parquet(tmp_path / "c" / "attention.parquet"))
     assert (tmp_path / "c" / "predictions.csv").is_file()
+    assert len(pd.read_csv(tmp_path / "c" / "modality_contributions.csv")) == len(contributions)
+    assert (tmp_path / "c" / "modality_contributions.svg").is_file()
     svgs = [p for p in (tmp_path / "c").iterdir() if p.suffix == ".svg"]
     assert svgs and not list((tmp_path / "c").glob("*.png"))
 

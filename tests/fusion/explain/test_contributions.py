@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from clinfuse.fusion.explain import modality_contributions
 from clinfuse.fusion.explain.contributions import KIND, explained_outputs, shapley_matrix
 
@@ -131,10 +130,12 @@ def _masked_network_value(model, cohort, sample: str, keep: frozenset) -> np.nda
     net = model._network_for_inference()
     batch = next(iter(make_loader(cohort.subset([sample]), model.preprocessor_, batch_size=1)))
     tokens = net.token_types(net.encode(batch))
-    masked = {m: (t if m in keep else replace(t, mask=torch.zeros_like(t.mask), present=torch.zeros_like(t.present)))
+    masked = {m: t if m in keep else replace(t, mask=torch.zeros_like(t.mask),
+                                             present=torch.zeros_like(t.present))
               for m, t in tokens.items()}
-    absent = replace(batch, modalities={m: (mb if m in keep else replace(mb, present=torch.zeros_like(mb.present)))
-                                        for m, mb in batch.modalities.items()})
+    absent = replace(batch, modalities={
+        m: mb if m in keep else replace(mb, present=torch.zeros_like(mb.present))
+        for m, mb in batch.modalities.items()})
     with torch.no_grad():
         outputs, _ = net.fuse(masked, lambda: net.wide(absent))
         return explained_outputs(model, outputs).double().numpy()[0]
@@ -154,7 +155,8 @@ def test_equals_brute_force_shapley(fitted_classifier):
         got = rows[rows["target_class"] == cls].set_index("token")["value"]
         for p in players:
             assert got[p] == pytest.approx(phi[p][c], abs=1e-5)
-        assert rows[rows["target_class"] == cls]["raw_value"].iloc[0] == pytest.approx(v[frozenset()][c], abs=1e-5)
+        base = rows[rows["target_class"] == cls]["raw_value"].iloc[0]
+        assert base == pytest.approx(v[frozenset()][c], abs=1e-5)
     assert shapley_matrix(3).sum(axis=0)[-1] == pytest.approx(1.0)  # the full coalition's weights
 
 
@@ -240,3 +242,54 @@ def test_figure_draws_one_bar_per_modality_and_the_attention_pair(fitted_classif
     np.testing.assert_allclose([p.get_height() for p in right.patches[:n]], table["attention_share"])
     only = report.plot_modality_contributions()
     assert len(only.axes) == 1
+
+
+def _noise_images_cohort(n: int, *, n_patches: int, seed: int = 0):
+    """Clinical data that carry the label (``biomarker_level`` decides it), and image bags of pure Gaussian
+    noise (nothing of the patient in them)."""
+    from clinfuse.datasets import Cohort, ImageBags, make_synthetic_cohort
+
+    base, _ = make_synthetic_cohort(n, modalities=("clinical",), seed=seed)
+    clinical = base.clinical
+    x = clinical["biomarker_level"].fillna(clinical["biomarker_level"].median())
+    labels = pd.Series(np.where(x > x.median(), "poor", "good"), index=clinical.index)
+    rng = np.random.default_rng(seed)
+    bags = {s: rng.standard_normal((int(rng.integers(n_patches, 2 * n_patches)), 16)).astype(np.float32)
+            for s in clinical.index}
+    return Cohort(clinical=clinical, images=ImageBags.from_features(bags), labels=labels)
+
+
+def _noise_shares(n: int, *, n_patches: int, **fit) -> tuple[pd.DataFrame, float]:
+    from clinfuse.datasets import train_validation_split
+    from clinfuse.fusion import FusionModel
+    from clinfuse.fusion.explain.contribution_plot import mean_shares
+
+    cohort = _noise_images_cohort(n, n_patches=n_patches)
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=1)
+    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    model = FusionModel(verbose=False, seed=0, **fit).fit(train)
+    table = mean_shares(modality_contributions(model, test, background=train), model.explain(test))
+    return table, model.score(test)
+
+
+def test_noise_modality_gets_a_small_share_fast():
+    """Fast version: on a small cohort the noise images get far less than the clinical record and far
+    less than their attention share."""
+    table, auc = _noise_shares(80, n_patches=6, d_model=16, n_heads=2, max_epochs=10, lr=1e-2, batch_size=16,
+                               wide_penalty=0.01, validation_fraction=0.0)
+    assert auc > 0.8  # the clinical record carries the label
+    assert table.loc["images", "shapley_share"] < 0.5 * table.loc["clinical", "shapley_share"]
+    assert table.loc["images", "shapley_share"] < 0.5 * table.loc["images", "attention_share"]
+
+
+@pytest.mark.slow
+def test_noise_modality_share_on_a_larger_cohort():
+    """The issue's case at a larger size (400 patients, noise bags of 64-127 patches, default PersAM):
+    the noise images' mean |Shapley share| is below the clinical record's and below their attention share.
+    It is not <= 0.05 (about 0.29 here, against 0.54 of the attention): the trained model's output does move
+    with the noise and with its presence (see the noise-modality benchmark in benchmarks/README.md), and
+    the exact values say so."""
+    table, auc = _noise_shares(400, n_patches=64, d_model=16, n_heads=2, modality_dropout=0.5)
+    assert auc > 0.95
+    assert table.loc["images", "shapley_share"] < table.loc["clinical", "shapley_share"], table
+    assert table.loc["images", "shapley_share"] < table.loc["images", "attention_share"], table
