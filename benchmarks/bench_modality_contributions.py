@@ -26,6 +26,7 @@ the medians.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -109,10 +110,11 @@ def plot(summary: dict, path) -> None:
     ax.bar_label(a, fmt="%.2f", fontsize=8, padding=2)
     ax.bar_label(b, fmt="%.2f", fontsize=8, padding=2)
     ax.set_xticks(x, [f"{m}\n(pure noise)" if m == "images" else m for m in names])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("mean share over test samples")
     ax.set_title("GSE7390 + noise images: median over folds (bars: range)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -120,7 +122,13 @@ def plot(summary: dict, path) -> None:
 def main() -> None:
     p = base_parser(__doc__, data_default=DATA / "gse7390_etc")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON")
     args = p.parse_args()
+    if args.plot_only:
+        stem = "modality_contributions_quick" if args.quick else "modality_contributions"
+        saved = json.loads((args.out or OUT_DIR / f"{stem}.json").read_text())
+        plot(saved["summary"], OUT_DIR / f"{stem}.png")
+        return
     setup(args.threads)
     from clinfuse.datasets import load_gse7390, make_splits
 

@@ -61,23 +61,24 @@ def plot_modality_contributions(contributions: AttentionReport, *, attention: At
     bars = ax.bar(x, table["shapley_share"], color="tab:blue")
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("mean |Shapley share|")
     ax.set_title("share of the prediction each modality explains", fontsize=9)
     if paired:
         ax = axes[0, 1]
         width = 0.38
         att = ax.bar(x - width / 2, table["attention_share"], width, color="tab:grey",
-                     label="attention share (modality weight)")
+                     label="attention (modality weight)")
         shap = ax.bar(x + width / 2, table["shapley_share"], width, color="tab:blue",
-                      label="|Shapley share| (exact, by masking)")
+                      label="|Shapley share| (exact)")
         ax.bar_label(att, fmt="%.2f", fontsize=7)
         ax.bar_label(shap, fmt="%.2f", fontsize=7)
         ax.set_xticks(x, names, fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.3)  # room for the legend above the bars (shares are at most 1)
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("mean share over samples")
         ax.set_title("attention is not importance", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     n = len(contributions.sample_ids_with("modality_contribution"))
     fig.suptitle(f"modality contributions (all {n} samples; means over those with the modality)", fontsize=10)
     fig.tight_layout()

@@ -236,7 +236,7 @@ def test_figure_draws_one_bar_per_modality_and_the_attention_pair(fitted_classif
     assert left.get_ylabel() == "mean |Shapley share|"
     assert [t.get_text().split("\n")[0] for t in left.get_xticklabels()] == list(model.modalities_)
     assert [t.get_text() for t in right.get_legend().get_texts()] == [
-        "attention share (modality weight)", "|Shapley share| (exact, by masking)"]
+        "attention (modality weight)", "|Shapley share| (exact)"]
     table = mean_shares(report, attention)
     np.testing.assert_allclose([p.get_height() for p in left.patches], table["shapley_share"])
     np.testing.assert_allclose([p.get_height() for p in right.patches[:n]], table["attention_share"])
