@@ -87,7 +87,8 @@ def modality_contributions(model: Any, cohort: Any, *, base: str = "mean", backg
         output units (log-odds or risk), ``raw_value`` = the base ``v({})``. Absent modalities have no row
         (:meth:`AttentionReport.modality_contributions` shows them as 0). Attributes ``base_values`` and
         ``outputs`` (sample -> array over outputs) hold ``v({})`` and the prediction ``v(P)``, so that a
-        sample's values sum to ``outputs - base_values``.
+        sample's values sum to ``outputs - base_values``; ``network_base`` is the network's own all-masked
+        output (the base of ``base="network"``).
     """
     from ...datasets.loading import make_loader
 
@@ -130,7 +131,8 @@ def modality_contributions(model: Any, cohort: Any, *, base: str = "mean", backg
         if base == "mean" and players:
             # phi is linear in v and v({}) enters every phi_m with weight -1/M: move the base to the mean
             phi = phi - (mean - v[0]) / len(players)
-        base_values[sample] = mean if base == "mean" else v[0]
+        # (a sample without any modality has nothing to credit: its base is its own output)
+        base_values[sample] = mean if base == "mean" and players else v[0]
         for c, cls in enumerate(classes):
             parts.append(pd.DataFrame({
                 "sample_id": sample, "patient_id": patient, "modality": players, "token": players,
