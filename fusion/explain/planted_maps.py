@@ -68,7 +68,7 @@ def plot_planted_evidence(report: AttentionReport, truth: Any, sample_id: str, *
     auroc = planted_patch_auroc(rows, truth, kind=kind).get(sample_id, float("nan"))
     grid = [panels_of(rows, kind, cls) for cls in classes_of(rows, target_class)]
     n_evidence = int(relevant.sum())
-    title = (f"sample {sample_id}: {kind} attention; green outline: the {n_evidence} planted evidence "
+    title = (f"sample {sample_id}: {kind} attention\ngreen outline: the {n_evidence} planted evidence "
              f"patches of {relevant.size} (AUROC {auroc:.2f})")
     fig = draw_panels(grid, title=title, path=None)
     counts = []
