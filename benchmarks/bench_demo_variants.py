@@ -6,7 +6,7 @@ signal in every modality, so it shows what the default's modality logit terms (c
 events -> outputs, linearly) add to the previous default (``modality_logits=False``: those modalities reach
 the head only through the class route, which starts closed), and how both compare with the first default
 (``encode_instances=True``, no gate) and an open route (``gate_class_route=False``). Same recipe as the
-demo, one fit per (variant, seed).
+demo (``DEMO_SIZES["default"]``, ``demo_model_params``), one fit per (variant, seed).
 
     python benchmarks/bench_demo_variants.py --seeds 0 1 2 3 4      # -> benchmarks/out/demo_variants.json
 """
@@ -33,17 +33,15 @@ VARIANTS = {"default": {}, "gated (previous default, no modality logits)": {"mod
 def run(kwargs: dict, seed: int) -> dict:
     from clinfuse.datasets import make_synthetic_cohort, train_validation_split
     from clinfuse.fusion import FusionModel
-    from clinfuse.fusion.commands import DEMO_SIZES
+    from clinfuse.fusion.commands import DEMO_SIZES, demo_model_params
 
     size = DEMO_SIZES["default"]
     cohort, _ = make_synthetic_cohort(size["n_patients"], task="classification", n_patches=size["n_patches"],
                                       seed=seed)
     train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
     t0 = time.perf_counter()
-    model = FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4,
-                        max_epochs=size["max_epochs"], batch_size=16, early_stopping_patience=6,
-                        verbose=False,
-                        seed=seed, aggregator_kwargs=kwargs).fit(cohort.subset(train_ids))
+    model = FusionModel(**demo_model_params(size, seed=seed),
+                        aggregator_kwargs=kwargs).fit(cohort.subset(train_ids))
     gate = model.network_.aggregator.class_route_gate
     return {"seed": seed, "test_auc": round(float(model.score(cohort.subset(test_ids))), 4),
             "gate": None if gate is None else round(float(gate.item()), 5),

@@ -1,7 +1,7 @@
 """One patient's attention report from a `clinfuse demo` output folder (the README's figures).
 
     clinfuse demo --out demo_out
-    python examples/patient_report.py --demo demo_out --sample S0007 --out examples/figures
+    python examples/patient_report.py --demo demo_out --sample S0069 --out examples/figures
 
 Prints the patient's modality weights, top clinical variables, genes and events, and PersAM's phi, and
 writes the PersAM trio, the top-token bars and the cohort's modality weights as PNG.

@@ -7,7 +7,7 @@ attention mass on them over uniform, top-3 membership of a planted variable, del
 patches against random deletion, and the attention mass on type-A patches as the rule variable flips.
 ``tests/fusion/explain/test_faithfulness.py`` asserts thresholds on them;
 ``benchmarks/bench_faithfulness.py`` reports them over cohort sizes, seeds and aggregators; ``clinfuse demo``
-prints the lift.
+prints :func:`planted_summary`.
 """
 
 from __future__ import annotations
@@ -96,6 +96,25 @@ def planted_patch_lift(report: Any, truth: Any, labels: pd.Series) -> dict[str, 
         if ratios:
             out[kind] = {"lift": float(np.mean(ratios)), "n_samples": len(ratios)}
     return out
+
+
+def planted_summary(report: Any, truth: Any, labels: pd.Series, *,
+                    kind: str = "explanatory") -> dict[str, Any]:
+    """The planted-evidence figures ``clinfuse demo`` prints for ``kind`` patch attention.
+
+    ``auroc_median`` / ``auroc_min``: over samples of :func:`planted_patch_auroc` (class-averaged);
+    ``auroc_pooled``: :func:`pooled_planted_auroc`; ``mass_ratio``: :func:`planted_patch_lift` (true
+    class); ``n_patients``: samples scored by the AUROC. NaN figures when no sample could be scored.
+    """
+    frame = report.to_frame()
+    per = planted_patch_auroc(frame, truth, kind=kind)
+    lift = planted_patch_lift(report, truth, labels).get(kind, {"lift": float("nan"), "n_samples": 0})
+    scored = bool(per)
+    return {"kind": kind, "n_patients": len(per),
+            "auroc_median": float(np.median(list(per.values()))) if scored else float("nan"),
+            "auroc_min": float(min(per.values())) if scored else float("nan"),
+            "auroc_pooled": pooled_planted_auroc(frame, truth, kind=kind) if scored else float("nan"),
+            "mass_ratio": float(lift["lift"]), "per_patient_auroc": per}
 
 
 def top3_share(frame: pd.DataFrame, samples: list[str], *, variable: str) -> float:
