@@ -1,0 +1,112 @@
+"""How often attention is flagged uniform: a trained model vs the same model untrained vs a refit on
+permuted labels, on the demo cohort (``clinfuse demo``'s recipe), with the untrained null and without it.
+
+For each seed: the demo cohort and split, the demo's PersAM fitted on the training part ("trained"), a
+freshly initialised copy of it ("untrained", the seed of the fit), and the same recipe fitted on the
+training part with its labels permuted ("permuted"). Each is explained on the held-out part and judged by
+:func:`clinfuse.fusion.explain.spread.attention_spread` twice: against the untrained null of the trained
+model (``untrained_null``, copies seeded 1000 + draw, so never the "untrained" arm's own weights) and by the
+fallback rule (ratio >= 0.95). Reported per kind: the fraction of (sample, class) rows flagged uniform and
+the median N_eff / N; and the null's cost against the explain pass it accompanies (median over seeds).
+
+    python benchmarks/bench_attention_spread.py --seeds 0     # -> benchmarks/out/attention_spread.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+OUT = Path(__file__).resolve().parent / "out" / "attention_spread.json"
+
+
+def fit_demo(train, seed: int):
+    from clinfuse.fusion import FusionModel
+    from clinfuse.fusion.commands import DEMO_SIZES
+
+    return FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4,
+                       max_epochs=DEMO_SIZES["default"]["max_epochs"], batch_size=16,
+                       early_stopping_patience=6, verbose=False, seed=seed).fit(train)
+
+
+def per_kind(spread: pd.DataFrame) -> dict:
+    judged = spread[spread["uniform"].notna()]
+    return {kind: {"fraction_uniform": round(float(rows["uniform"].astype(bool).mean()), 4),
+                   "median_ratio": round(float(rows["ratio"].median()), 4), "rows": int(len(rows))}
+            for kind, rows in judged.groupby("kind", sort=False)}
+
+
+def run(seed: int) -> dict:
+    from clinfuse.datasets import make_synthetic_cohort, train_validation_split
+    from clinfuse.fusion.commands import DEMO_SIZES
+    from clinfuse.fusion.explain.spread import attention_spread, untrained_copy, untrained_null
+
+    size = DEMO_SIZES["default"]
+    cohort, _ = make_synthetic_cohort(size["n_patients"], task="classification", n_patches=size["n_patches"],
+                                      seed=seed)
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
+    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    t0 = time.perf_counter()
+    trained = fit_demo(train, seed)
+    fit_s = time.perf_counter() - t0
+    shuffled = cohort.subset(train_ids)
+    rng = np.random.default_rng(seed)
+    shuffled.labels = pd.Series(rng.permutation(shuffled.labels.to_numpy()), index=shuffled.labels.index)
+    models = {"trained": trained, "untrained": untrained_copy(trained, seed=seed),
+              "permuted": fit_demo(shuffled, seed)}
+    t0 = time.perf_counter()
+    trained.explain(test)
+    explain_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    null = untrained_null(trained, test, seed=1000)
+    null_s = time.perf_counter() - t0
+    arms = {}
+    for name, model in models.items():
+        report = model.explain(test)
+        arms[name] = {"test_auc": round(float(model.score(test)), 4),
+                      "null_rule": per_kind(attention_spread(report, null=null)),
+                      "fallback_rule": per_kind(attention_spread(report))}
+    return {"seed": seed, "n_test": len(test), "fit_seconds": round(fit_s, 1),
+            "explain_seconds": round(explain_s, 2), "null_seconds": round(null_s, 2),
+            "null_over_explain": round(null_s / explain_s, 2),
+            "null_thresholds": null.thresholds().round(5).to_dict(orient="records"), "arms": arms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    runs = [run(seed) for seed in args.seeds]
+    kinds = sorted({k for r in runs for arm in r["arms"].values() for k in arm["null_rule"]})
+    summary = {}
+    for arm in ("trained", "untrained", "permuted"):
+        summary[arm] = {rule: {kind: float(np.median([r["arms"][arm][rule][kind]["fraction_uniform"]
+                                                      for r in runs if kind in r["arms"][arm][rule]]))
+                               for kind in kinds}
+                        for rule in ("null_rule", "fallback_rule")}
+        summary[arm]["median_ratio"] = {
+            kind: float(np.median([r["arms"][arm]["null_rule"][kind]["median_ratio"]
+                                   for r in runs if kind in r["arms"][arm]["null_rule"]]))
+            for kind in kinds}
+    summary["null_over_explain_median"] = float(np.median([r["null_over_explain"] for r in runs]))
+    result = {"command": "python benchmarks/bench_attention_spread.py " + " ".join(sys.argv[1:]),
+              "threads": 1, "runs": runs, "summary": summary}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
