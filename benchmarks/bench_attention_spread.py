@@ -8,6 +8,8 @@ training part with its labels permuted ("permuted"). Each is explained on the he
 model (``untrained_null``, copies seeded 1000 + draw, so never the "untrained" arm's own weights) and by the
 fallback rule (ratio >= 0.95). Reported per kind: the fraction of (sample, class) rows flagged uniform and
 the median N_eff / N; and the null's cost against the explain pass it accompanies (median over seeds).
+Then the same for a model whose attention does find the planted patches (the faithfulness recipe,
+``explain.faithfulness``, 400 patients, clinical + images) against its own untrained null.
 
     python benchmarks/bench_attention_spread.py --seeds 0     # -> benchmarks/out/attention_spread.json
 """
@@ -34,6 +36,28 @@ def fit_demo(train, seed: int):
     return FusionModel(task="classification", aggregator="persam", d_model=32, n_heads=4,
                        max_epochs=DEMO_SIZES["default"]["max_epochs"], batch_size=16,
                        early_stopping_patience=6, verbose=False, seed=seed).fit(train)
+
+
+def run_planted(seed: int) -> dict:
+    """The faithfulness recipe (``explain.faithfulness``: its explanatory attention finds the planted
+    patches) on its cohort: how much of its held-out attention is flagged, against its own untrained null."""
+    from clinfuse.datasets import make_synthetic_cohort, train_validation_split
+    from clinfuse.fusion import FusionModel
+    from clinfuse.fusion.explain.faithfulness import COHORT_PARAMS, MODEL_PARAMS, planted_patch_auroc
+    from clinfuse.fusion.explain.spread import attention_spread, untrained_copy, untrained_null
+
+    cohort, truth = make_synthetic_cohort(**{**COHORT_PARAMS, "seed": seed})
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=seed)
+    model = FusionModel(**{**MODEL_PARAMS, "seed": seed}).fit(cohort.subset(train_ids))
+    test = cohort.subset(test_ids)
+    report = model.explain(test)
+    null = untrained_null(model, test, seed=1000)
+    auroc = planted_patch_auroc(report.frame, truth, kind="explanatory")
+    fresh = untrained_copy(model, seed=seed).explain(test)
+    median_auroc = round(float(np.median(list(auroc.values()))), 4)
+    return {"seed": seed, "n_test": len(test), "planted_patch_auroc": median_auroc,
+            "trained": per_kind(attention_spread(report, null=null)),
+            "untrained": per_kind(attention_spread(fresh, null=null))}
 
 
 def per_kind(spread: pd.DataFrame) -> dict:
@@ -86,6 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = [run(seed) for seed in args.seeds]
+    planted = [run_planted(seed) for seed in args.seeds]
     kinds = sorted({k for r in runs for arm in r["arms"].values() for k in arm["null_rule"]})
     summary = {}
     for arm in ("trained", "untrained", "permuted"):
@@ -98,8 +123,15 @@ def main() -> None:
                                    for r in runs if kind in r["arms"][arm]["null_rule"]]))
             for kind in kinds}
     summary["null_over_explain_median"] = float(np.median([r["null_over_explain"] for r in runs]))
+    summary["planted"] = {arm: {kind: float(np.median([r[arm][kind]["fraction_uniform"] for r in planted]))
+                                for kind in ("explanatory", "exploratory", "patch")}
+                          for arm in ("trained", "untrained")}
+    summary["planted"]["trained_median_ratio"] = {
+        kind: float(np.median([r["trained"][kind]["median_ratio"] for r in planted]))
+        for kind in ("explanatory", "exploratory", "patch")}
+    summary["planted"]["planted_patch_auroc"] = [r["planted_patch_auroc"] for r in planted]
     result = {"command": "python benchmarks/bench_attention_spread.py " + " ".join(sys.argv[1:]),
-              "threads": 1, "runs": runs, "summary": summary}
+              "threads": 1, "runs": runs, "planted": planted, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ...datasets.missingness import DataWarning
+
 FALLBACK_RATIO = 0.95
 NULL_QUANTILE = 0.05
-MIN_NULL_VALUES = 20  # untrained_null draws enough copies for at least this many null ratios per group
+NULL_DRAWS = 5  # untrained copies by default: the spread of an untrained network varies from init to init
+MIN_NULL_VALUES = 20  # and at least this many null ratios per group
 KEYS = ["sample_id", "modality", "kind", "target_class"]
 SPREAD_COLUMNS = (*KEYS, "n_tokens", "effective_tokens", "ratio", "peak_ratio", "threshold", "uniform",
                   "rule")
@@ -68,6 +72,23 @@ def _frame_of(report: Any) -> pd.DataFrame:
     return frame
 
 
+def _text_classes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``target_class`` as text with None for class-free kinds (a groupby over only None keys gives NaN)."""
+    frame["target_class"] = frame["target_class"].astype(object).where(frame["target_class"].notna(), None)
+    return frame
+
+
+def _group_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per ``KEYS`` group of tidy rows: n_tokens, the weights' sum, sum p log p and max p (p renormalised)."""
+    value = frame["value"].to_numpy(float)
+    total = frame.groupby(KEYS, dropna=False, sort=False)["value"].transform("sum").to_numpy(float)
+    p = np.divide(value, total, out=np.zeros_like(value), where=total > 0)
+    frame = frame.assign(_plogp=np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), _p=p)
+    return frame.groupby(KEYS, dropna=False, sort=False).agg(
+        n_tokens=("value", "size"), _sum=("value", "sum"), _plogp=("_plogp", "sum"),
+        _max=("_p", "max")).reset_index()
+
+
 def spread_table(report: Any) -> pd.DataFrame:
     """The unflagged spread rows (``KEYS``, n_tokens, effective_tokens, ratio, peak_ratio) of ``report``
     (an AttentionReport or its tidy frame); ``attrs["not_judged"]``: kind -> why it has no rows."""
@@ -78,37 +99,65 @@ def spread_table(report: Any) -> pd.DataFrame:
     if (frame["kind"] == "shap").any():
         not_judged["shap"] = "signed attributions, not a distribution over tokens"
         frame = frame[frame["kind"] != "shap"]
-    # An absent modality is listed with weight exactly 0: it is not one of the sample's tokens. A modality
-    # is present when it has weight, or rows of another kind for the sample (present with weight 0).
-    is_modality = (frame["kind"] == "modality").to_numpy()
-    seen = pd.MultiIndex.from_frame(frame.loc[~is_modality, ["sample_id", "modality"]])
-    named = pd.MultiIndex.from_arrays([frame["sample_id"], frame["token"]])
-    present = (frame["value"] > 0).to_numpy() | named.isin(seen)
-    frame = frame[~is_modality | present]
     if frame["value"].isna().any() or (frame["value"] < 0).any():
         bad = frame[frame["value"].isna() | (frame["value"] < 0)].iloc[0]
         raise ValueError(f"sample {bad['sample_id']!r}, kind {bad['kind']!r}: attention weights must be "
                          f"non-negative numbers, got {bad['value']}")
-    value = frame["value"].to_numpy(float)
-    group = frame.groupby(KEYS, dropna=False, sort=False)
-    total = group["value"].transform("sum").to_numpy(float)
-    p = np.divide(value, total, out=np.zeros_like(value), where=total > 0)
-    frame["_plogp"] = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    frame["_p"] = p
-    group = frame.groupby(KEYS, dropna=False, sort=False)
-    out = group.agg(n_tokens=("value", "size"), _sum=("value", "sum"), _plogp=("_plogp", "sum"),
-                    _max=("_p", "max")).reset_index()
+    is_modality = (frame["kind"] == "modality").to_numpy()
+    tokens = _group_stats(frame[~is_modality])
     # kinds whose weights sum to 1 over the classes, not the tokens (phi): no spread over tokens
-    off = ~((out["_sum"] - 1).abs() <= _SUM_TOLERANCE) & (out["_sum"] != 0)
-    for kind in out.loc[off, "kind"].unique():
+    off = ~((tokens["_sum"] - 1).abs() <= _SUM_TOLERANCE) & (tokens["_sum"] != 0)
+    for kind in tokens.loc[off, "kind"].unique():
         not_judged[str(kind)] = "weights not normalised over the sample's tokens (e.g. over the classes)"
-    out = out[~out["kind"].isin(list(not_judged))]
+    tokens = tokens[~tokens["kind"].isin(list(not_judged))]
+    # An absent modality is listed with weight exactly 0: it is not one of the sample's tokens. A modality
+    # is present when it has weight, or tokens of a judged kind for the sample (present with weight 0);
+    # phi has a clinical token even without clinical data, so it does not count.
+    modality = frame[is_modality]
+    seen = pd.MultiIndex.from_frame(tokens[["sample_id", "modality"]])
+    named = pd.MultiIndex.from_arrays([modality["sample_id"], modality["token"]])
+    modality = modality[(modality["value"] > 0).to_numpy() | named.isin(seen)]
+    out = pd.concat([tokens, _group_stats(modality)], ignore_index=True) if len(modality) else tokens
     zero = out["_sum"] == 0
     out["effective_tokens"] = np.where(zero, np.nan, np.exp(-out["_plogp"]))
     out["ratio"] = out["effective_tokens"] / out["n_tokens"]
     out["peak_ratio"] = np.where(zero, np.nan, out["_max"] * out["n_tokens"])
     out = out.drop(columns=["_sum", "_plogp", "_max"]).reset_index(drop=True)
     out["n_tokens"] = out["n_tokens"].astype(int)
+    out = _text_classes(out)
+    out.attrs["not_judged"] = not_judged
+    return out
+
+
+def records_spread(sample_ids: list[str], records: list[Any]) -> pd.DataFrame:
+    """:func:`spread_table`'s rows straight from one batch's attention records (``value [B, C, T]`` over
+    ``mask [B, T]``), without building the tidy rows: what :func:`untrained_null` takes per batch.
+    Records normalised over the classes are left out (``attrs["not_judged"]``)."""
+    import torch
+
+    parts, not_judged = [], {}
+    for r in records:
+        if r.normalised_over != "tokens":
+            not_judged[r.kind] = "weights not normalised over the sample's tokens (e.g. over the classes)"
+            continue
+        real = r.mask.bool()
+        p = r.value.double() * real[:, None, :]
+        total = p.sum(-1, keepdim=True)
+        p = p / total.clamp_min(torch.finfo(torch.float64).tiny)
+        plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(-1)  # [B, C]
+        n = real.sum(-1)[:, None].expand_as(plogp)
+        zero = total[..., 0] == 0
+        b_idx, c_idx = torch.nonzero(n > 0, as_tuple=True)  # a sample without tokens has no rows
+        n_sel, z_sel = n[b_idx, c_idx].numpy(), zero[b_idx, c_idx].numpy()
+        eff = np.where(z_sel, np.nan, torch.exp(-plogp[b_idx, c_idx]).numpy())
+        classes = [None] if r.class_names is None else [str(c) for c in r.class_names]
+        parts.append(pd.DataFrame({
+            "sample_id": [str(sample_ids[i]) for i in b_idx.tolist()], "modality": r.modality, "kind": r.kind,
+            "target_class": [classes[i] for i in c_idx.tolist()], "n_tokens": n_sel.astype(int),
+            "effective_tokens": eff, "ratio": eff / n_sel,
+            "peak_ratio": np.where(z_sel, np.nan, p.max(-1).values[b_idx, c_idx].numpy() * n_sel)}))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SPREAD_COLUMNS[:8]))
+    out = _text_classes(out)
     out.attrs["not_judged"] = not_judged
     return out
 
@@ -134,7 +183,8 @@ class SpreadNull:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         usable = self.spread[(self.spread["n_tokens"] >= 2) & self.spread["ratio"].notna()]
         grouped = usable.groupby(["modality", "kind", "target_class"], dropna=False, sort=False)["ratio"]
-        return grouped.agg(threshold=lambda r: float(np.quantile(r, quantile)), n_null="size").reset_index()
+        limits = grouped.agg(threshold=lambda r: float(np.quantile(r, quantile)), n_null="size")
+        return _text_classes(limits.reset_index())
 
 
 def null_from_report(report: Any, *, method: str = "report", n_draws: int = 1) -> SpreadNull:
@@ -163,21 +213,24 @@ def untrained_null(model: Any, cohort: Any, *, n_draws: int | None = None, seed:
                    batch_size: int | None = None) -> SpreadNull:
     """The spread of attention of ``cohort`` under ``n_draws`` freshly initialised copies of ``model``.
 
-    ``n_draws=None``: enough copies for :data:`MIN_NULL_VALUES` null ratios per kind and class
-    (``ceil(20 / n_samples)``, one for a cohort of 20 or more). Costs one inference pass per copy; the
-    spread is taken batch by batch, so memory stays flat over the cohort.
+    ``n_draws=None``: :data:`NULL_DRAWS` (5) copies, more for a cohort under 4 samples (at least 20 null
+    ratios per kind and class). Several copies, because how flat an untrained network's attention is
+    varies from one initialisation to the next; one copy would make the null too narrow. Costs one
+    inference pass per copy; the spread comes straight from the records, batch by batch (memory stays flat
+    over the cohort, no tidy rows are built).
     """
-    from .table import records_to_frame
 
     n = len(cohort)
-    draws = max(1, math.ceil(MIN_NULL_VALUES / max(n, 1))) if n_draws is None else int(n_draws)
+    draws = max(NULL_DRAWS, math.ceil(MIN_NULL_VALUES / max(n, 1))) if n_draws is None else int(n_draws)
     if draws < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
     parts = []
     for draw in range(draws):
         clone = untrained_copy(model, seed=seed + draw)
-        for batch, records, _ in clone.iter_attention(cohort, batch_size=batch_size):
-            parts.append(spread_table(records_to_frame(batch, records)).assign(draw=draw))
+        with warnings.catch_warnings():  # the cohort's DataWarnings are the explain pass's to give, once
+            warnings.simplefilter("ignore", DataWarning)
+            for batch, records, _ in clone.iter_attention(cohort, batch_size=batch_size):
+                parts.append(records_spread(batch.sample_ids, records).assign(draw=draw))
     return SpreadNull(pd.concat(parts, ignore_index=True), method="untrained", n_draws=draws)
 
 
@@ -228,15 +281,19 @@ def uniform_note(n_tokens: int, effective: float) -> str:
 
 def spread_summary(spread: pd.DataFrame) -> list[str]:
     """One line per kind (and modality, if a kind weighs several): how many samples are uniform, the median
-    ratio. A sample counts as uniform when every class of the kind is flagged."""
+    ratio, and how many samples could not be judged (one token, or no weight). A sample counts as uniform
+    when every class of the kind is flagged."""
     lines = []
-    judged = spread[spread["uniform"].notna()]
-    for (kind, modality), rows in judged.groupby(["kind", "modality"], sort=False):
-        per_sample = rows.groupby("sample_id", sort=False)["uniform"].all()
-        where = "" if (judged["kind"] == kind).sum() == len(rows) else f" ({modality})"
-        rule = "null" if rows["rule"].str.startswith("null").all() else "fallback"
-        lines.append(f"{kind}{where}: {int(per_sample.sum())} of {len(per_sample)} samples indistinguishable "
-                     f"from uniform ({rule} rule); median N_eff/N {rows['ratio'].median():.2f}")
+    for (kind, modality), rows in spread.groupby(["kind", "modality"], sort=False):
+        judged = rows[rows["uniform"].notna()]
+        per_sample = judged.groupby("sample_id", sort=False)["uniform"].all()
+        where = "" if spread["kind"].eq(kind).sum() == len(rows) else f" ({modality})"
+        null = judged["rule"].str.startswith("null")
+        rule = "null rule" if null.all() else "fallback rule" if not null.any() else "null / fallback rules"
+        line = (f"{kind}{where}: {int(per_sample.sum())} of {len(per_sample)} samples indistinguishable "
+                f"from uniform ({rule}); median N_eff/N {judged['ratio'].median():.2f}")
+        unjudged = rows["sample_id"].nunique() - len(per_sample)
+        lines.append(line + (f"; {unjudged} sample(s) not judged (one token or no weight)" * bool(unjudged)))
     for kind, why in spread.attrs.get("not_judged", {}).items():
         lines.append(f"{kind}: not judged ({why})")
     return lines
