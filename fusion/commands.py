@@ -131,7 +131,8 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
 
 
 def figure_lines(out: Path) -> list[str]:
-    """What ``figures.json`` in ``out`` says: one line per sample figure and why, and what was skipped."""
+    """What ``figures.json`` in ``out`` says: the attention spread per kind, one line per sample figure and
+    why (with the panels it flags uniform), and what was skipped."""
     import json
 
     path = out / "figures.json"
