@@ -11,7 +11,9 @@ the median N_eff / N; and the null's cost against the explain pass it accompanie
 Then the same for a model whose attention does find the planted patches (the faithfulness recipe,
 ``explain.faithfulness``, 400 patients, clinical + images) against its own untrained null.
 
-    python benchmarks/bench_attention_spread.py --seeds 0     # -> benchmarks/out/attention_spread.json
+    python benchmarks/bench_attention_spread.py --seeds 0 1 2     # -> benchmarks/out/attention_spread.json
+    python benchmarks/bench_attention_spread.py --seeds 0 1 2 --null-draws 1 --skip-planted \
+        --out benchmarks/out/attention_spread_one_copy.json      # a null of one untrained copy
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def fit_demo(train, seed: int):
                        early_stopping_patience=6, verbose=False, seed=seed).fit(train)
 
 
-def run_planted(seed: int) -> dict:
+def run_planted(seed: int, draws: int) -> dict:
     """The faithfulness recipe (``explain.faithfulness``: its explanatory attention finds the planted
     patches) on its cohort: how much of its held-out attention is flagged, against its own untrained null."""
     from clinfuse.datasets import make_synthetic_cohort, train_validation_split
@@ -51,7 +53,7 @@ def run_planted(seed: int) -> dict:
     model = FusionModel(**{**MODEL_PARAMS, "seed": seed}).fit(cohort.subset(train_ids))
     test = cohort.subset(test_ids)
     report = model.explain(test)
-    null = untrained_null(model, test, seed=1000)
+    null = untrained_null(model, test, seed=1000, n_draws=draws)
     auroc = planted_patch_auroc(report.frame, truth, kind="explanatory")
     fresh = untrained_copy(model, seed=seed).explain(test)
     median_auroc = round(float(np.median(list(auroc.values()))), 4)
@@ -67,7 +69,7 @@ def per_kind(spread: pd.DataFrame) -> dict:
             for kind, rows in judged.groupby("kind", sort=False)}
 
 
-def run(seed: int) -> dict:
+def run(seed: int, draws: int) -> dict:
     from clinfuse.datasets import make_synthetic_cohort, train_validation_split
     from clinfuse.fusion.commands import DEMO_SIZES
     from clinfuse.fusion.explain.spread import attention_spread, untrained_copy, untrained_null
@@ -89,7 +91,7 @@ def run(seed: int) -> dict:
     trained.explain(test)
     explain_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    null = untrained_null(trained, test, seed=1000)
+    null = untrained_null(trained, test, seed=1000, n_draws=draws)
     null_s = time.perf_counter() - t0
     arms = {}
     for name, model in models.items():
@@ -106,11 +108,13 @@ def run(seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--null-draws", type=int, default=5, help="untrained copies in the null (default 5)")
+    parser.add_argument("--skip-planted", action="store_true", help="only the demo cohort")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = [run(seed) for seed in args.seeds]
-    planted = [run_planted(seed) for seed in args.seeds]
+    runs = [run(seed, args.null_draws) for seed in args.seeds]
+    planted = [] if args.skip_planted else [run_planted(seed, args.null_draws) for seed in args.seeds]
     kinds = sorted({k for r in runs for arm in r["arms"].values() for k in arm["null_rule"]})
     summary = {}
     for arm in ("trained", "untrained", "permuted"):
@@ -123,13 +127,17 @@ def main() -> None:
                                    for r in runs if kind in r["arms"][arm]["null_rule"]]))
             for kind in kinds}
     summary["null_over_explain_median"] = float(np.median([r["null_over_explain"] for r in runs]))
-    summary["planted"] = {arm: {kind: float(np.median([r[arm][kind]["fraction_uniform"] for r in planted]))
-                                for kind in ("explanatory", "exploratory", "patch")}
-                          for arm in ("trained", "untrained")}
-    summary["planted"]["trained_median_ratio"] = {
-        kind: float(np.median([r["trained"][kind]["median_ratio"] for r in planted]))
-        for kind in ("explanatory", "exploratory", "patch")}
-    summary["planted"]["planted_patch_auroc"] = [r["planted_patch_auroc"] for r in planted]
+    planted_kinds = ("explanatory", "exploratory", "patch")
+    summary["planted"] = {}
+    if planted:
+        for arm in ("trained", "untrained"):
+            summary["planted"][arm] = {
+                kind: float(np.median([r[arm][kind]["fraction_uniform"] for r in planted]))
+                for kind in planted_kinds}
+        summary["planted"]["trained_median_ratio"] = {
+            kind: float(np.median([r["trained"][kind]["median_ratio"] for r in planted]))
+            for kind in planted_kinds}
+        summary["planted"]["planted_patch_auroc"] = [r["planted_patch_auroc"] for r in planted]
     result = {"command": "python benchmarks/bench_attention_spread.py " + " ".join(sys.argv[1:]),
               "threads": 1, "runs": runs, "planted": planted, "summary": summary}
     out = Path(args.out)

@@ -93,8 +93,7 @@ def spread_table(report: Any) -> pd.DataFrame:
     """The unflagged spread rows (``KEYS``, n_tokens, effective_tokens, ratio, peak_ratio) of ``report``
     (an AttentionReport or its tidy frame); ``attrs["not_judged"]``: kind -> why it has no rows."""
     frame = _frame_of(report)
-    frame = frame[KEYS + ["token", "value"]].copy()
-    frame["target_class"] = frame["target_class"].astype(object).where(frame["target_class"].notna(), None)
+    frame = _text_classes(frame[KEYS + ["token", "value"]].copy())
     not_judged: dict[str, str] = {}
     if (frame["kind"] == "shap").any():
         not_judged["shap"] = "signed attributions, not a distribution over tokens"
@@ -195,12 +194,12 @@ def null_from_report(report: Any, *, method: str = "report", n_draws: int = 1) -
 def untrained_copy(model: Any, *, seed: int = 0) -> Any:
     """A copy of fitted ``model`` whose network is freshly initialised (same configuration, encoders and
     preprocessor); ``model`` itself and the global random generators are left untouched."""
+    import torch
+
     from ..build import build_network
     from ..rng import preserved_rng
 
     model._check_fitted()
-    import torch
-
     with preserved_rng():
         torch.manual_seed(int(seed))
         network = build_network(model.schema_, model.network_config_).eval()
@@ -219,7 +218,6 @@ def untrained_null(model: Any, cohort: Any, *, n_draws: int | None = None, seed:
     inference pass per copy; the spread comes straight from the records, batch by batch (memory stays flat
     over the cohort, no tidy rows are built).
     """
-
     n = len(cohort)
     draws = max(NULL_DRAWS, math.ceil(MIN_NULL_VALUES / max(n, 1))) if n_draws is None else int(n_draws)
     if draws < 1:
@@ -305,7 +303,8 @@ def figure_notes(rows: pd.DataFrame, spread: pd.DataFrame | None = None) -> dict
     judged against a null) where it has the row, else by the fallback rule."""
     own = attention_spread(rows)
     if spread is not None and len(own):
-        given = own[KEYS].merge(spread[list(SPREAD_COLUMNS)], on=KEYS, how="left", indicator=True)
+        given = own[KEYS].merge(spread[list(SPREAD_COLUMNS)].drop_duplicates(KEYS), on=KEYS, how="left",
+                                indicator=True)
         found = (given["_merge"] == "both").to_numpy()
         own = pd.concat([given.loc[found, list(SPREAD_COLUMNS)], own.loc[~found]], ignore_index=True)
     flagged = own[own["uniform"].fillna(False).astype(bool)]
