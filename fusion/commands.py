@@ -111,7 +111,7 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     for pick in informative_samples(predictions, candidates, max_figures):
         name = f"attention_{file_stem(pick.sample_id)}.{ext}"
         fig = figure.draw(report, pick.sample_id, path=out / name, spread=spread)
-        uniform[name] = [f"{k}{'' if c is None else f'[{c}]'} {note}"
+        uniform[name] = [f"{k}{'' if c is None else f'[{c}]'} {note.removeprefix('≈ uniform ')}"
                          for (k, c), note in getattr(fig, "uniform_notes", {}).items()]
         plt.close(fig)
         written.append(name)
@@ -145,7 +145,7 @@ def figure_lines(out: Path) -> list[str]:
                      "attention_spread.parquet):")
         lines += [f"  {line}" for line in index["attention_spread"]]
     lines += [f"  {name}: {index['sample_figures'][name]}, {why}"
-              + (f"; uniform flag: {', '.join(index['uniform'][name])}" if index.get("uniform", {}).get(name)
+              + (f"; ≈ uniform: {', '.join(index['uniform'][name])}" if index.get("uniform", {}).get(name)
                  else "; no panel flagged uniform") for name, why in index["reasons"].items()]
     if index.get("skipped_one_patch_bags"):
         lines.append(f"  skipped {len(index['skipped_one_patch_bags'])} one-patch bag(s) for patch maps")

@@ -4,6 +4,7 @@ untrained copy of the model, or the 0.95 fallback), in the table, the figures an
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -224,7 +225,7 @@ def test_demo_writes_the_spread_table_and_says_so(tmp_path, capsys):
     index = json.loads((out / "figures.json").read_text())
     for name in index["sample_figures"]:
         notes = index["uniform"][name]
-        assert (f"{name}: " in printed) and (("uniform flag: " + ", ".join(notes)) in printed if notes
+        assert (f"{name}: " in printed) and (("; ≈ uniform: " + ", ".join(notes)) in printed if notes
                                               else "no panel flagged uniform" in printed)
 
 
@@ -270,7 +271,9 @@ def test_write_attention_figure_lines_state_the_flags(fitted_classifier, tmp_pat
                                                                               "explanatory"])]
         assert len(index["uniform"][name]) == int(mine["uniform"].sum())  # every flagged panel is named
         line = next(x for x in lines if x.startswith(f"  {name}: "))
-        assert ("uniform flag: " in line) == bool(index["uniform"][name])
+        assert ("; ≈ uniform: " in line) == bool(index["uniform"][name])
+        assert all(re.fullmatch(r"\w+(\[[^\]]+\])? \(N_eff = \d+\.\d of \d+\)", note)
+                   for note in index["uniform"][name])
 
 
 @pytest.mark.slow  # saves, loads and explains a model with figures (~3 s)
