@@ -97,12 +97,15 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     ``modality_contributions.<figure_format>``; ``figures.json`` maps each
     file to its sample (``sample_figures``) and says why it was picked (``reasons``) and what was
     skipped. Survival models with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by
-    predicted risk group).
+    predicted risk group). ``attention_spread.parquet`` holds each sample's effective number of tokens and
+    uniform flag (:mod:`.explain.spread`, against an untrained copy of the model); the figures state the
+    flags, and ``figures.json`` keeps them (``uniform``) with the summary (``attention_spread``).
     """
     from .explain import figures
     from .explain.contribution_plot import plot_modality_contributions
     from .explain.contributions import modality_contributions
     from .explain.selection import informative_samples, patch_counts
+    from .explain.spread import write_spread
     from .explain.table import spatial_modalities
 
     ext = figures.figure_format(f"figure.{figure_format}")
@@ -111,6 +114,8 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     if csv:
         report.to_csv(out / "attention.csv")
         written.append("attention.csv")
+    spread, spread_files, spread_lines = write_spread(model, cohort, report, out, csv=csv)
+    written += spread_files
     plt = figures.pyplot()
     if "modality" in model.attention_kinds:
         plt.close(figures.plot_modality_weights(report, path=out / f"modality_weights.{ext}"))
@@ -136,14 +141,17 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
         counts = patch_counts(frame, figure.kind)
         skipped = [s for s in candidates if counts.get(s, 0) < 2]
         candidates = [s for s in candidates if counts.get(s, 0) >= 2]
-    samples, reasons = {}, {}
+    samples, reasons, uniform = {}, {}, {}
     for pick in informative_samples(predictions, candidates, max_figures):
         name = f"attention_{file_stem(pick.sample_id)}.{ext}"
-        plt.close(figure.draw(report, pick.sample_id, path=out / name))
+        fig = figure.draw(report, pick.sample_id, path=out / name, spread=spread)
+        uniform[name] = [f"{k}{'' if c is None else f'[{c}]'} {note.removeprefix('≈ uniform ')}"
+                         for (k, c), note in getattr(fig, "uniform_notes", {}).items()]
+        plt.close(fig)
         written.append(name)
         samples[name], reasons[name] = pick.sample_id, pick.reason
-    index: dict[str, Any] = {"sample_figures": samples, "reasons": reasons,
-                             "skipped_one_patch_bags": skipped}
+    index: dict[str, Any] = {"sample_figures": samples, "reasons": reasons, "uniform": uniform,
+                             "skipped_one_patch_bags": skipped, "attention_spread": spread_lines}
     if model.task == "survival" and {"time", "event"} <= set(predictions.columns):
         try:
             plt.close(figures.plot_risk_groups(predictions["risk"], predictions["time"], predictions["event"],
@@ -151,20 +159,28 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
             written.append(f"risk_groups.{ext}")
         except ValueError as exc:  # every predicted risk equal: no groups to compare, and say so
             index["risk_groups"] = f"not drawn: {exc}"
-    if samples or skipped or "risk_groups" in index:
+    if samples or skipped or spread_lines or "risk_groups" in index:
         write_json(out / "figures.json", index)
     return report, written
 
 
 def figure_lines(out: Path) -> list[str]:
-    """What ``figures.json`` in ``out`` says: one line per sample figure and why, and what was skipped."""
+    """What ``figures.json`` in ``out`` says: the attention spread per kind, one line per sample figure and
+    why (with the panels it flags uniform), and what was skipped."""
     import json
 
     path = out / "figures.json"
     if not path.is_file():
         return []
     index = json.loads(path.read_text())
-    lines = [f"  {name}: {index['sample_figures'][name]}, {why}" for name, why in index["reasons"].items()]
+    lines = []
+    if index.get("attention_spread"):
+        lines.append("attention spread (N_eff = exp(entropy) of each sample's weights; "
+                     "attention_spread.parquet):")
+        lines += [f"  {line}" for line in index["attention_spread"]]
+    lines += [f"  {name}: {index['sample_figures'][name]}, {why}"
+              + (f"; ≈ uniform: {', '.join(index['uniform'][name])}" if index.get("uniform", {}).get(name)
+                 else "; no panel flagged uniform") for name, why in index["reasons"].items()]
     if index.get("skipped_one_patch_bags"):
         lines.append(f"  skipped {len(index['skipped_one_patch_bags'])} one-patch bag(s) for patch maps")
     if "risk_groups" in index:

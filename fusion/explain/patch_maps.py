@@ -3,8 +3,9 @@
 Axes are in level-0 pixels, or micrometres given ``mpp`` (micrometres per pixel); a scale bar is drawn when
 the patch size or the resolution is given. Every panel of a patient shares one colour scale from 0 to
 max(max attention, 3 x 1/N), with the uniform level 1/N marked on the colour bar, so that attention close to
-uniform looks flat instead of being stretched over the colour map. Positions without a patch are grey (or
-show the slide thumbnail under the map, given ``background``).
+uniform looks flat instead of being stretched over the colour map; a panel whose attention is flagged
+uniform (:mod:`.spread`) says so above its title, ``≈ uniform (N_eff = 24.7 of 25)``. Positions without a
+patch are grey (or show the slide thumbnail under the map, given ``background``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .plotting import (
     pyplot,
     save_figure,
 )
+from .spread import figure_notes
 from .token_bars import draw_token_bars
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,19 +156,27 @@ def add_scale_bar(ax, *, span: float, unit: str) -> None:
     ax.add_artist(bar)
 
 
-def panel_title(panel: Panel, n_slides: int) -> str:
+def panel_title(panel: Panel, n_slides: int, notes: dict | None = None) -> str:
     parts = [panel.kind, describe_target(panel.target_class)]
     if panel.slide_id is not None and n_slides > 1:
         parts.append(f"slide {panel.slide_id}")
-    return ", ".join(p for p in parts if p)
+    note = (notes or {}).get((panel.kind, panel.target_class))
+    return (f"{note}\n" if note else "") + ", ".join(p for p in parts if p)
 
 
 def draw_panels(grid: list[list[Panel | None]], *, title: str, patch_size: float | None = None,
                 mpp: float | None = None, background: Any = None, downsample: float = 1.0,
-                path: str | Path | None = None, format: str | None = None):
-    """A figure of ``grid`` (rows of panels; None leaves a cell empty) on one shared colour scale."""
+                spread: pd.DataFrame | None = None, path: str | Path | None = None,
+                format: str | None = None):
+    """A figure of ``grid`` (rows of panels; None leaves a cell empty) on one shared colour scale.
+
+    Panels whose attention is flagged uniform (by ``spread``, an :func:`~.spread.attention_spread` table,
+    where it has the sample, else by the fallback rule) say so in their title; ``fig.uniform_notes``
+    maps ``(kind, target_class)`` to that note.
+    """
     plt = pyplot()
     panels = [p for row in grid for p in row if p is not None]
+    notes = figure_notes(pd.concat([p.rows for p in panels], ignore_index=True), spread)
     uniform = uniform_level(panels)
     _, vmax = colour_limits(np.concatenate([p.rows["value"].to_numpy(float) for p in panels]), uniform)
     n_rows, n_cols = len(grid), max(len(row) for row in grid)
@@ -177,13 +187,14 @@ def draw_panels(grid: list[list[Panel | None]], *, title: str, patch_size: float
             if panel is None:
                 ax.set_axis_off()
                 continue
-            draw_token_bars(ax, panel.rows, title=panel_title(panel, n_slides), uniform=uniform)
+            draw_token_bars(ax, panel.rows, title=panel_title(panel, n_slides, notes), uniform=uniform)
         top = max(float(p.rows["value"].max()) for p in panels)
         for ax in axes.ravel():  # one value scale for the patient, as the maps share one colour scale
             if ax.axison:
                 ax.set_xlim(0.0, 1.08 * max(top, uniform))
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
+        fig.uniform_notes = notes
         return save_figure(fig, path, format)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols + 1.4, 3.4 * n_rows + 0.5),
                              squeeze=False, layout="constrained")
@@ -198,18 +209,19 @@ def draw_panels(grid: list[list[Panel | None]], *, title: str, patch_size: float
             bg = background.get(panel.slide_id) if isinstance(background, dict) else background
             mappable = draw_map(ax, panel, vmax=vmax, patch_size=patch_size, mpp=mpp, background=bg,
                                 downsample=downsample)
-            ax.set_title(panel_title(panel, n_slides), fontsize=9)
+            ax.set_title(panel_title(panel, n_slides, notes), fontsize=9)
             used.append(ax)
     attention_colourbar(fig, mappable, used, uniform=uniform, vmax=vmax)
     fig.suptitle(title + ("" if background is not None else "  (grey: no patch)"), fontsize=10)
-    fig.uniform_level, fig.colour_limits = uniform, (0.0, vmax)
+    fig.uniform_level, fig.colour_limits, fig.uniform_notes = uniform, (0.0, vmax), notes
     return save_figure(fig, path, format)
 
 
 def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str = "patch",
                          target_class: str | None = None, patch_size: float | None = None,
                          mpp: float | None = None, background: Any = None, downsample: float = 1.0,
-                         path: str | Path | None = None, format: str | None = None):
+                         spread: pd.DataFrame | None = None, path: str | Path | None = None,
+                         format: str | None = None):
     """One sample's patch attention: one panel per slide (columns) and class (rows), on one colour scale.
 
     Args:
@@ -219,12 +231,15 @@ def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str =
         mpp: micrometres per level-0 pixel: axes and scale bar in µm.
         background: a thumbnail of the slide (``[h, w]`` / ``[h, w, 3]``; uint8 or float), or a dict
             slide id -> thumbnail, drawn under the map; ``downsample``: level-0 pixels per thumbnail pixel.
+        spread: an :func:`~.spread.attention_spread` table (e.g. judged against an untrained null) whose
+            uniform flags the panel titles state; default: the fallback rule on the drawn rows.
         path, format: write the figure (PNG, PDF or SVG by ``format`` or the file's suffix).
     """
     rows = sample_rows(report, sample_id, kind)
     grid = [panels_of(rows, kind, cls) for cls in classes_of(rows, target_class)]
     return draw_panels(grid, title=f"sample {sample_id}: {kind} attention", patch_size=patch_size, mpp=mpp,
-                       background=background, downsample=downsample, path=path, format=format)
+                       background=background, downsample=downsample, spread=spread, path=path,
+                       format=format)
 
 
 def draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None) -> None:
@@ -242,9 +257,11 @@ def draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None)
 
 def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndarray, *, kind: str = "patch",
                          target_class: str | None = None, patch_size: float | None = None,
-                         path: str | Path | None = None, format: str | None = None):
+                         spread: pd.DataFrame | None = None, path: str | Path | None = None,
+                         format: str | None = None):
     """For pixel inputs: the image (uint8 or float) and its sub-patch attention overlaid on it (tokens carry
-    pixel x, y); sub-patches without a token stay transparent."""
+    pixel x, y); sub-patches without a token stay transparent. Attention flagged uniform (by ``spread``,
+    else the fallback rule) says so in the overlay's title."""
     plt = pyplot()
     rows = patch_rows(report, sample_id, kind, target_class)
     img = display_image(image)
@@ -265,12 +282,14 @@ def plot_image_attention(report: AttentionReport, sample_id: str, image: np.ndar
     cmap = plt.get_cmap(CMAP).with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     overlay = axes[1].imshow(heat, cmap=cmap, alpha=0.55, vmin=0.0, vmax=vmax)
     cls = rows["target_class"].dropna().unique()
-    axes[1].set_title(", ".join(p for p in (f"{kind} attention",
-                                            describe_target(cls[0] if len(cls) else None)) if p), fontsize=9)
+    notes = figure_notes(rows, spread)
+    note = notes.get((kind, str(cls[0]) if len(cls) else None))
+    axes[1].set_title((f"{note}\n" if note else "") + ", ".join(
+        p for p in (f"{kind} attention", describe_target(cls[0] if len(cls) else None)) if p), fontsize=9)
     for ax in axes:
         ax.set_xlabel("x (px)", fontsize=8)
         ax.set_ylabel("y (px)", fontsize=8)
         ax.tick_params(labelsize=7)
     attention_colourbar(fig, overlay, axes[1], uniform=uniform, vmax=vmax)
-    fig.uniform_level, fig.colour_limits = uniform, (0.0, vmax)
+    fig.uniform_level, fig.colour_limits, fig.uniform_notes = uniform, (0.0, vmax), notes
     return save_figure(fig, path, format)

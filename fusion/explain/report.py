@@ -122,6 +122,14 @@ class AttentionReport:
         table.index.name = "sample_id"
         return table
 
+    def attention_spread(self, *, null: Any = None, **kwargs: Any) -> pd.DataFrame:
+        """Per sample, modality, kind and class: the effective number of tokens exp(H) beside N, and whether
+        the attention is indistinguishable from uniform (against ``null``, e.g.
+        ``spread.untrained_null(model, cohort)``, else the fallback rule); see :mod:`.spread`."""
+        from .spread import attention_spread
+
+        return attention_spread(self, null=null, **kwargs)
+
     def sample_ids_with(self, kind: str) -> list[str]:
         return list(dict.fromkeys(self.frame.loc[self.frame["kind"] == kind, "sample_id"].tolist()))
 

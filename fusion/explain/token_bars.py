@@ -1,5 +1,6 @@
 """Bars of named tokens (clinical variables, genes, events; instances without coordinates): the top k, each
-labelled, titled with the kind and the class or time bin the values are for."""
+labelled, titled with the kind and the class or time bin the values are for, and with
+``≈ uniform (N_eff = 24.7 of 25)`` above when the attention is flagged uniform (:mod:`.spread`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .plotting import UNIFORM_GID, describe_target, pyplot, save_figure, tick_formatter
+from .spread import figure_notes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .report import AttentionReport
@@ -61,12 +63,14 @@ def _class_rows(rows: pd.DataFrame, kind: str, sample_id: str, target_class: str
 
 def plot_top_tokens(report: AttentionReport, sample_id: str, *,
                     kinds: tuple[str, ...] = ("feature", "gene", "event"), k: int = TOP_K,
-                    target_class: str | None = None, path: str | Path | None = None,
-                    format: str | None = None):
+                    target_class: str | None = None, spread: pd.DataFrame | None = None,
+                    path: str | Path | None = None, format: str | None = None):
     """One panel per kind the sample has: its top-``k`` tokens by |value|, named.
 
     ``target_class``: the class (or time bin) of per-class kinds (default: the last one); the panel title
-    names it, and how many of the sample's tokens are shown.
+    names it, and how many of the sample's tokens are shown. Attention flagged uniform (by ``spread``, an
+    :func:`~.spread.attention_spread` table, else by the fallback rule) says so above the title;
+    ``fig.uniform_notes`` maps ``(kind, target_class)`` to the note.
     """
     plt = pyplot()
     present = [kind for kind in kinds if kind in report.kinds]
@@ -84,12 +88,16 @@ def plot_top_tokens(report: AttentionReport, sample_id: str, *,
                          "(its modalities are absent)")
     height = max(3.0, 0.2 * min(k, max(len(r) for r in tops.values())) + 1.4)
     fig, axes = plt.subplots(1, len(tops), figsize=(4.4 * len(tops), height), squeeze=False)
+    fig.uniform_notes = {}
     for ax, (kind, rows) in zip(axes[0], tops.items()):
         rows = _class_rows(rows, kind, sample_id, target_class)
         cls = rows["target_class"].dropna().unique()
         what = ", ".join(p for p in (f"{kind} ({rows['modality'].iloc[0]})",
                                      describe_target(cls[0] if len(cls) else None)) if p)
-        draw_token_bars(ax, rows, title=what, k=k)
+        notes = figure_notes(rows, spread) if kind != "shap" else {}
+        fig.uniform_notes.update(notes)
+        note = notes.get((kind, str(cls[0]) if len(cls) else None))
+        draw_token_bars(ax, rows, title=(f"{note}\n" if note else "") + what, k=k)
     fig.suptitle(f"sample {sample_id}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, format)

@@ -17,11 +17,12 @@ KINDS = ("class_wise", "exploratory", "explanatory")
 
 def plot_persam_trio(report: Any, sample_id: str, *, target_class: str | None = None,
                      patch_size: float | None = None, mpp: float | None = None, background: Any = None,
-                     downsample: float = 1.0, path: str | Path | None = None, format: str | None = None):
+                     downsample: float = 1.0, spread: Any = None, path: str | Path | None = None,
+                     format: str | None = None):
     """The three patch attentions of one sample on one colour scale: columns are the kinds (times the
     slides, one panel each), rows the classes (every class, or ``target_class``); exploratory is
     class-independent and drawn once. Keywords as in :func:`~clinfuse.fusion.explain.figures.
-    plot_patch_attention`; returns the Figure."""
+    plot_patch_attention` (``spread``: whose uniform flags the panel titles state); returns the Figure."""
     rows = {kind: sample_rows(report, sample_id, kind) for kind in KINDS}
     classes = classes_of(rows["explanatory"], target_class)
     grid = []
@@ -35,7 +36,7 @@ def plot_persam_trio(report: Any, sample_id: str, *, target_class: str | None = 
                 line += panels_of(rows[kind], kind, cls)
         grid.append(line)
     return draw_panels(grid, title=f"PersAM attention, sample {sample_id}", patch_size=patch_size, mpp=mpp,
-                       background=background, downsample=downsample, path=path, format=format)
+                       background=background, downsample=downsample, spread=spread, path=path, format=format)
 
 
 register_sample_figure("persam", SampleFigure(plot_persam_trio, "explanatory"))
