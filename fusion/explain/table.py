@@ -45,8 +45,8 @@ DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 STREAM_SCHEMA = pa.schema([pa.field(f.name, DICTIONARY if f.type == pa.string() else f.type)
                            for f in ARROW_SCHEMA])
 def report_kinds() -> list[str]:
-    """Every kind a report can hold: the attention kinds, then ``shap``."""
-    return [*ATTENTION_KINDS, "shap"]
+    """Every kind a report can hold: the attention kinds, then ``shap`` and ``attribution`` (gradients)."""
+    return [*ATTENTION_KINDS, "shap", "attribution"]
 
 
 def _np(x: Any) -> np.ndarray:

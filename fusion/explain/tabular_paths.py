@@ -1,0 +1,128 @@
+"""The integrated-gradients paths of the clinical and genomic inputs (see :mod:`.attributions`).
+
+Each ``*_path(network, batch, tokens, reference, task)`` returns ``build(alphas)``: for the nodes
+``alphas [n]`` it runs the network on the path points and returns ``(outputs [n, C], leaves, deltas,
+reduce)``, where ``reduce`` turns the per-leaf integrals into ``[C, K]``, one value per input (the
+modality's token order: genes; numeric then categorical clinical columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...datasets.batch import Batch, ModalityBatch
+from .gradients import EmbeddingPaths, expand_batch, expand_tokens, explained_outputs, outputs_from_tokens
+
+
+def background_baseline(model: Any, background: Any, modality: str, *, neutral: bool
+                        ) -> dict[str, torch.Tensor]:
+    """The baseline inputs ``x'`` of ``modality``: the background's mean values (and most frequent codes),
+    or the neutral values (0, the training mean of standardised values; code 0, "missing")."""
+    from ...datasets.loading import make_loader
+
+    schema = model.preprocessor_.schema_[modality]
+    if neutral:
+        if modality == "genomics":
+            return {"values": torch.zeros(len(schema["genes"]))}
+        return {"numeric": torch.zeros(len(schema["numeric"])),
+                "categorical": torch.zeros(len(schema["categorical"]), dtype=torch.long)}
+    ids = [s for s in background.sample_ids if background.has(s, modality)]
+    if not ids:
+        raise ValueError(f"attributions: the background cohort has no sample with {modality!r} data "
+                         "(its mean is the baseline); pass another background or baseline='neutral'")
+    rows = [batch.modalities[modality].tensors
+            for batch in make_loader(background.subset(ids), model.preprocessor_, batch_size=64)]
+    if modality == "genomics":
+        return {"values": torch.cat([r["values"] for r in rows]).float().mean(0)}
+    numeric = torch.cat([r["numeric"] for r in rows]).float()
+    observed = ~torch.cat([r["numeric_missing"] for r in rows])
+    mean = (numeric * observed).sum(0) / observed.sum(0).clamp_min(1)  # a never-observed column: 0
+    codes = torch.cat([r["categorical"] for r in rows])
+    mode = codes.mode(dim=0).values if codes.shape[1] else codes.new_zeros(0)
+    return {"numeric": mean, "categorical": mode}
+
+
+def _with(batch: Batch, modality: str, tensors: dict[str, torch.Tensor]) -> Batch:
+    mb = batch.modalities[modality]
+    mods = dict(batch.modalities)
+    mods[modality] = ModalityBatch(mb.modality, mb.mask, mb.present, {**mb.tensors, **tensors}, mb.names,
+                                   mb.meta)
+    return Batch(batch.sample_ids, batch.patient_ids, mods)
+
+
+def _run(network: nn.Module, big: Batch, tokens: dict, modality: str, task: str) -> torch.Tensor:
+    n = len(big.sample_ids)
+    toks = {m: expand_tokens(t, n) for m, t in tokens.items() if m != modality}
+    toks[modality] = network.encoders[modality](big.modalities[modality])
+    toks = {m: toks[m] for m in tokens}  # the network's modality order
+    return explained_outputs(task, outputs_from_tokens(network, toks, big))
+
+
+def genomics_path(network: nn.Module, batch: Batch, tokens: dict, reference: dict, task: str) -> Callable:
+    """Gene values on the line from the baseline's to the sample's."""
+    x = batch.modalities["genomics"].tensors["values"][0].float()
+    b = reference["values"].to(x.dtype)
+
+    def build(alphas: torch.Tensor):
+        leaf = (b + alphas[:, None] * (x - b)).requires_grad_(True)  # [n, G]
+        big = _with(expand_batch(batch, len(alphas)), "genomics", {"values": leaf})
+        out = _run(network, big, tokens, "genomics", task)
+        return out, [leaf], [x - b], lambda parts: parts[0]
+
+    return build
+
+
+def _embeddings(network: nn.Module) -> list[tuple[str, nn.Embedding]]:
+    """The embedding tables that read clinical codes: the clinical encoder's and the wide term's."""
+    found = [("encoder", m) for m in network.encoders["clinical"].modules() if isinstance(m, nn.Embedding)]
+    wide = getattr(network, "wide", None)
+    if wide is not None:
+        found += [("wide", m) for m in wide.categorical]
+    return found
+
+
+def clinical_path(network: nn.Module, batch: Batch, tokens: dict, reference: dict, task: str) -> Callable:
+    """Numeric values on the line from the baseline's (the sample's missing values stay missing); codes
+    at the embedding level (:class:`~.gradients.EmbeddingPaths`). The batch is doubled: rows ``n..2n``
+    hold the baseline codes, whose embedding rows the path starts from."""
+    t = batch.modalities["clinical"].tensors
+    x, missing, codes = t["numeric"][0].float(), t["numeric_missing"][0], t["categorical"][0]
+    b = torch.where(missing, x, reference["numeric"].to(x.dtype))  # missing: no path, delta 0
+    b_codes = reference["categorical"].to(codes.dtype)
+    kn, kc = len(x), len(codes)
+    tables = _embeddings(network)
+
+    def build(alphas: torch.Tensor):
+        n = len(alphas)
+        leaf = (b + alphas[:, None] * (x - b)).requires_grad_(True)  # [n, Kn]
+        numeric = torch.cat([leaf, b.expand(n, kn)])
+        categorical = torch.cat([codes.expand(n, kc), b_codes.expand(n, kc)])
+        big = _with(expand_batch(batch, 2 * n), "clinical", {"numeric": numeric, "categorical": categorical})
+        with EmbeddingPaths(tables, alphas) as paths:
+            out = _run(network, big, tokens, "clinical", task)[:n]
+        calls = list(paths.calls)
+
+        def reduce(parts: list[torch.Tensor]) -> torch.Tensor:
+            per_column = parts[0].new_zeros(parts[0].shape[0], kc)
+            seen: dict[str, int] = {}
+            for (owner, _, delta), part in zip(calls, parts[1:]):
+                part = part.sum(-1)  # [C, *index shape]: summed over the embedding width
+                if tuple(part.shape[1:]) == (kc,):
+                    per_column = per_column + part
+                elif part.dim() == 1:  # one column per call (a table per column), in column order
+                    j = seen.get(owner, 0)
+                    seen[owner] = j + 1
+                    per_column[:, j % max(kc, 1)] += part
+                elif bool(delta.ne(0).any()):
+                    raise ValueError("attributions: the clinical encoder looks codes up in a layout "
+                                     f"({tuple(part.shape[1:])}) that is not one row per categorical column; "
+                                     "use method='permutation'")
+            return torch.cat([parts[0], per_column], dim=1)  # [C, Kn + Kc]
+
+        return out, [leaf, *(leaf_e for _, leaf_e, _ in calls)], [x - b, *(d for _, _, d in calls)], reduce
+
+    return build
