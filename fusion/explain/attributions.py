@@ -40,6 +40,7 @@ from ...datasets.batch import ModalityBatch
 from ...datasets.modalities import get_modality
 from ...datasets.modalities.base import as_numpy
 from . import gradients as G
+from .agreement import model_gene_sets
 from .report import AttentionReport
 from .table import conform_frame
 from .tabular_paths import background_baseline, clinical_path, genomics_path
@@ -77,16 +78,14 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
         ``method`` and ``baseline``. Event rows carry ``code, time``; patch rows ``slide_id, position, x, y``.
     """
     from ...datasets.loading import make_loader
-    from .shap import shap_values
+    from .shap import _fitted_network, shap_values
 
     if method not in METHODS:
         raise ValueError(f"attributions: method must be one of {METHODS}, got {method!r}")
     modalities = (*TABULAR, *TOKEN_MODALITIES)
     if modality not in modalities:
         raise ValueError(f"attributions: modality must be one of {modalities}, got {modality!r}")
-    network = getattr(model, "network_", None)
-    if network is None:
-        raise ValueError("this FusionModel is not fitted yet: call fit first")
+    network = _fitted_network(model)
     if modality not in model.preprocessor_.schema_:
         raise ValueError(f"attributions: the model was trained without {modality!r} data "
                          f"(its modalities: {[m for m in model.preprocessor_.schema_ if m != 'task']})")
@@ -143,6 +142,7 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
     report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.skipped, report.outputs, report.base_values = skipped, outputs, base_values
     report.method, report.baseline = method, baseline
+    report.gene_sets = model_gene_sets(model) if modality == "genomics" else None  # for the agreement
     return report
 
 
