@@ -132,12 +132,14 @@ def test_no_overlap_is_an_error_that_says_why(fitted_classifier, classifier_repo
 def test_agreement_over_tokens(fitted_classifier, classifier_reports, modality):
     agreement = attention_attribution_agreement(fitted_classifier.model.explain(fitted_classifier.test),
                                                 classifier_reports[modality])
-    assert agreement.attrs["tokens"] == "tokens" and len(agreement) == len(classifier_reports[modality].outputs)
+    assert agreement.attrs["tokens"] == "tokens"
+    assert len(agreement) == len(classifier_reports[modality].outputs)
     assert (agreement["n_tokens"] > 0).all() and agreement["spearman"].notna().any()
 
 
 def test_methods_and_bad_requests(fitted_classifier):
-    model, test = fitted_classifier.model, fitted_classifier.test.subset(fitted_classifier.test.sample_ids[:2])
+    model, test = fitted_classifier.model, fitted_classifier.test
+    test = test.subset(test.sample_ids[:2])
     fast = model.shap_values(test, modality="clinical", method="integrated_gradients")
     assert fast.kinds == ["attribution"] and fast.method == "integrated_gradients"
     assert model.attributions(test, modality="events").kinds == ["attribution"]
@@ -170,7 +172,8 @@ def planted():
 
 def _mean_abs(report, kind):
     frame = report.to_frame(kinds=[kind])
-    return frame[frame["target_class"] == "1"].assign(a=lambda d: d["value"].abs()).groupby("token")["a"].mean()
+    rows = frame[frame["target_class"] == "1"]
+    return rows.assign(a=rows["value"].abs()).groupby("token")["a"].mean()
 
 
 @pytest.mark.slow  # a 15-epoch fit, then the permutation explainer (numba compiles on first use)
