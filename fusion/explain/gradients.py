@@ -121,31 +121,54 @@ def path_nodes(n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 class EmbeddingPaths:
     """Integrated gradients through ``nn.Embedding`` lookups of discrete codes.
 
-    A code has no straight path to another code, but its embedding row does: while active, every embedding
-    of ``modules`` called on a batch of ``2 n`` rows (rows ``n..2n`` carry the baseline codes, rows
-    ``0..n`` the sample's) returns, for row i < n, ``e' + alpha_i (e - e')`` (``e``: the sample's row,
-    ``e'``: the baseline's row of the same call) as a leaf tensor. Its attribution is
-    ``(e - e') . integral grad`` summed over the embedding width: the categorical input's share of the
-    completeness sum. The calls are kept in order (``calls``) so the caller maps them to columns.
+    A code has no straight path to another code, but its embedding row does. First, :meth:`record` runs
+    the lookups on the baseline codes (one row) and keeps every call's output, in call order. Then, while
+    active, the k-th call of the path's forward (``n`` rows, the sample's codes) returns, for row i,
+    ``e' + alpha_i (e - e')`` (``e``: the sample's row, ``e'``: the baseline's row of the same call) as a
+    leaf tensor. Its attribution is ``(e - e') . integral grad`` summed over the embedding width: the
+    categorical input's share of the completeness sum. ``calls`` keeps ``(owner, leaf, e - e')`` in order
+    so the caller maps them to columns. Lookups that are not one row per sample (e.g. of positions) are
+    left alone.
     """
 
     def __init__(self, modules: Sequence[tuple[str, nn.Embedding]], alphas: torch.Tensor) -> None:
         self.modules, self.alphas = list(modules), alphas
         self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (owner, leaf [n, ...], delta)
+        self.baseline: list[torch.Tensor | None] = []
         self._handles: list[Any] = []
+        self._recording = False
 
     def _hook(self, owner: str) -> Callable:
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-            n = len(self.alphas)
-            if output.dim() < 2 or output.shape[0] != 2 * n:
-                return None  # a lookup that is not per sample row (e.g. of positions): no code moves
-            e, e0 = output[:n].detach(), output[n:].detach()
-            a = self.alphas.reshape(n, *([1] * (output.dim() - 1)))
-            leaf = (e0 + a * (e - e0)).requires_grad_(True)
-            self.calls.append((owner, leaf, (e - e0)[0]))
-            return torch.cat([leaf, output[n:]], dim=0)
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+            rows = 1 if self._recording else len(self.alphas)
+            per_row = output.dim() >= 2 and output.shape[0] == rows
+            if self._recording:
+                self.baseline.append(output.detach() if per_row else None)
+                return None
+            k = len(self.calls)
+            e0 = self.baseline[k] if k < len(self.baseline) else None
+            if not per_row or e0 is None:
+                self.calls.append((owner, None, None))  # keeps the call order aligned with the record
+                return None
+            e, e0 = output.detach(), e0[0]
+            a = self.alphas.reshape(rows, *([1] * (output.dim() - 1)))
+            leaf = (e0 + a * (e[0] - e0)).requires_grad_(True)
+            self.calls.append((owner, leaf, e[0] - e0))
+            return leaf
 
         return hook
+
+    def record(self, run: Callable[[], Any]) -> None:
+        """Run the baseline's lookups (``run`` calls them on a one-row batch) and keep their outputs."""
+        self.baseline, self._recording = [], True
+        handles = [m.register_forward_hook(self._hook(owner)) for owner, m in self.modules]
+        try:
+            with torch.no_grad():
+                run()
+        finally:
+            for h in handles:
+                h.remove()
+            self._recording = False
 
     def __enter__(self) -> EmbeddingPaths:
         self.calls.clear()

@@ -87,24 +87,30 @@ def _embeddings(network: nn.Module) -> list[tuple[str, nn.Embedding]]:
 
 def clinical_path(network: nn.Module, batch: Batch, tokens: dict, reference: dict, task: str) -> Callable:
     """Numeric values on the line from the baseline's (the sample's missing values stay missing); codes
-    at the embedding level (:class:`~.gradients.EmbeddingPaths`). The batch is doubled: rows ``n..2n``
-    hold the baseline codes, whose embedding rows the path starts from."""
+    at the embedding level (:class:`~.gradients.EmbeddingPaths`, whose baseline rows come from one
+    lookup pass over the baseline codes)."""
     t = batch.modalities["clinical"].tensors
     x, missing, codes = t["numeric"][0].float(), t["numeric_missing"][0], t["categorical"][0]
     b = torch.where(missing, x, reference["numeric"].to(x.dtype))  # missing: no path, delta 0
     b_codes = reference["categorical"].to(codes.dtype)
-    kn, kc = len(x), len(codes)
+    kc = len(codes)
     tables = _embeddings(network)
+    base = _with(batch, "clinical", {"numeric": b[None], "categorical": b_codes[None]})
+
+    def lookups() -> None:  # every module that looks clinical codes up, in the network's order
+        network.encoders["clinical"](base.modalities["clinical"])
+        if network.wide is not None:
+            network.wide(base)
 
     def build(alphas: torch.Tensor):
         n = len(alphas)
+        paths = EmbeddingPaths(tables, alphas)
+        paths.record(lookups)
         leaf = (b + alphas[:, None] * (x - b)).requires_grad_(True)  # [n, Kn]
-        numeric = torch.cat([leaf, b.expand(n, kn)])
-        categorical = torch.cat([codes.expand(n, kc), b_codes.expand(n, kc)])
-        big = _with(expand_batch(batch, 2 * n), "clinical", {"numeric": numeric, "categorical": categorical})
-        with EmbeddingPaths(tables, alphas) as paths:
-            out = _run(network, big, tokens, "clinical", task)[:n]
-        calls = list(paths.calls)
+        big = _with(expand_batch(batch, n), "clinical", {"numeric": leaf})
+        with paths:
+            out = _run(network, big, tokens, "clinical", task)
+        calls = [c for c in paths.calls if c[1] is not None]
 
         def reduce(parts: list[torch.Tensor]) -> torch.Tensor:
             per_column = parts[0].new_zeros(parts[0].shape[0], kc)
