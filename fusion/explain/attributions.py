@@ -52,7 +52,7 @@ MAX_PATH_TOKENS = 1 << 16  # tokens one forward over a bag's path holds (n_steps
 
 
 def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integrated_gradients",
-                 baseline: str | None = None, background: Any = None, n_steps: int = 32,
+                 baseline: str | None = None, background: Any = None, n_steps: int = 16,
                  **permutation_kwargs: Any) -> AttentionReport:
     """Signed attributions of ``modality``'s inputs (clinical, genomics) or tokens (events, images).
 
@@ -69,7 +69,8 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
             events and images); see the module docstring.
         background: the cohort whose mean (or most frequent code) is the ``"background"`` baseline
             (default: ``cohort``).
-        n_steps: Gauss-Legendre nodes of the path integral.
+        n_steps: Gauss-Legendre nodes of the path integral (16 integrate polynomials of degree 31
+            exactly; the report's ``outputs - base_values`` against the row sums shows the gap).
 
     Returns:
         An :class:`AttentionReport` of rows of kind ``attribution`` (``target_class`` = the class for
@@ -127,7 +128,8 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
             build = _token_path(network, batch, tokens, modality, model.task)
             names, columns = _token_columns(batch.modalities[modality], tokens[modality], modality)
             chunk = max(1, MAX_PATH_TOKENS // max(1, tokens[modality].values.shape[1]))
-        values, f_x, f_b = _accumulate(build, alphas, weights, chunk)
+        values, f_x, f_b = _accumulate(build, alphas, weights, chunk,
+                                       sum_to_one=model.task == "classification")
         if modality not in TABULAR:  # one sample: padding only if an encoder pads its own tokens
             real = tokens[modality].mask[0].numpy()
             values, names = values[:, real], [t for t, r in zip(names, real) if r]
@@ -149,15 +151,15 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
 Build = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], Callable]]
 
 
-def _accumulate(build: Build, alphas: torch.Tensor, weights: torch.Tensor, chunk: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _accumulate(build: Build, alphas: torch.Tensor, weights: torch.Tensor, chunk: int, *,
+                sum_to_one: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(attributions [C, T], f(x) [C], f(x') [C])`` over the path, ``chunk`` nodes per forward."""
     total, f_x, f_b = None, None, None
     for start in range(0, len(alphas), chunk):
         a, w = alphas[start:start + chunk], weights[start:start + chunk]
         with torch.enable_grad():
             out, leaves, deltas, reduce = build(a)
-            part = reduce(G.integrate(out, w, leaves, deltas)) if leaves else None
+            part = reduce(G.integrate(out, w, leaves, deltas, sum_to_one=sum_to_one)) if leaves else None
         total = part if total is None else total + part
         for i, alpha in enumerate(a.tolist()):
             if w[i] == 0 and alpha == 0.0:

@@ -91,7 +91,7 @@ def explained_outputs(task: str, outputs: torch.Tensor) -> torch.Tensor:
 
 
 def integrate(out: torch.Tensor, weights: torch.Tensor, leaves: Sequence[torch.Tensor],
-              deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+              deltas: Sequence[torch.Tensor], *, sum_to_one: bool = False) -> list[torch.Tensor]:
     """Per leaf, ``[C, *leaf.shape[1:]]``: ``delta * sum_i w_i d out[i, c] / d leaf[i]`` for every output c.
 
     Args:
@@ -100,14 +100,22 @@ def integrate(out: torch.Tensor, weights: torch.Tensor, leaves: Sequence[torch.T
         weights: quadrature weights ``[n]``.
         leaves: the path tensors ``[n, ...]`` (requires_grad) ``out`` was computed from.
         deltas: ``x - x'`` per leaf, broadcastable to ``leaf.shape[1:]``.
+        sum_to_one: the C outputs sum to 1 everywhere (class probabilities), so their gradients sum to 0:
+            the last output's attributions are minus the sum of the others' (one backward fewer; a binary
+            classifier needs one).
     """
+    n_out = out.shape[1]
+    backward = n_out - 1 if sum_to_one and n_out > 1 else n_out
     sums: list[list[torch.Tensor]] = [[] for _ in leaves]
-    for c in range(out.shape[1]):
+    for c in range(backward):
         grads = torch.autograd.grad((out[:, c] * weights).sum(), list(leaves),
-                                    retain_graph=c + 1 < out.shape[1], allow_unused=True)
+                                    retain_graph=c + 1 < backward, allow_unused=True)
         for k, (g, delta) in enumerate(zip(grads, deltas)):
             g = torch.zeros_like(leaves[k]) if g is None else g
             sums[k].append(g.sum(0) * delta)
+    if backward < n_out:
+        for s in sums:
+            s.append(-torch.stack(s).sum(0))
     return [torch.stack(s).detach() for s in sums]
 
 
