@@ -48,6 +48,7 @@ from .tabular_paths import background_baseline, clinical_path, genomics_path
 METHODS = ("integrated_gradients", "permutation")
 TABULAR = ("clinical", "genomics")
 TOKEN_MODALITIES = ("events", "images")
+TABULAR_BATCH = 8
 MAX_PATH_TOKENS = 1 << 16  # tokens one forward over a bag's path holds (n_steps x T is split in chunks)
 
 
@@ -112,34 +113,41 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
     network.eval()
     classes = [str(c) for c in model.classes_] if model.task == "classification" else [None]
     frames, skipped, outputs, base_values = [], [], {}, {}
-    for batch in make_loader(cohort, model.preprocessor_, batch_size=1):
-        sample = batch.sample_ids[0]
-        if not bool(batch.modalities[modality].present[0]):
-            skipped.append(sample)
+    # Tabular inputs: TABULAR_BATCH samples share one forward over their paths (small tensors: the
+    # per-call overhead is what costs); a bag's path is one sample, split in chunks of nodes.
+    size = TABULAR_BATCH if modality in TABULAR else 1
+    for batch in make_loader(cohort, model.preprocessor_, batch_size=size):
+        present = batch.modalities[modality].present.tolist()
+        skipped += [s for s, p in zip(batch.sample_ids, present) if not p]
+        if not any(present):
             continue
         with torch.no_grad():
             tokens = network.encode(batch)
         if modality in TABULAR:
             path = clinical_path if modality == "clinical" else genomics_path
             build = path(network, batch, tokens, reference, model.task)
-            names, columns = list(batch.modalities[modality].names[0]), {}
             chunk = len(alphas)
         else:
             build = _token_path(network, batch, tokens, modality, model.task)
-            names, columns = _token_columns(batch.modalities[modality], tokens[modality], modality)
             chunk = max(1, MAX_PATH_TOKENS // max(1, tokens[modality].values.shape[1]))
         values, f_x, f_b = _accumulate(build, alphas, weights, chunk,
-                                       sum_to_one=model.task == "classification")
-        if modality not in TABULAR:  # one sample: padding only if an encoder pads its own tokens
-            real = tokens[modality].mask[0].numpy()
-            values, names = values[:, real], [t for t, r in zip(names, real) if r]
-            columns = {k: [v for v, r in zip(col, real) if r] for k, col in columns.items()}
-        outputs[sample], base_values[sample] = f_x, f_b
-        for c, cls in enumerate(classes):
-            frames.append(pd.DataFrame({
-                "sample_id": sample, "patient_id": batch.patient_ids[0], "modality": modality, "token": names,
-                "kind": "attribution", "target_class": cls, "value": values[c], "raw_value": values[c],
-                **columns}))
+                                       sum_to_one=model.task == "classification")  # [C, B, K], [B, C]
+        for b, sample in enumerate(batch.sample_ids):
+            if not present[b]:
+                continue
+            if modality in TABULAR:
+                names, columns, v = list(batch.modalities[modality].names[b]), {}, values[:, b]
+            else:  # one sample: padding only if an encoder pads its own tokens
+                names, columns = _token_columns(batch.modalities[modality], tokens[modality], modality)
+                real = tokens[modality].mask[0].numpy()
+                v, names = values[:, 0, real], [t for t, r in zip(names, real) if r]
+                columns = {k: [x for x, r in zip(col, real) if r] for k, col in columns.items()}
+            outputs[sample], base_values[sample] = f_x[b], f_b[b]
+            for c, cls in enumerate(classes):
+                frames.append(pd.DataFrame({
+                    "sample_id": sample, "patient_id": batch.patient_ids[b], "modality": modality,
+                    "token": names, "kind": "attribution", "target_class": cls, "value": v[c],
+                    "raw_value": v[c], **columns}))
     frame = conform_frame(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
     report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.skipped, report.outputs, report.base_values = skipped, outputs, base_values
@@ -153,7 +161,8 @@ Build = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor], list[to
 
 def _accumulate(build: Build, alphas: torch.Tensor, weights: torch.Tensor, chunk: int, *,
                 sum_to_one: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(attributions [C, T], f(x) [C], f(x') [C])`` over the path, ``chunk`` nodes per forward."""
+    """``(attributions [C, B, T], f(x) [B, C], f(x') [B, C])`` over the paths of B samples, ``chunk``
+    nodes per forward."""
     total, f_x, f_b = None, None, None
     for start in range(0, len(alphas), chunk):
         a, w = alphas[start:start + chunk], weights[start:start + chunk]
@@ -161,26 +170,27 @@ def _accumulate(build: Build, alphas: torch.Tensor, weights: torch.Tensor, chunk
             out, leaves, deltas, reduce = build(a)
             part = reduce(G.integrate(out, w, leaves, deltas, sum_to_one=sum_to_one)) if leaves else None
         total = part if total is None else total + part
+        per_sample = out.detach().double().reshape(-1, len(a), out.shape[1])  # [B, nodes, C]
         for i, alpha in enumerate(a.tolist()):
             if w[i] == 0 and alpha == 0.0:
-                f_b = out[i].detach().double().numpy()
+                f_b = per_sample[:, i].numpy()
             elif w[i] == 0 and alpha == 1.0:
-                f_x = out[i].detach().double().numpy()
+                f_x = per_sample[:, i].numpy()
     return total.double().numpy(), f_x, f_b
 
 
 def _token_path(network: Any, batch: Any, tokens: dict, modality: str, task: str) -> Build:
     """The path from zero tokens to the encoder's tokens of ``modality`` (others fixed)."""
     target = tokens[modality]
-    x = target.values[0]  # [T, d]
+    x = target.values  # [1, T, d]
 
     def build(alphas: torch.Tensor):
         n = len(alphas)
-        leaf = (alphas[:, None, None] * x).requires_grad_(True)  # [n, T, d]
+        leaf = (alphas[:, None, None] * x[0]).requires_grad_(True)  # [n, T, d]
         toks = {m: G.expand_tokens(t, n) for m, t in tokens.items()}
         toks[modality] = replace(toks[modality], values=leaf)
         out = G.explained_outputs(task, G.outputs_from_tokens(network, toks, G.expand_batch(batch, n)))
-        return out, [leaf], [x], lambda parts: parts[0].sum(-1)  # [C, T]: summed over the width
+        return out, [leaf], [x], lambda parts: parts[0].sum(-1)  # [C, 1, T]: summed over the width
 
     return build
 

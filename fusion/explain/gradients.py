@@ -37,30 +37,37 @@ def gauss_legendre(n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
                                                                                  dtype=torch.float32)
 
 
-def expand(value: Any, n: int) -> Any:
-    """One sample's per-sample value (a tensor ``[1, ...]``, a ``[1][T]`` grid, a dict of them) repeated
-    ``n`` times along the batch dimension; anything else (set definitions, gene lists) is shared."""
+def expand(value: Any, n: int, rows: int = 1) -> Any:
+    """A per-sample value of ``rows`` samples (a tensor ``[rows, ...]``, a ``[rows][T]`` grid, a dict of
+    them) with each sample's row repeated ``n`` times in place (sample b's copies are rows ``b*n..b*n+n``);
+    anything else (set definitions, gene lists) is shared."""
     if isinstance(value, torch.Tensor):
-        return value.expand(n, *value.shape[1:]) if value.dim() and value.shape[0] == 1 else value
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-        return value * n
+        if not value.dim() or value.shape[0] != rows:
+            return value
+        return value.expand(n, *value.shape[1:]) if rows == 1 else value.repeat_interleave(n, dim=0)
+    if isinstance(value, list) and len(value) == rows and all(isinstance(v, list) for v in value):
+        return [v for v in value for _ in range(n)]
     if isinstance(value, dict):
-        return {k: expand(v, n) for k, v in value.items()}
+        return {k: expand(v, n, rows) for k, v in value.items()}
     return value
 
 
 def expand_batch(batch: Batch, n: int) -> Batch:
-    """A one-sample ``batch`` as ``n`` identical rows."""
-    mods = {m: ModalityBatch(mb.modality, expand(mb.mask, n), expand(mb.present, n), expand(mb.tensors, n),
-                             expand(mb.names, n), expand(mb.meta, n)) for m, mb in batch.modalities.items()}
-    return Batch([batch.sample_ids[0]] * n, [batch.patient_ids[0]] * n, mods)
+    """``batch`` (B samples) with each sample repeated ``n`` times in place (``B * n`` rows)."""
+    B = len(batch.sample_ids)
+    mods = {m: ModalityBatch(mb.modality, expand(mb.mask, n, B), expand(mb.present, n, B),
+                             expand(mb.tensors, n, B), expand(mb.names, n, B), expand(mb.meta, n, B))
+            for m, mb in batch.modalities.items()}
+    return Batch([s for s in batch.sample_ids for _ in range(n)],
+                 [p for p in batch.patient_ids for _ in range(n)], mods)
 
 
 def expand_tokens(tokens: Tokens, n: int) -> Tokens:
-    """One sample's ``Tokens`` as ``n`` identical rows."""
-    return replace(tokens, values=expand(tokens.values, n), mask=expand(tokens.mask, n),
-                   names=expand(tokens.names, n), present=expand(tokens.present, n),
-                   meta=expand(tokens.meta, n))
+    """``Tokens`` of B samples with each sample repeated ``n`` times in place."""
+    B = tokens.values.shape[0]
+    return replace(tokens, values=expand(tokens.values, n, B), mask=expand(tokens.mask, n, B),
+                   names=expand(tokens.names, n, B), present=expand(tokens.present, n, B),
+                   meta=expand(tokens.meta, n, B))
 
 
 def outputs_from_tokens(network: nn.Module, tokens: dict[str, Tokens], batch: Batch) -> torch.Tensor:
@@ -92,27 +99,29 @@ def explained_outputs(task: str, outputs: torch.Tensor) -> torch.Tensor:
 
 def integrate(out: torch.Tensor, weights: torch.Tensor, leaves: Sequence[torch.Tensor],
               deltas: Sequence[torch.Tensor], *, sum_to_one: bool = False) -> list[torch.Tensor]:
-    """Per leaf, ``[C, *leaf.shape[1:]]``: ``delta * sum_i w_i d out[i, c] / d leaf[i]`` for every output c.
+    """Per leaf, ``[C, B, ...]``: ``delta_b * sum_i w_i d out[b, i, c] / d leaf[b, i]`` for every output c.
 
     Args:
-        out: ``[n, C]`` outputs of the path points (row i = node i; rows with weight 0 are carried along,
-            e.g. the end points ``alpha = 0, 1`` whose outputs are ``f(x')`` and ``f(x)``).
+        out: ``[B * n, C]`` outputs of the path points of B samples (row ``b * n + i`` = sample b, node i;
+            rows with weight 0 are carried along, e.g. the end points ``alpha = 0, 1`` whose outputs are
+            ``f(x')`` and ``f(x)``). Samples are independent rows of the network (eval mode).
         weights: quadrature weights ``[n]``.
-        leaves: the path tensors ``[n, ...]`` (requires_grad) ``out`` was computed from.
-        deltas: ``x - x'`` per leaf, broadcastable to ``leaf.shape[1:]``.
+        leaves: the path tensors ``[B * n, ...]`` (requires_grad) ``out`` was computed from.
+        deltas: ``x - x'`` per leaf, ``[B, ...]``.
         sum_to_one: the C outputs sum to 1 everywhere (class probabilities), so their gradients sum to 0:
             the last output's attributions are minus the sum of the others' (one backward fewer; a binary
             classifier needs one).
     """
-    n_out = out.shape[1]
+    n_out, n = out.shape[1], len(weights)
+    w = weights.repeat(out.shape[0] // n)
     backward = n_out - 1 if sum_to_one and n_out > 1 else n_out
     sums: list[list[torch.Tensor]] = [[] for _ in leaves]
     for c in range(backward):
-        grads = torch.autograd.grad((out[:, c] * weights).sum(), list(leaves),
+        grads = torch.autograd.grad((out[:, c] * w).sum(), list(leaves),
                                     retain_graph=c + 1 < backward, allow_unused=True)
         for k, (g, delta) in enumerate(zip(grads, deltas)):
             g = torch.zeros_like(leaves[k]) if g is None else g
-            sums[k].append(g.sum(0) * delta)
+            sums[k].append(g.reshape(-1, n, *g.shape[1:]).sum(1) * delta)
     if backward < n_out:
         for s in sums:
             s.append(-torch.stack(s).sum(0))
@@ -131,16 +140,16 @@ class EmbeddingPaths:
 
     A code has no straight path to another code, but its embedding row does. First, :meth:`record` runs
     the lookups on the baseline codes (one row) and keeps every call's output, in call order. Then, while
-    active, the k-th call of the path's forward (``n`` rows, the sample's codes) returns, for row i,
-    ``e' + alpha_i (e - e')`` (``e``: the sample's row, ``e'``: the baseline's row of the same call) as a
-    leaf tensor. Its attribution is ``(e - e') . integral grad`` summed over the embedding width: the
-    categorical input's share of the completeness sum. ``calls`` keeps ``(owner, leaf, e - e')`` in order
-    so the caller maps them to columns. Lookups that are not one row per sample (e.g. of positions) are
-    left alone.
+    active, the k-th call of the path's forward (``B * n`` rows: node i of sample b is row ``b * n + i``,
+    with the sample's codes) returns ``e' + alpha_i (e - e')`` as a leaf tensor (``e``: the sample's row,
+    ``e'``: the baseline's row of the same call). Its attribution is ``(e - e') . integral grad`` summed
+    over the embedding width: the categorical input's share of the completeness sum. ``calls`` keeps
+    ``(owner, leaf, e - e' [B, ...])`` in order so the caller maps them to columns. Lookups that are not
+    one row per path point (e.g. of positions) are left alone.
     """
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Embedding]], alphas: torch.Tensor) -> None:
-        self.modules, self.alphas = list(modules), alphas
+    def __init__(self, modules: Sequence[tuple[str, nn.Embedding]], alphas: torch.Tensor, rows: int) -> None:
+        self.modules, self.alphas, self.rows = list(modules), alphas.repeat(rows), rows
         self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (owner, leaf [n, ...], delta)
         self.baseline: list[torch.Tensor | None] = []
         self._handles: list[Any] = []
@@ -158,10 +167,11 @@ class EmbeddingPaths:
             if not per_row or e0 is None:
                 self.calls.append((owner, None, None))  # keeps the call order aligned with the record
                 return None
-            e, e0 = output.detach(), e0[0]
+            e = output.detach()
             a = self.alphas.reshape(rows, *([1] * (output.dim() - 1)))
-            leaf = (e0 + a * (e[0] - e0)).requires_grad_(True)
-            self.calls.append((owner, leaf, e[0] - e0))
+            leaf = (e0 + a * (e - e0)).requires_grad_(True)
+            delta = (e - e0).reshape(self.rows, -1, *e.shape[1:])[:, 0]  # [B, ...]: one per sample
+            self.calls.append((owner, leaf, delta))
             return leaf
 
         return hook

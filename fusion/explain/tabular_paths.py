@@ -55,7 +55,7 @@ def _with(batch: Batch, modality: str, tensors: dict[str, torch.Tensor]) -> Batc
 
 
 def _run(network: nn.Module, big: Batch, tokens: dict, modality: str, task: str) -> torch.Tensor:
-    n = len(big.sample_ids)
+    n = len(big.sample_ids) // len(next(iter(tokens.values())).values)  # path points per sample
     toks = {m: expand_tokens(t, n) for m, t in tokens.items() if m != modality}
     toks[modality] = network.encoders[modality](big.modalities[modality])
     toks = {m: toks[m] for m in tokens}  # the network's modality order
@@ -64,12 +64,14 @@ def _run(network: nn.Module, big: Batch, tokens: dict, modality: str, task: str)
 
 def genomics_path(network: nn.Module, batch: Batch, tokens: dict, reference: dict, task: str) -> Callable:
     """Gene values on the line from the baseline's to the sample's."""
-    x = batch.modalities["genomics"].tensors["values"][0].float()
+    x = batch.modalities["genomics"].tensors["values"].float()  # [B, G]
     b = reference["values"].to(x.dtype)
 
     def build(alphas: torch.Tensor):
-        leaf = (b + alphas[:, None] * (x - b)).requires_grad_(True)  # [n, G]
-        big = _with(expand_batch(batch, len(alphas)), "genomics", {"values": leaf})
+        n, rows = len(alphas), len(x)
+        a = alphas.repeat(rows)[:, None]
+        leaf = (b + a * (x.repeat_interleave(n, 0) - b)).requires_grad_(True)  # [B * n, G]
+        big = _with(expand_batch(batch, n), "genomics", {"values": leaf})
         out = _run(network, big, tokens, "genomics", task)
         return out, [leaf], [x - b], lambda parts: parts[0]
 
@@ -90,44 +92,50 @@ def clinical_path(network: nn.Module, batch: Batch, tokens: dict, reference: dic
     at the embedding level (:class:`~.gradients.EmbeddingPaths`, whose baseline rows come from one
     lookup pass over the baseline codes)."""
     t = batch.modalities["clinical"].tensors
-    x, missing, codes = t["numeric"][0].float(), t["numeric_missing"][0], t["categorical"][0]
+    x, missing, codes = t["numeric"].float(), t["numeric_missing"], t["categorical"]  # [B, Kn], [B, Kc]
     b = torch.where(missing, x, reference["numeric"].to(x.dtype))  # missing: no path, delta 0
     b_codes = reference["categorical"].to(codes.dtype)
-    kc = len(codes)
+    rows, kc = len(x), codes.shape[1]
     tables = _embeddings(network)
-    base = _with(batch, "clinical", {"numeric": b[None], "categorical": b_codes[None]})
+    mb = batch.modalities["clinical"]
+    one = ModalityBatch("clinical", mb.mask[:1], mb.present[:1],
+                        {**{k: v[:1] for k, v in mb.tensors.items()}, "categorical": b_codes[None]},
+                        mb.names[:1], {})
+    base = Batch(batch.sample_ids[:1], batch.patient_ids[:1], {"clinical": one})
 
     def lookups() -> None:  # every module that looks clinical codes up, in the network's order
-        network.encoders["clinical"](base.modalities["clinical"])
+        network.encoders["clinical"](one)
         if network.wide is not None:
             network.wide(base)
 
     def build(alphas: torch.Tensor):
         n = len(alphas)
-        paths = EmbeddingPaths(tables, alphas)
+        paths = EmbeddingPaths(tables, alphas, rows)
         paths.record(lookups)
-        leaf = (b + alphas[:, None] * (x - b)).requires_grad_(True)  # [n, Kn]
+        a = alphas.repeat(rows)[:, None]
+        x_rep, b_rep = x.repeat_interleave(n, 0), b.repeat_interleave(n, 0)
+        leaf = (b_rep + a * (x_rep - b_rep)).requires_grad_(True)  # [B * n, Kn]
         big = _with(expand_batch(batch, n), "clinical", {"numeric": leaf})
         with paths:
             out = _run(network, big, tokens, "clinical", task)
         calls = [c for c in paths.calls if c[1] is not None]
 
         def reduce(parts: list[torch.Tensor]) -> torch.Tensor:
-            per_column = parts[0].new_zeros(parts[0].shape[0], kc)
+            per_column = parts[0].new_zeros(*parts[0].shape[:2], kc)  # [C, B, Kc]
             seen: dict[str, int] = {}
             for (owner, _, delta), part in zip(calls, parts[1:]):
-                part = part.sum(-1)  # [C, *index shape]: summed over the embedding width
-                if tuple(part.shape[1:]) == (kc,):
+                part = part.sum(-1)  # [C, B, *index shape]: summed over the embedding width
+                if tuple(part.shape[2:]) == (kc,):
                     per_column = per_column + part
-                elif part.dim() == 1:  # one column per call (a table per column), in column order
+                elif part.dim() == 2:  # one column per call (a table per column), in column order
                     j = seen.get(owner, 0)
                     seen[owner] = j + 1
-                    per_column[:, j % max(kc, 1)] += part
+                    per_column[:, :, j % max(kc, 1)] += part
                 elif bool(delta.ne(0).any()):
                     raise ValueError("attributions: the clinical encoder looks codes up in a layout "
-                                     f"({tuple(part.shape[1:])}) that is not one row per categorical column; "
+                                     f"({tuple(part.shape[2:])}) that is not one row per categorical column; "
                                      "use method='permutation'")
-            return torch.cat([parts[0], per_column], dim=1)  # [C, Kn + Kc]
+            return torch.cat([parts[0], per_column], dim=2)  # [C, B, Kn + Kc]
 
         return out, [leaf, *(leaf_e for _, leaf_e, _ in calls)], [x - b, *(d for _, _, d in calls)], reduce
 

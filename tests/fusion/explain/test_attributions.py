@@ -193,3 +193,18 @@ def test_planted_variable_ranks_top_and_agrees_with_permutation(planted):
         y = perm.to_frame().set_index(["sample_id", "token", "target_class"])["value"].reindex(x.index)
         big = x.abs() > x.abs().quantile(0.75)  # the attributions that matter have the same sign
         assert (np.sign(x[big]) == np.sign(y[big])).mean() > 0.85
+
+
+def test_samples_sharing_a_forward_get_their_own_attributions(fitted_classifier, classifier_reports,
+                                                                monkeypatch):
+    import importlib
+
+    # the package exports the function under the module's name: reach the module itself
+    module = importlib.import_module("clinfuse.fusion.explain.attributions")
+    monkeypatch.setattr(module, "TABULAR_BATCH", 1)  # one sample per forward: the same numbers
+    for modality in ("clinical", "genomics"):
+        alone = attributions(fitted_classifier.model, fitted_classifier.test, modality=modality,
+                             background=fitted_classifier.train, n_steps=32).to_frame()
+        shared = classifier_reports[modality].to_frame()
+        assert np.allclose(alone["value"], shared["value"], atol=1e-6)
+        assert alone["token"].tolist() == shared["token"].tolist()
