@@ -6,7 +6,7 @@ held at the sample's own values. Attributions are signed and not normalised (kin
 for classification one row per class (the class probability), for survival the risk score.
 
 ``method="integrated_gradients"`` gives the gradient attributions of :mod:`.attributions` instead (rows of
-kind ``attribution``, in the same units, about two orders of magnitude faster, not Shapley values).
+kind ``attribution``, in the same units, tens to thousands of times faster, not Shapley values).
 Attention is not attribution: :func:`attention_shap_agreement` reports, per sample, the Spearman rank
 correlation between attention and |SHAP| over the same tokens so that users see where the two disagree.
 """
