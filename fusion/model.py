@@ -368,16 +368,16 @@ class FusionModel(BaseEstimator):
         return build_report(self, cohort, out=out, kinds=kinds)
 
     def shap_values(self, cohort: Any, *, modality: str = "clinical", background: Any = None, **kwargs: Any):
-        """Signed SHAP attributions of the clinical or genomic inputs (report rows of kind ``shap``).
-
-        A permutation explainer over that modality's preprocessed inputs, the other modalities held at each
-        sample's own values; ``background`` (a cohort, default: ``cohort``) fills masked inputs. See
-        :func:`clinfuse.fusion.explain.shap.shap_values` for the keywords.
-        """
+        """Clinical or genomic SHAP values (kind ``shap``): :func:`.explain.shap.shap_values`."""
         from .explain.shap import shap_values
 
-        self._check_fitted()
         return shap_values(self, cohort, modality=modality, background=background, **kwargs)
+
+    def attributions(self, cohort: Any, *, modality: str, **kwargs: Any):
+        """Integrated gradients of any modality (kind ``attribution``): :func:`.explain.attributions`."""
+        from .explain.attributions import attributions
+
+        return attributions(self, cohort, modality=modality, **kwargs)
 
     # ------------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:

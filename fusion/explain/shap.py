@@ -5,6 +5,8 @@ numeric clinical values with NaN for missing, category codes, scaled gene values
 held at the sample's own values. Attributions are signed and not normalised (kind ``shap`` in the report):
 for classification one row per class (the class probability), for survival the risk score.
 
+``method="integrated_gradients"`` gives the gradient attributions of :mod:`.attributions` instead (rows of
+kind ``attribution``, in the same units, tens to thousands of times faster, not Shapley values).
 Attention is not attribution: :func:`attention_shap_agreement` reports, per sample, the Spearman rank
 correlation between attention and |SHAP| over the same tokens so that users see where the two disagree.
 """
@@ -17,11 +19,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...datasets.batch import TOKEN_KIND, Batch, ModalityBatch
+from ...datasets.batch import Batch, ModalityBatch
 from .report import AttentionReport
 from .table import conform_frame
 
 SHAP_MODALITIES = ("clinical", "genomics")
+
+
+def _fitted_network(model: Any) -> torch.nn.Module:
+    """The model's network; NotFittedError (a ValueError) for a model that is not fitted."""
+    check = getattr(model, "_check_fitted", None)
+    if check is not None:
+        check()
+    network = getattr(model, "network_", None)
+    if network is None:
+        raise ValueError("this FusionModel is not fitted yet: call fit first")
+    return network
 
 
 def _repeat(mb: ModalityBatch, n: int) -> ModalityBatch:
@@ -76,7 +89,7 @@ def _scalar_outputs(model: Any, outputs: torch.Tensor) -> torch.Tensor:
 
 def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", background: Any = None,
                 n_background: int = 20, max_evals: int | None = None, chunk_size: int = 64,
-                seed: int = 0) -> AttentionReport:
+                seed: int = 0, method: str = "permutation") -> AttentionReport:
     """Signed SHAP attributions of ``modality``'s inputs for every sample of ``cohort`` that has it.
 
     Args:
@@ -87,6 +100,9 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
         background: a cohort whose samples' inputs fill masked features (default: ``cohort`` itself);
             up to ``n_background`` of its samples are used.
         max_evals: model evaluations per sample (default ``2 * (2K + 1)`` for K input features).
+        method: ``"permutation"`` (default: shap's exact permutation explainer) or
+            ``"integrated_gradients"`` (:func:`.attributions.attributions` with the background mean as
+            baseline; ``n_background``, ``max_evals``, ``chunk_size`` and ``seed`` do not apply).
 
     Returns:
         An :class:`AttentionReport` whose rows have kind ``shap`` (``value`` = ``raw_value`` = the SHAP
@@ -94,15 +110,21 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
         the SHAP values of a sample sum to ``outputs - base_values``, and ``skipped`` (samples without the
         modality).
     """
-    import shap
-
     from ...datasets.loading import make_loader
+    from .agreement import model_gene_sets
 
     if modality not in SHAP_MODALITIES:
         raise ValueError(f"shap_values: modality must be one of {SHAP_MODALITIES}, got {modality!r}")
-    network = getattr(model, "network_", None)
-    if network is None:
-        raise ValueError("this FusionModel is not fitted yet: call fit first")
+    if method == "integrated_gradients":
+        from .attributions import attributions
+
+        return attributions(model, cohort, modality=modality, background=background)
+    if method != "permutation":
+        raise ValueError("shap_values: method must be 'permutation' or 'integrated_gradients', "
+                         f"got {method!r}")
+    import shap
+
+    network = _fitted_network(model)
     if modality not in model.preprocessor_.schema_:
         raise ValueError(f"shap_values: the model was trained without {modality!r} data "
                          f"(its modalities: {[m for m in model.preprocessor_.schema_ if m != 'task']})")
@@ -159,29 +181,15 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
     report.skipped = skipped
     report.base_values = base_values  # sample -> [outputs] expected output over the background
     report.outputs = outputs  # sample -> [outputs] the model's output for the sample itself
+    report.gene_sets = model_gene_sets(model) if modality == "genomics" else None
     return report
 
 
 def attention_shap_agreement(attention: AttentionReport, shap_report: AttentionReport, *,
-                             kind: str | None = None) -> pd.DataFrame:
-    """Per sample: Spearman correlation between attention and |SHAP| over the same tokens.
+                             kind: str | None = None, gene_sets: Any = None) -> pd.DataFrame:
+    """Per sample: Spearman correlation between attention and |SHAP| (or |attribution|) over the same
+    tokens; genes are mapped to the model's gene sets when attention is on sets. See
+    :func:`.agreement.attention_attribution_agreement` (this is it, under the name it has always had)."""
+    from .agreement import attention_attribution_agreement
 
-    ``kind`` is the attention kind to compare (default: ``feature`` for clinical SHAP, ``gene`` for
-    genomics SHAP). For classification, |SHAP| is averaged over classes. Returns columns
-    ``sample_id, n_tokens, spearman`` (NaN where either side is constant over the tokens).
-    """
-    from scipy.stats import spearmanr
-
-    shap_rows = shap_report.to_frame(kinds=["shap"])
-    modality = shap_rows["modality"].iloc[0] if len(shap_rows) else "clinical"
-    kind = kind or TOKEN_KIND[modality]
-    att = attention.to_frame(kinds=[kind])
-    att = att[att["modality"] == modality].groupby(["sample_id", "token"])["value"].mean()
-    mag = shap_rows.assign(value=shap_rows["value"].abs()).groupby(["sample_id", "token"])["value"].mean()
-    joined = pd.concat([att.rename("attention"), mag.rename("shap")], axis=1, join="inner").reset_index()
-    rows = []
-    for sample, part in joined.groupby("sample_id", sort=False):
-        constant = part["attention"].nunique() < 2 or part["shap"].nunique() < 2
-        rho = np.nan if constant else float(spearmanr(part["attention"], part["shap"]).statistic)
-        rows.append({"sample_id": sample, "n_tokens": len(part), "spearman": rho})
-    return pd.DataFrame(rows, columns=["sample_id", "n_tokens", "spearman"])
+    return attention_attribution_agreement(attention, shap_report, kind=kind, gene_sets=gene_sets)

@@ -48,9 +48,10 @@ DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 STREAM_SCHEMA = pa.schema([pa.field(f.name, DICTIONARY if f.type == pa.string() else f.type)
                            for f in ARROW_SCHEMA])
 def report_kinds() -> list[str]:
-    """Every kind a report can hold: the attention kinds, then ``shap`` and ``modality_contribution`` (exact
-    Shapley values of the modalities, :mod:`.contributions`)."""
-    return [*ATTENTION_KINDS, "shap", "modality_contribution"]
+    """Every kind a report can hold: the attention kinds, then ``shap``, ``attribution`` (gradients,
+    :mod:`.attributions`) and ``modality_contribution`` (exact Shapley values of the modalities,
+    :mod:`.contributions`)."""
+    return [*ATTENTION_KINDS, "shap", "attribution", "modality_contribution"]
 
 
 def _np(x: Any) -> np.ndarray:
