@@ -6,7 +6,8 @@
 CLI draws), ``shap`` (SHAP attributions), ``attributions`` (integrated gradients of every modality, with
 ``gradients`` and ``tabular_paths``), ``agreement`` (attention vs attribution), ``contributions`` (exact
 Shapley values of the modalities, by masking; figure in ``contribution_plot``), ``spread`` (effective number
-of tokens, the uniform flag), ``faithfulness`` (metrics against a synthetic cohort's planted truth) and ``run`` (``build_report``: the model over a cohort).
+of tokens, the uniform flag), ``faithfulness`` (metrics against a synthetic cohort's planted truth) and
+``run`` (``build_report``: the model over a cohort).
 """
 
 from __future__ import annotations
