@@ -24,6 +24,6 @@ from .table import ARROW_SCHEMA, COLUMNS, records_to_frame, records_to_table
 
 __all__ = [
     "ARROW_SCHEMA", "COLUMNS", "AttentionReport", "ParquetStream", "attention_attribution_agreement",
-    "attention_shap_agreement", "attention_spread", "attributions", "build_report", "modality_contributions", "records_to_frame",
-    "records_to_table", "shap_values", "untrained_null",
+    "attention_shap_agreement", "attention_spread", "attributions", "build_report", "modality_contributions",
+    "records_to_frame", "records_to_table", "shap_values", "untrained_null",
 ]
