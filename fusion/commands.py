@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..datasets.output_folders import check_replaceable
@@ -102,7 +103,7 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     flags, and ``figures.json`` keeps them (``uniform``) with the summary (``attention_spread``).
     """
     from .explain import figures
-    from .explain.contribution_plot import plot_modality_contributions
+    from .explain.contribution_plot import mean_shares, plot_modality_contributions
     from .explain.contributions import modality_contributions
     from .explain.selection import informative_samples, patch_counts
     from .explain.spread import write_spread
@@ -130,6 +131,11 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     plt.close(plot_modality_contributions(contributions, attention=report,
                                           path=out / f"modality_contributions.{ext}"))
     written.append(f"modality_contributions.{ext}")
+    shares = mean_shares(contributions, attention=report)
+    contribution_line = "  ".join(
+        f"{m} {r.shapley_share:.2f}"
+        + ("" if np.isnan(r.attention_share) else f" (attention {r.attention_share:.2f})")
+        for m, r in shares.iterrows())
     if predictions is None:
         predictions = prediction_frame(model, cohort, survival_curves=False, pattern=False)
     predictions = predictions.set_axis(predictions.index.astype(str))
@@ -151,7 +157,8 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
         written.append(name)
         samples[name], reasons[name] = pick.sample_id, pick.reason
     index: dict[str, Any] = {"sample_figures": samples, "reasons": reasons, "uniform": uniform,
-                             "skipped_one_patch_bags": skipped, "attention_spread": spread_lines}
+                             "skipped_one_patch_bags": skipped, "attention_spread": spread_lines,
+                             "modality_contributions": contribution_line}
     if model.task == "survival" and {"time", "event"} <= set(predictions.columns):
         try:
             plt.close(figures.plot_risk_groups(predictions["risk"], predictions["time"], predictions["event"],
@@ -159,7 +166,7 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
             written.append(f"risk_groups.{ext}")
         except ValueError as exc:  # every predicted risk equal: no groups to compare, and say so
             index["risk_groups"] = f"not drawn: {exc}"
-    if samples or skipped or spread_lines or "risk_groups" in index:
+    if samples or skipped or spread_lines or contribution_line or "risk_groups" in index:
         write_json(out / "figures.json", index)
     return report, written
 
@@ -174,6 +181,9 @@ def figure_lines(out: Path) -> list[str]:
         return []
     index = json.loads(path.read_text())
     lines = []
+    if index.get("modality_contributions"):
+        lines.append("modality contributions, mean |exact Shapley share| (modality_contributions.parquet):")
+        lines.append(f"  {index['modality_contributions']}")
     if index.get("attention_spread"):
         lines.append("attention spread (N_eff = exp(entropy) of each sample's weights; "
                      "attention_spread.parquet):")

@@ -43,7 +43,15 @@ def test_demo_writes_its_outputs_and_reruns_identically(tmp_path, capsys):
     assert 0.0 <= planted["auroc_min"] <= planted["auroc_median"] <= 1.0 and planted["mass_ratio"] > 0
     assert (f"planted evidence patches, held-out ({planted['n_patients']} patients): AUROC of explanatory "
             f"attention {planted['auroc_median']:.3f} (per-patient median") in printed
-    drawn = json.loads((a / "figures.json").read_text())["sample_figures"]
+    index = json.loads((a / "figures.json").read_text())
+    drawn = index["sample_figures"]
+    # the exact contributions are printed as mean |share| per modality, beside the attention share
+    shares = pd.read_parquet(a / "modality_contributions.parquet")
+    assert set(shares["kind"]) == {"modality_contribution"}
+    line = index["modality_contributions"]
+    assert line.startswith("clinical ") and "(attention " in line
+    assert "modality contributions, mean |exact Shapley share|" in printed
+    assert line in printed
     assert {f"evidence_{n[len('attention_'):]}" for n in drawn} <= names  # the same samples, truth outlined
     att = pd.read_parquet(a / "attention.parquet")
     assert {"explanatory", "exploratory", "class_wise", "patch"} <= set(att["kind"])
