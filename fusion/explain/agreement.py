@@ -9,6 +9,7 @@ the schema's sets restricted to the kept genes), and the correlation is over set
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,7 +57,8 @@ def attention_attribution_agreement(attention: AttentionReport, attribution: Att
 
     |attribution| is averaged over classes (attention too). Returns columns ``sample_id, n_tokens,
     spearman`` (NaN where either side is constant over the tokens); ``frame.attrs["tokens"]`` says
-    ``"gene sets"`` when genes were mapped to sets, else ``"tokens"``.
+    ``"gene sets"`` when genes were mapped to sets, else ``"tokens"``; ``frame.attrs["left_out"]`` lists
+    the samples found on one side only (not compared; a ``UserWarning`` names them).
 
     Raises:
         ValueError: when the two reports share no token of any sample (saying what each side has).
@@ -92,6 +94,16 @@ def attention_attribution_agreement(attention: AttentionReport, attribution: Att
                 if modality == "genomics" and not sets else "")
         raise ValueError(f"attention ({kind!r}) and attribution share no {modality} token of any sample: "
                          f"attention tokens look like {a}, attribution tokens like {b}{hint}")
+    # samples (or tokens) on one side only are not compared: say which, never drop them silently
+    att_ids = set(att.index.get_level_values("sample_id"))
+    mag_ids = set(mag.index.get_level_values("sample_id"))
+    left_out = {"attention_only": sorted(att_ids - mag_ids), "attribution_only": sorted(mag_ids - att_ids)}
+    sides = [f"{len(ids)} sample(s) have {have} but no {lack} (e.g. {ids[:3]})"
+             for ids, have, lack in ((left_out["attention_only"], "attention", "attribution"),
+                                     (left_out["attribution_only"], "attribution", "attention")) if ids]
+    if sides:
+        warnings.warn(f"attention/attribution agreement ({modality}): {'; '.join(sides)}; they are left out "
+                      "(frame.attrs['left_out'])", UserWarning, stacklevel=2)
     out = []
     for sample, part in joined.reset_index().groupby("sample_id", sort=False):
         constant = part["attention"].nunique() < 2 or part["attribution"].nunique() < 2
@@ -99,4 +111,5 @@ def attention_attribution_agreement(attention: AttentionReport, attribution: Att
         out.append({"sample_id": sample, "n_tokens": len(part), "spearman": rho})
     frame = pd.DataFrame(out, columns=["sample_id", "n_tokens", "spearman"])
     frame.attrs["tokens"] = level
+    frame.attrs["left_out"] = left_out
     return frame

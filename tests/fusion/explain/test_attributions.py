@@ -135,6 +135,18 @@ def test_agreement_over_tokens(fitted_classifier, classifier_reports, modality):
     assert agreement.attrs["tokens"] == "tokens"
     assert len(agreement) == len(classifier_reports[modality].outputs)
     assert (agreement["n_tokens"] > 0).all() and agreement["spearman"].notna().any()
+    assert agreement.attrs["left_out"] == {"attention_only": [], "attribution_only": []}
+
+
+def test_samples_on_one_side_only_are_named_not_dropped_silently(fitted_classifier, classifier_reports):
+    attention = fitted_classifier.model.explain(fitted_classifier.test)
+    attribution = classifier_reports["clinical"]
+    kept = attention.sample_ids[1:]
+    fewer = type(attention)(attention.frame[attention.frame["sample_id"].isin(kept)])
+    with pytest.warns(UserWarning, match="1 sample\\(s\\) have attribution but no attention"):
+        agreement = attention_attribution_agreement(fewer, attribution)
+    assert agreement.attrs["left_out"]["attribution_only"] == [attention.sample_ids[0]]
+    assert attention.sample_ids[0] not in set(agreement["sample_id"])
 
 
 def test_methods_and_bad_requests(fitted_classifier):
