@@ -44,6 +44,17 @@ def demo_model_params(size: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
             "early_stopping_patience": size["early_stopping_patience"], "verbose": False, "seed": seed}
 
 
+def demo_cohort(size: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(cohort, train, test, truth): the demo's synthetic cohort for one entry of :data:`DEMO_SIZES` and its
+    fixed split (seed 0), so that the held-out samples of a demo folder can be rebuilt (``examples/``)."""
+    from ..datasets import make_synthetic_cohort, train_validation_split
+
+    cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification",
+                                          n_patches=size["n_patches"], seed=0)
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=0)
+    return cohort, cohort.subset(train_ids), cohort.subset(test_ids), truth
+
+
 def planted_line(summary: dict[str, Any]) -> str:
     """The demo's line on the planted evidence (:func:`~.explain.faithfulness.planted_summary`)."""
     return (f"planted evidence patches, held-out ({summary['n_patients']} patients): AUROC of "
@@ -202,7 +213,6 @@ def figure_lines(out: Path) -> list[str]:
 def run_demo(args: Any) -> int:
     import torch
 
-    from ..datasets import make_synthetic_cohort, train_validation_split
     from .explain.faithfulness import planted_patch_lift, planted_summary
     from .explain.figures import plot_training_curve
     from .explain.planted_maps import write_planted_figures
@@ -213,11 +223,8 @@ def run_demo(args: Any) -> int:
     size = DEMO_SIZES["tiny" if getattr(args, "tiny", False) else "default"]
     # Small model: intra-op threads cost more in synchronisation than they gain (and keep runs comparable).
     torch.set_num_threads(1)
-    cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification",
-                                          n_patches=size["n_patches"], seed=0)
+    cohort, train, test, truth = demo_cohort(size)
     print(cohort.summary())
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=0)
-    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
     print(f"\ntraining PersAM on {len(train)} samples (early stopping on an inner split), "
           f"testing on {len(test)} held-out samples")
     model = FusionModel(**demo_model_params(size))

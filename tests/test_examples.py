@@ -64,7 +64,10 @@ def test_patient_report_from_a_demo_folder(tmp_path, capsys):
     capsys.readouterr()
     _load("patient_report").main(["--demo", str(tmp_path / "demo"), "--out", str(tmp_path / "fig")])
     out = capsys.readouterr().out
-    assert "modality weights:" in out and "top features:" in out
+    assert "exact Shapley" in out and "attention share of each modality:" in out
+    assert "top features by attention" in out and "N_eff" in out
+    assert "clinical (shares of |attribution|" in out and "planted evidence patches: [" in out
     sample = out.splitlines()[0].split()[-1]
-    for name in (f"persam_{sample}.png", f"top_tokens_{sample}.png", "modality_weights.png"):
+    for name in (f"persam_{sample}.png", f"top_tokens_{sample}.png", "modality_contributions.png",
+                 f"evidence_{sample}.png"):
         assert (tmp_path / "fig" / name).stat().st_size > 1000
