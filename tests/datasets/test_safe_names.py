@@ -120,7 +120,7 @@ def test_explain_figures_of_hostile_ids_stay_in_out_and_name_their_sample(hostil
     new = _all_files(root.parent) - before
     assert all(out in p.parents for p in new), sorted(map(str, new))
     _no_victims(out)
-    pngs = [n for n in written if n.startswith("attention_")]
+    pngs = [n for n in written if n.startswith("attention_") and n.endswith(".png")]
     assert len(pngs) == len(FIGURED) and all((out / n).is_file() for n in pngs)
     mapping = json.loads((out / "figures.json").read_text())["sample_figures"]
     assert sorted(mapping) == sorted(pngs) and sorted(mapping.values()) == sorted(FIGURED)  # the true ids

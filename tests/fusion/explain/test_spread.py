@@ -259,7 +259,7 @@ def test_write_attention_figure_lines_state_the_flags(fitted_classifier, tmp_pat
     spread = pd.read_parquet(tmp_path / "attention_spread.parquet")
     assert spread["rule"].str.startswith("null: ratio >= max(q0.05 of").any()
     lines = figure_lines(tmp_path)
-    assert lines[0].startswith("attention spread (N_eff = exp(entropy)")
+    assert any(x.startswith("attention spread (N_eff = exp(entropy)") for x in lines)
     patch = spread[spread["kind"] == "patch"]
     expected = (f"  patch: {int(patch['uniform'].sum())} of {len(patch)} samples indistinguishable from "
                 f"uniform (null rule); median N_eff/N {patch['ratio'].median():.2f}")
