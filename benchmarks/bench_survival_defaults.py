@@ -14,7 +14,8 @@ Models, each fitted on the training fold and scored (Harrell's c-index) on its t
   default), ``batch_16`` (``batch_size=16`` on every cohort size, the earlier default; it differs from the
   default only where the training part left after the inner 20% validation split has more than 512
   samples, actg320 and flchain, and is run there only), ``cox_head``
-  (``survival_head="cox"``), and ``old`` (all three earlier defaults at once: what main fitted).
+  (``survival_head="cox"``), ``old`` (all three earlier defaults at once: what main fitted), and
+  ``ungated_persam`` (PersAM without its centred, gated instance evidence: the default before it).
 * ``cox_ph``: lifelines ``CoxPHFitter(penalizer=0.1)``, the reference.
 
 What the defaults were chosen on (never on these test folds): the linear term (and its learning rate, 10x
@@ -50,7 +51,9 @@ from survival_peers import cox_ph, ours, run_fold
 REFERENCE = "cox_ph"
 ABLATIONS = {"no_wide": {"wide_penalty": None}, "monitor_loss": {"monitor": "val_loss"},
              "batch_16": {"batch_size": 16}, "cox_head": {"survival_head": "cox"},
-             "old": {"wide_penalty": None, "monitor": "val_loss", "batch_size": 16}}
+             "old": {"wide_penalty": None, "monitor": "val_loss", "batch_size": 16},
+             "ungated_persam": {"aggregator_kwargs": {"center_evidence": False,
+                                                      "instance_gate_penalty": None}}}
 LARGE = "flchain"
 
 

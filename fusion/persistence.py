@@ -202,6 +202,25 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
     return path.expanduser().resolve()
 
 
+EARLIER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "persam": {"center_evidence": False, "instance_gate_penalty": None},
+}
+"""Aggregator -> keywords added after models were saved, with the value that reproduces such a model (a
+saved configuration holds every keyword of its time, so a missing one means the model predates it)."""
+
+
+def with_earlier_defaults(network: Any, *, every: bool = False) -> Any:
+    """``network`` (a saved configuration) with the keywords of :data:`EARLIER_DEFAULTS` it lacks set to their
+    earlier value; ``every``: set them whatever it holds (a format-3 configuration, rebuilt with today's
+    defaults)."""
+    spec = network.get("aggregator") if isinstance(network, dict) else None
+    earlier = EARLIER_DEFAULTS.get(spec.get("name")) if isinstance(spec, dict) else None
+    if not earlier or not isinstance(spec.get("kwargs"), dict):
+        return network
+    kwargs = {**spec["kwargs"], **{k: v for k, v in earlier.items() if every or k not in spec["kwargs"]}}
+    return {**network, "aggregator": {**spec, "kwargs": kwargs}}
+
+
 def _format3_network(schema: dict[str, Any], params: dict[str, Any],
                      fitted: dict[str, Any]) -> dict[str, Any]:
     """The format-3 reader: the network configuration of a folder that stored only ``params``.
@@ -270,8 +289,10 @@ def load_model(path: str | Path, *, valid_params: set[str]) -> tuple[dict[str, A
     fitted = contents["fitted.json"]
     if fitted.get("time_bins_") is not None:  # JSON has no infinity: the open last edge was written as null
         fitted["time_bins_"] = [math.inf if v is None else float(v) for v in fitted["time_bins_"]]
-    network_config = (config.get("network") if int(config["format_version"]) >= 4
-                      else _format3_network(schema, params, fitted))
+    if int(config["format_version"]) >= 4:
+        network_config = with_earlier_defaults(config.get("network"))
+    else:
+        network_config = with_earlier_defaults(_format3_network(schema, params, fitted), every=True)
     weights = load_weights(folder / WEIGHTS, snapshot.files[WEIGHTS])
     try:
         network = build_network(schema, network_config)

@@ -113,8 +113,13 @@ class FusionLightningModule(pl.LightningModule):
         loss = self._batch_loss(out.outputs, batch)
         self._train_losses.append(float(loss.detach()))
         wide = getattr(self.network, "wide", None)
-        # the linear term's ridge penalty is part of the training objective only (val_loss is the task's)
-        return loss if wide is None else loss + wide.penalty_loss()
+        # the penalties (the linear term's ridge, the aggregator's own) are part of the training objective
+        # only (val_loss is the task's)
+        if wide is not None:
+            loss = loss + wide.penalty_loss()
+        penalty = getattr(self.network.aggregator, "penalty_loss", None)
+        extra = penalty() if callable(penalty) else None
+        return loss if extra is None else loss + extra
 
     def on_train_epoch_start(self) -> None:
         self._train_losses = []

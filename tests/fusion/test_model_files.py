@@ -120,3 +120,29 @@ def test_cli_prints_one_line_for_a_damaged_folder(copy, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "config.json: field network.d_model: 16000" in err
+
+
+def test_a_persam_folder_saved_before_the_instance_gate_loads_without_it(fitted_classifier, tmp_path):
+    """A configuration written before PersAM had ``center_evidence`` / ``instance_gate_penalty`` lacks both
+    keywords: it must rebuild the ungated, uncentred aggregator it was trained as (not today's default) and
+    reproduce its predictions; a folder written now keeps its gate."""
+    import numpy as np
+    from clinfuse.fusion.persistence import EARLIER_DEFAULTS, with_earlier_defaults
+
+    params = {**fitted_classifier.model.get_params(), "max_epochs": 1,
+              "aggregator_kwargs": {"center_evidence": False, "instance_gate_penalty": None}}
+    old = FusionModel(**params).fit(fitted_classifier.train)
+    folder = tmp_path / "model"
+    old.save(folder)
+    _edit(folder, "config.json", lambda c: [c["network"]["aggregator"]["kwargs"].pop(k)
+                                            for k in EARLIER_DEFAULTS["persam"]])
+    loaded = FusionModel.load(folder)
+    assert loaded.network_.aggregator.instance_gate is None and not loaded.network_.aggregator.center_evidence
+    np.testing.assert_allclose(loaded.predict_proba(fitted_classifier.test).to_numpy(),
+                               old.predict_proba(fitted_classifier.test).to_numpy(), atol=1e-6)
+    now = FusionModel.load(fitted_classifier.model.save(tmp_path / "now"))
+    assert now.network_.aggregator.instance_gate is not None and now.network_.aggregator.center_evidence
+    kept = {"aggregator": {"name": "persam",
+                           "kwargs": {"center_evidence": True, "instance_gate_penalty": 0.5}}}
+    assert with_earlier_defaults(kept) == kept
+    assert with_earlier_defaults(kept, every=True)["aggregator"]["kwargs"] == EARLIER_DEFAULTS["persam"]

@@ -269,8 +269,9 @@ def test_persam_modality_weights_are_measured_on_the_outputs():
     net.eval()
     batch = random_batch(schema, MODS, lengths=(5, 3, 9), absent={"images": [1], "events": [2]}, seed=3)
     with torch.no_grad():
+        net.aggregator.instance_gate.fill_(1.0)  # open the instance gate (it starts closed)
         closed = {r.kind: r for r in net(batch).records}["modality"]
-        # terms and gate at 0 (untrained): only the image evidence reaches the outputs
+        # terms and class-route gate at 0 (untrained): only the image evidence reaches the outputs
         names = closed.names[0]
         i_img, i_ev = names.index("images"), names.index("events")
         torch.testing.assert_close(closed.value[[0, 2], 0, i_img], torch.ones(2))

@@ -27,7 +27,10 @@ Exported values normalise each over the real instances; the explanatory one is c
 clinical data psi = phi = 1 and explanatory == class-wise. Pooling (``[B, C, d]``, class c scored from its
 own vector by the head)::
 
-    pooled[c] = phi[c] * sum_l explanatory[c, l] * h_l + t_c
+    pooled[c] = g * phi[c] * (sum_l explanatory[c, l] * h_l - r_c) + t_c
+
+``r_c``: the running mean of the weighted bag (``center_evidence``); ``g``: a gate that starts at 0 under an
+L1 penalty (``instance_gate_penalty``); both on by default, see :mod:`.evidence` for why.
 
 phi gates the instance evidence by its relevance to the clinical record (so it is trained, not only
 exported); ``t_c`` carries the clinical and context modalities. With ``modality_logits`` (default) a linear
@@ -49,6 +52,7 @@ from ....encoders.tokens import Tokens
 from ...base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ...records import AttentionRecord, masked_normalise
 from .encoder import GroupBalancedEncoder, GroupLayout
+from .evidence import centred, check_nonnegative
 from .explanation import PersAMState, exp_shifted, modality_in_logits, persam_records
 from .reference import logit_terms, make_readouts, register_references, resize_references
 
@@ -90,6 +94,13 @@ class PersAM(Aggregator):
             0 (default), instead of directly.
         modality_logits: add a linear term per non-instance modality (clinical, context) to the C outputs
             (default; :mod:`.reference`), so that they reach the prediction directly.
+        center_evidence: subtract the running mean of the attention-weighted bag from each sample's (see the
+            module docstring; default). Saved models that predate it load with False, their behaviour.
+        instance_gate_penalty: the instance evidence enters the pooled vectors through a scalar gate ``g``
+            that starts at 0 (closed) and costs ``instance_gate_penalty * |g|`` in the training loss
+            (:meth:`penalty_loss`), so the instance modality opens only when its evidence lowers the loss
+            by more than that; None: no gate (the evidence enters directly; saved models that predate the
+            gate load with None).
     """
 
     shared_keywords = frozenset({"n_heads", "n_layers", "dropout", "ffn_mult"})
@@ -120,6 +131,8 @@ class PersAM(Aggregator):
         encode_instances: bool = False,
         gate_class_route: bool = True,
         modality_logits: bool = True,
+        center_evidence: bool = True,
+        instance_gate_penalty: float | None = 0.01,
     ) -> None:
         super().__init__()
         check_common_args(owner="persam", d_model=d_model, modalities=modalities, n_outputs=n_outputs,
@@ -142,7 +155,8 @@ class PersAM(Aggregator):
         self.d_model, self.n_outputs, self.n_heads = d_model, n_outputs, n_heads
         self.full_below = full_patch_attention_below
         for name, value in (("private_instances", private_instances), ("encode_instances", encode_instances),
-                            ("gate_class_route", gate_class_route), ("modality_logits", modality_logits)):
+                            ("gate_class_route", gate_class_route), ("modality_logits", modality_logits),
+                            ("center_evidence", center_evidence)):
             if not isinstance(value, bool):
                 raise TypeError(f"persam: {name} must be a bool, got {value!r}")
         if not encode_instances and (not private_instances or full_patch_attention_below > 0):
@@ -162,6 +176,14 @@ class PersAM(Aggregator):
             self.readouts = make_readouts([m for m in self.modalities if m != self.instance_modality],
                                           d_model=d_model, n_outputs=n_outputs)
             register_references(self, list(self.readouts), d_model=d_model)
+        if instance_gate_penalty is not None:
+            check_nonnegative(instance_gate_penalty, "instance_gate_penalty")
+        self.center_evidence = center_evidence
+        self.instance_gate_penalty = None if instance_gate_penalty is None else float(instance_gate_penalty)
+        self.instance_gate = nn.Parameter(torch.zeros(())) if instance_gate_penalty is not None else None
+        if center_evidence:  # the running mean of the weighted bag, and the batches it has seen
+            self.register_buffer("reference_evidence", torch.zeros(n_outputs, d_model))
+            self.register_buffer("reference_evidence_batches", torch.zeros((), dtype=torch.long))
         self.group_embed = nn.Parameter(torch.randn(self.layout.n_query, d_model) * 0.02)
         self.class_tokens = nn.Parameter(torch.randn(n_outputs, d_model) * 0.02)
         self.latent_tokens = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -243,7 +265,12 @@ class PersAM(Aggregator):
         phi_raw = exp_shifted(s_phi, torch.ones_like(s_phi, dtype=torch.bool))  # [B, C]
         explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
 
-        evidence = phi_raw[..., None] * torch.einsum("bcn,bnd->bcd", explanatory, h)
+        weighted = torch.einsum("bcn,bnd->bcd", explanatory, h)  # [B, C, d]
+        if self.center_evidence:
+            weighted = centred(self, weighted, m_inst.any(dim=1))
+        evidence = phi_raw[..., None] * weighted
+        if self.instance_gate is not None:
+            evidence = self.instance_gate * evidence
         pooled = evidence + t
         offsets, shares = None, {}
         if self.readouts is not None:
@@ -270,6 +297,12 @@ class PersAM(Aggregator):
         if self.readouts is not None:  # the references' size is only known once trained
             resize_references(self, list(self.readouts), state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def penalty_loss(self) -> torch.Tensor | None:
+        """``instance_gate_penalty * |g|`` (added to the training loss), None without the gate."""
+        if self.instance_gate is None:
+            return None
+        return self.instance_gate_penalty * self.instance_gate.abs()
 
     def _check_tokens(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
         """Validate ``tokens``; a modality of the model missing from the mapping is absent for all samples."""

@@ -154,7 +154,7 @@ def test_survival_time_bins_and_cox_risk_token():
 @pytest.mark.parametrize("encode_instances", [False, True])
 def test_fifty_thousand_instances_train_step_is_linear_in_memory(encode_instances):
     model = _model(("clinical", "images"), n_outputs=2, n_layers=1, n_heads=2, checkpoint_above=1000,
-                   encode_instances=encode_instances).train()
+                   encode_instances=encode_instances, instance_gate_penalty=None).train()
     tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(1, 50_000), seed=8)
     out = model(tokens)  # a dense 50k x 50k score matrix would need 10 GB per head: this would not run
     out.pooled.sum().backward()
@@ -182,8 +182,9 @@ def test_checkpointing_changes_nothing_but_memory(encode_instances):
 
 def test_full_patch_attention_is_per_sample_and_batch_independent():
     tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(6, 300), seed=10)
-    on = _model(("clinical", "images"), full_patch_attention_below=50, encode_instances=True)
-    off = _model(("clinical", "images"), encode_instances=True)
+    on = _model(("clinical", "images"), full_patch_attention_below=50, encode_instances=True,
+                instance_gate_penalty=None)
+    off = _model(("clinical", "images"), encode_instances=True, instance_gate_penalty=None)
     with torch.no_grad():
         both = on(tokens).pooled
         alone = {m: dataclasses.replace(t, values=t.values[:1, :6], mask=t.mask[:1, :6], names=t.names[:1],
@@ -219,6 +220,9 @@ def test_full_patch_attention_is_per_sample_and_batch_independent():
     ({"encode_instances": 1}, TypeError),
     ({"gate_class_route": "yes"}, TypeError),
     ({"modality_logits": 1}, TypeError),
+    ({"center_evidence": 1}, TypeError),
+    ({"instance_gate_penalty": -0.1}, ValueError),
+    ({"instance_gate_penalty": "0.1"}, TypeError),
 ])
 def test_bad_arguments_raise(kwargs, error):
     args = {"d_model": D, "modalities": ["clinical", "images"], "n_outputs": 3, **kwargs}
@@ -254,10 +258,11 @@ def test_by_default_the_bag_skips_the_encoder_and_the_class_route_opens_from_zer
     model(tokens).pooled.square().sum().backward()
     assert model.class_route_gate.grad is not None and model.class_route_gate.grad.abs() > 0
     # the encoded variant scores the encoder's outputs: its instance tokens differ from the inputs
-    encoded = _model(("clinical", "images"), n_outputs=2, encode_instances=True).eval()
+    encoded = _model(("clinical", "images"), n_outputs=2, encode_instances=True,
+                     instance_gate_penalty=None).eval()
+    plain = _model(("clinical", "images"), n_outputs=2, instance_gate_penalty=None).eval()
     with torch.no_grad():
-        assert (encoded(tokens).pooled - _model(("clinical", "images"), n_outputs=2).eval()(tokens).pooled
-                ).abs().max() > 1e-4
+        assert (encoded(tokens).pooled - plain(tokens).pooled).abs().max() > 1e-4
     assert out.pooled.shape == (2, 2, D)  # two samples (bags of 4 and 40), two class tokens
 
 
@@ -360,3 +365,46 @@ def test_ffn_mult_sets_the_instance_feed_forward_width():
     model = _model(("clinical", "images"), n_layers=1, n_heads=2, ffn_mult=2)
     assert model.encoder.layers[0].ffn_large[0].out_features == 2 * model.d_model
     assert PersAM.sample_figure == "persam"
+
+
+def test_instance_gate_starts_closed_opens_on_gradient_and_is_penalised():
+    """The instance evidence reaches the pooled vectors through a gate g that starts at 0 (the bag changes
+    nothing at first), gets a gradient, and costs ``instance_gate_penalty * |g|`` in the training loss."""
+    model = _model(("clinical", "images"), n_outputs=2, instance_gate_penalty=0.05).train()
+    tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(4, 40), seed=21)
+    other = dict(tokens, images=random_tokens("images", d_model=D, lengths=(4, 40), seed=99))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens).pooled, model(other).pooled)  # g = 0
+    model.train()
+    model(tokens).pooled.square().sum().backward()
+    assert model.instance_gate.grad is not None and model.instance_gate.grad.abs() > 0
+    with torch.no_grad():
+        model.instance_gate.fill_(-2.0)
+    assert model.penalty_loss().item() == pytest.approx(0.1)
+    model.eval()
+    with torch.no_grad():
+        assert (model(tokens).pooled - model(other).pooled).abs().max() > 1e-4  # open: the bag counts
+    assert _model(("clinical", "images"), instance_gate_penalty=None).penalty_loss() is None
+
+
+def test_centred_evidence_an_average_bag_adds_nothing_and_an_absent_one_exactly_nothing():
+    """``center_evidence``: the running mean of the weighted bag is subtracted, so the same bag for every
+    sample adds (after training on it) nothing; a sample without instances gets exactly 0, not -mean."""
+    model = _model(("clinical", "images"), n_outputs=2, instance_gate_penalty=None).train()
+    tokens = random_token_set(("clinical", "images"), d_model=D, lengths=(4, 4), seed=23)
+    same = tokens["images"].values[:1].expand_as(tokens["images"].values)
+    tokens["images"] = dataclasses.replace(tokens["images"], values=same.contiguous())
+    clin = tokens["clinical"]
+    tokens["clinical"] = dataclasses.replace(clin, values=clin.values[:1].expand_as(clin.values).contiguous())
+    model(tokens)  # the first training batch sets the reference
+    assert int(model.reference_evidence_batches) == 1
+    model.eval()
+    with torch.no_grad():
+        state = model(tokens).extras["persam"]
+        assert state.evidence.abs().max() < 1e-5
+        absent = dict(tokens, images=dataclasses.replace(
+            tokens["images"], mask=torch.zeros_like(tokens["images"].mask),
+            present=torch.zeros_like(tokens["images"].present)))
+        assert model(absent).extras["persam"].evidence.abs().max() == 0.0
+    old = _model(("clinical", "images"), n_outputs=2, center_evidence=False)
+    assert "reference_evidence" not in old.state_dict()

@@ -259,7 +259,10 @@ def _noise_images_cohort(n: int, *, n_patches: int, seed: int = 0):
     return Cohort(clinical=clinical, images=ImageBags.from_features(bags), labels=labels)
 
 
-def _noise_shares(n: int, *, n_patches: int, **fit) -> tuple[pd.DataFrame, float]:
+def _noise_shares(n: int, *, n_patches: int, network_base: bool = False, **fit
+                  ) -> tuple[pd.DataFrame, float]:
+    """Mean shares on the held-out 30% (``network_base``: also ``shapley_share_network_base``, with
+    ``base="network"``) and the test AUROC."""
     from clinfuse.datasets import train_validation_split
     from clinfuse.fusion import FusionModel
     from clinfuse.fusion.explain.contribution_plot import mean_shares
@@ -269,27 +272,38 @@ def _noise_shares(n: int, *, n_patches: int, **fit) -> tuple[pd.DataFrame, float
     train, test = cohort.subset(train_ids), cohort.subset(test_ids)
     model = FusionModel(verbose=False, seed=0, **fit).fit(train)
     table = mean_shares(modality_contributions(model, test, background=train), model.explain(test))
+    if network_base:
+        table["shapley_share_network_base"] = mean_shares(
+            modality_contributions(model, test, base="network"))["shapley_share"]
     return table, model.score(test)
 
 
+UNGATED = {"aggregator_kwargs": {"center_evidence": False, "instance_gate_penalty": None}}
+"""PersAM as it was before its instance evidence was centred and gated (what older saved models rebuild)."""
+
+
 def test_noise_modality_gets_a_small_share_fast():
-    """Fast version: on a small cohort the noise images get far less than the clinical record and far
-    less than their attention share."""
-    table, auc = _noise_shares(64, n_patches=4, d_model=16, n_heads=2, max_epochs=8, lr=1e-2, batch_size=16,
-                               wide_penalty=0.01, validation_fraction=0.0)
+    """Fast version (64 patients, 8 epochs): the noise images get a small share, far below the clinical
+    record's; with the network's own all-masked output as base (where a modality the model ignores is a
+    dummy player) about nothing. The small cohort leaves the images-only case (f with the clinical record
+    masked) little trained, which the mean base credits to the images: hence 0.2 here, not 0.05."""
+    fit = dict(d_model=16, n_heads=2, max_epochs=8, lr=3e-3, batch_size=16, wide_penalty=0.01,
+               validation_fraction=0.0)
+    table, auc = _noise_shares(64, n_patches=4, network_base=True, **fit)
     assert auc > 0.8  # the clinical record carries the label
-    assert table.loc["images", "shapley_share"] < 0.5 * table.loc["clinical", "shapley_share"]
-    assert table.loc["images", "shapley_share"] < 0.5 * table.loc["images", "attention_share"]
+    assert table.loc["images", "shapley_share"] < 0.2, table
+    assert table.loc["images", "shapley_share"] < 0.25 * table.loc["clinical", "shapley_share"], table
+    assert table.loc["images", "shapley_share_network_base"] < 0.05, table
 
 
 @pytest.mark.slow
-def test_noise_modality_share_on_a_larger_cohort():
-    """The issue's case at a larger size (400 patients, noise bags of 64-127 patches, default PersAM):
-    the noise images' mean |Shapley share| is below the clinical record's and below their attention share.
-    It is not <= 0.05 (about 0.29 here, against 0.54 of the attention): the trained model's output does move
-    with the noise and with its presence (see the noise-modality benchmark in benchmarks/README.md), and
-    the exact values say so."""
-    table, auc = _noise_shares(400, n_patches=64, d_model=16, n_heads=2, modality_dropout=0.5)
+def test_noise_modality_share_on_a_larger_cohort_is_at_most_five_percent():
+    """The issue's acceptance (400 patients, noise bags of 64-127 patches, default PersAM and modality
+    dropout): the noise images' mean |Shapley share| is at most 0.05. Without the centred, gated instance
+    evidence (the earlier default) the same cohort gives about 0.27: the clinical-guided attention picks
+    out of the noise bag a mean that encodes the clinical record, a route that masking the bag removes."""
+    table, auc = _noise_shares(400, n_patches=64, d_model=16, n_heads=2)
     assert auc > 0.95
-    assert table.loc["images", "shapley_share"] < table.loc["clinical", "shapley_share"], table
-    assert table.loc["images", "shapley_share"] < table.loc["images", "attention_share"], table
+    assert table.loc["images", "shapley_share"] <= 0.05, table
+    old, _ = _noise_shares(400, n_patches=64, d_model=16, n_heads=2, **UNGATED)
+    assert old.loc["images", "shapley_share"] > 0.15, old  # the earlier default credits the noise
