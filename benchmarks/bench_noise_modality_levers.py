@@ -71,13 +71,14 @@ def run(params: dict, train, test) -> dict:
     target = str(model.classes_[-1])
 
     def phi(cohort):
-        return modality_contributions(model, cohort, background=train).modality_contributions(
+        return modality_contributions(model, cohort, base="mean", background=train).modality_contributions(
             target_class=target)["images"]
 
     actual = phi(test)
     common, fresh = phi(with_bags(test, common=True)), phi(with_bags(test, common=False))
     return {"auc": float(model.score(test)), "epochs": len(model.history_),
-            "images_share": float(mean_shares(modality_contributions(model, test, background=train))
+            "images_share": float(mean_shares(modality_contributions(model, test, base="mean",
+                                                                     background=train))
                                   .loc["images", "shapley_share"]),
             "images_share_network_base": float(mean_shares(modality_contributions(
                 model, test, base="network")).loc["images", "shapley_share"]),

@@ -12,14 +12,16 @@ token types, aggregator, head, offsets and wide term (:meth:`~clinfuse.fusion.ne
 The values are exact (every coalition is evaluated, no sampling), signed, in output units, and efficient:
 ``v({}) + sum_m phi_m = v(P)``, the model's prediction.
 
-The empty coalition is the one place where masking is not a trained case: modality dropout always keeps one
-modality of a sample, so the network's output with nothing seen (finite for every registered aggregator,
-one value for all samples) is an untrained extrapolation. It enters every ``phi_m`` with weight ``-1/M``,
-so an arbitrary value there moves every modality's credit by the same arbitrary amount (a pure-noise
-modality then gets half of that move in a two-modality model). The default base is therefore
-``base="mean"``: ``v({})`` = the mean prediction over a background cohort (the explained one unless
-``background=`` is given), what is predicted knowing nothing of the patient, as in SHAP; every other
-coalition is the network with the rest masked. ``base="network"`` keeps the network's own empty output.
+The base ``v({})`` is, by default (``base="network"``), the network's own output with every modality
+masked (finite for every registered aggregator, one value for all samples). With it the values are
+Shapley values of one game, so a modality the model ignores (``v(S + {m}) = v(S)`` for every S, the
+empty coalition included) gets exactly 0, however much attention lands on it. That output is an
+extrapolation (modality dropout always keeps one modality of a sample), which only moves the credit among
+the modalities that do change the output. ``base="mean"`` puts the mean prediction over a background
+cohort (the explained one unless ``background=`` is given) in place of ``v({})``, what SHAP calls the
+expected value; every other coalition stays the masked network, so a modality the model ignores then gets
+``(v({m}) - mean) / M``-like credit whenever the masked network's output differs from that mean: a
+different question (the prediction against an average patient), not the null-player property.
 A modality the sample lacks contributes exactly 0.
 
 Unlike the attention ``modality`` kind (how the attention is shared among the modalities), a contribution
@@ -65,16 +67,16 @@ def shapley_matrix(n: int) -> np.ndarray:
     return W
 
 
-def modality_contributions(model: Any, cohort: Any, *, base: str = "mean", background: Any = None,
+def modality_contributions(model: Any, cohort: Any, *, base: str = "network", background: Any = None,
                            batch_size: int | None = None, chunk_size: int = 256) -> AttentionReport:
     """Exact Shapley contributions of each present modality to each output, for every sample of ``cohort``.
 
     Args:
         model: a fitted :class:`~clinfuse.fusion.FusionModel`.
         cohort: the samples to explain.
-        base: what "no modality known" predicts, ``v({})``: ``"mean"`` (default), the mean prediction over
-            ``background``; ``"network"``, the network's own output with every modality masked (a case
-            training never shows; see the module docstring).
+        base: what "no modality known" predicts, ``v({})``: ``"network"`` (default), the network's own
+            output with every modality masked (a modality the model ignores gets exactly 0); ``"mean"``,
+            the mean prediction over ``background`` (see the module docstring).
         background: the cohort whose mean prediction is the base with ``base="mean"`` (default:
             ``cohort``); e.g. the training cohort, so that the base does not depend on who is explained.
         batch_size: samples encoded together (default: the model's batch size).
