@@ -14,9 +14,9 @@ On the test part we read, per model, per modality and over the samples that have
 
 * the baseline: the mean attention ``modality`` weight (``report.modality_weights()``, the number the issue
   found at 0.85 for noise images on a TCGA cohort), and
-* the mean |Shapley share| of the exact contributions (``modality_contributions``, by masking; the base is
-  the mean prediction over the training part), and the same with ``base="network"`` (the network's own
-  all-masked output: a modality the model ignores is then a dummy player and gets 0),
+* the mean |Shapley share| of the exact contributions (``modality_contributions``, by masking, with its
+  default base: the network's own all-masked output, where a modality the model ignores is a null player
+  and gets 0), and the same with ``base="mean"`` (the mean prediction over the training part),
 
 and report the median (and range) over the folds, and the fold c-index for context. A check on the
 Shapley values themselves: the mean |change of the predicted risk| when each test patient's noise bag is
@@ -73,8 +73,8 @@ def run_fold(cohort, train_ids, test_ids, *, seed: int, max_epochs: int | None, 
     fit_s = time.perf_counter() - t0
     test = cohort.subset(test_ids)
     t0 = time.perf_counter()
-    # base: the mean training prediction (the network's own base is reported beside it)
-    contributions = modality_contributions(model, test, base="mean", background=train)
+    contributions = modality_contributions(model, test)  # the default base: the network's all-masked output
+
     contributions_s = time.perf_counter() - t0
     attention = model.explain(test)
     table = mean_shares(contributions, attention)
@@ -83,10 +83,10 @@ def run_fold(cohort, train_ids, test_ids, *, seed: int, max_epochs: int | None, 
     # the check on what the Shapley values say: do the predictions move when the noise is redrawn?
     redrawn = model.predict_risk(with_noise_images(test, seed=1000 + seed))
     phi = contributions.modality_contributions().abs()
-    # the same values on the network's own all-masked output as base: a modality the model ignores is then
-    # a dummy player (0), where the mean base credits it with (network base - mean prediction) / M
-    table["shapley_share_network_base"] = mean_shares(modality_contributions(model, test, base="network"))[
-        "shapley_share"]
+    # the same values with the mean training prediction as base, which credits a modality the model
+    # ignores with about (network base - mean prediction) / M
+    table["shapley_share_mean_base"] = mean_shares(modality_contributions(model, test, base="mean",
+                                                                          background=train))["shapley_share"]
     for m, row in table.iterrows():
         ids = contributions.to_frame("modality_contribution").query("token == @m")["sample_id"].unique()
         table.loc[m, "mean_abs_phi"] = float(phi.loc[ids, m].mean())
@@ -102,7 +102,7 @@ def summarise(folds: list[dict]) -> dict:
     out = {}
     for m in folds[0]["modalities"]:
         per = {k: [f["modalities"][m][k] for f in folds] for k in (
-            "attention_share", "shapley_share", "mean_abs_phi", "shapley_share_network_base")}
+            "attention_share", "shapley_share", "mean_abs_phi", "shapley_share_mean_base")}
         out[m] = {f"{k}_median": float(np.median(v)) for k, v in per.items()}
         out[m].update({f"{k}_range": [float(np.min(v)), float(np.max(v))] for k, v in per.items()})
     return out
@@ -125,8 +125,8 @@ def plot(summaries: dict, path) -> None:
                               summary[m][f"{k}_range"][1] - summary[m][f"{k}_median"]] for m in names]).T
 
         bars = (("attention_share", "tab:grey", "attention share (modality weight)"),
-                ("shapley_share", "tab:blue", "|Shapley share| (exact; base: mean prediction)"),
-                ("shapley_share_network_base", "lightsteelblue", "|Shapley share|, base: network all-masked"))
+                ("shapley_share", "tab:blue", "|Shapley share| (exact; default base: network, all masked)"),
+                ("shapley_share_mean_base", "lightsteelblue", "|Shapley share|, base: mean prediction"))
         for j, (key, colour, label) in enumerate(bars):
             drawn = ax.bar(x + (j - 1) * 0.27, [summary[m][f"{key}_median"] for m in names], 0.26,
                            yerr=err(key), color=colour, capsize=2, label=label)
@@ -201,7 +201,7 @@ def main() -> None:
         for m, s in model["summary"].items():
             print(f"{m}: attention {s['attention_share_median']:.3f} vs |Shapley share| "
                   f"{s['shapley_share_median']:.3f} "
-                  f"(base='network': {s['shapley_share_network_base_median']:.3f})")
+                  f"(base='mean': {s['shapley_share_mean_base_median']:.3f})")
         print("mean |risk change| when the noise images are redrawn: "
               f"{model['risk_change_noise_redrawn_median']:.3f} (mean |risk - mean risk|: "
               f"{model['risk_deviation_median']:.3f}); mean |phi|: " + ", ".join(
