@@ -37,7 +37,10 @@ def recipes() -> dict[str, dict]:
     from clinfuse.fusion.commands import DEMO_SIZES
 
     current = dict(DEMO_SIZES["default"])
-    return {"current": current, "previous": PREVIOUS, "current, d_model 32": {**current, "d_model": 32}}
+    return {"current": current, "previous": PREVIOUS, "current, d_model 32": {**current, "d_model": 32},
+            # PersAM before its instance evidence was centred and gated (its default until then)
+            "current, ungated PersAM": {**current, "aggregator_kwargs": {"center_evidence": False,
+                                                                           "instance_gate_penalty": None}}}
 
 
 def run(name: str, seed: int) -> dict:
@@ -55,7 +58,10 @@ def run(name: str, seed: int) -> dict:
                                           n_patches=size["n_patches"], seed=seed)
     train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
     test = cohort.subset(test_ids)
-    model = FusionModel(**demo_model_params(size, seed=seed)).fit(cohort.subset(train_ids))
+    params = demo_model_params(size, seed=seed)
+    if "aggregator_kwargs" in size:
+        params["aggregator_kwargs"] = size["aggregator_kwargs"]
+    model = FusionModel(**params).fit(cohort.subset(train_ids))
     auc = float(model.evaluate(test)["auc"])
     summary = planted_summary(model.explain(test), truth, test.labels, kind="explanatory")
     return {"recipe": name, "seed": seed, "auroc_median": round(summary["auroc_median"], 4),

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"sample {sample!r} is not a held-out sample of {demo}/attention.parquet")
     print(f"sample {sample}")
 
-    print("\nwhat each modality does to the log-odds (exact Shapley; base = mean prediction):")
+    print("\nwhat each modality does to the log-odds (exact Shapley; base = every modality masked):")
     phi = contributions.modality_contributions().loc[sample]
     for cls in phi.index.get_level_values("target_class").unique():
         print(f"  class {cls}:  {line(phi[cls])}")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = file_stem(sample)  # a sample id is data: never a path
     figures = [f"persam_{stem}.png", f"top_tokens_{stem}.png", "modality_contributions.png"]
     report.plot_persam(sample, path=out / figures[0], spread=spread)
-    report.plot_top_tokens(sample, path=out / figures[1])
+    report.plot_top_tokens(sample, path=out / figures[1], spread=spread)
     plot_modality_contributions(contributions, attention=report, path=out / figures[2])
     figures += list(write_planted_figures(report, truth, [sample], out, ext="png"))
     print(f"\nwrote {out}/: {', '.join(figures)}")
