@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, help="data.yaml naming the data to score")
         p.add_argument("--out", required=True, help="output folder")
         _table_and_figure_options(p, figures=name == "explain")
+        if name == "explain":
+            p.add_argument("--no-contributions", action="store_true",
+                           help="skip the exact modality contributions (2^M masked passes per sample)")
+            p.add_argument("--no-null", action="store_true",
+                           help="judge the attention spread by the 0.95 rule, without the untrained copies")
         if name == "predict":
             p.add_argument("--times", type=float, nargs="+", default=None, metavar="T",
                            help="survival models, data with targets: report the time-dependent AUC, Brier "

@@ -96,26 +96,22 @@ def write_table(frame: pd.DataFrame, out: Path, stem: str, *, csv: bool = False)
 
 
 def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3, csv: bool = False,
-                    predictions: pd.DataFrame | None = None,
-                    figure_format: str = "png") -> tuple[Any, list[str]]:
+                    predictions: pd.DataFrame | None = None, figure_format: str = "png",
+                    contributions: bool = True, spread_null: bool = True) -> tuple[Any, list[str]]:
     """Attention table (Parquet; CSV too with ``csv``) and figures of ``cohort`` into ``out``; returns
     (report, names of the files written).
 
-    The per-sample figure is the one the aggregator names (its ``sample_figure``, default ``"patches"``),
-    drawn for informative samples (:func:`~.explain.selection.informative_samples`: the most confident of
-    each class, or the highest and lowest risks); patch maps skip one-patch bags. Its file is
-    ``attention_<file_stem(sample id)>.<figure_format>`` (png, pdf or svg). The modalities' exact Shapley
-    contributions go to ``modality_contributions.parquet`` (CSV too with ``csv``) and their figure to
-    ``modality_contributions.<figure_format>``; ``figures.json`` maps each
-    file to its sample (``sample_figures``) and says why it was picked (``reasons``) and what was
-    skipped. Survival models with targets also get ``risk_groups.<figure_format>`` (Kaplan-Meier by
-    predicted risk group). ``attention_spread.parquet`` holds each sample's effective number of tokens and
-    uniform flag (:mod:`.explain.spread`, against an untrained copy of the model); the figures state the
-    flags, and ``figures.json`` keeps them (``uniform``) with the summary (``attention_spread``).
+    The per-sample figure is the aggregator's ``sample_figure`` (default ``"patches"``), drawn for
+    informative samples (:func:`~.explain.selection.informative_samples`) into
+    ``attention_<file_stem(sample id)>.<figure_format>``; patch maps skip one-patch bags. Also written:
+    ``modality_contributions.parquet`` and its figure (exact Shapley values; ``contributions=False`` skips
+    their 2^M passes per sample), ``attention_spread.parquet`` (effective number of tokens and uniform flag,
+    against untrained copies of the model; ``spread_null=False``: the fallback rule), ``risk_groups`` for
+    survival models with targets, and ``figures.json``: file -> sample, why it was picked, the panels
+    flagged uniform, what was skipped, the summary lines.
     """
     from .explain import figures
-    from .explain.contribution_plot import mean_shares, plot_modality_contributions
-    from .explain.contributions import modality_contributions
+    from .explain.contribution_plot import mean_shares
     from .explain.selection import informative_samples, patch_counts
     from .explain.spread import write_spread
     from .explain.table import spatial_modalities
@@ -126,27 +122,21 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     if csv:
         report.to_csv(out / "attention.csv")
         written.append("attention.csv")
-    spread, spread_files, spread_lines = write_spread(model, cohort, report, out, csv=csv)
+    spread, spread_files, spread_lines = write_spread(model, cohort, report, out, csv=csv, null=spread_null)
     written += spread_files
     plt = figures.pyplot()
     if "modality" in model.attention_kinds:
         plt.close(figures.plot_modality_weights(report, path=out / f"modality_weights.{ext}"))
         written.append(f"modality_weights.{ext}")
-    # exact Shapley contributions of the modalities (what they do to the output, unlike attention shares)
-    contributions = modality_contributions(model, cohort)
-    contributions.to_parquet(out / "modality_contributions.parquet")
-    written.append("modality_contributions.parquet")
-    if csv:
-        contributions.to_csv(out / "modality_contributions.csv")
-        written.append("modality_contributions.csv")
-    plt.close(plot_modality_contributions(contributions, attention=report,
-                                          path=out / f"modality_contributions.{ext}"))
-    written.append(f"modality_contributions.{ext}")
-    shares = mean_shares(contributions, attention=report)
-    contribution_line = "  ".join(
-        f"{m} {r.shapley_share:.2f}"
-        + ("" if np.isnan(r.attention_share) else f" (attention {r.attention_share:.2f})")
-        for m, r in shares.iterrows())
+    contribution_line = ""
+    if contributions:  # exact Shapley contributions of the modalities (unlike attention shares)
+        contribution_report, files = _write_contributions(model, cohort, report, out, csv=csv, ext=ext)
+        written += files
+        shares = mean_shares(contribution_report, attention=report)
+        contribution_line = "  ".join(
+            f"{m} {r.shapley_share:.2f}"
+            + ("" if np.isnan(r.attention_share) else f" (attention {r.attention_share:.2f})")
+            for m, r in shares.iterrows())
     if predictions is None:
         predictions = prediction_frame(model, cohort, survival_curves=False, pattern=False)
     predictions = predictions.set_axis(predictions.index.astype(str))
@@ -180,6 +170,24 @@ def write_attention(model: Any, cohort: Any, out: Path, *, max_figures: int = 3,
     if samples or skipped or spread_lines or contribution_line or "risk_groups" in index:
         write_json(out / "figures.json", index)
     return report, written
+
+
+def _write_contributions(model: Any, cohort: Any, report: Any, out: Path, *, csv: bool, ext: str
+                         ) -> tuple[Any, list[str]]:
+    """The exact modality contributions of ``cohort`` (table and figure) into ``out``: (report, files)."""
+    from .explain.contribution_plot import plot_modality_contributions
+    from .explain.contributions import modality_contributions
+    from .explain.plotting import pyplot
+
+    contributions = modality_contributions(model, cohort)
+    contributions.to_parquet(out / "modality_contributions.parquet")
+    written = ["modality_contributions.parquet"]
+    if csv:
+        contributions.to_csv(out / "modality_contributions.csv")
+        written.append("modality_contributions.csv")
+    pyplot().close(plot_modality_contributions(contributions, attention=report,
+                                               path=out / f"modality_contributions.{ext}"))
+    return contributions, [*written, f"modality_contributions.{ext}"]
 
 
 def figure_lines(out: Path) -> list[str]:
@@ -381,7 +389,9 @@ def run_explain(args: Any) -> int:
         preds = prediction_frame(model, cohort, missing=True)
         tables = write_table(preds, out, "predictions", csv=csv)
         _report, files = write_attention(model, cohort, out, csv=csv, predictions=preds,
-                                         figure_format=getattr(args, "figure_format", "png"))
+                                         figure_format=getattr(args, "figure_format", "png"),
+                                         contributions=not getattr(args, "no_contributions", False),
+                                         spread_null=not getattr(args, "no_null", False))
         write_json(out / "kinds.json", {"kinds": model.attention_kinds, "aggregator": model.aggregator_})
     print(f"wrote attention ({', '.join(model.attention_kinds)}) for {len(cohort)} samples to "
           f"{Path(args.out)}/: {', '.join(files + tables)}")

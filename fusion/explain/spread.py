@@ -312,12 +312,13 @@ def figure_notes(rows: pd.DataFrame, spread: pd.DataFrame | None = None) -> dict
             uniform_note(r.n_tokens, r.effective_tokens) for r in flagged.itertuples()}
 
 
-def write_spread(model: Any, cohort: Any, report: Any, out: Any, *, csv: bool = False
+def write_spread(model: Any, cohort: Any, report: Any, out: Any, *, csv: bool = False, null: bool = True
                  ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """What the CLI writes: ``attention_spread.parquet`` (``.csv`` too with ``csv``) of ``report`` judged
-    against :func:`untrained_null` of ``model`` on ``cohort``; returns (table, file names, summary lines)."""
+    against :func:`untrained_null` of ``model`` on ``cohort`` (``null=False``: by the fallback rule, which
+    skips the null's passes); returns (table, file names, summary lines)."""
     from ..commands import write_table
 
-    spread = attention_spread(report, null=untrained_null(model, cohort))
+    spread = attention_spread(report, null=untrained_null(model, cohort) if null else None)
     files = write_table(spread, out, "attention_spread", csv=csv)
     return spread, files, spread_summary(spread)

@@ -113,6 +113,15 @@ def test_train_predict_explain_from_yaml(file_cohort, tmp_path):
     att = pd.read_parquet(tmp_path / "expl" / "attention.parquet")
     assert set(att["sample_id"]) <= set(cohort.sample_ids) and "patch" in set(att["kind"])
     assert list((tmp_path / "expl").glob("*.png"))
+    assert (tmp_path / "expl" / "modality_contributions.parquet").is_file()
+    spread = pd.read_parquet(tmp_path / "expl" / "attention_spread.parquet")
+    assert spread["rule"].str.startswith("null").any()
+    # for large cohorts: no contributions, and the spread judged by the fallback rule (no untrained copies)
+    assert main(["explain", "--model", str(tmp_path / "model"), "--data", str(root / "data.yaml"),
+                 "--out", str(tmp_path / "quick"), "--no-contributions", "--no-null"]) == 0
+    assert not list((tmp_path / "quick").glob("modality_contributions*"))
+    quick = pd.read_parquet(tmp_path / "quick" / "attention_spread.parquet")
+    assert quick["rule"].dropna().str.startswith("fallback").all() and len(quick) == len(spread)
 
 
 def test_run_config_unknown_keys_are_named(file_cohort, tmp_path):
