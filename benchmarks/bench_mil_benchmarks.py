@@ -167,14 +167,16 @@ def table(name: str, summary: dict) -> str:
     rows = []
     for model, s in summary.items():
         d = s.get(f"diff_accuracy_vs_{REFERENCE}")
+        a = s.get(f"diff_auc_vs_{REFERENCE}")
         diff = "(reference)" if d is None else f"{fmt(d['mean'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]"
+        auc_diff = "" if a is None else f"{fmt(a['mean'])} [{fmt(a['ci_low'])}, {fmt(a['ci_high'])}]"
         rows.append([model, fmt(s["accuracy"]["mean"]), fmt(s["accuracy"]["sd"]), diff,
-                     "" if d is None else f"{d['wins']}/{d['n']}", fmt(s["auc"]["mean"]),
+                     "" if d is None else f"{d['wins']}/{d['n']}", fmt(s["auc"]["mean"]), auc_diff,
                      f"{s['fit_time_ratio_vs_' + REFERENCE]:.2f}"])
     for model, acc in PUBLISHED[name].items():
-        rows.append([f"{model} (published)", fmt(acc), "", "", "", "", ""])
+        rows.append([f"{model} (published)", fmt(acc), "", "", "", "", "", ""])
     return markdown_table(["model", "accuracy", "sd", f"paired diff vs {REFERENCE} [95% t-CI]",
-                           "folds better", "AUC", "fit time / ours"], rows)
+                           "folds better", "AUC", "AUC paired diff [95% t-CI]", "fit time / ours"], rows)
 
 
 def main() -> None:
