@@ -76,3 +76,16 @@ def test_card_survives_load_and_is_checked_by_the_manifest(fitted_classifier, tm
     (folder / "MODEL_CARD.md").unlink()
     with pytest.raises((ValueError, FileNotFoundError), match="MODEL_CARD.md"):
         FusionModel.load(folder)
+
+
+def test_a_model_saved_before_cards_loads_and_gets_one(tmp_path):
+    from pathlib import Path
+
+    reference = Path(__file__).resolve().parents[1] / "data" / "reference_models"
+    folder = next(p / "model" for p in sorted(reference.iterdir()) if (p / "model").is_dir())
+    assert not (folder / "MODEL_CARD.md").exists()  # saved before the card existed
+    model = FusionModel.load(folder)
+    _, card = _card(model, tmp_path / "again")
+    n = json.loads((folder / "provenance.json").read_text())["training_data"]["n_samples"]
+    assert f"Training samples: {n}. The coverage of each modality and the targets were not recorded" in card
+    assert f"Aggregator: `{model.aggregator_}`" in card and "## Versions" in card
