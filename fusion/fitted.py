@@ -29,6 +29,8 @@ class FittedState:
         training_ids, validation_ids, training_shapes: what the model was trained and validated on (a
             loaded model has None: its ``provenance`` keeps what was recorded when it was saved).
         provenance: the saved ``provenance.json`` of a loaded model; None after ``fit``.
+        data_summary: what the model card says of the training and validation data
+            (``model_card.data_summary``); a loaded model keeps it in ``provenance``.
     """
 
     preprocessor: Any
@@ -48,4 +50,5 @@ class FittedState:
     validation_ids: list[str] | None = None
     training_shapes: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
+    data_summary: dict[str, Any] | None = None
 

@@ -162,11 +162,12 @@ class FusionModel(BaseEstimator):
         to the weights an uninterrupted fit would have. The global RNGs are left as they were. SIGINT /
         SIGTERM raise :class:`~clinfuse.fusion.interrupts.TrainingInterrupted` (a KeyboardInterrupt).
         """
-        from .persistence import data_shapes
+        from .persistence import data_shapes, data_summary
         from .training import fit_model
 
         run = fit_model(self, cohort, validation, resume=resume)
-        self._set_fitted(replace(run.state, training_shapes=data_shapes(run.train)))
+        summary = data_summary(run.train, run.validation, given=validation is not None)  # for the model card
+        self._set_fitted(replace(run.state, training_shapes=data_shapes(run.train), data_summary=summary))
         # What is measured by predicting with the fitted network completes the state.
         if self.task == "survival" and self.survival_head == "cox":
             surv = run.train.survival.loc[run.train.sample_ids]

@@ -11,6 +11,7 @@ A saved model is a folder::
     weights.pt         ``network.state_dict()``: tensors only, read with ``torch.load(weights_only=True)``
     metrics.json       validation metrics of the fit
     provenance.json    clinfuse and dependency versions, python, time, fingerprint of the training data
+    MODEL_CARD.md      what a reviewer reads without Python (:mod:`clinfuse.fusion.model_card`)
     .clinfuse          {"written_by": "clinfuse", "kind": "model"}
     manifest.json      size and SHA-256 of every other file, checked by load before anything is built
 
@@ -42,6 +43,7 @@ from ..datasets.statistics import to_jsonable
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_finite_network
 from .fitted import FittedState
+from .model_card import CARD, data_summary, render_card  # noqa: F401 (data_summary: for fit)
 from .model_files import validate_folder
 
 FORMAT = "clinfuse-model"
@@ -131,14 +133,15 @@ def data_shapes(cohort: Any) -> dict[str, Any]:
     return shapes
 
 
-def provenance(sample_ids: list[str], shapes: Mapping[str, Any]) -> dict[str, Any]:
+def provenance(sample_ids: list[str], shapes: Mapping[str, Any],
+               summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": package_versions(),
         "training_data": {"n_samples": len(sample_ids), "shapes": to_jsonable(shapes),
-                          "sha256": data_fingerprint(sample_ids, shapes)},
+                          "sha256": data_fingerprint(sample_ids, shapes), "summary": summary},
     }
 
 
@@ -197,8 +200,11 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
         save_weights(tmp / WEIGHTS, state.network.state_dict())
         write_json(tmp / "metrics.json", state.metrics or {})
         # a loaded model re-saved keeps its original provenance
-        write_json(tmp / "provenance.json",
-                   state.provenance or provenance(state.training_ids, state.training_shapes))
+        prov = state.provenance or provenance(state.training_ids, state.training_shapes, state.data_summary)
+        write_json(tmp / "provenance.json", prov)
+        card = render_card(params=_jsonable_params(params), network=state.network_config,
+                           metrics=to_jsonable(state.metrics or {}), provenance=prov)
+        write_text_atomic(tmp / CARD, card)
     return path.expanduser().resolve()
 
 

@@ -64,6 +64,38 @@ def test_console_script_version_and_help():
         assert command in out.stdout
 
 
+def test_each_package_ships_py_typed():
+    """PEP 561: the marker is on disk, declared as package data and visible in the installed package."""
+    from importlib.resources import files
+
+    package_data = _pyproject()["tool"]["setuptools"]["package-data"]
+    for folder, dotted in CODE_FOLDERS.items():
+        assert (ROOT / folder / "py.typed").is_file(), f"{folder}/py.typed is missing"
+        assert "py.typed" in package_data.get(dotted, []), f"add py.typed to package-data of {dotted}"
+        assert files(dotted).joinpath("py.typed").is_file()
+
+
+def test_docs_nav_pages_exist():
+    """Every page mkdocs.yml's nav names is in docs/ (mkdocs build --strict runs in .ci/run)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+    def pages(nav):
+        for item in nav:
+            if isinstance(item, str):
+                yield item
+            else:
+                for value in item.values():
+                    yield from ([value] if isinstance(value, str) else pages(value))
+
+    listed = list(pages(config["nav"]))
+    assert len(listed) >= 6
+    missing = [p for p in listed if not (ROOT / config.get("docs_dir", "docs") / p).is_file()]
+    assert not missing, f"mkdocs.yml nav names missing pages: {missing}"
+    assert "docs" in _pyproject()["project"]["optional-dependencies"]
+
+
 def test_no_torchvision_or_timm_in_core_dependencies():
     deps = " ".join(_pyproject()["project"]["dependencies"]).lower()
     assert "torchvision" not in deps and "timm" not in deps
@@ -83,6 +115,8 @@ def test_built_wheel_holds_every_subpackage_and_no_bare_names(tmp_path):
     packaged = {".".join(n.split("/")[:-1]) for n in names if n.endswith("/__init__.py")}
     assert packaged == _packages_on_disk()
     assert "clinfuse/__init__.py" not in names  # namespace package
+    for dotted in CODE_FOLDERS.values():  # PEP 561: each package ships its py.typed marker
+        assert dotted.replace(".", "/") + "/py.typed" in names
 
 
 def test_cli_starts_without_importing_torch():

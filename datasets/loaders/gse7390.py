@@ -25,13 +25,13 @@ def load_gse7390(path: str | os.PathLike) -> Cohort:
         file has no sample ids) with
 
         * ``clinical``: ``age`` (years), ``size`` (tumour size, cm) numeric; ``grade`` ("well
-          differentiated", "intermediate", "poorly differentiated") and ``er`` ("negative", "positive")
-          categorical. The file's grade level "unkown" (sic) becomes NaN, recorded in ``excluded``.
+            differentiated", "intermediate", "poorly differentiated") and ``er`` ("negative", "positive")
+            categorical. The file's grade level "unkown" (sic) becomes NaN, recorded in ``excluded``.
         * ``genomics``: AnnData ``[198, 76]`` of the expression values as given; ``var_names`` are the
-          Affymetrix probe ids with the ``X`` prefix that R's ``make.names`` added removed
-          (``X219340_s_at`` -> ``219340_s_at``); the original column names are in ``var["column"]``.
+            Affymetrix probe ids with the ``X`` prefix that R's ``make.names`` added removed
+            (``X219340_s_at`` -> ``219340_s_at``); the original column names are in ``var["column"]``.
         * ``survival``: ``time`` = ``t.tdm`` (days), ``event`` = ``e.tdm`` (1 = distant metastasis;
-          51 events).
+            51 events).
     """
     from scipy.io import arff
 

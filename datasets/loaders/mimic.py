@@ -147,8 +147,8 @@ def load_mimic3_demo(
         (sample id = ``hadm_id`` as str; ``groups`` = ``subject_id`` as str):
 
         * ``clinical``: ``age`` at admission (years; MIMIC shifts ages above 89 to about 300 to de-identify
-          them, so every age above 89 is set to 90 and counted in ``excluded``), ``gender`` and
-          ``admission_type`` (categorical).
+            them, so every age above 89 is set to 90 and counted in ``excluded``), ``gender`` and
+            ``admission_type`` (categorical).
         * ``events`` (see the module docstring for the leakage rules and the time axis).
         * ``labels``: ``hospital_expire_flag`` (int, 1 = died in hospital).
 
