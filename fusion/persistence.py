@@ -29,7 +29,7 @@ import io
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -178,8 +178,11 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], state: FittedState) -> Path:
+def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], state: FittedState,
+               extras: Callable[[Path], None] | None = None) -> Path:
     """Write a fitted model (its hyperparameters and fitted state) to folder ``path`` atomically.
+    ``extras(folder)`` may write more files (``clinfuse train``'s history and curve) before the swap, so
+    that the manifest lists them; ``load`` reads only the files above.
 
     In multi-process training (DDP) every process holds the same weights; only rank 0 writes.
     """
@@ -199,6 +202,8 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
         # a loaded model re-saved keeps its original provenance
         write_json(tmp / "provenance.json",
                    state.provenance or provenance(state.training_ids, state.training_shapes))
+        if extras is not None:
+            extras(tmp)
     return path.expanduser().resolve()
 
 
