@@ -117,3 +117,20 @@ def test_train_on_a_fold_writes_history_curve_and_test_metrics(study, tmp_path, 
     assert again["auc"] == pytest.approx(metrics["test"]["auc"], nan_ok=True)
     # the model folder with its extra files is replaced by the next run (they are clinfuse outputs)
     assert main(["train", "--config", str(root / "run.yaml"), "--out", str(out), "--fold", "1"]) == 0
+
+
+def test_training_record_travels_in_the_verified_model_folder(fitted_classifier, tmp_path):
+    from clinfuse.fusion.persistence import save_model
+    from clinfuse.fusion.training_record import write_training_record
+
+    model = fitted_classifier.model
+    out = tmp_path / "m"
+    save_model(out, class_name="FusionModel", params=model.get_params(), state=model._fitted_state(),
+               extras=lambda folder: write_training_record(model, folder, validation="inner split"))
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == len(model.history_)
+    np.testing.assert_allclose(history["train_loss"], [h["train_loss"] for h in model.history_], rtol=1e-5)
+    assert FusionModel.load(out).history_ == model.history_
+    (out / "history.csv").write_text("epoch\n0\n")  # edited after the save: the manifest catches it
+    with pytest.raises(ValueError, match="history.csv"):
+        FusionModel.load(out)
