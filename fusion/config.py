@@ -40,6 +40,8 @@ from .study_split import StudySplit, check_split_keys, read_samples, read_split,
 _GENERAL_KEYS: dict[str, str] = {
     "name": "cohort name (shown in summaries)",
     "id_column": "sample id column of every table (default: sample_id)",
+}
+_SELECTION_KEYS: dict[str, str] = {
     "samples": "keep only these samples: a list of ids, a file (one id per line, or a CSV column), or "
                "{file, column}",
 }
@@ -57,11 +59,11 @@ TABLE_FILE = "clinical.csv"
 
 def data_keys() -> dict[str, str]:
     """Every valid key of a data section -> its help: the general keys, each registered modality's own
-    (``Modality.data_keys``), then the target keys."""
+    (``Modality.data_keys``), the target keys, then ``samples``."""
     keys = dict(_GENERAL_KEYS)
     for m in MODALITY_REGISTRY:
         keys.update(m.data_keys)
-    return {**keys, **_TARGET_KEYS}
+    return {**keys, **_TARGET_KEYS, **_SELECTION_KEYS}
 
 
 RUN_KEYS: dict[str, str] = {
