@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "<out>.checkpoints next to --out)")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run whose checkpoints are in the checkpoint folder")
+    train.add_argument("--fold", type=int, default=None,
+                       help="fold of run.yaml's split: (overrides split.fold; {fold} in split.file)")
     tune = sub.add_parser("tune", help="tune a model's hyperparameters by inner cross-validation (Optuna)")
     tune.add_argument("--config", required=True, help="run.yaml: data, task, model keywords, tune section")
     tune.add_argument("--out", required=True,

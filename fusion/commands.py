@@ -291,21 +291,18 @@ def checkpoint_folder(args: Any, model_keys: dict[str, Any]) -> Path:
 
 def run_train(args: Any) -> int:
     from .config import load_run_config
-    from .model import FusionModel
+    from .training_record import train_from_config
 
     cfg = load_run_config(args.config)
     check_replaceable(args.out, kind="model")  # a bad --out fails now, not after the training
     args.checkpoint_folder = folder = checkpoint_folder(args, cfg.model)  # for interruption_message
-    cohort = cfg.data.to_cohort(task=cfg.task, require_targets=True)
-    print(cohort.summary())
-    model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": str(folder)})
-    model.fit(cohort, resume=bool(getattr(args, "resume", False)))
-    path = model.save(args.out)
-    val = model.metrics_.get("validation")
-    if val:
-        print("\nvalidation metrics (inner split):")
-        print(metrics_table(val))
-    print(f"\nsaved the model to {path} (checkpoints in {folder})")
+    run = train_from_config(cfg, out=args.out, checkpoint_dir=folder, fold=getattr(args, "fold", None),
+                            resume=bool(getattr(args, "resume", False)))
+    for what, metrics in ((f"validation metrics ({run.validation_source})", run.validation_metrics),
+                          ("test metrics (split test, per missingness pattern)", run.test_metrics)):
+        if metrics:
+            print(f"\n{what}:\n{metrics_table(metrics)}")
+    print(f"\nsaved the model to {run.path} (with {', '.join(run.files)}; checkpoints in {folder})")
     return 0
 
 
@@ -319,6 +316,8 @@ def run_tune(args: Any) -> int:
     given = {"n_trials": args.n_trials, "folds": args.folds, "seed": args.seed}
     keys = {**cfg.tune, **{k: v for k, v in given.items() if v is not None}}
     cohort = cfg.data.to_cohort(task=cfg.task, require_targets=True)
+    split = cfg.study_split()  # tuning sees the fold's training samples only: val and test stay unseen
+    cohort = split.cohorts(cohort)[0] if split is not None else cohort
     print(cohort.summary())
     # every trial and fold would share (and resume from) one checkpoint folder: tuning keeps none
     model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": None})

@@ -12,11 +12,14 @@ A run config::
       images: features/                  # folder of <sample>.npy|.pt|.h5 (or <sample>/ with one file per
                                          # slide), or a manifest CSV with columns sample_id, path[, slide_id]
       events: events.csv                 # long table: id column, time, code[, value]
+      samples: cases.txt                 # optional: keep these ids (a list, a file, {file, column})
+    split: {file: splits/splits_{fold}.csv, fold: 0}   # optional: train / val / test ids of one fold
     model:                               # FusionModel keywords
       aggregator: persam
       max_epochs: 20
 
-Relative paths are relative to the YAML file. Unknown keys at any level are a ``ValueError`` naming the
+``samples`` and ``split`` are described in :mod:`clinfuse.fusion.study_split`. Relative paths are
+relative to the YAML file. Unknown keys at any level are a ``ValueError`` naming the
 key and listing the valid ones. Target and group columns are taken out of the clinical features.
 """
 
@@ -32,10 +35,15 @@ import pandas as pd
 from ..datasets.files import DataSource, read_table  # noqa: F401  read_table: re-exported, its old home
 from ..datasets.files import check_keys as _check_keys
 from ..datasets.modalities import MODALITY_REGISTRY
+from .study_split import StudySplit, check_split_keys, read_samples, read_split, select_samples
 
 _GENERAL_KEYS: dict[str, str] = {
     "name": "cohort name (shown in summaries)",
     "id_column": "sample id column of every table (default: sample_id)",
+}
+_SELECTION_KEYS: dict[str, str] = {
+    "samples": "keep only these samples: a list of ids, a file (one id per line, or a CSV column), or "
+               "{file, column}",
 }
 _TARGET_KEYS: dict[str, str] = {
     "targets": "table holding the target / group columns (default: the clinical table)",
@@ -51,17 +59,19 @@ TABLE_FILE = "clinical.csv"
 
 def data_keys() -> dict[str, str]:
     """Every valid key of a data section -> its help: the general keys, each registered modality's own
-    (``Modality.data_keys``), then the target keys."""
+    (``Modality.data_keys``), the target keys, then ``samples``."""
     keys = dict(_GENERAL_KEYS)
     for m in MODALITY_REGISTRY:
         keys.update(m.data_keys)
-    return {**keys, **_TARGET_KEYS}
+    return {**keys, **_TARGET_KEYS, **_SELECTION_KEYS}
 
 
 RUN_KEYS: dict[str, str] = {
     "task": "classification or survival",
     "data": "the data: a mapping of data keys, or the path of a data.yaml",
     "model": "FusionModel keywords (aggregator, max_epochs, ...)",
+    "split": "train / validation / test samples of one fold: {file: splits.csv, fold: 0} (columns train, "
+             "val, test; the CLAM / PORPOISE layout)",
     "tune": "clinfuse tune only: n_trials, folds, seed, space (param: [kind, ...], see clinfuse.fusion.tune)",
 }
 TUNE_KEYS: dict[str, str] = {
@@ -153,8 +163,12 @@ class DataConfig:
                 inputs.update(m.read_files(source))
             else:  # options without the data: passed on, so that the Cohort names the mistake
                 inputs.update({k: s[k] for k in m.options if k in s and k in m.data_keys})
-        return Cohort(**inputs, labels=labels, survival=survival, groups=groups, index_time=index_time,
-                      name=s.get("name"))
+        cohort = Cohort(**inputs, labels=labels, survival=survival, groups=groups, index_time=index_time,
+                        name=s.get("name"))
+        if "samples" in s:
+            ids = read_samples(s["samples"], base=self.base, id_column=source.id_column)
+            cohort = select_samples(cohort, ids)
+        return cohort
 
     def path(self, key: str) -> Path:
         return DataSource(spec=self.spec, base=self.base).path(key)
@@ -166,6 +180,12 @@ class RunConfig:
     data: DataConfig
     model: dict[str, Any]
     tune: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] | None = None
+    base: Path = Path()
+
+    def study_split(self, *, fold: int | None = None) -> StudySplit | None:
+        """The ``split:`` fold's ids (``fold`` overrides the YAML's), None without a ``split:`` key."""
+        return None if self.split is None else read_split(self.split, base=self.base, fold=fold)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -189,8 +209,11 @@ def load_run_config(path: str | Path) -> RunConfig:
     _check_keys(tune, TUNE_KEYS, "tune")
     if isinstance(tune.get("space"), dict):  # YAML has lists only; a spec is a tuple
         tune["space"] = {k: tuple(v) if isinstance(v, list) else v for k, v in tune["space"].items()}
+    split = raw.get("split")
+    if split is not None:
+        check_split_keys(split)
     return RunConfig(task=raw["task"], data=DataConfig.parse(raw["data"], base=path.parent), model=model,
-                     tune=tune)
+                     tune=tune, split=split, base=path.parent)
 
 
 def load_data_config(path: str | Path) -> DataConfig:

@@ -30,7 +30,7 @@ import io
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -181,8 +181,11 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], state: FittedState) -> Path:
+def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], state: FittedState,
+               extras: Callable[[Path], None] | None = None) -> Path:
     """Write a fitted model (its hyperparameters and fitted state) to folder ``path`` atomically.
+    ``extras(folder)`` may write more files (``clinfuse train``'s history and curve) before the swap, so
+    that the manifest lists them; ``load`` reads only the files above.
 
     In multi-process training (DDP) every process holds the same weights; only rank 0 writes.
     """
@@ -205,6 +208,8 @@ def save_model(path: str | Path, *, class_name: str, params: dict[str, Any], sta
         card = render_card(params=_jsonable_params(params), network=state.network_config,
                            metrics=to_jsonable(state.metrics or {}), provenance=prov)
         write_text_atomic(tmp / CARD, card)
+        if extras is not None:
+            extras(tmp)
     return path.expanduser().resolve()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..validation import check_unique, format_ids
+from .patients import group_by_patient
 from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES, read_file_rows, read_tile
 from .sources import Slide, apply_coords, feature_slide, normalise_source, pixel_slide
 
@@ -44,6 +45,8 @@ class ImageBags:
         sample_ids: samples with a bag, in input order.
         feature_dim: D for feature bags (None for pixels).
         pixel_shape: ``(C, H, W)`` for pixel bags (None for features).
+        unmatched_slides: slide ids that ``from_features(patient_of=...)`` matched to no patient (left out
+            of the bags); empty otherwise.
     """
 
     def __init__(self, *, kind: str, slides: dict[str, list[Slide]]) -> None:
@@ -54,11 +57,19 @@ class ImageBags:
         self.sample_ids: list[str] = list(slides)
         self.feature_dim: int | None = None
         self.pixel_shape: tuple[int, int, int] | None = None
+        self.unmatched_slides: list[str] = []
         self._validate()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_features(cls, source: Any, *, coords: Mapping[Any, Any] | None = None) -> ImageBags:
+    def from_features(
+        cls,
+        source: Any,
+        *,
+        coords: Mapping[Any, Any] | None = None,
+        patient_of: Any = None,
+        unmatched: str = "warn",
+    ) -> ImageBags:
         """Feature bags ``[N, D]`` per sample.
 
         Args:
@@ -66,15 +77,25 @@ class ImageBags:
                 directory (see the module docstring); or a manifest DataFrame with columns
                 ``sample_id, path[, slide_id]`` (one row per slide file).
             coords: optional dict sample -> ``[N, 2]`` (the whole bag) or list of ``[n_k, 2]`` (per slide);
-                overrides coordinates found in the files.
+                overrides coordinates found in the files (keyed by the final sample, i.e. the patient
+                with ``patient_of``).
+            patient_of: slide id (file stem) -> patient id, so that a patient's slides form one bag: a
+                mapping, a callable (None: no patient) or ``"tcga"`` (first 12 characters of the barcode);
+                see :mod:`.patients`. Slides that match no patient are listed in ``unmatched_slides``.
+            unmatched: ``"warn"`` (default: leave such slides out, warn and list them) or ``"raise"``.
         """
         per_sample = normalise_source(source, FEATURE_SUFFIXES)
+        left_out: list[str] = []
+        if patient_of is not None:
+            per_sample, left_out = group_by_patient(per_sample, patient_of, unmatched=unmatched)
         slides: dict[str, list[Slide]] = {}
         for sample, items in per_sample.items():
             slides[sample] = [feature_slide(sample, sid, item) for sid, item in items]
         if coords is not None:
             apply_coords(slides, coords)
-        return cls(kind="features", slides=slides)
+        bags = cls(kind="features", slides=slides)
+        bags.unmatched_slides = left_out
+        return bags
 
     @classmethod
     def from_patches(
@@ -180,6 +201,7 @@ class ImageBags:
             raise ValueError(f"images: unknown sample id(s) {format_ids(unknown)}; they have no image bag")
         new = object.__new__(ImageBags)
         new.kind, new.feature_dim, new.pixel_shape = self.kind, self.feature_dim, self.pixel_shape
+        new.unmatched_slides = list(self.unmatched_slides)
         new._slides = {i: self._slides[i] for i in ids}
         new.sample_ids = list(new._slides)
         return new

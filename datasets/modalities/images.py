@@ -20,6 +20,7 @@ from ..atomic import atomic_path
 from ..batch import ModalityBatch
 from ..images import ImageBags
 from ..safe_names import file_stem
+from ..validation import format_ids
 from .base import (
     Modality,
     ModalityPreprocessor,
@@ -120,6 +121,8 @@ class ImagesModality(Modality):
         "images": "folder of per-sample feature files, or a manifest CSV (sample_id, path[, slide_id])",
         "image_kind": "features (default) or patches (raw tiles for the cnn / vit encoders)",
         "patch_size": "tile size that patch images are resized to (image_kind: patches)",
+        "patient_of": "slides to patients: tcga (first 12 characters of the barcode), or a CSV / TSV with "
+                      "columns slide_id, patient_id",
     }
 
     def normalise(self, data: Any, options: Mapping[str, Any]) -> Normalised:
@@ -145,8 +148,13 @@ class ImagesModality(Modality):
             if data.kind == "features"
             else f"patch shape {data.pixel_shape}"
         )
-        return [(f"  images ({data.kind}, {shape}): bag size min {sizes.min()}, median "
-                 f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")]
+        lines = [(f"  images ({data.kind}, {shape}): bag size min {sizes.min()}, median "
+                  f"{float(sizes.median()):g}, max {sizes.max()}, total {sizes.sum()} patches")]
+        unmatched = getattr(data, "unmatched_slides", [])
+        if unmatched:  # patient_of left them out: say which, so that nothing is dropped silently
+            lines.append(f"  images: {len(unmatched)} slide(s) matched no patient (left out): "
+                         f"{format_ids(unmatched)}")
+        return lines
 
     def shape(self, data: ImageBags) -> dict[str, Any]:
         return {"n_samples": len(data.sample_ids), "kind": data.kind,
@@ -195,6 +203,8 @@ class ImagesModality(Modality):
     def check_config(self, spec: Mapping[str, Any]) -> None:
         if spec.get("image_kind", "features") not in ("features", "patches"):
             raise ValueError(f"data.image_kind must be 'features' or 'patches', got {spec['image_kind']!r}")
+        if "patient_of" in spec and spec.get("image_kind", "features") != "features":
+            raise ValueError("data.patient_of groups feature files by patient; it needs image_kind: features")
 
     def read_files(self, source: Any) -> dict[str, Any]:
         path: Any = source.path("images")
@@ -209,7 +219,7 @@ class ImagesModality(Modality):
         elif not path.exists():
             raise FileNotFoundError(f"data.images: {path} does not exist")
         if source.spec.get("image_kind", "features") == "features":
-            return {"images": ImageBags.from_features(path)}
+            return {"images": ImageBags.from_features(path, patient_of=_patient_of(source))}
         return {"images": ImageBags.from_patches(path, patch_size=source.spec.get("patch_size"))}
 
     def write_files(self, data: ImageBags, cohort: Any, folder: Path) -> dict[str, Any]:
@@ -230,3 +240,21 @@ class ImagesModality(Modality):
         with atomic_path(folder / IMAGES_MANIFEST) as tmp:
             manifest.to_parquet(tmp, index=False)  # Parquet keeps ids as strings ("001" stays "001")
         return {"images": IMAGES_MANIFEST}
+
+
+def _patient_of(source: Any) -> Any:
+    """The ``patient_of`` data key: ``tcga``, or a table with columns slide_id, patient_id (a mapping)."""
+    rule = source.spec.get("patient_of")
+    if rule is None or (isinstance(rule, str) and rule.lower() == "tcga"):
+        return rule
+    path = source.path("patient_of")
+    table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str)
+    missing = {"slide_id", "patient_id"} - set(table.columns)
+    if missing:
+        raise ValueError(f"data.patient_of: {path} lacks column(s) {sorted(missing)}; expected slide_id, "
+                         f"patient_id (columns: {list(table.columns)})")
+    twice = table["slide_id"][table["slide_id"].duplicated()].unique().tolist()
+    if twice:
+        raise ValueError(f"data.patient_of: {path} lists slide id(s) {format_ids(twice)} more than once; "
+                         "expected one patient per slide")
+    return dict(zip(table["slide_id"], table["patient_id"], strict=True))
