@@ -2,7 +2,8 @@
 
 Each reader turns one file into a :class:`~.sources.Slide` whose coordinates are already in the frame of
 its :class:`~.geometry.SlideGeometry` (top-left corners; level-0 pixels where the files allow). Features
-stay on disk and are read lazily; coordinates ``[N, 2]`` are small and kept in memory.
+stay on disk and are read lazily, and so do TRIDENT / CLAM coordinates (already level-0 px); coordinates
+that need converting (STAMP, slideflow, HistoSSL: ``[N, 2]``, small) are converted once and kept in memory.
 
 Layouts (``format=``; ``"auto"`` tells them apart by content):
 
@@ -148,9 +149,11 @@ def _h5_slide(sample: str, sid: str, path: Path, format: str, mpp: float | None)
         data = f[key]
         check_numeric(np.empty(0, dtype=data.dtype), sample, f"{path}:{key}")
         shape = tuple(data.shape)
-        coords = np.asarray(f["coords"][()]) if "coords" in f else None
+        c_shape = tuple(f["coords"].shape) if "coords" in f else None
+        # TRIDENT / CLAM coordinates are already level-0 px: read lazily with the rows; STAMP's convert
+        coords = np.asarray(f["coords"][()]) if c_shape is not None and format == "stamp" else None
         attrs = {**dict(f.attrs), **c_attrs}  # TRIDENT keeps the spec on coords, STAMP on the root
-    if format == "stamp" and coords is None and len(shape) == 2:
+    if format == "stamp" and c_shape is None and len(shape) == 2:
         raise ValueError(f"images: STAMP file {str(path)!r} of sample {sample!r} has 'feats' but no "
                          f"'coords' (found {keys}); expected coords [N, 2] in micrometres")
     if len(shape) == 1:  # a slide embedding: one token, no position on the slide
@@ -159,16 +162,13 @@ def _h5_slide(sample: str, sid: str, path: Path, format: str, mpp: float | None)
     if len(shape) != 2:
         raise ValueError(f"images: sample {sample!r} (slide {sid!r}) has {key} of shape {shape} in "
                          f"{str(path)!r}; expected [N, D] features or a 1-D slide embedding")
-    if coords is not None and (coords.ndim != 2 or coords.shape[0] != shape[0] or coords.shape[1] < 2):
+    if c_shape is not None and c_shape != (shape[0], 2):
         raise ValueError(f"images: {str(path)!r} of sample {sample!r}: dataset 'coords' has shape "
-                         f"{coords.shape}, expected ({shape[0]}, 2)")
+                         f"{c_shape}, expected ({shape[0]}, 2)")
     geom = _h5_geometry(format, attrs, mpp, sample, path)
     xy = None
     if coords is not None:
-        xy = coords[:, :2].astype(np.float64)
-        if format == "stamp":
-            xy = xy / _stamp_scale(attrs, mpp)
-        xy = xy.astype(np.float32)
+        xy = (coords.astype(np.float64) / _stamp_scale(attrs, mpp)).astype(np.float32)
     return Slide(slide_id=sid, n=shape[0], shape=shape[1:], path=path, key=key, coords=xy, geometry=geom)
 
 

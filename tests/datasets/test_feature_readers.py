@@ -224,3 +224,12 @@ def test_layouts_mix_in_one_patient_and_geometry_travels_with_subset(tmp_path):
     assert bags.slide_geometry("other", "slide0") is None
     with pytest.raises(ValueError, match=r"sample 'pat' has no slide 'zz'"):
         bags.slide_geometry("pat", "zz")
+
+
+def test_coords_that_do_not_match_the_features_are_named(tmp_path):
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["features"] = _feats(3)
+        f["coords"] = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"bad.h5' of sample 's'.*'coords' has shape \(2, 2\), "
+                                         r"expected \(3, 2\)"):
+        ImageBags.from_features({"s": tmp_path / "bad.h5"})
