@@ -120,6 +120,8 @@ class ImagesModality(Modality):
         "images": "folder of per-sample feature files, or a manifest CSV (sample_id, path[, slide_id])",
         "image_kind": "features (default) or patches (raw tiles for the cnn / vit encoders)",
         "patch_size": "tile size that patch images are resized to (image_kind: patches)",
+        "image_format": "feature files' layout: auto (default), trident, clam, stamp, slideflow, histossl",
+        "image_mpp": "level-0 micrometres per pixel of the slides (STAMP micrometres -> level-0 pixels)",
     }
 
     def normalise(self, data: Any, options: Mapping[str, Any]) -> Normalised:
@@ -209,7 +211,8 @@ class ImagesModality(Modality):
         elif not path.exists():
             raise FileNotFoundError(f"data.images: {path} does not exist")
         if source.spec.get("image_kind", "features") == "features":
-            return {"images": ImageBags.from_features(path)}
+            return {"images": ImageBags.from_features(path, format=source.spec.get("image_format", "auto"),
+                                                      mpp=source.spec.get("image_mpp"))}
         return {"images": ImageBags.from_patches(path, patch_size=source.spec.get("patch_size"))}
 
     def write_files(self, data: ImageBags, cohort: Any, folder: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import json
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from clinfuse.datasets import ImageBags
@@ -233,3 +234,16 @@ def test_coords_that_do_not_match_the_features_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"bad.h5' of sample 's'.*'coords' has shape \(2, 2\), "
                                          r"expected \(3, 2\)"):
         ImageBags.from_features({"s": tmp_path / "bad.h5"})
+
+
+def test_yaml_data_config_names_the_format_and_mpp(tmp_path):
+    from clinfuse.fusion.config import load_data_config
+
+    (tmp_path / "feats").mkdir()
+    _, um = _stamp(tmp_path / "feats" / "p1.h5")
+    pd.DataFrame({"sample_id": ["p1"], "age": [60.0], "label": ["a"]}).to_csv(tmp_path / "clin.csv", index=False)
+    (tmp_path / "data.yaml").write_text("clinical: clin.csv\nimages: feats\nlabel: label\n"
+                                        "image_format: stamp\nimage_mpp: 0.5\n")
+    cohort = load_data_config(tmp_path / "data.yaml").to_cohort(task="classification", require_targets=True)
+    assert cohort.images.geometry["p1"].frame == "level0_px"
+    np.testing.assert_allclose(cohort.images.load("p1").coords, um / 0.5)
