@@ -241,7 +241,8 @@ def test_yaml_data_config_names_the_format_and_mpp(tmp_path):
 
     (tmp_path / "feats").mkdir()
     _, um = _stamp(tmp_path / "feats" / "p1.h5")
-    pd.DataFrame({"sample_id": ["p1"], "age": [60.0], "label": ["a"]}).to_csv(tmp_path / "clin.csv", index=False)
+    clinical = pd.DataFrame({"sample_id": ["p1"], "age": [60.0], "label": ["a"]})
+    clinical.to_csv(tmp_path / "clin.csv", index=False)
     (tmp_path / "data.yaml").write_text("clinical: clin.csv\nimages: feats\nlabel: label\n"
                                         "image_format: stamp\nimage_mpp: 0.5\n")
     cohort = load_data_config(tmp_path / "data.yaml").to_cohort(task="classification", require_targets=True)

@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 from clinfuse.datasets import Cohort, ImageBags
+from clinfuse.fusion.explain.plotting import SCALE_BAR_GID
 
 PATCH0 = 512  # level-0 tile side stated by the files; the coordinates step by 600 so spacing would differ
 
@@ -22,7 +23,7 @@ def _trident_cohort(test, folder):
             c = f.create_dataset("coords", data=coords)
             c.attrs["patch_size"], c.attrs["patch_size_level0"] = 256, PATCH0
             c.attrs["level0_magnification"], c.attrs["target_magnification"] = 40, 20
-    images = ImageBags.from_features(folder)
+    images = ImageBags.from_features(folder, mpp=0.25)
     return Cohort(clinical=test.clinical, genomics=test.genomics, images=images, events=test.events,
                   labels=test.labels)
 
@@ -43,3 +44,7 @@ def test_geojson_and_anndata_use_the_trident_tile_size(fitted_classifier, tmp_pa
     assert adata.uns["geometry"]["patch_size"] == PATCH0 and adata.uns["geometry"]["format"] == "trident"
     assert adata.uns["spatial"][sample]["scalefactors"]["spot_diameter_fullres"] == PATCH0
     np.testing.assert_array_equal(adata.obsm["spatial"][:2], [[0, 0], [600, 0]])
+    fig = report.plot_patches(sample, kind="exploratory", path=tmp_path / "map.png")
+    maps = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert maps and all(ax.get_xlabel() == "x (µm)" for ax in maps)  # the files' mpp, not guessed
+    assert [a for a in maps[0].artists if a.get_gid() == SCALE_BAR_GID]
