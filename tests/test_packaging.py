@@ -132,3 +132,14 @@ def test_registries_are_complete_however_they_are_reached(module, registry, name
     code = (f"from {module} import {registry} as R; import sys; "
             f"sys.exit(0 if {name!r} in R and len(R) > 3 else 1)")
     assert subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode == 0
+
+
+def test_docs_list_every_yaml_key():
+    """The YAML key tables of the CLI guide name every key the loaders accept (they were written from
+    ``clinfuse.fusion.config``; a key added there must be documented)."""
+    from clinfuse.fusion import config
+
+    doc = (ROOT / "docs" / "guide" / "cli.md").read_text()
+    keys = {**config.data_keys(), **config.RUN_KEYS, **config.TUNE_KEYS}
+    missing = [k for k in keys if f"| `{k}` |" not in doc]
+    assert not missing, f"docs/guide/cli.md does not document the YAML key(s) {missing}"

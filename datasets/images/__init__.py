@@ -13,8 +13,9 @@ File rules
 - ``.npy``: an array ``[N, D]`` (features) or ``[N, C, H, W]`` / ``[C, H, W]`` (pixels).
 - ``.pt``: a tensor/array ``[N, D]``, or a dict with ``"features"`` and optional ``"coords"`` ``[N, 2]``;
   read with ``torch.load(weights_only=True)``.
-- ``.h5`` / ``.hdf5``: dataset ``features`` ``[N, D]`` and optional dataset ``coords`` ``[N, 2]`` (CLAM
-  layout).
+- ``.h5`` / ``.hdf5``: dataset ``features`` ``[N, D]`` and optional dataset ``coords`` ``[N, 2]`` (CLAM,
+  TRIDENT), or ``feats`` and ``coords`` in micrometres (STAMP); see :mod:`.feature_readers` for every
+  extractor layout (``format=``) and :mod:`.geometry` for the coordinate frame each slide is given in.
 - A directory given to :meth:`ImageBags.from_features`: each file ``<sample>.npy|.pt|.h5`` is a one-slide
   bag of sample ``<sample>`` (slide id = sample id); each sub-directory ``<sample>/`` holds one file per slide
   of that sample (slide id = file stem). Sample ids are file stems, never split on dots.
@@ -26,6 +27,8 @@ File rules
 """
 
 from .bags import ImageBag, ImageBags
+from .feature_readers import FORMATS as FEATURE_FORMATS
+from .geometry import SlideGeometry
 from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES
 
-__all__ = ["FEATURE_SUFFIXES", "IMAGE_SUFFIXES", "ImageBag", "ImageBags"]
+__all__ = ["FEATURE_FORMATS", "FEATURE_SUFFIXES", "IMAGE_SUFFIXES", "ImageBag", "ImageBags", "SlideGeometry"]

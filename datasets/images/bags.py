@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..validation import check_unique, format_ids
+from .feature_readers import check_format, layout_slide, resolve_folder
+from .geometry import SlideGeometry
 from .patients import group_by_patient
 from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES, read_file_rows, read_tile
 from .sources import Slide, apply_coords, feature_slide, normalise_source, pixel_slide
@@ -69,12 +72,15 @@ class ImageBags:
         coords: Mapping[Any, Any] | None = None,
         patient_of: Any = None,
         unmatched: str = "warn",
+        format: str = "auto",
+        mpp: float | Mapping[str, float] | None = None,
     ) -> ImageBags:
-        """Feature bags ``[N, D]`` per sample.
+        """Feature bags ``[N, D]`` per sample, with each slide's geometry when its layout states it.
 
         Args:
             source: a dict sample -> ``[N, D]`` array | file path | list of those (several slides); or a
-                directory (see the module docstring); or a manifest DataFrame with columns
+                directory (see the module docstring; a CLAM output folder with ``h5_files/`` and a
+                slideflow bags folder are recognised); or a manifest DataFrame with columns
                 ``sample_id, path[, slide_id]`` (one row per slide file).
             coords: optional dict sample -> ``[N, 2]`` (the whole bag) or list of ``[n_k, 2]`` (per slide);
                 overrides coordinates found in the files (keyed by the final sample, i.e. the patient
@@ -83,14 +89,27 @@ class ImageBags:
                 mapping, a callable (None: no patient) or ``"tcga"`` (first 12 characters of the barcode);
                 see :mod:`.patients`. Slides that match no patient are listed in ``unmatched_slides``.
             unmatched: ``"warn"`` (default: leave such slides out, warn and list them) or ``"raise"``.
+            format: ``"auto"`` (tell the layout from each file's content) or one of ``"trident"``,
+                ``"clam"``, ``"stamp"``, ``"slideflow"``, ``"histossl"``; see
+                :mod:`clinfuse.datasets.images.feature_readers` for each layout and
+                :class:`~clinfuse.datasets.images.geometry.SlideGeometry` for the coordinate frames.
+            mpp: level-0 micrometres per pixel (one float, or slide id -> float): turns STAMP micrometres
+                into level-0 pixels, sizes slideflow tiles exactly, and fills ``geometry.mpp`` where the
+                files do not state it.
         """
+        check_format(format)
+        source, format, config = resolve_folder(source, format)
         per_sample = normalise_source(source, FEATURE_SUFFIXES)
         left_out: list[str] = []
         if patient_of is not None:
             per_sample, left_out = group_by_patient(per_sample, patient_of, unmatched=unmatched)
         slides: dict[str, list[Slide]] = {}
         for sample, items in per_sample.items():
-            slides[sample] = [feature_slide(sample, sid, item) for sid, item in items]
+            slides[sample] = [
+                layout_slide(sample, sid, item, format=format, mpp=mpp, config=config)
+                if isinstance(item, Path) else feature_slide(sample, sid, item)
+                for sid, item in items
+            ]
         if coords is not None:
             apply_coords(slides, coords)
         bags = cls(kind="features", slides=slides)
@@ -189,6 +208,32 @@ class ImageBags:
         """The sample's slide ids, in bag order."""
         return [s.slide_id for s in self._get(sample_id)]
 
+    @property
+    def geometry(self) -> dict[str, SlideGeometry]:
+        """Slide id -> :class:`SlideGeometry` (coordinate frame, patch size, resolution) of every slide
+        whose layout states it (TRIDENT, CLAM, STAMP, slideflow, HistoSSL); in-memory arrays and plain
+        ``.npy`` / ``.pt`` files have none."""
+        out: dict[str, SlideGeometry] = {}
+        for sample in self.sample_ids:
+            for s in self._slides[sample]:
+                if s.geometry is None:
+                    continue
+                if s.slide_id in out and out[s.slide_id] != s.geometry:
+                    raise ValueError(
+                        f"images: slide id {s.slide_id!r} appears in several samples with different "
+                        "geometry; use slide_geometry(sample_id, slide_id)"
+                    )
+                out[s.slide_id] = s.geometry
+        return out
+
+    def slide_geometry(self, sample_id: str, slide_id: str) -> SlideGeometry | None:
+        """The geometry of one slide of one sample (None when its source states none)."""
+        for s in self._get(sample_id):
+            if s.slide_id == slide_id:
+                return s.geometry
+        raise ValueError(f"images: sample {sample_id!r} has no slide {slide_id!r}; it has "
+                         f"{[s.slide_id for s in self._get(sample_id)]}")
+
     def bag_sizes(self) -> pd.Series:
         """Patches per sample (int Series indexed by sample id)."""
         return pd.Series({s: self.n_patches(s) for s in self.sample_ids}, dtype="int64")
@@ -249,7 +294,9 @@ def _read_slide(sample: str, s: Slide, local: np.ndarray) -> tuple[np.ndarray, n
         return np.stack([read_tile(sample, s.tiles[i], s.resize) for i in local.tolist()]), coords
     else:
         assert s.path is not None
-        data, stored = read_file_rows(s.path, sample, local, single=s.single, coords=coords is None)
+        data, stored = read_file_rows(
+            s.path, sample, local, single=s.single, coords=coords is None, key=s.key, skip_cols=s.skip_cols
+        )
         coords = stored if coords is None else coords
     if data.dtype == np.uint8 and len(s.shape) == 3:
         return data.astype(np.float32) / 255.0, coords

@@ -45,10 +45,11 @@ class BagFile:
         raise NotImplementedError
 
     def read(
-        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool, key: str = "features"
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(data ``[len(rows), ...]``, coords ``[len(rows), 2]`` or None). ``single``: the file holds one
-        ``[C, H, W]`` image, read as a bag of one; ``coords``: also read the stored coordinates."""
+        ``[C, H, W]`` image (or one 1-D slide embedding), read as a bag of one; ``coords``: also read the
+        stored coordinates; ``key``: the ``.h5`` dataset holding the data (``"feats"`` for STAMP)."""
         raise NotImplementedError
 
 
@@ -58,7 +59,7 @@ class NpyFile(BagFile):
         return FileInfo(tuple(arr.shape)), arr.dtype
 
     def read(
-        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool, key: str = "features"
     ) -> tuple[np.ndarray, np.ndarray | None]:
         arr = np.load(path, mmap_mode="r")
         return (arr[None] if single else arr)[rows], None
@@ -87,7 +88,7 @@ class PtFile(BagFile):
         return FileInfo(tuple(arr.shape), coords), arr.dtype
 
     def read(
-        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool, key: str = "features"
     ) -> tuple[np.ndarray, np.ndarray | None]:
         arr, stored = self._load(path)
         return (arr[None] if single else arr)[rows], None if stored is None or not coords else np.asarray(
@@ -112,12 +113,12 @@ class H5File(BagFile):
         return FileInfo(shape), dtype
 
     def read(
-        self, path: Path, rows: np.ndarray, single: bool, coords: bool
+        self, path: Path, rows: np.ndarray, single: bool, coords: bool, key: str = "features"
     ) -> tuple[np.ndarray, np.ndarray | None]:
         import h5py
 
         with h5py.File(path, "r") as f:  # h5py needs increasing unique indices: the caller sorts them
-            data = f["features"][()][None][rows] if single else f["features"][rows]
+            data = f[key][()][None][rows] if single else f[key][rows]
             stored = np.asarray(f["coords"][rows]) if coords and "coords" in f else None
         return data, stored
 
@@ -154,15 +155,19 @@ def probe_file(path: Path, sample: str) -> FileInfo:
 
 
 def read_file_rows(
-    path: Path, sample: str, local: np.ndarray, *, single: bool, coords: bool
+    path: Path, sample: str, local: np.ndarray, *, single: bool, coords: bool, key: str = "features",
+    skip_cols: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows ``local`` (any order, repeats allowed) of a patch-array file, with its stored coords when
-    ``coords`` (None when it has none)."""
+    ``coords`` (None when it has none). ``key``: the ``.h5`` dataset of the data; ``skip_cols``: leading
+    columns that are not features (HistoSSL-style ``.npy`` keep ``level, x, y`` there)."""
     uniq, inverse = np.unique(local, return_inverse=True)  # read sorted, then restore the requested order
     try:
-        data, stored = FILE_READERS[path.suffix.lower()].read(path, uniq, single, coords)
+        data, stored = FILE_READERS[path.suffix.lower()].read(path, uniq, single, coords, key)
     except Exception as err:
         raise read_error(sample, path, err) from err
+    if skip_cols:
+        data = np.asarray(data)[:, skip_cols:]
     data = finite_float32(np.asarray(data), sample, path, uniq)
     return data[inverse], None if stored is None else np.asarray(stored, dtype=np.float32)[inverse]
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .geometry import SlideGeometry
 from .readers import IMAGE_SUFFIXES, as_array, probe_file, tile_size
 
 
@@ -35,7 +36,10 @@ class Slide:
     tiles: list[Path] | None = None  # tile image files (pixels)
     coords: np.ndarray | None = None  # [n, 2] float32, or None = read from file / unknown
     resize: tuple[int, int] | None = None  # pixels: (H, W) to resize tiles to
-    single: bool = False  # the file holds one [C, H, W] image, read as a bag of one
+    single: bool = False  # the file holds one [C, H, W] image (or 1-D slide embedding), read as a bag of one
+    key: str = "features"  # .h5 dataset of the data ("feats" in STAMP files)
+    skip_cols: int = 0  # leading non-feature columns (HistoSSL-style .npy: level, x, y)
+    geometry: SlideGeometry | None = None  # frame and tile spec, when the layout says them
 
 
 def check_numeric(arr: np.ndarray, sample: str, where: str) -> None:

@@ -7,6 +7,7 @@ Each writer is atomic (a temporary next to the target, renamed when complete). `
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def shared_token_anndata(frame: pd.DataFrame):
     return ad.AnnData(obs=obs, var=var, layers=layers)
 
 
-def patch_anndata(frame: pd.DataFrame, sample_id: str | None = None) -> dict[str, Any]:
+def patch_anndata(frame: pd.DataFrame, sample_id: str | None = None, *,
+                  geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One AnnData per (sample, slide) of patch-level rows; coordinates in ``obsm["spatial"]``.
 
     Keys are ``"sample"`` or ``"sample:slide"``; obs are the patches (by position), one layer per kind
@@ -101,6 +103,11 @@ def patch_anndata(frame: pd.DataFrame, sample_id: str | None = None) -> dict[str
         adata = ad.AnnData(obs=obs, var=pd.DataFrame(index=["attention"]), layers=layers)
         adata.obsm["spatial"] = patches[["x", "y"]].to_numpy(np.float64)
         adata.uns["sample_id"], adata.uns["slide_id"] = sid, sl
+        g = (geometry or {}).get(sl)
+        if g is not None:  # the scale in scverse's place, so squidpy / spatialdata draw true tiles
+            adata.uns["geometry"] = {k: v for k, v in g.to_dict().items() if v is not None}  # h5ad-safe
+            scale = {"spot_diameter_fullres": g.patch_size, "microns_per_pixel": g.mpp}
+            adata.uns["spatial"] = {sl: {"scalefactors": {k: v for k, v in scale.items() if v is not None}}}
         out[sid if sl == "" else f"{sid}:{sl}"] = adata
     return out
 
@@ -114,12 +121,14 @@ def grid_spacing(xy: np.ndarray) -> float:
 
 def write_geojson(frame: pd.DataFrame, path: str | Path, sample_id: str, *, kind: str,
                   target_class: str | None = None, slide_id: str | None = None,
-                  patch_size: float | None = None, magnification: float | None = None) -> Path:
+                  patch_size: float | None = None, magnification: float | None = None,
+                  geometry: Mapping[str, Any] | None = None) -> Path:
     """Patch rows of one sample and kind as a GeoJSON FeatureCollection that QuPath imports.
 
     Each patch becomes a square tile (``objectType: "tile"``) at its ``x, y`` (top-left, level-0 pixels)
-    of side ``patch_size`` (default: :func:`grid_spacing`), with the attention in ``measurements``.
-    ``magnification`` is stored in the collection's properties.
+    of side ``patch_size`` (default: the slide's ``geometry[slide_id].patch_size``, else
+    :func:`grid_spacing`), with the attention in ``measurements``. ``magnification`` (default: the
+    geometry's) is stored in the collection's properties, with the geometry of each slide drawn.
     """
     rows = frame[(frame["sample_id"] == str(sample_id)) & (frame["kind"] == kind)
                  & frame["modality"].isin(spatial_modalities())]
@@ -135,10 +144,17 @@ def write_geojson(frame: pd.DataFrame, path: str | Path, sample_id: str, *, kind
     if rows[["x", "y"]].isna().any().any():
         raise ValueError(f"sample {sample_id!r}: patches have no coordinates; GeoJSON needs x, y")
     xy = rows[["x", "y"]].to_numpy(float)
-    size = float(patch_size) if patch_size else grid_spacing(xy)
+    slides = rows["slide_id"].fillna("").astype(str).to_numpy()
+    geoms = {sl: (geometry or {}).get(sl) for sl in dict.fromkeys(slides)}
+    sizes = {sl: float(patch_size) if patch_size else
+             (g.patch_size if g is not None and g.patch_size else grid_spacing(xy))
+             for sl, g in geoms.items()}
+    known = [g for g in geoms.values() if g is not None]
+    if magnification is None and known:
+        magnification = known[0].magnification
     features = []
-    for (x, y), token, value, raw, sl in zip(xy, rows["token"], rows["value"], rows["raw_value"],
-                                             rows["slide_id"].fillna("")):
+    for (x, y), token, value, raw, sl in zip(xy, rows["token"], rows["value"], rows["raw_value"], slides):
+        size = sizes[sl]
         ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
         features.append({
             "type": "Feature",
@@ -149,5 +165,8 @@ def write_geojson(frame: pd.DataFrame, path: str | Path, sample_id: str, *, kind
         })
     collection = {"type": "FeatureCollection", "features": features,
                   "properties": {"sample_id": str(sample_id), "kind": kind, "target_class": target_class,
-                                 "patch_size": size, "magnification": magnification}}
+                                 "patch_size": (next(iter(sizes.values())) if len(set(sizes.values())) == 1
+                                                else sizes),
+                                 "magnification": magnification,
+                                 "geometry": {sl: g.to_dict() for sl, g in geoms.items() if g is not None}}}
     return write_text_atomic(path, json.dumps(collection))

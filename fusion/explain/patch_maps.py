@@ -226,9 +226,9 @@ def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str =
 
     Args:
         target_class: the class to draw for a per-class kind (default: every class, one row each).
-        patch_size: the patch side in level-0 pixels (default: the smallest step between coordinates);
-            giving it (or ``mpp``) draws a scale bar.
-        mpp: micrometres per level-0 pixel: axes and scale bar in µm.
+        patch_size: the patch side in level-0 pixels (default: the one the slides' geometry states, else
+            the smallest step between coordinates); giving it (or ``mpp``) draws a scale bar.
+        mpp: micrometres per level-0 pixel (default: the geometry's, when stated): axes and scale bar in µm.
         background: a thumbnail of the slide (``[h, w]`` / ``[h, w, 3]``; uint8 or float), or a dict
             slide id -> thumbnail, drawn under the map; ``downsample``: level-0 pixels per thumbnail pixel.
         spread: an :func:`~.spread.attention_spread` table (e.g. judged against an untrained null) whose
@@ -237,9 +237,23 @@ def plot_patch_attention(report: AttentionReport, sample_id: str, *, kind: str =
     """
     rows = sample_rows(report, sample_id, kind)
     grid = [panels_of(rows, kind, cls) for cls in classes_of(rows, target_class)]
+    stated_size, stated_mpp = stated_scale(getattr(report, "geometry", {}), rows)
+    patch_size = stated_size if patch_size is None else patch_size
+    mpp = stated_mpp if mpp is None else mpp
     return draw_panels(grid, title=f"sample {sample_id}: {kind} attention", patch_size=patch_size, mpp=mpp,
                        background=background, downsample=downsample, spread=spread, path=path,
                        format=format)
+
+
+def stated_scale(geometry: Any, rows: pd.DataFrame) -> tuple[float | None, float | None]:
+    """(patch side, mpp) that every drawn slide's geometry states in pixels (``ImageBags.geometry``, kept
+    by the report), each None unless all the slides agree on it."""
+    slides = rows["slide_id"].dropna().astype(str).unique()
+    geoms = [geometry.get(sl) for sl in slides]
+    if not len(geoms) or any(g is None or g.unit != "px" for g in geoms):
+        return None, None
+    sizes, mpps = {g.patch_size for g in geoms}, {g.mpp for g in geoms}
+    return (sizes.pop() if len(sizes) == 1 else None), (mpps.pop() if len(mpps) == 1 else None)
 
 
 def draw_instances(ax, rows: pd.DataFrame, title: str, patch_size: float | None) -> None:

@@ -25,15 +25,18 @@ class AttentionReport:
         frame: the tidy table (columns :data:`~.table.COLUMNS`), or None with ``path``.
         path: a Parquet file written by ``explain(..., out=path)``; read lazily on first use.
         aggregator: the aggregator name, for messages.
+        geometry: slide id -> :class:`~clinfuse.datasets.images.SlideGeometry` (``ImageBags.geometry``);
+            ``explain`` fills it from the cohort, so exports use each slide's true tile size and scale.
     """
 
     def __init__(self, frame: pd.DataFrame | None = None, *, path: str | Path | None = None,
-                 aggregator: str | None = None) -> None:
+                 aggregator: str | None = None, geometry: dict[str, Any] | None = None) -> None:
         if frame is None and path is None:
             raise ValueError("AttentionReport needs a frame or the path of a Parquet file written by explain")
         self._frame = None if frame is None else conform_frame(frame.copy())
         self.path = None if path is None else Path(path)
         self.aggregator = aggregator
+        self.geometry = dict(geometry or {})
 
     # ----------------------------------------------------------------------------------------- access
     @property
@@ -174,9 +177,12 @@ class AttentionReport:
         """One AnnData per (sample, slide) of patch-level attention; coordinates in ``obsm["spatial"]``.
 
         Keys are ``"sample"`` or ``"sample:slide"``; obs are the patches (by position), one layer per
-        patch-level kind and class (``patch``, or ``kind[class]`` for per-class kinds).
+        patch-level kind and class (``patch``, or ``kind[class]`` for per-class kinds). Where the slide's
+        geometry is known, ``uns["geometry"]`` holds it (frame, ``patch_size``, ``mpp``, magnification) and
+        ``uns["spatial"][slide]["scalefactors"]`` the tile side (``spot_diameter_fullres``) and
+        ``microns_per_pixel`` in the units of ``obsm["spatial"]``.
         """
-        return exporters.patch_anndata(self.frame, sample_id)
+        return exporters.patch_anndata(self.frame, sample_id, geometry=self.geometry)
 
     def to_geojson(self, path: str | Path, sample_id: str, *, kind: str = "patch",
                    target_class: str | None = None, slide_id: str | None = None,
@@ -184,12 +190,14 @@ class AttentionReport:
         """Patch attention of one sample as a GeoJSON FeatureCollection that QuPath imports.
 
         Each patch becomes a square tile (``objectType: "tile"``) at its ``x, y`` (top-left, level-0 pixels)
-        of side ``patch_size`` (default: the smallest spacing between patch coordinates), with the
-        attention in ``measurements``. ``magnification`` is stored in the collection's properties.
+        of side ``patch_size`` (default: the slide's geometry, else the smallest spacing between patch
+        coordinates), with the attention in ``measurements``. ``magnification`` (default: the geometry's) is
+        stored in the collection's properties.
         """
         self._check_kinds([kind])
         return exporters.write_geojson(self.frame, path, sample_id, kind=kind, target_class=target_class,
-                                       slide_id=slide_id, patch_size=patch_size, magnification=magnification)
+                                       slide_id=slide_id, patch_size=patch_size, magnification=magnification,
+                                       geometry=self.geometry)
 
     # ----------------------------------------------------------------------------------------- figures
     def plot_patches(self, sample_id: str, **kwargs: Any):

@@ -48,10 +48,21 @@ def build_report(model: Any, cohort: Any, *, out: str | Path | None = None,
         if stream is not None:
             stream.abort(exc)
         raise
+    geometry = slide_geometry(cohort)
     if stream is not None:
-        return AttentionReport(path=stream.close(), aggregator=aggregator)
+        return AttentionReport(path=stream.close(), aggregator=aggregator, geometry=geometry)
     frame = pd.concat(frames, ignore_index=True) if frames else empty_frame()
-    return AttentionReport(frame, aggregator=aggregator)
+    return AttentionReport(frame, aggregator=aggregator, geometry=geometry)
+
+
+def slide_geometry(cohort: Any) -> dict[str, Any]:
+    """Slide id -> geometry of the cohort's image slides (empty without images or stated geometry), so
+    the exports draw tiles of the true size."""
+    images = getattr(cohort, "images", None)
+    try:
+        return dict(getattr(images, "geometry", None) or {})
+    except ValueError:  # a slide id shared by samples with different geometry: exports fall back
+        return {}
 
 
 def check_out(out: str | Path) -> None:
