@@ -91,6 +91,7 @@ def test_default_training_step_costs_flops_linear_in_genes():
     assert large / small < 4.4, (small, large)  # 4x the genes: at most 4x (+10%) the work, not 16x
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_gene_attention_layers_are_still_available_and_quadratic():
     # the option stays: one full layer among 1024 gene tokens costs far more than 4x that of 256
     small, large = (_step_flops(g, encoder_kwargs={"genomics": {"n_layers": 1}}) for g in (256, 1024))

@@ -45,12 +45,14 @@ def test_bad_monitor_or_checkpoint_dir_is_named(cohort, kw, match):
         FusionModel(**TINY, max_epochs=1, **kw).fit(cohort)
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_without_checkpoint_dir_nothing_is_written(cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     FusionModel(**TINY, max_epochs=2).fit(cohort)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_monitor_picks_the_best_weights_and_checkpoints(tmp_path):
     cohort, _ = make_synthetic_cohort(40, task="survival", modalities=("clinical", "genomics"), n_genes=12,
                                       seed=4)
@@ -81,6 +83,7 @@ def test_resume_refuses_other_data_or_hyperparameters(cohort, tmp_path):
         FusionModel(**TINY, max_epochs=1).fit(cohort, resume=True)
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_cli_train_resume_and_checkpoint_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CLINFUSE_DEBUG", raising=False)
     cohort, _ = make_synthetic_cohort(24, modalities=("clinical", "genomics"), n_genes=12, seed=3)

@@ -96,6 +96,7 @@ def file_cohort(tmp_path_factory):
     return root, cohort
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_train_predict_explain_from_yaml(file_cohort, tmp_path):
     root, cohort = file_cohort
     assert main(["train", "--config", str(root / "run.yaml"), "--out", str(tmp_path / "model")]) == 0
@@ -157,6 +158,7 @@ def test_data_config_errors_name_the_column(file_cohort, tmp_path, capsys, monke
         main(["train", "--config", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")])
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_predict_reports_survival_metrics_at_the_given_times(tmp_path, capsys):
     from pathlib import Path
 

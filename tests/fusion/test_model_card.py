@@ -64,6 +64,7 @@ def test_card_of_a_survival_model_counts_events(fitted_survival, tmp_path):
     assert "nothing is evaluable past the last training time" in card
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_card_survives_load_and_is_checked_by_the_manifest(fitted_classifier, tmp_path):
     folder, card = _card(fitted_classifier.model, tmp_path / "m")
     manifest = json.loads((folder / "manifest.json").read_text())["files"]

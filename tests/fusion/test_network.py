@@ -236,6 +236,7 @@ def test_trains_better_than_chance_on_synthetic_classification(name):
     assert auc > 0.65, f"{name}: held-out AUC {auc:.3f}"
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_discrete_time_survival_trains_better_than_chance():
     from lifelines.utils import concordance_index
 

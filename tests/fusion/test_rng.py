@@ -46,6 +46,7 @@ def test_fit_leaves_the_callers_generators_and_seed_variables_alone(cohort, monk
     assert random.random() == random.Random(11).random()
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_fit_is_deterministic_whatever_the_callers_generators_hold(cohort):
     torch.manual_seed(1)
     np.random.seed(1)

@@ -23,6 +23,7 @@ def cohort():
     return make_synthetic_cohort(40, modalities=("clinical", "genomics"), n_genes=12, seed=2)[0]
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_tune_returns_best_params_in_the_space_a_trials_table_and_a_fitted_model(cohort):
     model = FusionModel(**FAST)
     result = tune(model, cohort, n_trials=2, folds=2, seed=0, space=SPACE)
@@ -103,6 +104,7 @@ def test_missing_optuna_names_the_extra(cohort, monkeypatch):
         tune(FusionModel(**FAST), cohort, n_trials=1, folds=2, space=SPACE)
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_cli_tune_writes_best_params_trials_and_the_model(cohort, tmp_path, capsys):
     import json
 

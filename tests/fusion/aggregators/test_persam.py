@@ -151,6 +151,7 @@ def test_survival_time_bins_and_cox_risk_token():
     assert CoxHead(d_model=D)(cox(tokens).pooled).shape == (2,)
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 @pytest.mark.parametrize("encode_instances", [False, True])
 def test_fifty_thousand_instances_train_step_is_linear_in_memory(encode_instances):
     model = _model(("clinical", "images"), n_outputs=2, n_layers=1, n_heads=2, checkpoint_above=1000,

@@ -42,6 +42,7 @@ def _is_png(path):
         return img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_each_plot_writes_a_png(report, tmp_path):
     report.plot_patches("a", path=tmp_path / "patches.png")
     report.plot_persam("a", target_class="1", path=tmp_path / "persam.png")
@@ -51,6 +52,7 @@ def test_each_plot_writes_a_png(report, tmp_path):
         assert _is_png(tmp_path / f"{name}.png"), name
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_sample_figures_are_looked_up_by_name(report, tmp_path):
     """The CLI draws the figure an aggregator names (``sample_figure``); an unknown name lists the known
     ones."""

@@ -148,6 +148,7 @@ def test_instances_without_coordinates_are_the_top_named_tokens(report):
     assert "time bin 10-20" in ax.get_title() and "top 20 of 1554" in ax.get_title()
 
 
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_persam_trio_panels(report):
     fig = report.plot_persam("P1")
     maps = _maps(fig)
