@@ -11,16 +11,31 @@ from typing import Any
 import pytorch_lightning as pl
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+_RANK_ZERO_LOGGERS = tuple(f"{name}.utilities.rank_zero" for name in _LIGHTNING_LOGGERS[:3])
+# Lightning's info lines that are advice or hardware boilerplate, not about this fit: dropped even when
+# verbose (the progress bar and the reason the fit stopped are kept)
+_ADVICE = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:",
+           "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_ADVICE)
 
 
 @contextlib.contextmanager
 def quiet_lightning(verbose: bool) -> Iterator[None]:
-    """Silence Lightning's info logs and its advice-only warnings (always the num_workers advice; all
-    of them, and the info lines, when ``verbose=False``)."""
+    """Silence Lightning's advice: always its tips, hardware banners, the num_workers advice and its own
+    deprecation warnings; every warning and info line when ``verbose=False``."""
     saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
     for name in _LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    drop = _DropAdvice()
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(drop)
     with warnings.catch_warnings():
+        # a deprecation inside Lightning itself (its own pytree helper), nothing the user can act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
         warnings.filterwarnings("ignore", message=r".*isn't currently supported.*deterministic.*")
@@ -31,6 +46,8 @@ def quiet_lightning(verbose: bool) -> Iterator[None]:
         finally:
             for name, level in saved.items():
                 logging.getLogger(name).setLevel(level)
+            for name in _RANK_ZERO_LOGGERS:
+                logging.getLogger(name).removeFilter(drop)
 
 
 

@@ -313,6 +313,22 @@ def test_fit_is_deterministic_and_quiet(small_cohort, capfd):
     assert not np.allclose(a.to_numpy(), c.to_numpy())
 
 
+def test_a_verbose_fit_prints_progress_but_no_lightning_advice(small_cohort, capfd, caplog):
+    """verbose=True keeps the progress bar and why the fit stopped, never Lightning's tips, hardware
+    banners or its own deprecation warnings."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        FusionModel(aggregator="concat", d_model=8, n_heads=2, max_epochs=2, batch_size=8, verbose=True,
+                    seed=0).fit(small_cohort)
+    out, err = capfd.readouterr()
+    printed = out + err + caplog.text
+    assert "Epoch 1/1" in printed  # the progress bar
+    for advice in ("Tip:", "litlogger", "GPU available", "TPU available", "deprecated",
+                   "to estimate number of stepping batches"):
+        assert advice not in printed, printed
+
+
 def test_explicit_validation_and_class_weights(small_cohort):
     ids = list(small_cohort.sample_ids)
     train, val = small_cohort.subset(ids[:22]), small_cohort.subset(ids[22:])
