@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
+
 PREVIOUS = {"n_patients": 240, "n_patches": (20, 60), "max_epochs": 25, "batch_size": 16, "d_model": 32,
             "early_stopping_patience": 6}
 
@@ -47,21 +50,17 @@ def run(name: str, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from clinfuse.datasets import make_synthetic_cohort, train_validation_split
     from clinfuse.fusion import FusionModel
-    from clinfuse.fusion.commands import demo_model_params
+    from clinfuse.fusion.commands import demo_cohort, demo_model_params
     from clinfuse.fusion.explain.faithfulness import planted_summary
 
     size = recipes()[name]
     t0, c0 = time.perf_counter(), time.process_time()
-    cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification",
-                                          n_patches=size["n_patches"], seed=seed)
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
-    test = cohort.subset(test_ids)
+    _, train, test, truth = demo_cohort(size, seed=seed)
     params = demo_model_params(size, seed=seed)
     if "aggregator_kwargs" in size:
         params["aggregator_kwargs"] = size["aggregator_kwargs"]
-    model = FusionModel(**params).fit(cohort.subset(train_ids))
+    model = FusionModel(**params).fit(train)
     auc = float(model.evaluate(test)["auc"])
     summary = planted_summary(model.explain(test), truth, test.labels, kind="explanatory")
     return {"recipe": name, "seed": seed, "auroc_median": round(summary["auroc_median"], 4),
@@ -124,12 +123,7 @@ def main() -> None:
         results["clinfuse_demo"] = time_demo()
         print(json.dumps(results["clinfuse_demo"]))
     print(json.dumps(results["summary"], indent=1))
-    out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(Path(args.out), results)}")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 VARIANTS = {"default": {}, "gated (previous default, no modality logits)": {"modality_logits": False},
             "encoded (first default)": {"encode_instances": True, "gate_class_route": False,
@@ -31,19 +32,15 @@ VARIANTS = {"default": {}, "gated (previous default, no modality logits)": {"mod
 
 
 def run(kwargs: dict, seed: int) -> dict:
-    from clinfuse.datasets import make_synthetic_cohort, train_validation_split
     from clinfuse.fusion import FusionModel
-    from clinfuse.fusion.commands import DEMO_SIZES, demo_model_params
+    from clinfuse.fusion.commands import DEMO_SIZES, demo_cohort, demo_model_params
 
     size = DEMO_SIZES["default"]
-    cohort, _ = make_synthetic_cohort(size["n_patients"], task="classification", n_patches=size["n_patches"],
-                                      seed=seed)
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
+    _, train, test, _ = demo_cohort(size, seed=seed)
     t0 = time.perf_counter()
-    model = FusionModel(**demo_model_params(size, seed=seed),
-                        aggregator_kwargs=kwargs).fit(cohort.subset(train_ids))
+    model = FusionModel(**demo_model_params(size, seed=seed), aggregator_kwargs=kwargs).fit(train)
     gate = model.network_.aggregator.class_route_gate
-    return {"seed": seed, "test_auc": round(float(model.score(cohort.subset(test_ids))), 4),
+    return {"seed": seed, "test_auc": round(float(model.score(test)), 4),
             "gate": None if gate is None else round(float(gate.item()), 5),
             "fit_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -70,12 +67,7 @@ def main() -> None:
         entry["default_minus_this"] = {"mean": round(float(np.mean(diffs)), 4),
                                        "default_better_on":
                                            f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds"}
-    out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(Path(args.out), results)}")
 
 
 if __name__ == "__main__":

@@ -44,14 +44,14 @@ def demo_model_params(size: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
             "early_stopping_patience": size["early_stopping_patience"], "verbose": False, "seed": seed}
 
 
-def demo_cohort(size: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+def demo_cohort(size: dict[str, Any], *, seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """(cohort, train, test, truth): the demo's synthetic cohort for one entry of :data:`DEMO_SIZES` and its
-    fixed split (seed 0), so that the held-out samples of a demo folder can be rebuilt (``examples/``)."""
+    split (the demo's is seed 0), so that the held-out samples of a demo folder can be rebuilt."""
     from ..datasets import make_synthetic_cohort, train_validation_split
 
     cohort, truth = make_synthetic_cohort(size["n_patients"], task="classification",
-                                          n_patches=size["n_patches"], seed=0)
-    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=0)
+                                          n_patches=size["n_patches"], seed=seed)
+    train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=seed)
     return cohort, cohort.subset(train_ids), cohort.subset(test_ids), truth
 
 
