@@ -38,17 +38,9 @@ LEVERS = {
 
 def noise_cohort(n: int = 400, *, n_patches: int = 64, seed: int = 0):
     """The tests' cohort: the clinical record decides the label, the image bags are pure noise."""
-    import pandas as pd
-    from clinfuse.datasets import Cohort, ImageBags, make_synthetic_cohort
+    from clinfuse.fusion.explain.faithfulness import noise_images_cohort
 
-    base, _ = make_synthetic_cohort(n, modalities=("clinical",), seed=seed)
-    clinical = base.clinical
-    x = clinical["biomarker_level"].fillna(clinical["biomarker_level"].median())
-    labels = pd.Series(np.where(x > x.median(), "poor", "good"), index=clinical.index)
-    rng = np.random.default_rng(seed)
-    bags = {s: rng.standard_normal((int(rng.integers(n_patches, 2 * n_patches)), 16)).astype(np.float32)
-            for s in clinical.index}
-    return Cohort(clinical=clinical, images=ImageBags.from_features(bags), labels=labels)
+    return noise_images_cohort(n, n_patches=n_patches, seed=seed)
 
 
 def with_bags(cohort, *, common: bool, seed: int = 7, n_patches: int = 96):

@@ -29,6 +29,22 @@ COHORT_PARAMS: dict[str, Any] = {"n_patients": 400, "modalities": ("clinical", "
 PATCHES = "images"  # the modality whose tokens the synthetic truth plants evidence in
 
 
+def noise_images_cohort(n: int, *, n_patches: int, seed: int = 0) -> Cohort:
+    """The noise-modality check's cohort (tests and benchmarks share it): clinical data that carry the label
+    (``biomarker_level`` above its median is ``"poor"``) and image bags of 16-dimensional pure Gaussian noise,
+    ``n_patches`` to ``2 * n_patches - 1`` per sample (nothing of the patient in them)."""
+    from ...datasets import make_synthetic_cohort
+
+    base, _ = make_synthetic_cohort(n, modalities=("clinical",), seed=seed)
+    clinical = base.clinical
+    x = clinical["biomarker_level"].fillna(clinical["biomarker_level"].median())
+    labels = pd.Series(np.where(x > x.median(), "poor", "good"), index=clinical.index)
+    rng = np.random.default_rng(seed)
+    bags = {s: rng.standard_normal((int(rng.integers(n_patches, 2 * n_patches)), 16)).astype(np.float32)
+            for s in clinical.index}
+    return Cohort(clinical=clinical, images=ImageBags.from_features(bags), labels=labels)
+
+
 def _patch_rows(report: pd.DataFrame, kind: str) -> pd.DataFrame:
     return report[(report["kind"] == kind) & (report["modality"] == PATCHES)]
 

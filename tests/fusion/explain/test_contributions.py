@@ -15,6 +15,7 @@ import pytest
 import torch
 from clinfuse.fusion.explain import modality_contributions
 from clinfuse.fusion.explain.contributions import KIND, explained_outputs, shapley_matrix
+from clinfuse.fusion.explain.faithfulness import noise_images_cohort
 
 
 def _contributions(fitted):
@@ -246,21 +247,6 @@ def test_figure_draws_one_bar_per_modality_and_the_attention_pair(fitted_classif
     assert len(only.axes) == 1
 
 
-def _noise_images_cohort(n: int, *, n_patches: int, seed: int = 0):
-    """Clinical data that carry the label (``biomarker_level`` decides it), and image bags of pure Gaussian
-    noise (nothing of the patient in them)."""
-    from clinfuse.datasets import Cohort, ImageBags, make_synthetic_cohort
-
-    base, _ = make_synthetic_cohort(n, modalities=("clinical",), seed=seed)
-    clinical = base.clinical
-    x = clinical["biomarker_level"].fillna(clinical["biomarker_level"].median())
-    labels = pd.Series(np.where(x > x.median(), "poor", "good"), index=clinical.index)
-    rng = np.random.default_rng(seed)
-    bags = {s: rng.standard_normal((int(rng.integers(n_patches, 2 * n_patches)), 16)).astype(np.float32)
-            for s in clinical.index}
-    return Cohort(clinical=clinical, images=ImageBags.from_features(bags), labels=labels)
-
-
 def _noise_shares(n: int, *, n_patches: int, mean_base: bool = False, **fit
                   ) -> tuple[pd.DataFrame, float]:
     """Mean shares on the held-out 30% with the default base (``mean_base``: also
@@ -269,7 +255,7 @@ def _noise_shares(n: int, *, n_patches: int, mean_base: bool = False, **fit
     from clinfuse.fusion import FusionModel
     from clinfuse.fusion.explain.contribution_plot import mean_shares
 
-    cohort = _noise_images_cohort(n, n_patches=n_patches)
+    cohort = noise_images_cohort(n, n_patches=n_patches)
     train_ids, test_ids = train_validation_split(cohort, fraction=0.3, seed=1)
     train, test = cohort.subset(train_ids), cohort.subset(test_ids)
     model = FusionModel(verbose=False, seed=0, **fit).fit(train)
