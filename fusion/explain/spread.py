@@ -215,19 +215,29 @@ def untrained_null(model: Any, cohort: Any, *, n_draws: int | None = None, seed:
     ``n_draws=None``: :data:`NULL_DRAWS` (5) copies, more for a cohort under 4 samples (at least 20 null
     ratios per kind and class). Several copies, because how flat an untrained network's attention is
     varies from one initialisation to the next; one copy would make the null too narrow. Costs one
-    inference pass per copy; the spread comes straight from the records, batch by batch (memory stays flat
-    over the cohort, no tidy rows are built).
+    network pass per copy over the cohort, which is read once; the spread comes straight from the records,
+    batch by batch (memory stays flat over the cohort, no tidy rows are built).
     """
+    import torch
+
+    from ...datasets.loading import make_loader
+    from ..hyperparameters import BATCH_SIZE
+
     n = len(cohort)
     draws = max(NULL_DRAWS, math.ceil(MIN_NULL_VALUES / max(n, 1))) if n_draws is None else int(n_draws)
     if draws < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    networks = [untrained_copy(model, seed=seed + draw)._network_for_inference() for draw in range(draws)]
+    model._check_cohort(cohort)
+    size = int(batch_size or model.batch_size or BATCH_SIZE)
+    loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False)
     parts = []
-    for draw in range(draws):
-        clone = untrained_copy(model, seed=seed + draw)
-        with warnings.catch_warnings():  # the cohort's DataWarnings are the explain pass's to give, once
-            warnings.simplefilter("ignore", DataWarning)
-            for batch, records, _ in clone.iter_attention(cohort, batch_size=batch_size):
+    # the cohort is read once: every copy sees the same batch
+    with warnings.catch_warnings(), torch.no_grad():  # the cohort's DataWarnings are the explain pass's
+        warnings.simplefilter("ignore", DataWarning)
+        for batch in loader:
+            for draw, network in enumerate(networks):
+                records = [r.detach() for r in network(batch).records]
                 parts.append(records_spread(batch.sample_ids, records).assign(draw=draw))
     return SpreadNull(pd.concat(parts, ignore_index=True), method="untrained", n_draws=draws)
 
