@@ -4,7 +4,8 @@ survival model.
 Tests that only read a fitted model use these, so the suite trains each of them once. Both train on the
 synthetic cohort (all four modalities, some missing) in a few seconds. The real cohorts (GSE7390,
 MIMIC-III demo, BreastMNIST, H&E tiles) are not part of the repository: tests that read them skip, with the
-path they looked for, when the folder is absent.
+path they looked for, when the folder is absent, and fail instead where CLINFUSE_REQUIRE_SHARED_DATA is set
+(``.ci/run`` sets it when the folder is there, so that a cohort missing from it is an error, not a skip).
 """
 
 from __future__ import annotations
@@ -22,11 +23,21 @@ import torch
 torch.set_num_threads(1)
 
 SHARED_DATA_ENV = "CLINFUSE_SHARED_DATA"
+REQUIRE_ENV = "CLINFUSE_REQUIRE_SHARED_DATA"
+"""Set (to anything but 0 / empty) where the real cohorts must be there, as in CI: an absent folder or cohort
+then fails the tests that read it instead of skipping them."""
 # The default: a `shared/data` folder next to the repository checkout.
 DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "max_epochs": 3,
          "early_stopping_patience": 2, "max_patches": 16, "verbose": False, "seed": 0}
+
+
+def _absent(message: str) -> None:
+    """Skip, or fail where the real cohorts are required (:data:`REQUIRE_ENV`)."""
+    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+        pytest.fail(f"{message} ({REQUIRE_ENV} is set: the real cohorts are required)")
+    pytest.skip(message)
 
 
 def _shared_data_root() -> Path:
@@ -39,7 +50,7 @@ def shared_data() -> Path:
     """The real cohorts' folder: ``$CLINFUSE_SHARED_DATA``, else ``<repo>/../shared/data``; skips if none."""
     root = _shared_data_root()
     if not root.is_dir():
-        pytest.skip(f"real cohorts not found at {root}: put them there or set {SHARED_DATA_ENV}=/path")
+        _absent(f"real cohorts not found at {root}: put them there or set {SHARED_DATA_ENV}=/path")
     return root
 
 
@@ -51,7 +62,7 @@ def shared_path(shared_data: Path) -> Callable[..., Path]:
         path = shared_data.joinpath(*parts)
         if not path.exists():
             wanted = "/".join(parts)
-            pytest.skip(f"{path} not found: set {SHARED_DATA_ENV} to a real-cohort folder that has {wanted}")
+            _absent(f"{path} not found: set {SHARED_DATA_ENV} to a real-cohort folder that has {wanted}")
         return path
 
     return resolve
