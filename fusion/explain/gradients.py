@@ -73,14 +73,8 @@ def expand_tokens(tokens: Tokens, n: int) -> Tokens:
 def outputs_from_tokens(network: nn.Module, tokens: dict[str, Tokens], batch: Batch) -> torch.Tensor:
     """The network's outputs (logits / hazard logits ``[n, C]`` or Cox risk ``[n]``) from encoded tokens:
     ``FusionNetwork.forward`` in eval mode after the encoders (token types, aggregator, head, offsets, the
-    wide term read from ``batch``)."""
-    agg = network.aggregator(network.token_types(tokens))
-    outputs = network.head(agg.pooled)
-    if agg.offsets is not None:
-        outputs = outputs + agg.offsets.reshape(outputs.shape)
-    if network.wide is not None:
-        linear = network.wide(batch)
-        outputs = outputs + (linear[:, 0] if outputs.dim() == 1 else linear)
+    wide term read from ``batch``): :meth:`~clinfuse.fusion.network.FusionNetwork.fuse`."""
+    outputs, _ = network.fuse(network.token_types(tokens), lambda: network.wide(batch))
     return outputs
 
 

@@ -77,14 +77,12 @@ def _with_features(mb: ModalityBatch, x: np.ndarray) -> ModalityBatch:
 
 
 def _scalar_outputs(model: Any, outputs: torch.Tensor) -> torch.Tensor:
-    """Network outputs -> what SHAP explains: class probabilities ``[n, C]`` or a risk ``[n]``."""
-    from ..losses import hazards_to_survival, risk_from_survival
+    """Network outputs -> what SHAP explains: class probabilities ``[n, C]`` or a risk ``[n]`` (the units of
+    :func:`.gradients.explained_outputs`, which keeps the risk as one column)."""
+    from .gradients import explained_outputs
 
-    if model.task == "classification":
-        return torch.softmax(outputs, dim=-1)
-    if outputs.dim() == 1:  # Cox risk
-        return outputs
-    return risk_from_survival(hazards_to_survival(outputs))
+    explained = explained_outputs(model.task, outputs)
+    return explained if model.task == "classification" else explained[:, 0]
 
 
 def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", background: Any = None,
