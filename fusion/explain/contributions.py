@@ -227,14 +227,12 @@ def _coalition_values(model: Any, net: Any, batch: Any, tokens: dict[str, Tokens
 def explained_outputs(model: Any, outputs: torch.Tensor) -> torch.Tensor:
     """Network outputs -> what the contributions explain, ``[n, outputs]``: each class's log-odds
     (:func:`class_log_odds`), the Cox risk, or the discrete-time risk ``-sum_k S_k`` (as
-    ``FusionModel.predict_risk``)."""
-    from ..losses import hazards_to_survival, risk_from_survival
+    ``FusionModel.predict_risk``; the risk column of :func:`.gradients.explained_outputs`)."""
+    from .gradients import explained_outputs as risk_or_probabilities
 
     if model.task == "classification":
         return class_log_odds(outputs)
-    if outputs.dim() == 1:
-        return outputs[:, None]
-    return risk_from_survival(hazards_to_survival(outputs))[:, None]
+    return risk_or_probabilities(model.task, outputs)
 
 
 def class_log_odds(logits: torch.Tensor) -> torch.Tensor:
