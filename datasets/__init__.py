@@ -3,7 +3,7 @@ cohorts."""
 
 from .batch import MODALITIES, TOKEN_KIND, Batch, ModalityBatch
 from .cohort import Cohort
-from .images import ImageBag, ImageBags
+from .images import ImageBag, ImageBags, slide_embeddings
 from .loaders import (
     breastmnist_split_ids,
     load_breastmnist,
@@ -20,7 +20,7 @@ from .synthetic import SyntheticTruth, make_synthetic_cohort
 __all__ = ["MODALITIES", "TOKEN_KIND", "Batch", "Cohort", "ImageBag", "ImageBags", "ModalityBatch"]
 __all__ += ["CohortDataset", "Preprocessor", "collate_samples", "make_loader", "make_splits",
             "train_validation_split"]
-__all__ += ["SyntheticTruth", "make_synthetic_cohort"]
+__all__ += ["SyntheticTruth", "make_synthetic_cohort", "slide_embeddings"]
 __all__ += ["MODALITY_REGISTRY", "Modality", "ModalityPreprocessor", "get_modality", "register_modality"]
 __all__ += ["breastmnist_split_ids", "load_breastmnist", "load_gse7390", "load_mil_benchmark",
             "load_mimic3_demo"]

@@ -30,5 +30,7 @@ from .bags import ImageBag, ImageBags
 from .feature_readers import FORMATS as FEATURE_FORMATS
 from .geometry import SlideGeometry
 from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES
+from .slide_vectors import slide_embeddings
 
-__all__ = ["FEATURE_FORMATS", "FEATURE_SUFFIXES", "IMAGE_SUFFIXES", "ImageBag", "ImageBags", "SlideGeometry"]
+__all__ = ["FEATURE_FORMATS", "FEATURE_SUFFIXES", "IMAGE_SUFFIXES", "ImageBag", "ImageBags", "SlideGeometry",
+           "slide_embeddings"]

@@ -74,6 +74,7 @@ class ImageBags:
         unmatched: str = "warn",
         format: str = "auto",
         mpp: float | Mapping[str, float] | None = None,
+        feature_key: str | None = None,
     ) -> ImageBags:
         """Feature bags ``[N, D]`` per sample, with each slide's geometry when its layout states it.
 
@@ -90,12 +91,14 @@ class ImageBags:
                 see :mod:`.patients`. Slides that match no patient are listed in ``unmatched_slides``.
             unmatched: ``"warn"`` (default: leave such slides out, warn and list them) or ``"raise"``.
             format: ``"auto"`` (tell the layout from each file's content) or one of ``"trident"``,
-                ``"clam"``, ``"stamp"``, ``"slideflow"``, ``"histossl"``; see
+                ``"clam"``, ``"stamp"``, ``"slideflow"``, ``"lazyslide"``, ``"histossl"``; see
                 :mod:`clinfuse.datasets.images.feature_readers` for each layout and
                 :class:`~clinfuse.datasets.images.geometry.SlideGeometry` for the coordinate frames.
             mpp: level-0 micrometres per pixel (one float, or slide id -> float): turns STAMP micrometres
                 into level-0 pixels, sizes slideflow tiles exactly, and fills ``geometry.mpp`` where the
                 files do not state it.
+            feature_key: LazySlide stores only: the feature table to read, by table name
+                (``"uni_tiles"``) or model name (``"uni"``); needed when a store holds several.
         """
         check_format(format)
         source, format, config = resolve_folder(source, format)
@@ -106,7 +109,8 @@ class ImageBags:
         slides: dict[str, list[Slide]] = {}
         for sample, items in per_sample.items():
             slides[sample] = [
-                layout_slide(sample, sid, item, format=format, mpp=mpp, config=config)
+                layout_slide(sample, sid, item, format=format, mpp=mpp, config=config,
+                             feature_key=feature_key)
                 if isinstance(item, Path) else feature_slide(sample, sid, item)
                 for sid, item in items
             ]
@@ -233,6 +237,14 @@ class ImageBags:
                 return s.geometry
         raise ValueError(f"images: sample {sample_id!r} has no slide {slide_id!r}; it has "
                          f"{[s.slide_id for s in self._get(sample_id)]}")
+
+    def slide_vectors(self, *, reduce: str = "mean", prefix: str = "slide_") -> pd.DataFrame:
+        """Slide embeddings as one feature vector per sample: a DataFrame ``[samples, D]`` (columns
+        ``<prefix>0 .. <prefix>D-1``) that a :class:`~clinfuse.datasets.Cohort` takes as numeric
+        ``clinical`` variables; see :func:`~clinfuse.datasets.images.slide_vectors.slide_vectors`."""
+        from .slide_vectors import slide_vectors
+
+        return slide_vectors(self, reduce=reduce, prefix=prefix)
 
     def bag_sizes(self) -> pd.Series:
         """Patches per sample (int Series indexed by sample id)."""

@@ -23,6 +23,10 @@ Layouts (``format=``; ``"auto"`` tells them apart by content):
   level-0 px) and a folder-level ``bags_config.json`` (``tile_px``, ``tile_um``). The level-0 tile side is
   ``tile_um / mpp`` with ``mpp=``, else the grid step of the centres (slideflow's default stride is one
   tile); centres move to top-left corners by half of it. Auto: a ``.pt`` with a sibling ``.index.npz``.
+- ``"lazyslide"``: a SpatialData zarr store ``<slide>.zarr`` written by LazySlide / wsidata: tile polygons
+  in ``shapes/tiles``, features in the AnnData table ``tables/<model>_tiles``, tile spec in the root
+  attributes (see :mod:`.lazyslide`). Auto: a ``.zarr`` folder; ``feature_key=`` picks the table (or
+  model) when a store holds several.
 - ``"histossl"``: ``.npy [N, 3 + D]`` whose first columns are ``level, x, y``; coordinates are kept as
   stored (frame ``"stored"``). Never auto-detected: a plain ``[N, D]`` ``.npy`` would be misread.
 
@@ -39,13 +43,14 @@ from typing import Any
 import numpy as np
 
 from .geometry import SlideGeometry, attr_float, attr_str
+from .lazyslide import STORE_SUFFIX, lazyslide_slide
 from .readers import FEATURE_SUFFIXES, probe_file, read_error
 from .sources import Slide, check_numeric, feature_slide
 
-FORMATS = ("auto", "trident", "clam", "stamp", "slideflow", "histossl")
+FORMATS = ("auto", "trident", "clam", "stamp", "slideflow", "lazyslide", "histossl")
 TRIDENT_ATTRS = ("patch_size_level0", "level0_magnification", "target_magnification", "level0_width")
 _SUFFIX_OF = {"trident": (".h5", ".hdf5"), "stamp": (".h5", ".hdf5"), "clam": (".h5", ".hdf5", ".pt"),
-              "slideflow": (".pt",), "histossl": (".npy",)}
+              "slideflow": (".pt",), "histossl": (".npy",), "lazyslide": (STORE_SUFFIX,)}
 
 
 def check_format(format: str) -> None:
@@ -59,6 +64,8 @@ def resolve_folder(source: Any, format: str) -> tuple[Any, str, dict[str, Any] |
     if not isinstance(source, str | Path) or not Path(source).is_dir():
         return source, format, None
     root = Path(source)
+    if root.suffix.lower() == STORE_SUFFIX and format in ("auto", "lazyslide"):
+        return {root.stem: root}, format, None  # one LazySlide store given on its own
     if format in ("auto", "clam"):
         for sub in ("h5_files", "pt_files"):
             if (root / sub).is_dir():
@@ -88,7 +95,7 @@ def _level0_mpp(mpp: float | Mapping[str, float] | None, slide_id: str) -> float
 
 def layout_slide(sample: str, sid: str, path: Path, *, format: str,
                  mpp: float | Mapping[str, float] | None = None,
-                 config: Mapping[str, Any] | None = None) -> Slide:
+                 config: Mapping[str, Any] | None = None, feature_key: str | None = None) -> Slide:
     """One feature file as a :class:`Slide` with its geometry (see the module docstring)."""
     suffix = path.suffix.lower()
     if not path.exists():
@@ -96,6 +103,8 @@ def layout_slide(sample: str, sid: str, path: Path, *, format: str,
     if format != "auto" and suffix not in _SUFFIX_OF[format]:
         raise ValueError(f"images: file {str(path)!r} of sample {sample!r} cannot be format {format!r}: "
                          f"expected a file ending in {_SUFFIX_OF[format]}, found {suffix!r}")
+    if suffix == STORE_SUFFIX:
+        return lazyslide_slide(sample, sid, path, feature_key=feature_key, mpp=_level0_mpp(mpp, sid))
     if suffix in (".h5", ".hdf5"):
         return _h5_slide(sample, sid, path, format, _level0_mpp(mpp, sid))
     if format == "histossl":

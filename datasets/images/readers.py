@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_SUFFIXES = (".npy", ".pt", ".h5", ".hdf5")
+FEATURE_SUFFIXES = (".npy", ".pt", ".h5", ".hdf5", ".zarr")  # .zarr: a LazySlide store (a folder)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 

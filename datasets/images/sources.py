@@ -72,14 +72,16 @@ def normalise_source(
             )
         out = {}
         for entry in sorted(root.iterdir()):
-            if entry.is_dir() or entry.suffix.lower() in suffixes:
-                sample = entry.name if entry.is_dir() else entry.stem
+            # a folder with a file suffix (a LazySlide <slide>.zarr store) is one slide, not a sample folder
+            folder = entry.is_dir() and entry.suffix.lower() not in suffixes
+            if folder or entry.suffix.lower() in suffixes:
+                sample = entry.name if folder else entry.stem
                 if sample in out:
                     raise ValueError(
                         f"images: sample {sample!r} appears twice in {str(root)!r} "
                         "(as a file and as a folder); expected one of them"
                     )
-            if entry.is_dir():
+            if folder:
                 if folders_are_tiles:
                     out[entry.name] = [(entry.name, entry)]
                 else:
