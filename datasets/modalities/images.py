@@ -123,7 +123,9 @@ class ImagesModality(Modality):
         "patch_size": "tile size that patch images are resized to (image_kind: patches)",
         "patient_of": "slides to patients: tcga (first 12 characters of the barcode), or a CSV / TSV with "
                       "columns slide_id, patient_id",
-        "image_format": "feature files' layout: auto (default), trident, clam, stamp, slideflow, histossl",
+        "image_format": "feature files' layout: auto (default), trident, clam, stamp, slideflow, lazyslide, "
+                        "histossl",
+        "image_feature_key": "LazySlide stores: the feature table (uni_tiles) or model (uni) to read",
         "image_mpp": "level-0 micrometres per pixel of the slides (STAMP micrometres -> level-0 pixels)",
     }
 
@@ -223,7 +225,8 @@ class ImagesModality(Modality):
         if source.spec.get("image_kind", "features") == "features":
             return {"images": ImageBags.from_features(path, patient_of=_patient_of(source),
                                                       format=source.spec.get("image_format", "auto"),
-                                                      mpp=source.spec.get("image_mpp"))}
+                                                      mpp=source.spec.get("image_mpp"),
+                                                      feature_key=source.spec.get("image_feature_key"))}
         return {"images": ImageBags.from_patches(path, patch_size=source.spec.get("patch_size"))}
 
     def write_files(self, data: ImageBags, cohort: Any, folder: Path) -> dict[str, Any]:

@@ -181,3 +181,19 @@ def test_lazyslide_tiles_travel_to_geojson_and_anndata(fitted_classifier, tmp_pa
     assert adata.uns["geometry"]["format"] == "lazyslide" and adata.uns["geometry"]["mpp"] == 0.25
     assert adata.uns["spatial"][sample]["scalefactors"]["spot_diameter_fullres"] == 512
     np.testing.assert_array_equal(adata.obsm["spatial"][:2], [[0, 0], [600, 512]])
+
+
+def test_yaml_names_the_lazyslide_feature_table(tmp_path):
+    from clinfuse.fusion.config import load_data_config
+
+    (tmp_path / "stores").mkdir()
+    _, feats = _hand_store(tmp_path / "stores" / "p1.zarr", n=2, tables=("uni", "virchow"))
+    pd.DataFrame({"sample_id": ["p1"], "age": [60.0], "label": ["a"]}).to_csv(tmp_path / "c.csv", index=False)
+    (tmp_path / "data.yaml").write_text("clinical: c.csv\nimages: stores\nlabel: label\n"
+                                        "image_format: lazyslide\nimage_feature_key: virchow\n")
+    cohort = load_data_config(tmp_path / "data.yaml").to_cohort(task="classification", require_targets=True)
+    assert cohort.images.geometry["p1"].extractor == "virchow"
+    np.testing.assert_allclose(cohort.images.load("p1").data, feats)
+    (tmp_path / "stores" / "p1.zarr" / "shapes" / "tiles" / "shapes.parquet").unlink()
+    with pytest.raises(ValueError, match=r"p1.zarr' of sample 'p1' has no tiles 'shapes/tiles/shapes.parquet'"):
+        ImageBags.from_features(tmp_path / "stores", feature_key="uni")
