@@ -166,6 +166,9 @@ def lazyslide_slide(sample: str, sid: str, store: Path, *, feature_key: str | No
     top-left corners of the linked tiles (level-0 px), geometry from the tile spec and slide properties."""
     import zarr
 
+    if not is_store(store):
+        raise ValueError(f"images: {str(store)!r} of sample {sample!r} is not a SpatialData store (a zarr "
+                         "folder with tables/ and shapes/ groups); expected a LazySlide <slide>.zarr")
     attrs = group_attrs(store)
     specs = attrs.get("tile_spec") or {}
     name = choose_table(store, sample, feature_key, specs)
@@ -179,7 +182,9 @@ def lazyslide_slide(sample: str, sid: str, store: Path, *, feature_key: str | No
         raise ValueError(f"images: LazySlide table {str(table)!r} of sample {sample!r} has no dense X "
                          f"[N, D] (found {type(x).__name__}); expected the tile features")
     check_numeric(np.empty(0, dtype=x.dtype), sample, str(table))
-    tile_key = region or (name.rsplit("_", 1)[1] if "_" in name else TILE_KEY)
+    # no region stated: the tile key the table is named after (<model>_<tile key>), else "tiles"
+    tile_key = region or next((k for k in sorted(specs, key=len, reverse=True) if name.endswith("_" + k)),
+                              TILE_KEY)
     ids, bounds = _tile_corners(store, tile_key, sample)
     if instance_key is not None and instance_key in obs.columns:
         wanted = obs[instance_key].to_numpy()

@@ -152,6 +152,9 @@ def test_the_feature_table_is_chosen_by_keyword_or_named_in_the_error(tmp_path):
     (tmp_path / "bare" / "t.zarr" / "tables").mkdir()
     with pytest.raises(ValueError, match=r"t.zarr' of sample 't' holds no feature table.*tables found: \[\]"):
         ImageBags.from_features(tmp_path / "bare")
+    (tmp_path / "plain.zarr").mkdir()
+    with pytest.raises(ValueError, match=r"plain.zarr' of sample 'plain' is not a SpatialData store"):
+        ImageBags.from_features({"plain": tmp_path / "plain.zarr"})
     (tmp_path / "x.h5").write_bytes(b"")
     with pytest.raises(ValueError, match=r"cannot be format 'lazyslide'.*found '.h5'"):
         ImageBags.from_features({"x": tmp_path / "x.h5"}, format="lazyslide")
@@ -195,5 +198,5 @@ def test_yaml_names_the_lazyslide_feature_table(tmp_path):
     assert cohort.images.geometry["p1"].extractor == "virchow"
     np.testing.assert_allclose(cohort.images.load("p1").data, feats)
     (tmp_path / "stores" / "p1.zarr" / "shapes" / "tiles" / "shapes.parquet").unlink()
-    with pytest.raises(ValueError, match=r"p1.zarr' of sample 'p1' has no tiles 'shapes/tiles/shapes.parquet'"):
+    with pytest.raises(ValueError, match=r"p1.zarr' of sample 'p1' has no tiles 'shapes/tiles/shapes.parq"):
         ImageBags.from_features(tmp_path / "stores", feature_key="uni")
