@@ -16,6 +16,9 @@ File rules
 - ``.h5`` / ``.hdf5``: dataset ``features`` ``[N, D]`` and optional dataset ``coords`` ``[N, 2]`` (CLAM,
   TRIDENT), or ``feats`` and ``coords`` in micrometres (STAMP); see :mod:`.feature_readers` for every
   extractor layout (``format=``) and :mod:`.geometry` for the coordinate frame each slide is given in.
+- ``<slide>.zarr`` (a folder): a LazySlide / wsidata SpatialData store, read by :mod:`.lazyslide`.
+- Slide embeddings (1-D ``features``) load as one-token bags; :func:`.slide_vectors.slide_embeddings`
+  turns them into a per-patient DataFrame of numeric columns instead.
 - A directory given to :meth:`ImageBags.from_features`: each file ``<sample>.npy|.pt|.h5`` is a one-slide
   bag of sample ``<sample>`` (slide id = sample id); each sub-directory ``<sample>/`` holds one file per slide
   of that sample (slide id = file stem). Sample ids are file stems, never split on dots.

@@ -75,6 +75,7 @@ class ImageBags:
         format: str = "auto",
         mpp: float | Mapping[str, float] | None = None,
         feature_key: str | None = None,
+        agg_key: str | None = None,
     ) -> ImageBags:
         """Feature bags ``[N, D]`` per sample, with each slide's geometry when its layout states it.
 
@@ -99,6 +100,9 @@ class ImageBags:
                 files do not state it.
             feature_key: LazySlide stores only: the feature table to read, by table name
                 (``"uni_tiles"``) or model name (``"uni"``); needed when a store holds several.
+            agg_key: LazySlide stores only: read the table's slide-level vector
+                ``uns["agg_ops"][agg_key]`` (``"agg_slide"``, from ``lazyslide.tl.feature_aggregation``)
+                as a one-token slide embedding instead of the tile features.
         """
         check_format(format)
         source, format, config = resolve_folder(source, format)
@@ -110,7 +114,7 @@ class ImageBags:
         for sample, items in per_sample.items():
             slides[sample] = [
                 layout_slide(sample, sid, item, format=format, mpp=mpp, config=config,
-                             feature_key=feature_key)
+                             feature_key=feature_key, agg_key=agg_key)
                 if isinstance(item, Path) else feature_slide(sample, sid, item)
                 for sid, item in items
             ]

@@ -95,7 +95,8 @@ def _level0_mpp(mpp: float | Mapping[str, float] | None, slide_id: str) -> float
 
 def layout_slide(sample: str, sid: str, path: Path, *, format: str,
                  mpp: float | Mapping[str, float] | None = None,
-                 config: Mapping[str, Any] | None = None, feature_key: str | None = None) -> Slide:
+                 config: Mapping[str, Any] | None = None, feature_key: str | None = None,
+                 agg_key: str | None = None) -> Slide:
     """One feature file as a :class:`Slide` with its geometry (see the module docstring)."""
     suffix = path.suffix.lower()
     if not path.exists():
@@ -104,7 +105,8 @@ def layout_slide(sample: str, sid: str, path: Path, *, format: str,
         raise ValueError(f"images: file {str(path)!r} of sample {sample!r} cannot be format {format!r}: "
                          f"expected a file ending in {_SUFFIX_OF[format]}, found {suffix!r}")
     if suffix == STORE_SUFFIX:
-        return lazyslide_slide(sample, sid, path, feature_key=feature_key, mpp=_level0_mpp(mpp, sid))
+        return lazyslide_slide(sample, sid, path, feature_key=feature_key, mpp=_level0_mpp(mpp, sid),
+                               agg_key=agg_key)
     if suffix in (".h5", ".hdf5"):
         return _h5_slide(sample, sid, path, format, _level0_mpp(mpp, sid))
     if format == "histossl":

@@ -14,6 +14,9 @@ What ``wsidata`` (LazySlide's data layer) writes with ``wsi.write()`` into ``<sl
   ``base_downsample`` (tile pixels -> level-0 pixels) ...; ``slide_properties`` with the level-0 ``mpp``,
   ``magnification`` and ``shape`` (height, width).
 
+``lazyslide.tl.feature_aggregation`` adds slide-level vectors to a table: ``uns["agg_ops"][<agg key>]``
+with ``features [1, D]`` and the ``encoder`` (``agg_slide`` for the whole slide); ``agg_key=`` reads one.
+
 It is read with zarr, anndata and pyarrow (dependencies already), so ``spatialdata`` itself is not needed;
 the features stay on disk and each bag reads only its rows. Coordinates are the top-left corners of the
 tile polygons (level-0 px, the bounds wsidata reads tiles from), in the table's row order.
@@ -161,9 +164,12 @@ def _tile_corners(store: Path, tile_key: str, sample: str) -> tuple[Any, np.ndar
 
 
 def lazyslide_slide(sample: str, sid: str, store: Path, *, feature_key: str | None = None,
-                    mpp: float | None = None) -> Slide:
+                    mpp: float | None = None, agg_key: str | None = None) -> Slide:
     """One LazySlide store as a :class:`Slide`: features ``tables/<table>/X`` read lazily, coordinates the
-    top-left corners of the linked tiles (level-0 px), geometry from the tile spec and slide properties."""
+    top-left corners of the linked tiles (level-0 px), geometry from the tile spec and slide properties.
+    With ``agg_key`` (``"agg_slide"``), the table's slide-level vector instead: what
+    ``lazyslide.tl.feature_aggregation`` stores in ``uns["agg_ops"][agg_key]["features"]``, as a
+    one-token slide embedding."""
     import zarr
 
     if not is_store(store):
@@ -185,6 +191,10 @@ def lazyslide_slide(sample: str, sid: str, store: Path, *, feature_key: str | No
     # no region stated: the tile key the table is named after (<model>_<tile key>), else "tiles"
     tile_key = region or next((k for k in sorted(specs, key=len, reverse=True) if name.endswith("_" + k)),
                               TILE_KEY)
+    model = name[: -len(tile_key) - 1] if name.endswith("_" + tile_key) else name
+    spec, props = specs.get(tile_key) or {}, attrs.get("slide_properties") or {}
+    if agg_key is not None:
+        return _aggregate_slide(sample, sid, table, agg_key, spec, props, mpp, model)
     ids, bounds = _tile_corners(store, tile_key, sample)
     if instance_key is not None and instance_key in obs.columns:
         wanted = obs[instance_key].to_numpy()
@@ -201,10 +211,38 @@ def lazyslide_slide(sample: str, sid: str, store: Path, *, feature_key: str | No
         raise ValueError(f"images: LazySlide table {str(table)!r} of sample {sample!r} has {x.shape[0]} rows "
                          f"but {len(pos)} obs entries")
     corners = bounds[pos]
-    geom = _geometry(specs.get(tile_key) or {}, attrs.get("slide_properties") or {}, mpp, corners,
-                     extractor=name[: -len(tile_key) - 1] if name.endswith("_" + tile_key) else name)
+    geom = _geometry(spec, props, mpp, corners, extractor=model)
     return Slide(slide_id=sid, n=int(x.shape[0]), shape=(int(x.shape[1]),), path=store,
                  key=f"tables/{name}/X", coords=corners[:, :2].astype(np.float32), geometry=geom)
+
+
+def _aggregate_slide(sample: str, sid: str, table: Path, agg_key: str, spec: dict[str, Any],
+                     props: dict[str, Any], mpp: float | None, model: str) -> Slide:
+    import zarr
+
+    group = zarr.open_group(str(table), mode="r")
+    ops = group["uns"]["agg_ops"] if "uns" in group and "agg_ops" in group["uns"] else None
+    found = sorted(ops.group_keys()) if ops is not None else []
+    if agg_key not in found:
+        raise ValueError(f"images: LazySlide table {str(table)!r} of sample {sample!r} has no aggregate "
+                         f"{agg_key!r} in uns['agg_ops'] (found {found}); run "
+                         "lazyslide.tl.feature_aggregation, or leave agg_key=None for the tile features")
+    info = _read_elem(ops[agg_key])
+    vec = np.asarray(info.get("features"))
+    if vec.ndim == 2 and vec.shape[0] == 1:
+        vec = vec[0]
+    if vec.ndim != 1 or not vec.size:
+        raise ValueError(f"images: LazySlide aggregate {agg_key!r} of {str(table)!r} (sample {sample!r}) "
+                         f"holds features of shape {vec.shape}; expected one slide-level vector [1, D] (an "
+                         "aggregate by group, such as by tissue piece, has several)")
+    check_numeric(vec, sample, f"{table}:uns/agg_ops/{agg_key}")
+    if not np.isfinite(vec).all():
+        raise ValueError(f"images: LazySlide aggregate {agg_key!r} of sample {sample!r} has NaN or inf")
+    encoder = info.get("encoder")
+    geom = _geometry(spec, props, mpp, None, extractor=encoder if isinstance(encoder, str) else model,
+                     slide_level=True)
+    return Slide(slide_id=sid, n=1, shape=(int(vec.size),), array=vec.astype(np.float32)[None],
+                 path=table, geometry=geom)
 
 
 def _positions(ids: Any, wanted: np.ndarray) -> np.ndarray | None:
@@ -221,11 +259,11 @@ def _positions(ids: Any, wanted: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _geometry(spec: dict[str, Any], props: dict[str, Any], mpp: float | None, corners: np.ndarray,
-              extractor: str) -> SlideGeometry:
+def _geometry(spec: dict[str, Any], props: dict[str, Any], mpp: float | None, corners: np.ndarray | None,
+              extractor: str, slide_level: bool = False) -> SlideGeometry:
     width, down = spec.get("width"), spec.get("base_downsample")
     patch = float(int(width * down)) if width and down else None  # wsidata's base_width
-    if patch is None and np.isfinite(corners[:, 2]).all() and len(corners):
+    if patch is None and corners is not None and len(corners) and np.isfinite(corners[:, 2]).all():
         patch = float(np.median(corners[:, 2] - corners[:, 0]))  # no spec: the polygons' own side
     slide_mpp = props.get("mpp")
     if slide_mpp is None and spec.get("mpp") and down:
@@ -241,7 +279,7 @@ def _geometry(spec: dict[str, Any], props: dict[str, Any], mpp: float | None, co
         level=None if spec.get("ops_level") is None else int(spec["ops_level"]),
         overlap=float(width - stride) if width and stride is not None else None,
         level0_size=(int(shape[1]), int(shape[0])) if shape and len(shape) == 2 else None,
-        extractor=extractor)
+        extractor=extractor, slide_level=slide_level)
 
 
 class ZarrTableFile(BagFile):

@@ -68,7 +68,7 @@ def _wkb_box(x, y, side):
     return struct.pack("<BII", 1, 3, 1) + struct.pack("<I", 5) + points  # little-endian Polygon, 1 ring
 
 
-def _hand_store(path, n=3, *, tables=("uni",), spec=SPEC, props=PROPS, side=None, feats=None):
+def _hand_store(path, n=3, *, tables=("uni",), spec=SPEC, props=PROPS, side=None, feats=None, agg=None):
     """The same files without spatialdata: zarr v2 root attributes, GeoParquet tiles, AnnData tables."""
     xy, made = _tiles(n)
     feats = made if feats is None else feats
@@ -85,7 +85,7 @@ def _hand_store(path, n=3, *, tables=("uni",), spec=SPEC, props=PROPS, side=None
     for model in tables:
         adata = ad.AnnData(X=feats, obs=_obs(n, np.arange(n)),
                            uns={"spatialdata_attrs": {"region": "tiles", "region_key": "library_id",
-                                                      "instance_key": "tile_id"}})
+                                                      "instance_key": "tile_id"}, **(agg or {})})
         _write_zarr(adata, path / "tables" / f"{model}_tiles")
     return xy, feats
 
@@ -96,6 +96,7 @@ def _write_zarr(adata, path):
         adata.write_zarr(path)
 
 
+@pytest.mark.slow
 def test_a_spatialdata_store_is_detected_with_its_tile_spec(tmp_path):
     order = [2, 0, 3, 1]  # table rows in another order than the tiles: linked through tile_id
     xy, feats = _spatialdata_store(tmp_path / "slide-1.zarr", order=order)
@@ -200,3 +201,31 @@ def test_yaml_names_the_lazyslide_feature_table(tmp_path):
     (tmp_path / "stores" / "p1.zarr" / "shapes" / "tiles" / "shapes.parquet").unlink()
     with pytest.raises(ValueError, match=r"p1.zarr' of sample 'p1' has no tiles 'shapes/tiles/shapes.parq"):
         ImageBags.from_features(tmp_path / "stores", feature_key="uni")
+
+
+@pytest.mark.slow
+def test_lazyslide_slide_aggregates_load_as_embeddings_and_vectors(tmp_path):
+    """feature_aggregation's uns['agg_ops']['agg_slide'] (a [1, D] TITAN vector): a one-token bag, or
+    with slide_embeddings a per-patient row (the mean of a patient's slides)."""
+    from clinfuse.datasets import slide_embeddings
+
+    vecs = RNG.normal(size=(3, 7)).astype(np.float32)
+    for k, sid in enumerate(["A-1", "A-2", "B-1"]):
+        agg = {"agg_ops": {"agg_slide": {"encoder": "titan", "tile_key": "tiles", "features": vecs[k:k + 1]},
+                           "agg_tissue_id": {"encoder": "mean", "features": RNG.normal(size=(2, 5))}}}
+        _hand_store(tmp_path / f"{sid}.zarr", agg=agg)
+    bags = ImageBags.from_features(tmp_path, agg_key="agg_slide")
+    assert bags.feature_dim == 7 and bags.n_patches("A-2") == 1
+    np.testing.assert_allclose(bags.load("A-2").data, vecs[1:2])
+    g = bags.geometry["A-2"]
+    assert g.slide_level and g.extractor == "titan" and g.mpp == 0.25
+    rows = slide_embeddings(tmp_path, agg_key="agg_slide", patient_of=lambda s: s.split("-")[0])
+    assert list(rows.index) == ["A", "B"]
+    np.testing.assert_allclose(rows.loc["A"], vecs[:2].astype(np.float64).mean(axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"aggregate 'agg_tissue_id' .* holds features of shape \(2, 5\)"):
+        ImageBags.from_features(tmp_path, agg_key="agg_tissue_id")
+    with pytest.raises(ValueError, match=r"no aggregate 'agg_x' in uns\['agg_ops'\] \(found \['agg_slide', "
+                                         r"'agg_tissue_id'\]\)"):
+        ImageBags.from_features(tmp_path, agg_key="agg_x")
+    with pytest.raises(ValueError, match=r"patch bags: 'A-1' \(slide 'A-1': 3 patches\)"):
+        slide_embeddings(tmp_path)  # the tile features are no slide embedding
