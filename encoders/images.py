@@ -158,8 +158,8 @@ class FeatureBagEncoder(ModalityEncoder):
                     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                     x = torch.from_numpy(chunk)
                 rows = slice(b * N + start, b * N + start + len(chunk))
-                self._project_rows(x.to(device=weight.device, dtype=weight.dtype, non_blocking=True),
-                                   out[rows], tables, rows)
+                # a blocking copy: the chunk may be a reused read buffer, overwritten by the next read
+                self._project_rows(x.to(device=weight.device, dtype=weight.dtype), out[rows], tables, rows)
         return out.view(B, N, self.d_model)
 
     def forward(self, batch: ModalityBatch) -> Tokens:
