@@ -100,8 +100,11 @@ class BagReader(SampleReader):
         slides = self.images.slide_ids(sample_id)
         single = len(slides) == 1 and slides[0] in (*_UNNAMED_SLIDES, sample_id)
         positions = np.asarray(bag.positions, dtype=np.int64)
-        names = (list(map(str, positions.tolist())) if single
-                 else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
+        if single and indices is None:  # the whole bag: positions are 0..N-1 (range is the fastest source)
+            names = list(map(str, range(len(positions))))
+        else:
+            names = (list(map(str, positions.tolist())) if single
+                     else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
         return {
             **({"data": bag.data} if rows is None else {"rows": rows}),
             "coords": bag.coords,
