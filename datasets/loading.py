@@ -61,10 +61,13 @@ class CohortDataset(Dataset):
         max_patches: at most this many patches per bag in training; ignored at inference (all patches).
         seed: seeds patch sampling; the draw for item ``i`` depends on (seed, epoch, i, how often i was read),
             so runs are reproducible and successive epochs see different patches.
+        stream: outside training, feature bags are not read here: each item holds the bag's row source
+            (``images["rows"]``, a :class:`~clinfuse.datasets.images.rows.BagRows`) and the image encoder
+            reads and projects it in chunks, so no ``[N, D]`` copy of a bag is made (prediction).
     """
 
     def __init__(self, cohort: Any, preprocessor: Preprocessor, *, train: bool = False,
-                 max_patches: int | None = None, seed: int = 0) -> None:
+                 max_patches: int | None = None, seed: int = 0, stream: bool = False) -> None:
         if not isinstance(preprocessor, Preprocessor):
             raise TypeError(f"preprocessor must be a fitted Preprocessor, got {type(preprocessor).__name__}")
         if not preprocessor.is_fitted:
@@ -75,6 +78,7 @@ class CohortDataset(Dataset):
         self.preprocessor = preprocessor  # the cohort itself is not kept: workers get only transformed arrays
         self.schema = preprocessor.schema_
         self.train, self.max_patches, self.seed = bool(train), max_patches, int(seed)
+        self.stream = bool(stream) and not self.train
         self.epoch = 0
         self.sample_ids = [str(s) for s in cohort.sample_ids]
         groups = cohort.groups
@@ -120,8 +124,8 @@ class CohortDataset(Dataset):
         sid = self.sample_ids[index]
         item = SampleItem(sample_id=sid, patient_id=self.patient_ids[index], schema=self.schema)
         context = ReadContext(
-            train=self.train, max_patches=self.max_patches, seed=self.seed, epoch=self.epoch
-        )
+            train=self.train, max_patches=self.max_patches, seed=self.seed, epoch=self.epoch,
+            stream=self.stream)
         for name, reader in self._readers.items():
             value = reader.read(sid, index, context)
             if value is not None:
@@ -167,12 +171,13 @@ def collate_samples(items: Sequence[SampleItem], *, schema: dict[str, Any] | Non
 
 def make_loader(cohort: Any, preprocessor: Preprocessor, *, batch_size: int = 8, shuffle: bool = False,
                 train: bool = False, max_patches: int | None = None, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, stream: bool = False) -> DataLoader:
     """A ``DataLoader`` yielding :class:`Batch` objects; shuffling is reproducible (generator seeded by
-    ``seed``)."""
+    ``seed``). ``stream``: see :class:`CohortDataset` (feature bags read by the encoder in chunks)."""
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    dataset = CohortDataset(cohort, preprocessor, train=train, max_patches=max_patches, seed=seed)
+    dataset = CohortDataset(cohort, preprocessor, train=train, max_patches=max_patches, seed=seed,
+                            stream=stream)
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, collate_fn=collate_samples,
                       num_workers=num_workers, generator=generator, drop_last=drop_last)

@@ -7,6 +7,7 @@ and never copies the ``[B, N, D]`` input, so a large bag costs little more than 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -56,7 +57,7 @@ class FeatureBagEncoder(ModalityEncoder):
 
     shared_keywords = frozenset({"dropout"})
 
-    CHUNK_ROWS = 16384  # rows per chunk of the no-grad path: 16384 x d floats of temporary memory
+    chunk_rows = 4096  # patches per chunk without autograd: 4096 x D floats read, 4096 x d temporaries
 
     ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -95,40 +96,99 @@ class FeatureBagEncoder(ModalityEncoder):
     def _positions(self, coords: torch.Tensor) -> torch.Tensor:
         return sincos_2d(coords, self.d_model, scale=self.coord_scale, max_wavelength=self.max_wavelength)
 
+    def _project_rows(self, flat: torch.Tensor, out: torch.Tensor, tables: Any, index: slice) -> None:
+        """Project rows ``flat [k, D]`` into ``out [k, d]`` (a contiguous view) in place; ``tables``: the
+        positional tables of every row of the batch, ``index`` the rows of this chunk among them."""
+        torch.addmm(self.proj.bias, flat, self.proj.weight.t(), out=out)
+        if self.activation == "relu":
+            out.clamp_(min=0)
+        elif self.activation is not None:
+            out.copy_(self.ACTIVATIONS[self.activation](out))
+        out.copy_(F.layer_norm(out, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
+        if tables is not None:
+            n_freq = self.d_model // 4
+            for axis, (table, idx) in enumerate(tables):
+                out[:, 2 * axis * n_freq : 2 * (axis + 1) * n_freq] += table[idx[index]]
+
+    def _tables(self, coords: torch.Tensor, dtype: torch.dtype) -> Any:
+        if not (self.positional and self.d_model // 4):
+            return None
+        return sincos_tables(coords.reshape(-1, 2).to(dtype), self.d_model, scale=self.coord_scale,
+                             max_wavelength=self.max_wavelength)
+
     def _project_inference(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Without autograd: ``[B, N, D]`` -> ``[B, N, d]`` written chunk by chunk into one output tensor.
 
-        The only allocation beyond the ``[B, N, d]`` output is one ``[CHUNK_ROWS, d]`` temporary (the
+        The only allocation beyond the ``[B, N, d]`` output is one ``[chunk_rows, d]`` temporary (the
         LayerNorm and positional term of the chunk), so peak memory is input + output + a few MB. ``x`` is
         viewed, not copied, when contiguous (as loaders produce it).
         """
         B, N, D = x.shape
         flat = x.reshape(B * N, D)
         out = flat.new_empty(B * N, self.d_model)
-        n_freq = self.d_model // 4
-        tables = None
-        if self.positional and n_freq:
-            tables = sincos_tables(coords.reshape(B * N, 2).to(out.dtype), self.d_model,
-                                   scale=self.coord_scale, max_wavelength=self.max_wavelength)
-        weight_t = self.proj.weight.t()
-        for start in range(0, B * N, self.CHUNK_ROWS):
-            rows = slice(start, start + self.CHUNK_ROWS)
-            chunk = out[rows]  # a contiguous view of the output
-            torch.addmm(self.proj.bias, flat[rows], weight_t, out=chunk)
-            if self.activation == "relu":
-                chunk.clamp_(min=0)
-            elif self.activation is not None:
-                chunk.copy_(self.ACTIVATIONS[self.activation](chunk))
-            chunk.copy_(F.layer_norm(chunk, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
-            if tables is not None:
-                for axis, (table, index) in enumerate(tables):
-                    chunk[:, 2 * axis * n_freq : 2 * (axis + 1) * n_freq] += table[index[rows]]
+        tables = self._tables(coords, out.dtype)
+        for start in range(0, B * N, self.chunk_rows):
+            rows = slice(start, start + self.chunk_rows)
+            self._project_rows(flat[rows], out[rows], tables, rows)
+        return out.view(B, N, self.d_model)
+
+    def _project_sources(self, sources: list[Any], mask: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Without autograd: each sample's row source (:class:`~clinfuse.datasets.images.rows.BagRows`, None
+        for an absent bag) read and projected ``chunk_rows`` patches at a time into ``[B, N, d]``.
+
+        Beyond the output, memory is one chunk of features (a view where the bag is an in-memory float32
+        array) and its ``[chunk_rows, d]`` temporaries, whatever the bag size.
+        """
+        B, N = mask.shape
+        weight = self.proj.weight
+        out = torch.empty(B * N, self.d_model, device=weight.device, dtype=weight.dtype)
+        covered = [0 if source is None else len(source) for source in sources]
+        for b, n in enumerate(covered):  # zero the rows no chunk writes (padding, absent bags) only
+            if n < N:
+                out[b * N + n : (b + 1) * N].zero_()
+        tables = self._tables(coords, out.dtype)
+        for b, source in enumerate(sources):
+            if source is None:
+                continue
+            if len(source) > N:
+                raise ValueError(f"feature_bag: the bag of sample {source.sample!r} has {len(source)} "
+                                 f"patches, the batch mask {N}")
+            for start, chunk in source.chunks(self.chunk_rows):
+                with warnings.catch_warnings():  # read-only chunks (views of a read-only array) are only read
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    x = torch.from_numpy(chunk)
+                rows = slice(b * N + start, b * N + start + len(chunk))
+                # a blocking copy: the chunk may be a reused read buffer, overwritten by the next read
+                self._project_rows(x.to(device=weight.device, dtype=weight.dtype), out[rows], tables, rows)
         return out.view(B, N, self.d_model)
 
     def forward(self, batch: ModalityBatch) -> Tokens:
-        """``features [B, N, D]`` -> ``Tokens [B, N, d]``."""
+        """``features [B, N, D]`` (or, at prediction, ``meta["feature_rows"]``: one row source per sample,
+        read in chunks) -> ``Tokens [B, N, d]``."""
         check_modality(batch, "images", owner="feature_bag")
-        x = require_tensor(batch, "features", owner="feature_bag")
+        meta = image_meta(batch)
+        sources = batch.meta.get("feature_rows")
+        if sources is not None and "features" not in batch.tensors:
+            if not self._needs_grad(None):
+                out = self._project_sources(sources, batch.mask, meta["coords"])
+                return self._finish(out, batch, meta)
+            x = self._materialise(sources, batch.mask)  # autograd needs the whole input
+        else:
+            x = require_tensor(batch, "features", owner="feature_bag")
+        return self._finish(self._project(x, batch, meta), batch, meta)
+
+    def _needs_grad(self, x: torch.Tensor | None) -> bool:
+        return torch.is_grad_enabled() and ((x is not None and x.requires_grad)
+                                            or any(p.requires_grad for p in self.parameters()))
+
+    def _materialise(self, sources: list[Any], mask: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros(*mask.shape, self.in_dim, device=mask.device)
+        for b, source in enumerate(sources):
+            if source is not None:
+                x[b, : len(source)] = torch.from_numpy(source.read()).to(mask.device)
+        return x
+
+    def _project(self, x: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any]) -> torch.Tensor:
         if x.dim() != 3 or x.shape[:2] != batch.mask.shape:
             raise ValueError(f"feature_bag: images 'features' must be [B, N, D] matching the mask "
                              f"{tuple(batch.mask.shape)}, got {tuple(x.shape)}")
@@ -136,8 +196,7 @@ class FeatureBagEncoder(ModalityEncoder):
             raise ValueError(f"feature_bag: images features have dimension {x.shape[-1]}, the encoder was "
                              f"built for in_dim={self.in_dim} (schema feature_dim); refit the preprocessor "
                              "or rebuild the encoder")
-        meta = image_meta(batch)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        if self._needs_grad(x):
             # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
             out = self.proj(x)
             if self.activation is not None:
@@ -147,6 +206,9 @@ class FeatureBagEncoder(ModalityEncoder):
                 out = out + self._positions(meta["coords"].to(out.dtype))
         else:
             out = self._project_inference(x, meta["coords"])
+        return out
+
+    def _finish(self, out: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any]) -> Tokens:
         out = self.drop(out)
         if not bool(batch.mask.all()):  # skip a pass over [B, N, d] when there is no padding
             # in place: neither layer_norm, the addition nor dropout keep their output for backward

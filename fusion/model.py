@@ -226,8 +226,9 @@ class FusionModel(BaseEstimator):
         self._check_fitted()
         self._check_cohort(cohort)
         size = int(batch_size or self.batch_size or BATCH_SIZE)
+        # stream: the image encoder reads each bag in chunks, so no [N, D] copy of a bag is made
         loader = make_loader(cohort, self.preprocessor_, batch_size=size,
-                             shuffle=False, train=False)
+                             shuffle=False, train=False, stream=True)
         net = self._network_for_inference()
         with torch.no_grad():
             for batch in loader:

@@ -16,7 +16,8 @@ from ..validation import check_unique, format_ids
 from .feature_readers import check_format, layout_slide, resolve_folder
 from .geometry import SlideGeometry
 from .patients import group_by_patient
-from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES, read_file_rows, read_tile
+from .readers import FEATURE_SUFFIXES, IMAGE_SUFFIXES, read_error, read_file_rows, read_tile
+from .rows import BagRows
 from .sources import Slide, apply_coords, feature_slide, normalise_source, pixel_slide
 
 
@@ -267,9 +268,43 @@ class ImageBags:
         new.sample_ids = list(new._slides)
         return new
 
-    def load(self, sample_id: str, indices: Sequence[int] | np.ndarray | None = None) -> ImageBag:
-        """Read the sample's bag (or the patches ``indices`` of it, in that order) from memory or disk."""
+    def rows(self, sample_id: str) -> BagRows | None:
+        """The sample's whole feature bag as a source of float32 row chunks (:class:`~.rows.BagRows`), read
+        on demand; None for pixel bags and layouts that cannot be read by rows."""
         slides = self._get(sample_id)
+        return BagRows(sample_id, slides) if self.kind == "features" and BagRows.supports(slides) else None
+
+    def index(self, sample_id: str) -> ImageBag:
+        """The sample's bag without its data (``data`` is an empty ``[N, 0]`` float32 array): coordinates,
+        slide ids and positions of every patch, as :meth:`load` gives them."""
+        slides = self._get(sample_id)
+        coords = np.full((sum(s.n for s in slides), 2), np.nan, dtype=np.float32)
+        start, positions, slide_ids = 0, [], []
+        for s in slides:
+            c = s.coords
+            if c is None and s.path is not None:
+                c = _stored_coords(sample_id, s)
+            if c is not None:
+                coords[start:start + s.n] = c
+            positions.append(np.arange(s.n, dtype=np.int64))
+            slide_ids.extend([s.slide_id] * s.n)
+            start += s.n
+        return ImageBag(data=np.empty((start, 0), dtype=np.float32), coords=coords, slide_ids=slide_ids,
+                        positions=np.concatenate(positions))
+
+    def load(self, sample_id: str, indices: Sequence[int] | np.ndarray | None = None) -> ImageBag:
+        """Read the sample's bag (or the patches ``indices`` of it, in that order) from memory or disk.
+
+        The whole bag of one in-memory float32 slide is returned as that array (a view, not a copy); else
+        each slide's rows are written once into the float32 ``[N, ...]`` result."""
+        slides = self._get(sample_id)
+        if (indices is None and len(slides) == 1 and slides[0].array is not None
+                and slides[0].array.dtype == np.float32 and slides[0].array.flags.c_contiguous):
+            s = slides[0]
+            coords = (np.full((s.n, 2), np.nan, dtype=np.float32) if s.coords is None
+                      else np.asarray(s.coords, dtype=np.float32))
+            return ImageBag(data=s.array, coords=coords, slide_ids=[s.slide_id] * s.n,
+                            positions=np.arange(s.n, dtype=np.int64))
         sizes = np.array([s.n for s in slides], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         total = int(offsets[-1])
@@ -282,6 +317,11 @@ class ImageBags:
                     f"images: indices out of range for sample {sample_id!r} with {total} patches"
                 )
         which = np.searchsorted(offsets, idx, side="right") - 1
+        if len(slides) == 1:  # the slide reader's float32 result is the bag: no second copy
+            d, c = _read_slide(sample_id, slides[0], idx)
+            coords = np.full((idx.size, 2), np.nan, dtype=np.float32) if c is None else c
+            return ImageBag(data=np.ascontiguousarray(d, dtype=np.float32), coords=coords,
+                            slide_ids=[slides[0].slide_id] * idx.size, positions=idx.copy())
         data = np.empty((idx.size, *slides[0].shape), dtype=np.float32)
         coords = np.full((idx.size, 2), np.nan, dtype=np.float32)
         positions = idx - offsets[which]
@@ -299,6 +339,20 @@ class ImageBags:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _stored_coords(sample: str, s: Slide) -> np.ndarray | None:
+    """The coordinates an ``.h5`` slide file stores (dataset ``coords``), without reading its features;
+    None for the other formats (their coordinates, if any, were kept when the file was probed)."""
+    if s.path is None or s.path.suffix.lower() not in (".h5", ".hdf5"):
+        return None
+    import h5py
+
+    try:
+        with h5py.File(s.path, "r") as f:
+            return np.asarray(f["coords"][()], dtype=np.float32) if "coords" in f else None
+    except Exception as err:
+        raise read_error(sample, s.path, err) from err
 
 
 def _read_slide(sample: str, s: Slide, local: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

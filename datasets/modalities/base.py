@@ -128,6 +128,7 @@ class ReadContext:
     max_patches: int | None = None
     seed: int = 0
     epoch: int = 0
+    stream: bool = False  # whole image bags as row sources read by the encoder in chunks (prediction)
 
 
 class SampleReader(ABC):

@@ -7,6 +7,7 @@ random subset of ``max_patches`` patches in training, every patch at inference).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,14 +95,18 @@ class BagReader(SampleReader):
             self.draws[index] = draw + 1
             rng = np.random.default_rng([context.seed, context.epoch, index, draw])
             indices = np.sort(rng.choice(n, size=context.max_patches, replace=False))  # keep slide order
-        bag = self.images.load(sample_id, indices)
+        rows = self.images.rows(sample_id) if indices is None and context.stream else None
+        bag = self.images.load(sample_id, indices) if rows is None else self.images.index(sample_id)
         slides = self.images.slide_ids(sample_id)
         single = len(slides) == 1 and slides[0] in (*_UNNAMED_SLIDES, sample_id)
         positions = np.asarray(bag.positions, dtype=np.int64)
-        names = ([str(p) for p in positions.tolist()] if single
-                 else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
+        if single and indices is None:  # the whole bag: positions are 0..N-1 (range is the fastest source)
+            names = list(map(str, range(len(positions))))
+        else:
+            names = (list(map(str, positions.tolist())) if single
+                     else [f"{s}:{p}" for s, p in zip(bag.slide_ids, positions.tolist(), strict=True)])
         return {
-            "data": bag.data,
+            **({"data": bag.data} if rows is None else {"rows": rows}),
             "coords": bag.coords,
             "positions": positions,
             "slide_ids": list(bag.slide_ids),
@@ -180,14 +185,36 @@ class ImagesModality(Modality):
             key, shape = "features", (schema_entry["feature_dim"],)
         else:
             key, shape = "pixels", (schema_entry["channels"], schema_entry["height"], schema_entry["width"])
-        arrays, mask, texts, lengths = pad_tokens(
-            items, {"positions": ((), np.int64), "data": (shape, np.float32), "coords": ((2,), np.float32)},
-            ("names", "slide_ids"))
-        tensors = {key: torch.from_numpy(arrays["data"]), "coords": torch.from_numpy(arrays["coords"]),
-                   "position": torch.from_numpy(arrays["positions"])}
+        streamed = [it is not None and "rows" in it for it in items]
+        if any(streamed) and not all(s or it is None for s, it in zip(streamed, items, strict=True)):
+            # a batch mixing row sources and loaded bags: load the sources (one tensor for all)
+            items = [{**it, "data": it["rows"].read()} if s else it
+                     for s, it in zip(streamed, items, strict=True)]
+            streamed = [False] * len(items)
+        keys = {"positions": ((), np.int64), "coords": ((2,), np.float32)}
+        if not any(streamed):
+            keys["data"] = (shape, np.float32)
+        if len(items) == 1 and items[0] is not None and len(items[0]["positions"]):
+            # one sample: its arrays are the batch (views, no padded copy)
+            only = items[0]
+            with warnings.catch_warnings():  # a read-only bag (np.memmap mode "r") is never written to
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                arrays = {k: torch.from_numpy(np.asarray(only[k], dtype=dtype)[None])
+                          for k, (_, dtype) in keys.items()}
+            n = len(only["positions"])
+            mask, lengths = np.ones((1, n), dtype=bool), [n]
+            texts = {k: [list(only[k])] for k in ("names", "slide_ids")}
+        else:
+            padded, mask, texts, lengths = pad_tokens(items, keys, ("names", "slide_ids"))
+            arrays = {k: torch.from_numpy(v) for k, v in padded.items()}
+        tensors = {"coords": arrays["coords"], "position": arrays["positions"]}
+        meta: dict[str, Any] = {"slide_id": texts["slide_ids"]}
+        if any(streamed):
+            meta["feature_rows"] = [it["rows"] if s else None for s, it in zip(streamed, items, strict=True)]
+        else:
+            tensors = {key: arrays["data"], **tensors}
         present = present & torch.tensor([n > 0 for n in lengths], dtype=torch.bool)
-        names, slide = texts["names"], texts["slide_ids"]
-        return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, names, {"slide_id": slide})
+        return ModalityBatch(self.name, torch.from_numpy(mask), present, tensors, texts["names"], meta)
 
     def token_grids(self, batch: ModalityBatch | None, meta: Mapping[str, Any] | None = None
                     ) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def test_feature_bag_positional_term_follows_coords_and_skips_nan() -> None:
 def test_feature_bag_chunked_inference_matches_autograd_path(positional: bool, activation) -> None:
     torch.manual_seed(0)
     enc = FeatureBagEncoder.from_schema(FEAT, d_model=8, positional=positional, activation=activation).eval()
-    enc.CHUNK_ROWS = 3  # several chunks, the last one partial
+    enc.chunk_rows = 3  # several chunks, the last one partial
     batch = random_modality_batch("images", FEAT, lengths=[7, 2, 4], seed=5)
     batch.tensors["coords"][1, 0] = float("nan")
     with_grad = enc(batch)
