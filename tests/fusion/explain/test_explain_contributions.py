@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from clinfuse.fusion.explain import contributions as contributions_module
 from clinfuse.fusion.explain import modality_contributions
 
