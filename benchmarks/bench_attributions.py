@@ -23,7 +23,16 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT_DIR, provenance, setup, write_json  # noqa: E402
+from common import (  # noqa: E402
+    OUT_DIR,
+    accelerator_of,
+    add_device_args,
+    autocast,
+    provenance,
+    setup,
+    synchronize,
+    write_json,
+)
 
 
 def fit(n_genes: int, seed: int, epochs: int):
@@ -34,7 +43,7 @@ def fit(n_genes: int, seed: int, epochs: int):
     train_ids, test_ids = train_validation_split(cohort, fraction=0.25, seed=1)
     train, test = cohort.subset(train_ids), cohort.subset(test_ids)
     model = FusionModel(d_model=32, n_heads=2, n_layers=1, max_epochs=epochs, max_patches=64, verbose=False,
-                        seed=seed, top_genes=None).fit(train)
+                        seed=seed, top_genes=None, accelerator=accelerator_of(DEVICE)).fit(train)
     return model, train, test, truth
 
 
@@ -55,11 +64,17 @@ def agreement(ig, perm) -> dict[str, float]:
             "top_input_ig": str(mean_a.idxmax()), "top_input_permutation": str(mean_b.idxmax())}
 
 
+DEVICE = argparse.Namespace(device="cpu", autocast="none")
+"""``--device`` / ``--autocast`` of the run (set by ``main``)."""
+
+
 def timed(fn, repeats: int):
     times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
+        with autocast(DEVICE):
+            out = fn()
+        synchronize(DEVICE)
         times.append(time.perf_counter() - t0)
     return out, float(np.median(times)), times
 
@@ -73,8 +88,10 @@ def main() -> None:
     p.add_argument("--wide-samples", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT_DIR / "attributions.json")
+    add_device_args(p)
     args = p.parse_args()
     setup(args.threads)
+    DEVICE.device, DEVICE.autocast = args.device, args.autocast
     torch.set_num_threads(args.threads)
     epochs, n = (2, 4) if args.quick else (8, args.samples)
     model, train, test, truth = fit(50, 0, epochs)

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_device_args
+
 B, D_MODEL, N_HEADS, N_LAYERS = 8, 64, 4, 2
 CASES = {
     "gene_transformer-2000": ("genomics", 2_000, {}),
@@ -82,19 +84,26 @@ def _build(modality: str, n_tokens: int, extra: dict):
                                                                                 for r in names]})
 
 
-def run_case(name: str, repeats: int, budget: float) -> dict:
+def run_case(name: str, repeats: int, budget: float, args: argparse.Namespace | None = None) -> dict:
     """Run one case in this process (call in a fresh process) and return its figures."""
     import torch
+    from common import autocast, device_info, device_of, synchronize
 
+    args = args or add_device_args(argparse.ArgumentParser()).parse_args([])
+    device = device_of(args)
     modality, n_tokens, extra = CASES[name]
     enc, batch = _build(modality, n_tokens, extra)
+    enc, batch = enc.to(device), batch.to(device)
     enc.train()
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def step() -> float:
         enc.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        (enc(batch).values ** 2).mean().backward()
+        with autocast(args):
+            loss = (enc(batch).values.float() ** 2).mean()
+        loss.backward()
+        synchronize(args)
         return time.perf_counter() - t0
 
     warm = step()
@@ -107,6 +116,7 @@ def run_case(name: str, repeats: int, budget: float) -> dict:
         "median_s": statistics.median(times), "times_s": times, "peak_mb": peak_mb,
         "mb_per_token": peak_mb / (B * n_tokens),
         "quadratic_mb": B * n_heads * n_tokens**2 * 4 / 2**20, "torch_threads": torch.get_num_threads(),
+        **device_info(args),
     }
 
 
@@ -118,16 +128,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run one case here and print its JSON (internal)")
     parser.add_argument("--quick", action="store_true", help="only the small cases (a smoke run)")
     parser.add_argument("--out", type=Path, default=OUT)
+    add_device_args(parser)
     args = parser.parse_args(argv)
     if args.case:
-        result = run_case(args.case, args.repeats, args.budget)
+        result = run_case(args.case, args.repeats, args.budget, args)
         print(json.dumps(result))
         return result
     names = [n for n in CASES if not args.quick or n.endswith(("-2000", "-1024"))]
     results = {}
     for name in names:
         cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats), "--budget",
-               str(args.budget)]
+               str(args.budget), "--device", args.device, "--autocast", args.autocast]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             results[name] = {"case": name, "error": proc.stderr.strip().splitlines()[-1:]}

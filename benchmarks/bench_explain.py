@@ -1,9 +1,10 @@
 """Streaming ``explain`` on a large cohort: peak memory across cohort sizes, and its cost relative to
-``predict``.
+``predict``, with and without the exact modality contributions.
 
-Goal (issue 6): explaining 1,000 samples with 10,000-patch bags (D = 128, memory-mapped ``.npy`` files) to
-Parquet keeps peak memory flat across 100, 300 and 1,000 samples, and ``explain`` costs at most 1.5x
-``predict``.
+Goals: explaining 1,000 samples with 10,000-patch bags (D = 128, memory-mapped ``.npy`` files) to Parquet
+keeps peak memory flat across 100, 300 and 1,000 samples (issue 6); ``explain`` (every kind) costs at most
+1.2x ``predict`` and ``explain(..., contributions=True)`` (the exact Shapley values of the modalities in the
+same pass) at most 2x (issue 16).
 
 Setup. ``--workdir`` (default ``/tmp/clinfuse_bench_explain``, reused when its ``data.json`` matches) holds
 N ``.npy`` bags of ``patches x dim`` float32 (written in chunks with numpy), a clinical table (3 numeric and
@@ -28,16 +29,22 @@ Memory, per child:
   ``growth = peak - before`` isolates what predicting/explaining allocates.
 "Flat" means the peak at the largest n is within 20% of the peak at the smallest n (``flat_within``).
 
-Time: wall clock of each call (``time.perf_counter``). With ``--repeats R`` the child alternates
-predict, explain, predict, explain, ... R times and ``explain_over_predict`` = median(explain) /
-median(predict): interleaving matters because the machine is shared (2 cores; see ``load_average``) and
-its load drifts by several times within minutes. ``--profile`` runs one extra child (smallest n) under
+Time: wall clock of each call (``time.perf_counter``, after ``torch.cuda.synchronize`` on a GPU) and the
+process CPU time (``time.process_time``: every thread, so the background Parquet writer's work counts).
+With ``--repeats R`` the child runs predict, explain, explain+contributions back to back R times;
+``explain_over_predict`` (and ``contributions_over_predict``) is the median over the repeats of the ratio
+within a repeat, ``*_range`` its min and max, ``*_cpu`` the same for CPU time: interleaving matters because
+the machine is shared (2 cores; see ``load_average``) and its load drifts by several times within minutes.
+``--threads`` (default 1) sets torch's threads in the children; ``--device cuda`` asks the library for the
+GPU (``accelerator="gpu"``) and ``--autocast bf16`` wraps every timed call in ``torch.autocast``.
+``--profile`` runs one extra child (smallest n) under
 cProfile; its times are not used in the summary (cProfile slows Python-heavy code more than torch kernels).
 
 Usage::
 
     python benchmarks/bench_explain.py                 # full: N = 1,000 x 10,000 x 128 (about 5 GB on disk)
     python benchmarks/bench_explain.py --quick         # smoke: n in (10, 30), 2,000-patch bags
+    python benchmarks/bench_explain.py --device cuda --autocast bf16   # on a GPU, in bfloat16
     python benchmarks/bench_explain.py --profile       # also cProfile the explain of the smallest n
     python benchmarks/bench_explain.py --sizes 20 60 200 --repeats 1 --baseline before.json  # with a baseline
 
@@ -60,6 +67,7 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+from common import add_device_args, device_info
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 KINDS = ["modality", "feature", "explanatory"]  # the restricted export: no class-wise/exploratory patch rows
@@ -179,62 +187,87 @@ class MemorySampler:
         self._thread.join()
 
 
-def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None, repeats: int = 1) -> dict:
+def child(workdir: Path, n: int, mode: str, out: Path, profile: Path | None, repeats: int = 1,
+          args: argparse.Namespace | None = None) -> dict:
     import pyarrow.parquet as pq
     import torch
     from clinfuse.fusion import FusionModel
+    from common import accelerator_of, autocast, device_info, synchronize
 
+    torch.set_num_threads(max(int(getattr(args, "threads", 1) or 1), 1))
     model = FusionModel.load(workdir / "model")
+    model.set_params(accelerator=accelerator_of(args))  # where the library puts the network to predict
     cohort = build_cohort(workdir, n)
     before = _status()
-    result: dict = {"n": n, "mode": mode, "threads": torch.get_num_threads(),
+    result: dict = {"n": n, "mode": mode, "threads": torch.get_num_threads(), **device_info(args),
                     "rss_before_mb": round(before["VmRSS"] / 1024, 1),
                     "anon_before_mb": round(before["RssAnon"] / 1024, 1)}
     kinds = KINDS if mode == "kinds" else None
-    times: dict[str, list[float]] = {"predict": [], "explain": []}
+    calls = {"predict": lambda: model.predict_proba(cohort),
+             "explain": lambda: model.explain(cohort, out=out, kinds=kinds),
+             "explain_contributions": lambda: model.explain(cohort, out=out, kinds=kinds, contributions=True)}
+    if mode == "kinds":
+        calls = {"explain": calls["explain"]}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    rows: dict[str, int] = {}
     with MemorySampler() as sampler:
-        for _ in range(repeats):
-            if mode == "full":
-                t0 = time.perf_counter()
-                proba = model.predict_proba(cohort)
-                times["predict"].append(time.perf_counter() - t0)
-                assert len(proba) == n
-            if profile is not None:
-                import cProfile
+        for _ in range(repeats):  # interleaved: the machine's load drifts within minutes
+            for what, call in calls.items():
+                prof = None
+                if profile is not None and what == "explain":
+                    import cProfile
 
-                prof = cProfile.Profile()
-                prof.enable()
-            t0 = time.perf_counter()
-            report = model.explain(cohort, out=out, kinds=kinds)
-            times["explain"].append(time.perf_counter() - t0)
-            if profile is not None:
-                prof.disable()
-                prof.dump_stats(profile)
+                    prof = cProfile.Profile()
+                    prof.enable()
+                t0, c0 = time.perf_counter(), time.process_time()
+                with autocast(args):
+                    got = call()
+                synchronize(args)
+                times[what].append(time.perf_counter() - t0)
+                cpu[what].append(time.process_time() - c0)  # every thread: the Parquet writer's too
+                if prof is not None:
+                    prof.disable()
+                    prof.dump_stats(profile)
+                if what == "predict":
+                    assert len(got) == n
+                else:
+                    meta = pq.ParquetFile(got.path).metadata
+                    rows[what] = meta.num_rows
+                    result["row_groups"], result["file_mb"] = meta.num_row_groups, round(
+                        out.stat().st_size / MB, 1)
     for what, ts in times.items():
-        if ts:
-            result[f"{what}_s"] = round(float(np.median(ts)), 3)
-            if repeats > 1:
-                result[f"{what}_times_s"] = [round(t, 3) for t in ts]
-    meta = pq.ParquetFile(report.path).metadata
+        result[f"{what}_s"] = round(float(np.median(ts)), 3)
+        result[f"{what}_cpu_s"] = round(float(np.median(cpu[what])), 3)
+        result[f"{what}_times_s"] = [round(t, 3) for t in ts]
     result.update({
-        "kinds": kinds or model.attention_kinds, "rows": meta.num_rows, "row_groups": meta.num_row_groups,
-        "file_mb": round(out.stat().st_size / MB, 1),
+        "kinds": kinds or model.attention_kinds, "rows": rows.get("explain"),
+        "rows_with_contributions": rows.get("explain_contributions"),
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_rss_sampled_mb": round(sampler.peak["VmRSS"] / 1024, 1),
         "peak_anon_mb": round(sampler.peak["RssAnon"] / 1024, 1),
         "peak_file_mb": round(sampler.peak["RssFile"] / 1024, 1),
     })
     result["anon_growth_mb"] = round(result["peak_anon_mb"] - result["anon_before_mb"], 1)
-    if "predict_s" in result:
-        result["explain_over_predict"] = round(result["explain_s"] / result["predict_s"], 2)
+    if "predict" in times:
+        for what in ("explain", "explain_contributions"):
+            # per repeat (each pair ran back to back), then the median and range of those ratios
+            per = [e / p for e, p in zip(times[what], times["predict"])]
+            per_cpu = [e / p for e, p in zip(cpu[what], cpu["predict"])]
+            key = what.replace("explain_", "") if what != "explain" else "explain"
+            result[f"{key}_over_predict"] = round(float(np.median(per)), 3)
+            result[f"{key}_over_predict_range"] = [round(min(per), 3), round(max(per), 3)]
+            result[f"{key}_over_predict_cpu"] = round(float(np.median(per_cpu)), 3)
     return result
 
 
-def run_child(workdir: Path, n: int, mode: str, profile: Path | None, repeats: int = 1) -> dict:
+def run_child(workdir: Path, n: int, mode: str, profile: Path | None, repeats: int = 1,
+              args: argparse.Namespace | None = None) -> dict:
     warm_cache(workdir, n)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--n", str(n), "--mode", mode,
-               "--child-out", str(Path(tmp) / "attention.parquet"), "--repeats", str(repeats)]
+               "--child-out", str(Path(tmp) / "attention.parquet"), "--repeats", str(repeats),
+               "--threads", str(args.threads), "--device", args.device, "--autocast", args.autocast]
         if profile is not None:
             cmd += ["--child-profile", str(profile)]
         t0 = time.perf_counter()
@@ -253,7 +286,8 @@ def _code_version() -> dict:
     import clinfuse.fusion
 
     fusion = Path(clinfuse.fusion.__file__).resolve().parent
-    names = ("explain/table.py", "explain/stream.py", "explain/run.py", "model.py")
+    names = ("explain/table.py", "explain/stream.py", "explain/run.py", "explain/contributions.py",
+             "model.py")
     digest = {name: hashlib.sha1((fusion / name).read_bytes()).hexdigest()[:10] for name in names}
     return {"package_root": str(fusion.parent), "sha1": digest}
 
@@ -278,18 +312,28 @@ def _baseline(path: Path) -> dict:
             "results": data.get("results"), "load_average": data.get("load_average")}
 
 
+GOAL_EXPLAIN, GOAL_CONTRIBUTIONS = 1.2, 2.0
+
+
 def summarise(results: list[dict]) -> dict:
     full = sorted((r for r in results if r["mode"] == "full"), key=lambda r: r["n"])
     lo, hi = full[0], full[-1]
     ratios = {r["n"]: r["explain_over_predict"] for r in full}
+    with_contributions = {r["n"]: r["contributions_over_predict"] for r in full}
     return {
         "peak_ru_maxrss_mb": {r["n"]: r["ru_maxrss_mb"] for r in full},
         "peak_anon_mb": {r["n"]: r["peak_anon_mb"] for r in full},
         "flat_within": {"ru_maxrss": round(hi["ru_maxrss_mb"] / lo["ru_maxrss_mb"] - 1, 3),
                         "anon": round(hi["peak_anon_mb"] / lo["peak_anon_mb"] - 1, 3)},
         "explain_over_predict": ratios,
+        "explain_over_predict_range": {r["n"]: r["explain_over_predict_range"] for r in full},
+        "explain_over_predict_cpu": {r["n"]: r["explain_over_predict_cpu"] for r in full},
+        "contributions_over_predict": with_contributions,
+        "contributions_over_predict_range": {r["n"]: r["contributions_over_predict_range"] for r in full},
+        "contributions_over_predict_cpu": {r["n"]: r["contributions_over_predict_cpu"] for r in full},
         "goal_memory_flat": hi["ru_maxrss_mb"] <= 1.2 * lo["ru_maxrss_mb"],
-        "goal_ratio": max(ratios.values()) <= 1.5,
+        "goal_ratio": max(ratios.values()) <= GOAL_EXPLAIN,
+        "goal_contributions_ratio": max(with_contributions.values()) <= GOAL_CONTRIBUTIONS,
     }
 
 
@@ -307,6 +351,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="an earlier explain.json to embed (before/after)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads in each child")
+    add_device_args(ap)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=("full", "kinds"), help=argparse.SUPPRESS)
@@ -315,7 +361,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.child:
-        result = child(args.workdir, args.n, args.mode, args.child_out, args.child_profile, args.repeats)
+        result = child(args.workdir, args.n, args.mode, args.child_out, args.child_profile, args.repeats,
+                       args)
         print(json.dumps(result))
         return
 
@@ -331,13 +378,13 @@ def main() -> None:
     kinds_at = sizes[:1] if args.kinds_at is None else args.kinds_at
     for n in sizes:
         for mode in ("full", "kinds") if n in kinds_at else ("full",):
-            r = run_child(workdir, n, mode, None, args.repeats)
+            r = run_child(workdir, n, mode, None, args.repeats, args)
             print(json.dumps(r), file=sys.stderr)
             results.append(r)
     profile = None
     if args.profile:
         prof_path = out.with_suffix(f".n{sizes[0]}.prof")
-        run_child(workdir, sizes[0], "full", prof_path, 1)
+        run_child(workdir, sizes[0], "full", prof_path, 1, args)
         profile = _profile_summary(prof_path)
 
     report = {
@@ -347,7 +394,9 @@ def main() -> None:
         "data": {**spec, "bag_mb": round(spec["patches"] * spec["dim"] * 4 / MB, 2), "workdir": str(workdir)},
         "model": "persam, d_model 32, n_heads 2, 1 layer, batch_size 8, trained 2 epochs on 50 samples",
         "restricted_kinds": KINDS,
-        "goal": "peak memory at the largest n within 20% of the smallest; explain <= 1.5x predict",
+        "goal": "peak memory at the largest n within 20% of the smallest; explain <= 1.2x predict; explain "
+                "with the exact modality contributions (contributions=True) <= 2x predict",
+        "device": device_info(args), "threads": args.threads,
         "repeats": args.repeats,
         "summary": summarise(results),
         "results": results,

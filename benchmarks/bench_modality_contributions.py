@@ -30,11 +30,25 @@ the medians.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
 import numpy as np
-from common import DATA, OUT_DIR, base_parser, provenance, setup, write_json
+from common import (
+    DATA,
+    OUT_DIR,
+    accelerator_of,
+    autocast,
+    base_parser,
+    provenance,
+    setup,
+    synchronize,
+    write_json,
+)
+
+DEVICE = argparse.Namespace(device="cpu", autocast="none")
+"""``--device`` / ``--autocast`` of the run (set by ``main``)."""
 
 N_PATCHES = (24, 48)
 FEATURE_DIM = 32
@@ -66,14 +80,18 @@ def run_fold(cohort, train_ids, test_ids, *, seed: int, max_epochs: int | None, 
     from clinfuse.fusion.metrics import concordance_index
 
     kw = {} if max_epochs is None else {"max_epochs": max_epochs}
-    model = FusionModel(task="survival", verbose=False, seed=seed, **kw, **params)
+    model = FusionModel(task="survival", verbose=False, seed=seed, accelerator=accelerator_of(DEVICE), **kw,
+                        **params)
     t0 = time.perf_counter()
     train = cohort.subset(train_ids)
-    model.fit(train)
+    with autocast(DEVICE):
+        model.fit(train)
     fit_s = time.perf_counter() - t0
     test = cohort.subset(test_ids)
     t0 = time.perf_counter()
-    contributions = modality_contributions(model, test)  # the default base: the network's all-masked output
+    with autocast(DEVICE):
+        contributions = modality_contributions(model, test)  # default base: the all-masked output
+    synchronize(DEVICE)
 
     contributions_s = time.perf_counter() - t0
     attention = model.explain(test)
@@ -147,6 +165,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON")
     args = p.parse_args()
+    DEVICE.device, DEVICE.autocast = args.device, args.autocast
     if args.plot_only:
         stem = "modality_contributions_quick" if args.quick else "modality_contributions"
         saved = json.loads((args.out or OUT_DIR / f"{stem}.json").read_text())

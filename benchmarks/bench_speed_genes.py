@@ -37,13 +37,29 @@ goes), and its quality is checked separately on GSE7390 (``bench_real_gse7390.py
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from common import DATA, OUT_DIR, base_parser, markdown_table, provenance, setup, write_json
+from common import (
+    DATA,
+    OUT_DIR,
+    accelerator_of,
+    autocast,
+    base_parser,
+    device_of,
+    markdown_table,
+    provenance,
+    setup,
+    synchronize,
+    write_json,
+)
+
+DEVICE = argparse.Namespace(device="cpu", autocast="none")
+"""``--device`` / ``--autocast`` of the run (set by ``main``): ours and the MLP both run there."""
 
 N_PATIENTS = 300
 CLINICAL = ["marker_status", "biomarker_level", "age", "lab_value", "site", "noise_1"]
@@ -93,11 +109,12 @@ def fit_ours(cohort, task: str, epochs: int, seed: int, top_genes: Any = "defaul
 
     kw = {} if top_genes == "default" else {"top_genes": top_genes}
     model = FusionModel(task=task, max_epochs=epochs, early_stopping_patience=None, verbose=False, seed=seed,
-                        **kw)
+                        accelerator=accelerator_of(DEVICE), **kw)
     training.make_trainer = make_timed
     try:
         t0 = time.perf_counter()
-        model.fit(cohort)
+        with autocast(DEVICE):
+            model.fit(cohort)
         fit_s = time.perf_counter() - t0
     finally:
         training.make_trainer = make
@@ -164,7 +181,13 @@ def fit_mlp(cohort, task: str, epochs: int, seed: int, batch_size: int = 16) -> 
             t, e = (t_tr, e_tr) if split == "train" else (t_va, e_va)
             return discrete_time_nll(out, t[rows], e[rows], edges)
 
-    net = nn.Sequential(nn.Linear(x_tr.shape[1], 64), nn.ReLU(), nn.Linear(64, n_out))
+    dev = device_of(DEVICE)  # (the loss closures read these names when called: they see the moved tensors)
+    x_tr, x_va = x_tr.to(dev), x_va.to(dev)
+    if task == "classification":
+        y_tr, y_va = y_tr.to(dev), y_va.to(dev)
+    else:
+        t_tr, e_tr, t_va, e_va, edges = (v.to(dev) for v in (t_tr, e_tr, t_va, e_va, edges))
+    net = nn.Sequential(nn.Linear(x_tr.shape[1], 64), nn.ReLU(), nn.Linear(64, n_out)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     seconds = []
@@ -174,14 +197,16 @@ def fit_mlp(cohort, task: str, epochs: int, seed: int, batch_size: int = 16) -> 
         perm = torch.randperm(x_tr.shape[0], generator=gen)
         for start in range(0, x_tr.shape[0], batch_size):
             rows = perm[start:start + batch_size]
-            loss = loss_of(net(x_tr[rows]), rows, "train")
+            with autocast(DEVICE):
+                loss = loss_of(net(x_tr[rows]), rows, "train")
             opt.zero_grad()
             loss.backward()
             opt.step()
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(DEVICE):
             out = torch.cat([net(x_va[s:s + batch_size]) for s in range(0, x_va.shape[0], batch_size)])
             float(loss_of(out, torch.arange(x_va.shape[0]), "val"))
+        synchronize(DEVICE)
         seconds.append(time.perf_counter() - t0)
     return {"epoch_seconds": [round(s, 5) for s in seconds], "inputs": int(x_tr.shape[1]),
             "n_train": int(x_tr.shape[0]), "n_validation": int(x_va.shape[0])}
@@ -214,6 +239,7 @@ def main() -> None:
                    help="stored in the JSON, e.g. which code was run when it is not a git checkout")
     args = p.parse_args()
     setup(args.threads)
+    DEVICE.device, DEVICE.autocast = args.device, args.autocast
     genes, repeats, epochs = list(args.genes), args.repeats, args.epochs
     if args.quick:
         genes, repeats, epochs = [150, 400], 2, 2

@@ -36,14 +36,76 @@ PACKAGES = ("clinfuse", "torch", "pytorch-lightning", "lifelines", "scikit-learn
 
 
 def base_parser(description: str, *, data_default: Path) -> argparse.ArgumentParser:
-    """Arguments every real-data script takes: ``--quick``, ``--threads``, ``--data``, ``--out``."""
+    """Arguments every real-data script takes: ``--quick``, ``--threads``, ``--data``, ``--out``,
+    ``--device`` and ``--autocast`` (:func:`add_device_args`)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: few folds and epochs; numbers are meaningless, only checks the pipeline")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)")
     p.add_argument("--data", type=Path, default=data_default, help="path of the cohort's files")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: benchmarks/out/<name>.json)")
+    add_device_args(p)
     return p
+
+
+DEVICES = ("cpu", "cuda")
+AUTOCAST = {"none": None, "bf16": "bfloat16"}
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--device cpu|cuda`` (where the networks run) and ``--autocast none|bf16`` (mixed precision)."""
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where the networks run (cuda: the first GPU; an error if there is none)")
+    parser.add_argument("--autocast", choices=tuple(AUTOCAST), default="none",
+                        help="torch.autocast dtype around the timed calls (bf16 runs on CPUs too)")
+    return parser
+
+
+def device_of(args: argparse.Namespace) -> Any:
+    """The ``torch.device`` of ``--device``; ``SystemExit`` with the reason when CUDA is asked for but
+    absent."""
+    import torch
+
+    name = getattr(args, "device", "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here "
+                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    return torch.device(name)
+
+
+def accelerator_of(args: argparse.Namespace) -> str:
+    """``FusionModel(accelerator=...)`` for ``--device`` (Lightning's names)."""
+    return "gpu" if device_of(args).type == "cuda" else "cpu"
+
+
+def autocast(args: argparse.Namespace):
+    """A context manager: ``torch.autocast`` on ``--device`` with the ``--autocast`` dtype, or nothing."""
+    import contextlib
+
+    import torch
+
+    dtype = AUTOCAST[getattr(args, "autocast", "none")]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_of(args).type, dtype=getattr(torch, dtype))
+
+
+def synchronize(args: argparse.Namespace) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it (a no-op on the CPU)."""
+    import torch
+
+    if device_of(args).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_info(args: argparse.Namespace) -> dict[str, Any]:
+    """What to store with a result: the device, its name and the autocast dtype."""
+    import torch
+
+    device = device_of(args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": device.type, "device_name": name,
+            "autocast": AUTOCAST[getattr(args, "autocast", "none")]}
 
 
 def setup(threads: int) -> None:
@@ -92,7 +154,8 @@ def provenance(args: argparse.Namespace) -> dict[str, Any]:
 
     cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     return {"command": cmd, "argv": sys.argv, "versions": versions(), "git": git_state(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "quick": bool(args.quick),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "quick": bool(getattr(args, "quick", False)), **device_info(args),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -232,7 +232,7 @@ class FusionModel(BaseEstimator):
         net = self._network_for_inference()
         with torch.no_grad():
             for batch in loader:
-                out = net(batch)
+                out = net(batch.to(next(net.parameters()).device))  # batches go where the weights are
                 yield batch, [r.detach() for r in out.records], self._outputs_to_predictions(out.outputs)
 
     def _predict_arrays(self, cohort: Any) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -362,17 +362,17 @@ class FusionModel(BaseEstimator):
         return [k for k in ATTENTION_KINDS if k in declared
                 and (k not in TOKEN_KIND.values() or k in token_kinds)]
 
-    def explain(self, cohort: Any, out: str | Path | None = None, kinds: Sequence[str] | None = None):
-        """Per-sample attention as an ``AttentionReport`` (streamed to ``out``, a .parquet path, if given)."""
+    def explain(self, cohort: Any, out: str | Path | None = None, kinds: Sequence[str] | None = None, *,
+                contributions: bool = False):
+        """Per-sample attention as an ``AttentionReport``, streamed to ``out`` (a .parquet path) if given;
+        ``contributions=True`` adds the exact modality contributions (:func:`.explain.build_report`)."""
         from .explain import build_report
-
         self._check_fitted()
-        return build_report(self, cohort, out=out, kinds=kinds)
+        return build_report(self, cohort, out=out, kinds=kinds, contributions=contributions)
 
     def shap_values(self, cohort: Any, *, modality: str = "clinical", background: Any = None, **kwargs: Any):
         """Clinical or genomic SHAP values (kind ``shap``): :func:`.explain.shap.shap_values`."""
         from .explain.shap import shap_values
-
         return shap_values(self, cohort, modality=modality, background=background, **kwargs)
 
     def attributions(self, cohort: Any, *, modality: str, **kwargs: Any):

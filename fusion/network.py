@@ -25,11 +25,14 @@ class NetworkOutput:
         records: the aggregator's :class:`AttentionRecord` list (one per kind and modality); outside training
             the list :meth:`Aggregator.explain` returns.
         pooled: the aggregator's patient vector(s), ``[B, d]`` or ``[B, C, d]``.
+        tokens: modality -> the :class:`Tokens` the aggregator saw (token types added, after modality
+            dropout), so that more fusion passes (e.g. exact modality contributions) reuse the encoders' work.
     """
 
     outputs: torch.Tensor
     records: list[AttentionRecord] = field(default_factory=list)
     pooled: torch.Tensor | None = None
+    tokens: dict[str, Tokens] | None = None
 
 
 class FusionNetwork(nn.Module):
@@ -125,7 +128,7 @@ class FusionNetwork(nn.Module):
         outputs, agg = self.fuse(tokens, lambda: self.wide(batch))
         # outside training the aggregator may measure its attention on the head's scores
         records = agg.records if self.training else self.aggregator.explain(agg, self.head)
-        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled)
+        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled, tokens=tokens)
 
     def fuse(self, tokens: Mapping[str, Tokens], linear: Callable[[], torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, AggregatorOutput]:

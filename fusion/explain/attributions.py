@@ -41,6 +41,7 @@ from ...datasets.modalities import get_modality
 from ...datasets.modalities.base import as_numpy
 from . import gradients as G
 from .agreement import model_gene_sets
+from .contributions import network_device
 from .report import AttentionReport
 from .table import conform_frame
 from .tabular_paths import background_baseline, clinical_path, genomics_path
@@ -116,7 +117,9 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
     # Tabular inputs: TABULAR_BATCH samples share one forward over their paths (small tensors: the
     # per-call overhead is what costs); a bag's path is one sample, split in chunks of nodes.
     size = TABULAR_BATCH if modality in TABULAR else 1
+    device = network_device(network)
     for batch in make_loader(cohort, model.preprocessor_, batch_size=size):
+        batch = batch.to(device)
         present = batch.modalities[modality].present.tolist()
         skipped += [s for s, p in zip(batch.sample_ids, present) if not p]
         if not any(present):
@@ -139,7 +142,7 @@ def attributions(model: Any, cohort: Any, *, modality: str, method: str = "integ
                 names, columns, v = list(batch.modalities[modality].names[b]), {}, values[:, b]
             else:  # one sample: padding only if an encoder pads its own tokens
                 names, columns = _token_columns(batch.modalities[modality], tokens[modality], modality)
-                real = tokens[modality].mask[0].numpy()
+                real = tokens[modality].mask[0].cpu().numpy()
                 v, names = values[:, 0, real], [t for t, r in zip(names, real) if r]
                 columns = {k: [x for x, r in zip(col, real) if r] for k, col in columns.items()}
             outputs[sample], base_values[sample] = f_x[b], f_b[b]
@@ -173,10 +176,10 @@ def _accumulate(build: Build, alphas: torch.Tensor, weights: torch.Tensor, chunk
         per_sample = out.detach().double().reshape(-1, len(a), out.shape[1])  # [B, nodes, C]
         for i, alpha in enumerate(a.tolist()):
             if w[i] == 0 and alpha == 0.0:
-                f_b = per_sample[:, i].numpy()
+                f_b = per_sample[:, i].cpu().numpy()
             elif w[i] == 0 and alpha == 1.0:
-                f_x = per_sample[:, i].numpy()
-    return total.double().numpy(), f_x, f_b
+                f_x = per_sample[:, i].cpu().numpy()
+    return total.double().cpu().numpy(), f_x, f_b
 
 
 def _token_path(network: Any, batch: Any, tokens: dict, modality: str, task: str) -> Build:

@@ -47,6 +47,9 @@ from .table import conform_frame
 KIND = "modality_contribution"
 """The report kind of the contributions (``value`` = phi, ``raw_value`` = the base ``v({})``)."""
 
+SHORT_TOKENS = 64
+"""A coalition that masks a modality with more tokens than this (a bag) fuses one padding slot of it."""
+
 MAX_MODALITIES = 10
 """At most this many present modalities per sample: the exact value costs 2^M fusion passes."""
 
@@ -105,46 +108,98 @@ def modality_contributions(model: Any, cohort: Any, *, base: str = "network", ba
     if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
         raise ValueError(f"modality_contributions: chunk_size must be a positive int, got {chunk_size!r}")
     net = model._network_for_inference()
-    modalities = list(net.modalities)
-    _check_wide(net)
+    check_wide(net)
     classes = [str(c) for c in model.classes_] if model.task == "classification" else [None]
     size = int(batch_size or model.batch_size or 16)
     loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False)
     done: list[tuple[str, str, list[str], np.ndarray, np.ndarray]] = []  # sample, patient, players, phi, v
+    device = network_device(net)
     with torch.no_grad():
         for batch in loader:
+            batch = batch.to(device)
             tokens = net.token_types(net.encode(batch))
-            present = torch.stack([tokens[m].present | tokens[m].mask.any(dim=1) for m in modalities], dim=1)
-            rows, keep = _coalitions(present, batch.sample_ids, modalities)
-            values = _coalition_values(model, net, batch, tokens, rows, keep, modalities, chunk_size)
-            start = 0
-            for b, sample in enumerate(batch.sample_ids):
-                players = [m for j, m in enumerate(modalities) if bool(present[b, j])]
-                v = values[start:start + 2 ** len(players)]
-                start += 2 ** len(players)
-                done.append((sample, batch.patient_ids[b], players, shapley_matrix(len(players)) @ v, v))
+            done += batch_contributions(model, net, batch, tokens, chunk_size=chunk_size)
     outputs = {sample: v[-1] for sample, _, _, _, v in done}
     if base == "mean":
         mean = (np.mean(list(outputs.values()), axis=0) if background is None
                 else _mean_prediction(model, net, background, size))
-    parts: list[pd.DataFrame] = []
     base_values: dict[str, np.ndarray] = {}
+    shifted = []
     for sample, patient, players, phi, v in done:
         if base == "mean" and players:
             # phi is linear in v and v({}) enters every phi_m with weight -1/M: move the base to the mean
             phi = phi - (mean - v[0]) / len(players)
         # (a sample without any modality has nothing to credit: its base is its own output)
         base_values[sample] = mean if base == "mean" and players else v[0]
-        for c, cls in enumerate(classes):
-            parts.append(pd.DataFrame({
-                "sample_id": sample, "patient_id": patient, "modality": players, "token": players,
-                "kind": KIND, "target_class": cls, "value": phi[:, c] if players else [],
-                "raw_value": base_values[sample][c]}))
-    frame = conform_frame(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
+        shifted.append((sample, patient, players, phi, base_values[sample]))
+    frame = contribution_frame(shifted, classes)
     report = AttentionReport(frame, aggregator=getattr(model, "aggregator", None))
     report.base_values, report.outputs = base_values, outputs
     report.network_base = done[0][4][0] if done else None  # v({}) of the network itself, for reference
     return report
+
+
+def batch_contributions(model: Any, net: Any, batch: Any, tokens: dict[str, Tokens], *,
+                        outputs: torch.Tensor | None = None, chunk_size: int = 256
+                        ) -> list[tuple[str, str, list[str], np.ndarray, np.ndarray]]:
+    """Exact Shapley values of one batch from the tokens its encoders made (token types added).
+
+    ``outputs``: the network's own outputs ``[B, ...]`` for the batch when already computed (an explain
+    pass); they are then the value of the full coalition, so its fusion pass is saved and the values sum to
+    exactly the reported prediction. Returns one ``(sample, patient, players, phi [M, outputs],
+    v [2^M, outputs])`` per sample (``v`` float64, indexed by coalition bit mask).
+    """
+    modalities = list(net.modalities)
+    present = torch.stack([tokens[m].present | tokens[m].mask.any(dim=1) for m in modalities], dim=1)
+    rows, keep = _coalitions(present, batch.sample_ids, modalities)
+    full = None
+    if outputs is not None:  # the last coalition of each sample (all it has) is the forward pass itself
+        last = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+        ends = torch.cumsum(torch.bincount(rows, minlength=len(batch.sample_ids)), 0) - 1
+        last[ends[ends >= 0]] = True
+        full = explained_outputs(model, outputs).double().cpu().numpy()
+        rows, keep = rows[~last], keep[~last]
+    values = (_coalition_values(model, net, batch, tokens, rows, keep, modalities, chunk_size) if len(rows)
+              else np.zeros((0, 0 if full is None else full.shape[1])))
+    done, start = [], 0
+    counts = present.sum(dim=1).tolist()
+    for b, sample in enumerate(batch.sample_ids):
+        players = [m for j, m in enumerate(modalities) if bool(present[b, j])]
+        n = 2 ** counts[b] - (full is not None)
+        v = values[start:start + n]
+        start += n
+        if full is not None:
+            v = np.concatenate([v.reshape(-1, full.shape[1]), full[b:b + 1]], axis=0)
+        done.append((sample, batch.patient_ids[b], players, shapley_matrix(len(players)) @ v, v))
+    return done
+
+
+def contribution_frame(done: list[tuple[str, str, list[str], np.ndarray, np.ndarray]],
+                       classes: list[str | None]) -> pd.DataFrame:
+    """Tidy rows of kind ``modality_contribution``: per sample, class-major, one row per present modality;
+    ``done`` holds ``(sample, patient, players, phi [M, outputs], base [outputs])``."""
+    sample_col, patient_col, player_col, class_col, value_col, base_col = [], [], [], [], [], []
+    for sample, patient, players, phi, base in done:
+        if not players:
+            continue
+        M = len(players)
+        for c, cls in enumerate(classes):
+            sample_col += [sample] * M
+            patient_col += [patient] * M
+            player_col += players
+            class_col += [cls] * M
+            value_col.append(phi[:, c])
+            base_col.append(np.full(M, base[c]))
+    numbers = (np.concatenate(value_col) if value_col else np.zeros(0),
+               np.concatenate(base_col) if base_col else np.zeros(0))
+    return conform_frame(pd.DataFrame({
+        "sample_id": sample_col, "patient_id": patient_col, "modality": player_col, "token": list(player_col),
+        "kind": KIND, "target_class": class_col, "value": numbers[0], "raw_value": numbers[1]}))
+
+
+def network_device(net: Any) -> torch.device:
+    """The device of the network's weights (where its batches must go)."""
+    return next(iter(net.parameters()), torch.empty(0)).device
 
 
 def _mean_prediction(model: Any, net: Any, cohort: Any, batch_size: int) -> np.ndarray:
@@ -152,13 +207,14 @@ def _mean_prediction(model: Any, net: Any, cohort: Any, batch_size: int) -> np.n
     from ...datasets.loading import make_loader
 
     model._check_cohort(cohort)
+    device = network_device(net)
     with torch.no_grad():
-        rows = [explained_outputs(model, net(batch).outputs).double().cpu().numpy()
+        rows = [explained_outputs(model, net(batch.to(device)).outputs).double().cpu().numpy()
                 for batch in make_loader(cohort, model.preprocessor_, batch_size=batch_size)]
     return np.concatenate(rows).mean(axis=0)
 
 
-def _check_wide(net: Any) -> None:
+def check_wide(net: Any) -> None:
     """A wide term must be able to leave masked modalities out (a ``modalities`` keyword, as WideLinear)."""
     if net.wide is not None and "modalities" not in inspect.signature(net.wide.forward).parameters:
         raise TypeError(f"modality_contributions: the network's wide term {type(net.wide).__name__} has no "
@@ -208,14 +264,27 @@ def _coalition_values(model: Any, net: Any, batch: Any, tokens: dict[str, Tokens
             out[hit] = score[idx[hit]]
         return out
 
-    values = []
     B = len(batch.sample_ids)
-    for start in range(0, len(rows), chunk_size):
-        idx, kept = rows[start:start + chunk_size], keep[start:start + chunk_size]
-        masked = {m: _select(tokens[m], idx, kept[:, j], B) for j, m in enumerate(modalities)}
-        out, _ = net.fuse(masked, lambda idx=idx, kept=kept: wide_rows(idx, kept))
-        values.append(explained_outputs(model, out))
-    result = torch.cat(values).double().cpu().numpy()
+    # Rows that mask a long modality (a bag) get one padding slot of it instead of its T masked tokens
+    # (masked tokens weigh nothing, so the output is the same) and the fusion pass skips the bag: rows are
+    # grouped by which long modalities they mask, each group run in chunks, then put back in order.
+    long = torch.tensor([tokens[m].mask.shape[1] > SHORT_TOKENS for m in modalities], device=keep.device)
+    code = ((~keep & long) * (2 ** torch.arange(len(modalities), device=keep.device))).sum(dim=1)
+    order = torch.argsort(code, stable=True)
+    values, done = [], []
+    for group in torch.unique(code).tolist():
+        members = order[code[order] == group]
+        for start in range(0, len(members), chunk_size):
+            pick = members[start:start + chunk_size]
+            idx, kept = rows[pick], keep[pick]
+            masked = {m: (_select(tokens[m], idx, kept[:, j], B) if not (group >> j & 1)
+                          else _padding(tokens[m], len(idx))) for j, m in enumerate(modalities)}
+            out, _ = net.fuse(masked, lambda idx=idx, kept=kept: wide_rows(idx, kept))
+            values.append(explained_outputs(model, out))
+            done.append(pick)
+    result = torch.empty(len(rows), 0) if not values else torch.cat(values)
+    result = result[torch.argsort(torch.cat(done))] if done else result
+    result = result.double().cpu().numpy()
     if not np.isfinite(result).all():
         bad = int(rows[np.flatnonzero(~np.isfinite(result).all(axis=1))[0]])
         raise ValueError(f"modality_contributions: the network gave a non-finite output for a coalition of "
@@ -256,6 +325,15 @@ def _select(tok: Tokens, idx: torch.Tensor, keep: torch.Tensor, n_samples: int) 
                   names=[tok.names[i] for i in idx.tolist()], modality=tok.modality,
                   present=tok.present.index_select(0, idx) & keep,
                   meta=_select_meta(tok.meta, idx, n_samples))
+
+
+def _padding(tok: Tokens, n_rows: int) -> Tokens:
+    """``n_rows`` samples without this modality, as one padding slot each (what PersAM's forward gives a
+    modality left out): zero values, ``mask`` and ``present`` False, no meta."""
+    values = tok.values.new_zeros(n_rows, 1, tok.values.shape[2])
+    false = torch.zeros(n_rows, dtype=torch.bool, device=tok.mask.device)
+    return Tokens(values=values, mask=false[:, None], names=[[""] for _ in range(n_rows)],
+                  modality=tok.modality, present=false)
 
 
 def _select_meta(meta: Any, idx: torch.Tensor, n_samples: int) -> Any:

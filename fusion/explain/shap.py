@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ...datasets.batch import Batch, ModalityBatch
+from .contributions import network_device
 from .report import AttentionReport
 from .table import conform_frame
 
@@ -140,6 +141,7 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
     frames, skipped = [], []
     base_values: dict[str, np.ndarray] = {}
     outputs: dict[str, np.ndarray] = {}
+    device = network_device(network)
     for batch in make_loader(cohort, model.preprocessor_, batch_size=1):
         sample = batch.sample_ids[0]
         target = batch.modalities[modality]
@@ -157,7 +159,8 @@ def shap_values(model: Any, cohort: Any, *, modality: str = "clinical", backgrou
                 repeated[modality] = _with_features(repeated[modality], chunk)
                 rep = Batch([batch.sample_ids[0]] * len(chunk), [batch.patient_ids[0]] * len(chunk), repeated)
                 with torch.no_grad():
-                    outs.append(_scalar_outputs(model, network(rep).outputs).double().numpy())
+                    out = _scalar_outputs(model, network(rep.to(device)).outputs)
+                    outs.append(out.double().cpu().numpy())
             return np.concatenate(outs)
 
         evals = max_evals or 2 * (2 * len(x) + 1)

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ...datasets.missingness import DataWarning
+from .contributions import network_device
 
 FALLBACK_RATIO = 0.95
 NULL_QUANTILE = 0.05
@@ -237,7 +238,7 @@ def untrained_null(model: Any, cohort: Any, *, n_draws: int | None = None, seed:
         warnings.simplefilter("ignore", DataWarning)
         for batch in loader:
             for draw, network in enumerate(networks):
-                records = [r.detach() for r in network(batch).records]
+                records = [r.detach() for r in network(batch.to(network_device(network))).records]
                 parts.append(records_spread(batch.sample_ids, records).assign(draw=draw))
     return SpreadNull(pd.concat(parts, ignore_index=True), method="untrained", n_draws=draws)
 
