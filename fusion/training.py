@@ -273,12 +273,15 @@ def _split(model: Any, cohort: Any, validation: Any | None) -> tuple[Any, Any | 
     return cohort, None
 
 
-def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume: bool = False) -> TrainingRun:
+def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume: bool = False,
+              strategy: Any = None) -> TrainingRun:
     """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights.
 
     Reads the estimator's hyperparameters only; nothing is assigned to it. ``resume=True`` continues from
     ``checkpoint_dir``'s last checkpoint. The caller's random generators are left as they were; SIGINT and
     SIGTERM raise :class:`~clinfuse.fusion.interrupts.TrainingInterrupted` (a ``KeyboardInterrupt``).
+    A DDP strategy over several devices trains in worker processes (:mod:`.ddp_launch`); ``strategy``
+    replaces ``model.strategy`` in the Trainer (the workers' own, so that they launch nothing).
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -296,10 +299,16 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
     if resume and model.checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint folder: set FusionModel(checkpoint_dir=...) to the "
                          "folder of the run to continue")
+    if strategy is None:
+        from . import ddp_launch
+
+        n = ddp_launch.world_size(model)
+        if n:
+            return ddp_launch.fit_in_workers(model, cohort, validation, resume=resume, n=n)
     started: list[FusionLightningModule] = []
     with preserved_rng(), raise_on_signals() as received:
         try:
-            return _train(model, cohort, validation, resume=resume, started=started)
+            return _train(model, cohort, validation, resume=resume, started=started, strategy=strategy)
         except (Interrupted, SystemExit) as exc:
             # Lightning ends a fit hit by KeyboardInterrupt with sys.exit(1), and by SIGTERM (when it
             # handled the signal itself) with SIGTERMException, a SystemExit without a code.
@@ -314,7 +323,7 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
 
 
 def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
-           started: list[FusionLightningModule]) -> TrainingRun:
+           started: list[FusionLightningModule], strategy: Any = None) -> TrainingRun:
     from ..datasets.loading import make_loader
     from ..datasets.preprocess import Preprocessor
     from . import checkpoints
@@ -378,7 +387,8 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
             trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
                                    accumulate_grad_batches=model.accumulate_grad_batches,
                                    early_stopping_patience=model.early_stopping_patience,
-                                   has_validation=val_loader is not None, strategy=model.strategy,
+                                   has_validation=val_loader is not None,
+                                   strategy=model.strategy if strategy is None else strategy,
                                    devices=model.devices, accelerator=model.accelerator,
                                    verbose=model.verbose, monitor=monitor,
                                    checkpoint_dir=model.checkpoint_dir)
