@@ -42,6 +42,25 @@ STOP_GRACE_S = 30.0
 """How long stopped workers get to exit by themselves before they are killed."""
 
 
+WORKER_ENV = "CLINFUSE_DDP_WORKER"
+"""Set in the workers' environment: their Trainer takes :func:`worker_strategy`."""
+
+
+def in_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def worker_strategy(user_strategy: str) -> Any:
+    """The workers' strategy: DDP in an externally launched ``LightningEnvironment`` (it reads
+    ``LOCAL_RANK`` / ``NODE_RANK`` / ``MASTER_*`` and starts no process); unused parameters are searched
+    for unless the user's strategy says ``find_unused_parameters_false``."""
+    from lightning_fabric.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(cluster_environment=LightningEnvironment(),
+                       find_unused_parameters="find_unused_parameters_false" not in user_strategy)
+
+
 class WorkerFailed(RuntimeError):
     """A DDP worker process failed; the message holds its traceback or, when it died without one, the
     end of its output."""
@@ -69,8 +88,12 @@ def world_size(model: Any) -> int:
 
 def _launched_externally() -> bool:
     """Whether this process is itself one rank of a launched job (Lightning's environment detection)."""
-    from lightning_fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
-                                                       TorchElasticEnvironment)
+    from lightning_fabric.plugins.environments import (
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
 
     if "LOCAL_RANK" in os.environ:
         return True
@@ -180,7 +203,7 @@ def _worker_env(n: int) -> dict[str, str]:
     # the workers import what this process can (a plug-in next to the user's script, a source checkout)
     paths = [p if p else os.getcwd() for p in sys.path]
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(n), NODE_RANK="0",
-               PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
+               PYTHONUNBUFFERED="1", **{WORKER_ENV: "1"}, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
     return env
 
 
@@ -237,8 +260,8 @@ def _read(path: Path) -> Any:
 def _raise_failure(folder: Path, failed: list[_Worker], model: Any) -> None:
     """Raise the error of the first worker that failed: its own exception (type and message kept, its
     traceback as the cause) when it wrote one, else ``WorkerFailed`` with the end of its output."""
-    from .interrupts import TrainingInterrupted
     from .checkpoints import last_checkpoint
+    from .interrupts import TrainingInterrupted
 
     failed = sorted(failed, key=lambda w: (_read(folder / ERROR.format(rank=w.rank)) is None,
                                            w.exited_at or float("inf")))
@@ -253,7 +276,7 @@ def _raise_failure(folder: Path, failed: list[_Worker], model: Any) -> None:
         raise cause
     interrupted = _read(folder / INTERRUPTED.format(rank=worker.rank))
     if interrupted is not None:  # a worker stopped by a signal that did not come from here
-        raise TrainingInterrupted(int(interrupted["signum"]), checkpoint=last_checkpoint(model.checkpoint_dir),
-                                  epochs_done=int(interrupted["epochs_done"]))
+        raise TrainingInterrupted(int(interrupted["signum"]), epochs_done=int(interrupted["epochs_done"]),
+                                  checkpoint=last_checkpoint(model.checkpoint_dir))
     raise WorkerFailed(f"DDP worker rank {worker.rank} exited with status {worker.returncode}; the end of "
                        f"its output:\n{worker.output_tail(folder)}")

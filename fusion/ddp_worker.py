@@ -16,7 +16,6 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from .ddp_launch import ERROR, INTERRUPTED, JOB, RESULT
 
@@ -39,16 +38,6 @@ def _watch_parent(parent: int, folder: Path, rank: int) -> None:
             os._exit(1)
 
 
-def strategy_for(user_strategy: str) -> Any:
-    """The workers' strategy: DDP in an externally launched ``LightningEnvironment``; unused parameters
-    are searched for unless the user's strategy says ``find_unused_parameters_false``."""
-    from lightning_fabric.plugins.environments import LightningEnvironment
-    from pytorch_lightning.strategies import DDPStrategy
-
-    return DDPStrategy(cluster_environment=LightningEnvironment(),
-                       find_unused_parameters="find_unused_parameters_false" not in user_strategy)
-
-
 def main(folder: Path) -> int:
     rank = int(os.environ["RANK"])
     job = pickle.loads((folder / JOB).read_bytes())
@@ -59,8 +48,7 @@ def main(folder: Path) -> int:
 
     try:
         model = FusionModel(**job["params"])
-        run = fit_model(model, job["cohort"], job["validation"], resume=bool(job["resume"]),
-                        strategy=strategy_for(str(model.strategy)))
+        run = fit_model(model, job["cohort"], job["validation"], resume=bool(job["resume"]))
         if rank == 0:
             import io
 
@@ -81,8 +69,7 @@ def main(folder: Path) -> int:
             pickle.loads(report)  # an exception that cannot be rebuilt there travels as text only
         except Exception:
             report = pickle.dumps({"exception": None, "traceback": text})
-        _write_atomic(folder / ERROR.format(rank=rank), report)
-        sys.stderr.write(text)
+        _write_atomic(folder / ERROR.format(rank=rank), report)  # the caller raises it with this text
         return 1
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..datasets.batch import Batch
+from . import ddp_launch, wide_start
 from . import metrics as M
-from . import wide_start
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
@@ -85,7 +85,6 @@ class FusionLightningModule(pl.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, ...]] = []
         self._train_losses: list[float] = []
 
-    # ----------------------------------------------------------------------------------------- losses
     def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None,
              time: torch.Tensor | None = None, event: torch.Tensor | None = None) -> torch.Tensor:
         """The task loss of ``outputs`` (see the class docstring for their shapes)."""
@@ -221,7 +220,6 @@ class FusionLightningModule(pl.LightningModule):
 
         return risk_from_survival(hazards_to_survival(outputs))
 
-    # ------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         decay, no_decay, wide = [], [], []
         for name, p in self.network.named_parameters():
@@ -273,15 +271,12 @@ def _split(model: Any, cohort: Any, validation: Any | None) -> tuple[Any, Any | 
     return cohort, None
 
 
-def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume: bool = False,
-              strategy: Any = None) -> TrainingRun:
+def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume: bool = False) -> TrainingRun:
     """``FusionModel.fit``: split, preprocess, build the network, train with Lightning, keep the best weights.
 
     Reads the estimator's hyperparameters only; nothing is assigned to it. ``resume=True`` continues from
     ``checkpoint_dir``'s last checkpoint. The caller's random generators are left as they were; SIGINT and
     SIGTERM raise :class:`~clinfuse.fusion.interrupts.TrainingInterrupted` (a ``KeyboardInterrupt``).
-    A DDP strategy over several devices trains in worker processes (:mod:`.ddp_launch`); ``strategy``
-    replaces ``model.strategy`` in the Trainer (the workers' own, so that they launch nothing).
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -299,16 +294,12 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
     if resume and model.checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint folder: set FusionModel(checkpoint_dir=...) to the "
                          "folder of the run to continue")
-    if strategy is None:
-        from . import ddp_launch
-
-        n = ddp_launch.world_size(model)
-        if n:
-            return ddp_launch.fit_in_workers(model, cohort, validation, resume=resume, n=n)
+    if n := ddp_launch.world_size(model):  # DDP over several devices: in clinfuse worker processes
+        return ddp_launch.fit_in_workers(model, cohort, validation, resume=resume, n=n)
     started: list[FusionLightningModule] = []
     with preserved_rng(), raise_on_signals() as received:
         try:
-            return _train(model, cohort, validation, resume=resume, started=started, strategy=strategy)
+            return _train(model, cohort, validation, resume=resume, started=started)
         except (Interrupted, SystemExit) as exc:
             # Lightning ends a fit hit by KeyboardInterrupt with sys.exit(1), and by SIGTERM (when it
             # handled the signal itself) with SIGTERMException, a SystemExit without a code.
@@ -323,7 +314,7 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
 
 
 def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
-           started: list[FusionLightningModule], strategy: Any = None) -> TrainingRun:
+           started: list[FusionLightningModule]) -> TrainingRun:
     from ..datasets.loading import make_loader
     from ..datasets.preprocess import Preprocessor
     from . import checkpoints
@@ -387,8 +378,7 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
             trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
                                    accumulate_grad_batches=model.accumulate_grad_batches,
                                    early_stopping_patience=model.early_stopping_patience,
-                                   has_validation=val_loader is not None,
-                                   strategy=model.strategy if strategy is None else strategy,
+                                   has_validation=val_loader is not None, strategy=model.strategy,
                                    devices=model.devices, accelerator=model.accelerator,
                                    verbose=model.verbose, monitor=monitor,
                                    checkpoint_dir=model.checkpoint_dir)
