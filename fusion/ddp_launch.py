@@ -86,6 +86,29 @@ def world_size(model: Any) -> int:
     return n if n > 1 else 0
 
 
+def plugin_modules() -> list[str]:
+    """The modules outside clinfuse that registered an encoder, aggregator or modality: the workers import
+    them before training. One registered by the running script itself is a ``ValueError`` (the workers do
+    not run the script, so they could not know it)."""
+    from ..datasets.modalities.registry import MODALITY_REGISTRY
+    from ..encoders.base import ENCODERS
+    from .base import AGGREGATORS
+
+    entries = ([(f"encoder {n!r}", ENCODERS.get(n)) for n in ENCODERS]
+               + [(f"aggregator {n!r}", AGGREGATORS.get(n)) for n in AGGREGATORS]
+               + [(f"modality {m.name!r}", type(m)) for m in MODALITY_REGISTRY])
+    modules = []
+    for label, cls in entries:
+        module = str(getattr(cls, "__module__", "") or "")
+        if module == "__main__":
+            raise ValueError(f"strategy='ddp' trains in clinfuse worker processes, which do not run your "
+                             f"script: the {label} it registers is unknown to them; move its class into a "
+                             "module that the script imports")
+        if module and module.split(".")[0] != "clinfuse":
+            modules.append(module)
+    return list(dict.fromkeys(modules))
+
+
 def _launched_externally() -> bool:
     """Whether this process is itself one rank of a launched job (Lightning's environment detection)."""
     from lightning_fabric.plugins.environments import (
@@ -111,14 +134,15 @@ def fit_in_workers(model: Any, cohort: Any, validation: Any | None, *, resume: b
     folder = Path(tempfile.mkdtemp(prefix="clinfuse-ddp-"))
     workers: list[_Worker] = []
     try:
-        job = {"params": model.get_params(), "cohort": cohort, "validation": validation, "resume": resume,
-               "parent": os.getpid()}
+        job = {"params": model.get_params(), "cohort": cohort, "validation": validation, "resume": resume}
         try:
             data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TypeError(f"strategy={model.strategy!r} hands the cohort and the hyperparameters to its "
                             f"worker processes by pickling them, which failed: {exc}") from exc
-        (folder / JOB).write_bytes(data)
+        # the plug-ins are imported before the job is unpickled (a cohort may hold their modalities)
+        (folder / JOB).write_bytes(pickle.dumps({"plugins": plugin_modules(), "parent": os.getpid(),
+                                                 "job": data}))
         env = _worker_env(n)
         with raise_on_signals() as received:
             try:

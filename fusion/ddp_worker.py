@@ -9,6 +9,7 @@ stopped it. It exits when the calling process is gone.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import sys
@@ -40,13 +41,16 @@ def _watch_parent(parent: int, folder: Path, rank: int) -> None:
 
 def main(folder: Path) -> int:
     rank = int(os.environ["RANK"])
-    job = pickle.loads((folder / JOB).read_bytes())
-    threading.Thread(target=_watch_parent, args=(int(job["parent"]), folder, rank), daemon=True).start()
+    envelope = pickle.loads((folder / JOB).read_bytes())
+    threading.Thread(target=_watch_parent, args=(int(envelope["parent"]), folder, rank), daemon=True).start()
     from .interrupts import TrainingInterrupted
     from .model import FusionModel
     from .training import fit_model
 
     try:
+        for module in envelope["plugins"]:  # the user's registered components, as in the calling process
+            importlib.import_module(module)
+        job = pickle.loads(envelope["job"])
         model = FusionModel(**job["params"])
         run = fit_model(model, job["cohort"], job["validation"], resume=bool(job["resume"]))
         if rank == 0:

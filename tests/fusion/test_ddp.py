@@ -188,3 +188,19 @@ def test_sigint_stops_the_workers_raises_training_interrupted_and_resume_continu
     assert 1 <= int(stopped[0].split("epochs=")[1].split()[0]) < 40
     assert [line for line in lines if line.startswith("resumed")] == ["resumed world=2 epochs=40"], out
     assert not [p for p in scratch.iterdir() if p.name.startswith("clinfuse-ddp-")]
+
+
+def test_the_workers_import_the_modules_of_registered_plug_ins_and_a_script_s_own_is_refused():
+    from clinfuse.encoders.base import ENCODERS
+    from clinfuse.fusion import ddp_launch
+
+    plugin = type("PluginEncoder", (), {"__module__": "my_lab.encoders"})
+    ENCODERS.register("ddp_test_plugin")(plugin)
+    try:
+        assert ddp_launch.plugin_modules() == ["my_lab.encoders"]
+        plugin.__module__ = "__main__"
+        with pytest.raises(ValueError, match="encoder 'ddp_test_plugin' it registers is unknown to them"):
+            ddp_launch.plugin_modules()
+    finally:
+        ENCODERS.unregister("ddp_test_plugin")
+    assert ddp_launch.plugin_modules() == []
