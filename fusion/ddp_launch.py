@@ -21,6 +21,7 @@ started the processes itself, e.g. ``torchrun`` or SLURM) does this:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import os
 import pickle
@@ -189,14 +190,14 @@ class _Worker:
         self.exited_at: float | None = None
 
     def _copy(self, pipe: Any, stream: Any) -> None:
-        size = 0
+        size, decoder = 0, codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks split characters
         for chunk in iter(lambda: os.read(pipe.fileno(), 65536), b""):
             self.tail.append(chunk)
             size += len(chunk)
             while size - len(self.tail[0]) > TAIL_BYTES:
                 size -= len(self.tail.popleft())
             try:
-                stream.write(chunk.decode("utf-8", errors="replace"))
+                stream.write(decoder.decode(chunk))
                 stream.flush()
             except (OSError, ValueError):  # the stream was closed: keep draining the pipe
                 pass
