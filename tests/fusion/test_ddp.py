@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from clinfuse.datasets import Cohort, make_synthetic_cohort, train_validation_split
 from clinfuse.fusion import FusionModel
 
@@ -121,9 +122,13 @@ def test_workers_train_on_an_externally_launched_ddp_strategy(monkeypatch):
 
     monkeypatch.setenv(ddp_launch.WORKER_ENV, "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    trainer = make_trainer(max_epochs=1, gradient_clip=None, accumulate_grad_batches=1,
-                           early_stopping_patience=None, has_validation=False, strategy="ddp_spawn",
-                           devices=2, accelerator="cpu", verbose=False)
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:  # Trainer(deterministic=True) switches torch's global mode on (fit_model restores it; do it here)
+        trainer = make_trainer(max_epochs=1, gradient_clip=None, accumulate_grad_batches=1,
+                               early_stopping_patience=None, has_validation=False, strategy="ddp_spawn",
+                               devices=2, accelerator="cpu", verbose=False)
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
     env = trainer.strategy.cluster_environment
     assert isinstance(env, LightningEnvironment) and env.creates_processes_externally
     assert type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher"  # which launches nothing
