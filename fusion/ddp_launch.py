@@ -147,7 +147,8 @@ def fit_in_workers(model: Any, cohort: Any, validation: Any | None, *, resume: b
         env = _worker_env(n)
         with raise_on_signals() as received:
             try:
-                workers = [_Worker(rank, folder, env) for rank in range(n)]
+                for rank in range(n):  # one by one: the finally below stops those started if one fails
+                    workers.append(_Worker(rank, folder, env))
                 _wait(workers)
             except Interrupted:
                 _stop(workers, received.signum or signal.SIGINT)
