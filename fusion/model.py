@@ -68,7 +68,8 @@ class FusionModel(BaseEstimator):
         top_genes: genes kept by the preprocessor (most variable on the training samples).
         preprocessor_kwargs: further ``Preprocessor`` keywords (e.g. ``max_events``, ``gene_transform``).
         aggregator_kwargs, encoder_kwargs: extra keywords for the aggregator, and per modality for encoders.
-        strategy, devices, accelerator: Lightning's, e.g. ``strategy="ddp", devices=2`` (CPU processes).
+        strategy, devices, accelerator: Lightning's, e.g. ``strategy="ddp", devices=2`` (worker processes:
+            :mod:`~clinfuse.fusion.ddp_launch`); prediction uses ``accelerator`` too (``inference_device``).
         verbose: progress bar and Lightning's messages.
         seed: seeds weights, sampling, the inner split and modality dropout.
     """
@@ -222,6 +223,7 @@ class FusionModel(BaseEstimator):
         attention records and the batch's predictions (``proba [B, C]``; or ``risk [B]`` and, for the
         discrete head, ``survival [B, K]`` at the bin ends). Bags are read from disk batch by batch."""
         from ..datasets.loading import make_loader
+        from .inference_device import network_outputs
 
         self._check_fitted()
         self._check_cohort(cohort)
@@ -229,10 +231,8 @@ class FusionModel(BaseEstimator):
         # stream: the image encoder reads each bag in chunks, so no [N, D] copy of a bag is made
         loader = make_loader(cohort, self.preprocessor_, batch_size=size,
                              shuffle=False, train=False, stream=True)
-        net = self._network_for_inference()
-        with torch.no_grad():
-            for batch in loader:
-                out = net(batch.to(next(net.parameters()).device))  # batches go where the weights are
+        with torch.no_grad():  # on the model's accelerator (inference_device), outputs back on the CPU
+            for batch, out in network_outputs(self, loader):
                 yield batch, [r.detach() for r in out.records], self._outputs_to_predictions(out.outputs)
 
     def _predict_arrays(self, cohort: Any) -> tuple[list[str], dict[str, np.ndarray]]:

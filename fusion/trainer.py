@@ -59,7 +59,7 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     ``monitor``) into ``checkpoint_dir`` only when that is given, else nothing to disk."""
     from pytorch_lightning.callbacks import EarlyStopping
 
-    from . import checkpoints
+    from . import checkpoints, ddp_launch
 
     callbacks: list[Any] = []
     if has_validation and early_stopping_patience:
@@ -69,7 +69,9 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     if checkpoint_dir is not None:
         callbacks += checkpoints.callbacks(checkpoint_dir, monitor=monitor, has_validation=has_validation)
     deterministic: Any = True if accelerator == "cpu" else "warn"
-    if strategy in ("ddp", "ddp_spawn"):
+    if isinstance(strategy, str) and strategy.startswith("ddp") and ddp_launch.in_worker():
+        strategy = ddp_launch.worker_strategy(strategy)  # a rank started by clinfuse: launch nothing
+    elif strategy in ("ddp", "ddp_spawn"):
         # A sample without a modality leaves that encoder (and e.g. missing-value embeddings) out of the
         # loss for a batch: with missing modalities this is the normal case, so DDP must look for it.
         strategy = f"{strategy}_find_unused_parameters_true"

@@ -3,9 +3,9 @@
 What the estimator needs from Lightning is the loop, gradient clipping and accumulation, early stopping,
 checkpoints (only with ``checkpoint_dir``: see :mod:`clinfuse.fusion.checkpoints`) and scale-out
 strategies (DDP across processes). Everything else stays ours: no logger, the best weights are kept in
-memory and restored when the fit ends (in every process, so a ``ddp_spawn`` run hands the best weights
-back to the calling process). ``fit`` leaves the caller's random generators as it found them, and SIGINT /
-SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
+memory and restored when the fit ends (in every process; DDP ranks run in :mod:`.ddp_launch`'s workers,
+rank 0 hands its state back). ``fit`` leaves the caller's random generators as it found them, and SIGINT
+/ SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..datasets.batch import Batch
+from . import ddp_launch, wide_start
 from . import metrics as M
-from . import wide_start
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
 from .fitted import FittedState
@@ -85,7 +85,6 @@ class FusionLightningModule(pl.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, ...]] = []
         self._train_losses: list[float] = []
 
-    # ----------------------------------------------------------------------------------------- losses
     def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None,
              time: torch.Tensor | None = None, event: torch.Tensor | None = None) -> torch.Tensor:
         """The task loss of ``outputs`` (see the class docstring for their shapes)."""
@@ -221,7 +220,6 @@ class FusionLightningModule(pl.LightningModule):
 
         return risk_from_survival(hazards_to_survival(outputs))
 
-    # ------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         decay, no_decay, wide = [], [], []
         for name, p in self.network.named_parameters():
@@ -296,6 +294,8 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
     if resume and model.checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint folder: set FusionModel(checkpoint_dir=...) to the "
                          "folder of the run to continue")
+    if n := ddp_launch.world_size(model):  # DDP over several devices: in clinfuse worker processes
+        return ddp_launch.fit_in_workers(model, cohort, validation, resume=resume, n=n)
     started: list[FusionLightningModule] = []
     with preserved_rng(), raise_on_signals() as received:
         try:

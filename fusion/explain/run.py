@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .contributions import batch_contributions, check_wide, contribution_frame, network_device
+from .contributions import batch_contributions, check_wide, contribution_frame
 from .report import AttentionReport
 from .stream import ParquetStream
 from .table import empty_frame, records_to_frame, records_to_table
@@ -83,19 +83,24 @@ def _batches_with_contributions(model: Any, cohort: Any, batch_size: int | None,
     """``model.iter_attention``'s ``(batch, records, None)``, each batch's contributions appended to ``done``
     from the tokens of the forward pass (no second read or encoding of the cohort)."""
     from ...datasets.loading import make_loader
+    from ..inference_device import inference_device
 
     model._check_cohort(cohort)
-    net = model._network_for_inference()
+    device = inference_device(model.accelerator, model.devices)  # the model's accelerator, as predict
+    net = model._network_for_inference().to(device)
     check_wide(net)
-    device = network_device(net)
     size = int(batch_size or model.batch_size or 16)
-    loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False)
-    with torch.no_grad():
-        for batch in loader:
-            on_device = batch.to(device)
-            out = net(on_device)
-            done += batch_contributions(model, net, on_device, out.tokens, outputs=out.outputs)
-            yield batch, [r.detach() for r in out.records], None
+    loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False,
+                         stream=True)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                on_device = batch.to(device)
+                out = net(on_device)
+                done += batch_contributions(model, net, on_device, out.tokens, outputs=out.outputs)
+                yield batch, [r.detach() for r in out.records], None
+    finally:
+        net.cpu()
 
 
 def _contribution_rows(model: Any, done: list) -> pd.DataFrame:
