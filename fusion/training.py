@@ -83,7 +83,7 @@ class FusionLightningModule(pl.LightningModule):
         self.train_loader: Any = None  # set by fit_model: its order and patch draws go into checkpoints
         self._val_outputs: list[tuple[torch.Tensor, ...]] = []
         self.best_val_outputs: torch.Tensor | None = None  # theirs, in validation order (None: unknown)
-        self._train_losses: list[float] = []
+        self._train_losses: list[torch.Tensor] = []  # detached, on the device: read once per epoch
 
     # ----------------------------------------------------------------------------------------- losses
     def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None,
@@ -111,7 +111,7 @@ class FusionLightningModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         out = self.network(batch, records=False)  # the loss reads no attention records
         loss = self._batch_loss(out.outputs, batch)
-        self._train_losses.append(float(loss.detach()))
+        self._train_losses.append(loss.detach())  # float() here would wait for the device every step
         wide = getattr(self.network, "wide", None)
         # the penalties (the linear term's ridge, the aggregator's own) are part of the training objective
         # only (val_loss is the task's)
@@ -120,6 +120,10 @@ class FusionLightningModule(pl.LightningModule):
         penalty = getattr(self.network.aggregator, "penalty_loss", None)
         extra = penalty() if callable(penalty) else None
         return loss if extra is None else loss + extra
+
+    def _mean_train_loss(self) -> float:
+        losses = torch.stack(self._train_losses).tolist() if self._train_losses else []
+        return float(np.mean(losses)) if losses else float("nan")
 
     def on_train_epoch_start(self) -> None:
         self._train_losses = []
@@ -149,7 +153,7 @@ class FusionLightningModule(pl.LightningModule):
         val, metric = self.score_outputs(parts)
         self.log("val_loss", val, prog_bar=True, sync_dist=False)
         self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
-        train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+        train = self._mean_train_loss()
         self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
                              "val_metric": float(metric)})
         self.consider(val, metric, epoch=int(self.current_epoch),  # (gathered shards interleave)
@@ -181,7 +185,7 @@ class FusionLightningModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Without validation data the history still records the training curve.
         if not self.trainer.val_dataloaders:
-            train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+            train = self._mean_train_loss()
             self.history.append({"epoch": int(self.current_epoch), "train_loss": train,
                                  "val_loss": float("nan"), "val_metric": float("nan")})
 
