@@ -15,7 +15,10 @@ same batches. ``fit`` is timed per epoch from inside (a Lightning callback added
 estimator builds: from the start of the epoch's training to the end of its validation), so the ratio
 compares epochs, not set-up; ``fit_s`` is the whole ``fit`` call. Medians over the epochs after the first
 (``--epochs``, default 4: 3 timed epochs per repeat) and over ``--repeats``; ``spread`` is (max - min) /
-median of the per-repeat medians. Everything is measured in one process, 1 thread, interleaved per repeat.
+median of the per-repeat medians. Everything is measured in one process, 1 thread, interleaved per
+repeat; on the CPU the clock is the process's CPU time by default (``--clock cpu``; the data loader runs
+in the process, no workers), so that the other jobs of a shared machine do not enter the ratio;
+``--clock wall`` for elapsed time.
 
     python benchmarks/bench_training_peers.py                      # writes benchmarks/out/training_peers.json
     python benchmarks/bench_training_peers.py --device cuda --autocast bf16
@@ -48,6 +51,10 @@ def autocast(device: str, mode: str):
     return nullcontext()
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by main from --clock
+
+
 def sync(device: str) -> None:
     import torch
 
@@ -69,7 +76,7 @@ def plain_epochs(bags, labels, train_ids, val_ids, *, batch_size: int, max_patch
     times = []
     for _ in range(epochs):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         model.train()
         order = [train_ids[i] for i in torch.randperm(len(train_ids), generator=gen).tolist()]
         for s in range(0, len(order), batch_size):
@@ -98,7 +105,7 @@ def plain_epochs(bags, labels, train_ids, val_ids, *, batch_size: int, max_patch
                     outs.append(model(x).reshape(-1).float())
         float(loss_fn(torch.cat(outs), labels[val_ids].to(device)))
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
 
 
@@ -115,18 +122,18 @@ def fit_epochs(cohort, aggregator: str, *, batch_size: int, max_patches: int | N
 
         def on_train_epoch_start(self, trainer, module) -> None:
             sync(device)
-            self.start = time.perf_counter()
+            self.start = clock()
 
         def on_train_epoch_end(self, trainer, module) -> None:  # after the epoch's validation
             sync(device)
-            self.times.append(time.perf_counter() - self.start)
+            self.times.append(clock() - self.start)
 
-    clock = EpochClock()
+    timer = EpochClock()
     original = T.make_trainer
 
     def make_trainer(**kwargs):
         trainer = original(**kwargs)
-        trainer.callbacks.append(clock)
+        trainer.callbacks.append(timer)
         if mode == "bf16":
             trainer.strategy.precision_plugin = pl.plugins.precision.MixedPrecision("bf16-mixed", device)
         return trainer
@@ -136,12 +143,12 @@ def fit_epochs(cohort, aggregator: str, *, batch_size: int, max_patches: int | N
                         accelerator="gpu" if device == "cuda" else "cpu")
     T.make_trainer = make_trainer
     try:
-        start = time.perf_counter()
+        start = clock()
         model.fit(cohort)
-        total = time.perf_counter() - start
+        total = clock() - start
     finally:
         T.make_trainer = original
-    return clock.times, total
+    return timer.times, total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,12 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", nargs="+", default=["persam", "abmil"])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--clock", choices=list(CLOCK), default=None,
+                   help="cpu: the process's CPU time (default on --device cpu: robust to a shared machine's "
+                        "load, everything runs in this one thread); wall: elapsed time (default on cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: 24 patients of 256 patches, 2 epochs")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.quick:
         args.patients, args.patches, args.epochs, args.repeats = 24, 256, 2, 1
+
+    global clock
+    args.clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
+    clock = CLOCK[args.clock]
 
     import torch
     from clinfuse.datasets import make_synthetic_cohort
@@ -216,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "loop_epoch_s": base["epoch_s"], "spread": row["spread"]}
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "torch": torch.__version__, "threads": args.threads, "device": args.device,
-              "autocast": args.autocast, "patients": args.patients, "patches": args.patches,
-              "epochs": args.epochs, "repeats": args.repeats, 
+              "autocast": args.autocast, "clock": args.clock, "patients": args.patients,
+              "patches": args.patches, "epochs": args.epochs, "repeats": args.repeats,
               "n_train": len(train_ids), "n_val": len(val_ids),
               "rows": rows, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
