@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,6 +62,10 @@ class Aggregator(nn.Module):
     """Report kinds of the aggregator's own (neither ``modality`` nor a modality's token kind), in report
     order; they join :data:`~clinfuse.fusion.records.ATTENTION_KINDS`."""
     sample_figure: ClassVar[str] = "patches"
+    wants_records: bool = True
+    """Whether ``forward`` builds its attention records: :class:`~clinfuse.fusion.network.FusionNetwork`
+    switches it off (:func:`records_off`) where nothing reads them (training, validation). An aggregator
+    that ignores it builds them anyway, which only costs time."""
 
     def forward(self, tokens: Mapping[str, Tokens]) -> AggregatorOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -72,6 +77,17 @@ class Aggregator(nn.Module):
         head's scores (e.g. with the head's exact split of its scores, ``part_scores``).
         """
         return output.records
+
+
+@contextlib.contextmanager
+def records_off(aggregator: Aggregator, off: bool = True) -> Iterator[None]:
+    """``aggregator.wants_records = False`` inside the block (when ``off``), restored after it."""
+    saved = aggregator.wants_records
+    aggregator.wants_records = saved and not off
+    try:
+        yield
+    finally:
+        aggregator.wants_records = saved
 
 
 def create_aggregator(name: str, **kwargs: Any) -> Aggregator:

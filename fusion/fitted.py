@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 
@@ -52,3 +53,19 @@ class FittedState:
     provenance: dict[str, Any] | None = None
     data_summary: dict[str, Any] | None = None
 
+
+@dataclass
+class TrainingRun:
+    """What ``fit_model`` returns: the fitted state and the cohorts it was trained and validated on.
+
+    The estimator completes the state with what it measures by predicting (the Cox baseline hazard on
+    ``train``, the metrics on ``validation``) and assigns it. ``predictions``: the best weights'
+    predictions on ``validation`` (``FusionModel._outputs_to_predictions`` of the outputs of the epoch that
+    chose them, validation order), which its metrics are computed from; None when unknown (a resumed fit
+    whose best epoch came before the resume, several processes).
+    """
+
+    state: FittedState
+    train: Any
+    validation: Any | None
+    predictions: dict[str, np.ndarray] | None = None

@@ -175,8 +175,8 @@ class FusionModel(BaseEstimator):
             baseline = M.breslow_baseline(self.predict_risk(run.train).to_numpy(float),
                                           surv["time"].to_numpy(float), surv["event"].to_numpy(int))
             self._set_fitted(replace(self._fitted_state(), baseline_hazard=baseline))
-        if run.validation is not None:
-            metrics = {**self.metrics_, "validation": self.evaluate(run.validation)}
+        if run.validation is not None:  # from the best epoch's outputs when fit kept them: no second pass
+            metrics = {**self.metrics_, "validation": self.evaluate(run.validation, _arrays=run.predictions)}
             self._set_fitted(replace(self._fitted_state(), metrics=metrics))
         return self
 
@@ -317,8 +317,8 @@ class FusionModel(BaseEstimator):
             need = "labels" if self.task == "classification" else "survival (time, event)"
             raise ValueError(f"{what} needs a cohort with {need}; this cohort has none")
 
-    def evaluate(self, cohort: Any, *, times: Sequence[float] | None = None,
-                 n_groups: int | None = None) -> dict[str, Any]:
+    def evaluate(self, cohort: Any, *, times: Sequence[float] | None = None, n_groups: int | None = None,
+                 _arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """All metrics on ``cohort``, overall and per missingness pattern (``by_pattern``).
 
         Classification: ``auc``, ``balanced_accuracy``, ``n``. Survival: :func:`.metrics.survival_metrics`
@@ -333,7 +333,7 @@ class FusionModel(BaseEstimator):
             raise ValueError("evaluate: times and n_groups are for survival models; this one classifies")
         ids = [str(s) for s in cohort.sample_ids]
         presence = cohort.presence().reindex(index=ids, columns=self.modalities_, fill_value=False)
-        _, arrays = self._predict_arrays(cohort)  # one pass over the data for every metric
+        arrays = self._predict_arrays(cohort)[1] if _arrays is None else _arrays  # (fit: its validation's)
         index = pd.Index(ids, name="sample_id")
         if self.task == "classification":
             labels = pd.Series(cohort.labels.loc[ids].to_numpy(), index=index)

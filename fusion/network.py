@@ -11,7 +11,7 @@ from torch import nn
 from ..datasets.batch import MODALITIES, Batch
 from ..encoders.common import check_probability
 from ..encoders.tokens import Tokens
-from .base import Aggregator, AggregatorOutput
+from .base import Aggregator, AggregatorOutput, records_off
 from .records import AttentionRecord
 from .token_types import TokenTypeEmbedding
 
@@ -23,7 +23,7 @@ class NetworkOutput:
     Attributes:
         outputs: classification logits ``[B, C]``, discrete-time hazard logits ``[B, K]`` or Cox risk ``[B]``.
         records: the aggregator's :class:`AttentionRecord` list (one per kind and modality); outside training
-            the list :meth:`Aggregator.explain` returns.
+            the list :meth:`Aggregator.explain` returns; empty when the forward was asked for none.
         pooled: the aggregator's patient vector(s), ``[B, d]`` or ``[B, C, d]``.
         tokens: modality -> the :class:`Tokens` the aggregator saw (token types added, after modality
             dropout), so that more fusion passes (e.g. exact modality contributions) reuse the encoders' work.
@@ -122,13 +122,20 @@ class FusionNetwork(nn.Module):
             out[m] = replace(t, mask=t.mask & ~d.unsqueeze(1), present=t.present & ~d)
         return out
 
-    def forward(self, batch: Batch) -> NetworkOutput:
-        """``Batch`` -> :class:`NetworkOutput` (outputs, attention records, pooled vectors)."""
+    def forward(self, batch: Batch, *, records: bool | None = None) -> NetworkOutput:
+        """``Batch`` -> :class:`NetworkOutput` (outputs, attention records, pooled vectors).
+
+        ``records=False``: build no attention records (``fit``'s training and validation steps, which read
+        only the outputs); the outputs are the same either way.
+        """
         tokens = self.drop_modalities(self.token_types(self.encode(batch)))
-        outputs, agg = self.fuse(tokens, lambda: self.wide(batch))
+        with records_off(self.aggregator, records is False):
+            outputs, agg = self.fuse(tokens, lambda: self.wide(batch))
+        if records is False:
+            return NetworkOutput(outputs=outputs, records=[], pooled=agg.pooled, tokens=tokens)
         # outside training the aggregator may measure its attention on the head's scores
-        records = agg.records if self.training else self.aggregator.explain(agg, self.head)
-        return NetworkOutput(outputs=outputs, records=records, pooled=agg.pooled, tokens=tokens)
+        found = agg.records if self.training else self.aggregator.explain(agg, self.head)
+        return NetworkOutput(outputs=outputs, records=found, pooled=agg.pooled, tokens=tokens)
 
     def fuse(self, tokens: Mapping[str, Tokens], linear: Callable[[], torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, AggregatorOutput]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from . import ddp_launch, wide_start
 from . import metrics as M
 from .build import build_network, output_names, resolve_network_config
 from .finite import check_fit_finite
-from .fitted import FittedState
+from .fitted import FittedState, TrainingRun
 from .hyperparameters import class_weight_tensor, resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .rng import rng_state, set_rng_state
@@ -83,7 +82,8 @@ class FusionLightningModule(pl.LightningModule):
         self.checkpointed_epochs = 0  # epochs in the last checkpoint written
         self.train_loader: Any = None  # set by fit_model: its order and patch draws go into checkpoints
         self._val_outputs: list[tuple[torch.Tensor, ...]] = []
-        self._train_losses: list[float] = []
+        self.best_val_outputs: torch.Tensor | None = None  # theirs, in validation order (None: unknown)
+        self._train_losses: list[torch.Tensor] = []  # detached, on the device: read once per epoch
 
     def loss(self, outputs: torch.Tensor, *, labels: torch.Tensor | None = None,
              time: torch.Tensor | None = None, event: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,9 +108,9 @@ class FusionLightningModule(pl.LightningModule):
             batch, device, dataloader_idx)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        out = self.network(batch)
+        out = self.network(batch, records=False)  # the loss reads no attention records
         loss = self._batch_loss(out.outputs, batch)
-        self._train_losses.append(float(loss.detach()))
+        self._train_losses.append(loss.detach())  # float() here would wait for the device every step
         wide = getattr(self.network, "wide", None)
         # the penalties (the linear term's ridge, the aggregator's own) are part of the training objective
         # only (val_loss is the task's)
@@ -119,6 +119,10 @@ class FusionLightningModule(pl.LightningModule):
         penalty = getattr(self.network.aggregator, "penalty_loss", None)
         extra = penalty() if callable(penalty) else None
         return loss if extra is None else loss + extra
+
+    def _mean_train_loss(self) -> float:
+        losses = torch.stack(self._train_losses).tolist() if self._train_losses else []
+        return float(np.mean(losses)) if losses else float("nan")
 
     def on_train_epoch_start(self) -> None:
         self._train_losses = []
@@ -129,8 +133,7 @@ class FusionLightningModule(pl.LightningModule):
             dataset.set_epoch(int(self.current_epoch))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        out = self.network(batch)
-        o = out.outputs.detach().float()
+        o = self.network(batch, records=False).outputs.detach().float()  # validation reads no records
         if self.task == "classification":
             self._val_outputs.append((o, batch.labels.detach()))
         else:
@@ -149,10 +152,11 @@ class FusionLightningModule(pl.LightningModule):
         val, metric = self.score_outputs(parts)
         self.log("val_loss", val, prog_bar=True, sync_dist=False)
         self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
-        train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+        train = self._mean_train_loss()
         self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
                              "val_metric": float(metric)})
-        self.consider(val, metric, epoch=int(self.current_epoch))
+        self.consider(val, metric, epoch=int(self.current_epoch),  # (gathered shards interleave)
+                      outputs=parts[0] if self.trainer.world_size == 1 else None)
 
     def score_outputs(self, parts: list[torch.Tensor]) -> tuple[float, float]:
         """``(val_loss, metric)`` of the validation outputs and targets gathered by ``validation_step``."""
@@ -168,18 +172,19 @@ class FusionLightningModule(pl.LightningModule):
                 metric = M.concordance_index(parts[1].cpu().numpy(), parts[2].cpu().numpy(), risk)
         return float(val_loss), float(metric)
 
-    def consider(self, val: float, metric: float, *, epoch: int) -> None:
-        """Keep the current weights as the best if their ``monitor`` value is the best so far."""
+    def consider(self, val: float, metric: float, *, epoch: int, outputs: torch.Tensor | None = None) -> None:
+        """Keep the current weights (and their validation ``outputs``) if their ``monitor`` is the best."""
         score = val if self.monitor == "val_loss" else float(metric)
         better = score < self.best_score if self.monitor == "val_loss" else score > self.best_score
         if math.isfinite(score) and (better or not math.isfinite(self.best_score)):
             self.best_score, self.best_val_loss, self.best_epoch = score, val, int(epoch)
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            self.best_val_outputs = None if outputs is None else outputs.detach().cpu()
 
     def on_train_epoch_end(self) -> None:
         # Without validation data the history still records the training curve.
         if not self.trainer.val_dataloaders:
-            train = float(np.mean(self._train_losses)) if self._train_losses else float("nan")
+            train = self._mean_train_loss()
             self.history.append({"epoch": int(self.current_epoch), "train_loss": train,
                                  "val_loss": float("nan"), "val_metric": float("nan")})
 
@@ -243,19 +248,6 @@ class FusionLightningModule(pl.LightningModule):
 
 
 # ------------------------------------------------------------------------------------------------- fit
-@dataclass
-class TrainingRun:
-    """What :func:`fit_model` returns: the fitted state and the cohorts it was trained and validated on.
-
-    The estimator completes the state with what it measures by predicting (the Cox baseline hazard on
-    ``train``, the metrics on ``validation``) and assigns it.
-    """
-
-    state: FittedState
-    train: Any
-    validation: Any | None
-
-
 def _split(model: Any, cohort: Any, validation: Any | None) -> tuple[Any, Any | None]:
     """The training and validation cohorts: as given, else an inner grouped, stratified split."""
     from ..datasets.splits import train_validation_split
@@ -316,6 +308,7 @@ def fit_model(model: Any, cohort: Any, validation: Any | None = None, *, resume:
 def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
            started: list[FusionLightningModule]) -> TrainingRun:
     from ..datasets.loading import make_loader
+    from ..datasets.missingness import warn_data
     from ..datasets.preprocess import Preprocessor
     from . import checkpoints
     from .losses import make_time_bins
@@ -397,4 +390,8 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                  "epochs_run": len(module.history)},
         training_ids=[str(s) for s in train.sample_ids],
         validation_ids=None if validation is None else [str(s) for s in validation.sample_ids])
-    return TrainingRun(state=state, train=train, validation=validation)
+    predictions = None
+    if validation is not None and module.best_val_outputs is not None:  # the metrics' predictions
+        warn_data(pre, validation)  # the data warnings of a prediction pass over it
+        predictions = model._outputs_to_predictions(module.best_val_outputs)
+    return TrainingRun(state=state, train=train, validation=validation, predictions=predictions)

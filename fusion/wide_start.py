@@ -124,4 +124,4 @@ def consider_linear_model(module: Any, loader: Any) -> None:
         module._val_outputs = []
         module.network.train(was_training)
     val, metric = module.score_outputs(parts)
-    module.consider(val, metric, epoch=LINEAR_CANDIDATE_EPOCH)
+    module.consider(val, metric, epoch=LINEAR_CANDIDATE_EPOCH, outputs=parts[0])

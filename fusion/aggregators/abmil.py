@@ -73,6 +73,7 @@ class ABMILAggregator(Aggregator):
         else:
             pooled, weights, raw = self.attention(bag.values, bag.mask)
             pooled = torch.where(bag.mask.any(dim=1, keepdim=True), pooled[:, 0], missing)
-            records.append(token_record(bag, raw[:, 0], value=weights[:, 0]))
+            if self.wants_records:
+                records.append(token_record(bag, raw[:, 0], value=weights[:, 0]))
         parts = [pooled] + ([self.means(tokens, B, like)] if self.means is not None else [])
         return AggregatorOutput(pooled=self.fuse(torch.cat(parts, dim=-1)), records=records)

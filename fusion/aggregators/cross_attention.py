@@ -157,7 +157,7 @@ class CrossAttentionAggregator(Aggregator):
         fused = self.fuse(torch.cat(parts, dim=-1))
 
         records = []
-        for k_mod, entries in by_key.items():
+        for k_mod, entries in (by_key.items() if self.wants_records else ()):
             weights = torch.stack([w for _, w, _, _ in entries]).mean(dim=0)
             meta = {"queried_by": [q for q, _, _, _ in entries]}
             for q_mod, _, qk, q_names in entries:

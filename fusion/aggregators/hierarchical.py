@@ -73,7 +73,8 @@ class HierarchicalAggregator(Aggregator):
             t = tokens[m]
             pooled, weights, raw = self.level1[m](t.values, t.mask)
             summaries.append(self.proj[m](pooled[:, 0]))
-            records.append(token_record(t, raw[:, 0], value=weights[:, 0]))
+            if self.wants_records:
+                records.append(token_record(t, raw[:, 0], value=weights[:, 0]))
         summ = torch.stack(summaries, dim=1)  # [B, M, d]
         present = presence_matrix(tokens, self.modalities, B, like.device)
         scores = self.level2.scores(summ)[:, 0]  # [B, M]
@@ -81,5 +82,6 @@ class HierarchicalAggregator(Aggregator):
         fused = torch.einsum("bm,bmd->bd", weights, summ.masked_fill(~present.unsqueeze(-1), 0.0))
         none = ~present.any(dim=1, keepdim=True)
         fused = torch.where(none, self.empty.to(fused.dtype).expand(B, -1), fused)
-        records.append(modality_record(scores, present, self.modalities, logits=True))
+        if self.wants_records:
+            records.append(modality_record(scores, present, self.modalities, logits=True))
         return AggregatorOutput(pooled=self.norm(fused), records=records)

@@ -95,6 +95,8 @@ class SelfAttentionAggregator(Aggregator):
         pooled = self.norm(seq[:, 0])
 
         records, per_modality, start = [], {}, 1
+        if not self.wants_records:
+            return AggregatorOutput(pooled=pooled, records=records)
         for m in order:
             width = capped[m].values.shape[1]
             part = cls_row[:, start:start + width] * capped[m].mask

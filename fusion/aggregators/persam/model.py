@@ -278,7 +278,8 @@ class PersAM(Aggregator):
         state = PersAMState(tokens=tokens, s_a=s_a, s_psi=s_psi, s_phi=s_phi, s_phi_k=s_phi_k, a_raw=a_raw,
                             psi_raw=psi_raw, phi_raw=phi_raw, explanatory=explanatory, class_w=class_w,
                             class_clin=class_clin, shares=shares, evidence=evidence, route=t - xs[lay.cls])
-        return AggregatorOutput(pooled=pooled, records=persam_records(self, state), offsets=offsets,
+        records = persam_records(self, state) if self.wants_records else []
+        return AggregatorOutput(pooled=pooled, records=records, offsets=offsets,
                                 extras={"persam": state})
 
     def explain(self, output: AggregatorOutput, head: nn.Module) -> list[AttentionRecord]:
