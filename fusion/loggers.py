@@ -11,9 +11,10 @@
 
 The log folder is ``log_dir``, else ``<checkpoint_dir>/logs``; in it ``csv/metrics.csv`` (one row per
 epoch), ``tensorboard/events.out.tfevents.*``, ``mlflow.db`` (an MLflow SQLite store, experiment "clinfuse",
-one run per fit; ``mlflow ui --backend-store-uri sqlite:///<log folder>/mlflow.db``). Every epoch logs ``train_loss``, ``val_loss``, the task metric (``auc`` or ``c_index``,
-on the validation samples) and ``lr`` (the learning rate of the main parameter group), with the epoch as
-the step. A fresh fit replaces the CSV and TensorBoard files of an earlier fit in the same folder; a
+one run per fit; ``mlflow ui --backend-store-uri sqlite:///<log folder>/mlflow.db``). Every epoch logs
+``epoch``, ``train_loss``, ``val_loss``, the task metric (``auc`` or ``c_index``, on the validation
+samples) and ``lr`` (the learning rate of the main parameter group), with the epoch as the step.
+A fresh fit replaces the CSV and TensorBoard files of an earlier fit in the same folder; a
 resumed fit (``fit(..., resume=True)``) writes the epochs of the checkpoint into the CSV again, then goes
 on.
 """
@@ -119,7 +120,8 @@ def _make(name: str, folder: Path, *, resume: bool) -> Any:
                           "clinfuse[loggers])")
     folder.mkdir(parents=True, exist_ok=True)
     # MLflow 3 refuses its plain-file store: a SQLite database, the artifacts in a folder beside it
-    return MLFlowLogger(experiment_name="clinfuse", tracking_uri=f"sqlite:///{(folder / MLFLOW_DB).resolve()}",
+    db = (folder / MLFLOW_DB).resolve()
+    return MLFlowLogger(experiment_name="clinfuse", tracking_uri=f"sqlite:///{db}",
                         artifact_location=(folder / "mlartifacts").resolve().as_uri())
 
 

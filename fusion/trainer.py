@@ -66,7 +66,6 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     from pytorch_lightning.callbacks import EarlyStopping
 
     from . import checkpoints
-
     from .loggers import resumed_history_callback
 
     user_callbacks, callbacks = list(callbacks or []), []
@@ -86,7 +85,8 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     return pl.Trainer(
         max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
         gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
-        deterministic=deterministic, enable_checkpointing=checkpoint_dir is not None, logger=list(loggers) if loggers else False,
+        deterministic=deterministic, enable_checkpointing=checkpoint_dir is not None,
+        logger=list(loggers) if loggers else False,
         enable_progress_bar=bool(verbose), enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=1, callbacks=callbacks + user_callbacks, default_root_dir=checkpoint_dir,
         plugins=[checkpoints.AtomicCheckpointIO()] if checkpoint_dir is not None else None,
