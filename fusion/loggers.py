@@ -2,8 +2,8 @@
 
 ``logger`` is one of:
 
-- None (default): a :class:`~pytorch_lightning.loggers.CSVLogger` when the fit has a folder of its own
-  (``log_dir``, else ``checkpoint_dir``), nothing otherwise: a plain ``fit`` writes no file;
+- None (default): a :class:`~pytorch_lightning.loggers.CSVLogger` in ``log_dir`` when that is given,
+  nothing otherwise: a plain ``fit`` writes no file, and ``checkpoint_dir`` holds its checkpoints only;
 - ``"csv"``, ``"tensorboard"``, ``"mlflow"`` (or a list of them): Lightning's logger of that name, in the
   fit's log folder (ValueError when there is none);
 - False: no logger;
@@ -83,7 +83,7 @@ def make_loggers(logger: Any, *, log_dir: Any, checkpoint_dir: Any, resume: bool
         return list(logger)
     folder = log_folder(log_dir, checkpoint_dir)
     if logger is None:
-        if folder is None:
+        if log_dir is None:
             return []
         names = ["csv"]
     else:

@@ -63,9 +63,9 @@ class FusionModel(BaseEstimator):
         checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
             ``fit(..., resume=True)`` continues from; None writes nothing.
         logger, log_dir: Lightning logging of each epoch's train_loss, val_loss, metric and lr
-            (:mod:`clinfuse.fusion.loggers`): None, a CSV log in ``log_dir`` (else ``checkpoint_dir/logs``)
-            when either is set, else none; "csv", "tensorboard", "mlflow" (or a list); False; or Lightning
-            Logger instances. callbacks: extra Lightning callbacks of the fit (a list).
+            (:mod:`clinfuse.fusion.loggers`): None, a CSV log in ``log_dir`` when it is set, else none;
+            "csv", "tensorboard", "mlflow" (or a list) in ``log_dir``, else ``checkpoint_dir/logs``; False;
+            or Lightning Logger instances. callbacks: extra Lightning callbacks of the fit (a list).
         validation_fraction: share of the training samples held out (grouped, stratified) for early
             stopping when ``fit`` gets no ``validation`` cohort; 0 trains ``max_epochs`` without validation.
         class_weights: None, "balanced", or a mapping label -> weight for the cross-entropy.

@@ -3,9 +3,9 @@
 What the estimator needs from Lightning is the loop, gradient clipping and accumulation, early stopping,
 checkpoints (only with ``checkpoint_dir``: see :mod:`clinfuse.fusion.checkpoints`) and scale-out
 strategies (DDP across processes), and its loggers (:mod:`clinfuse.fusion.loggers`: one record per epoch).
-The best weights are kept in memory and restored when the fit ends (in every process, so a
-``ddp_spawn`` run hands the best weights back to the calling process). ``fit`` leaves the caller's random
-generators as it found them, and SIGINT / SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
+The best weights are kept in memory and restored when the fit ends (in every process, so a ``ddp_spawn``
+run hands them back to the calling process). ``fit`` leaves the caller's random generators as it found
+them; SIGINT / SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
 """
 
 from __future__ import annotations

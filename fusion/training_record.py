@@ -76,7 +76,10 @@ def train_from_config(cfg: Any, *, out: str | Path, checkpoint_dir: str | Path, 
         print(split.describe(len(cohort)))
         cohort, validation, test = split.cohorts(cohort)
     keys = {**cfg.model, "checkpoint_dir": str(checkpoint_dir)}
-    if keys.get("log_dir") is not None:  # run.yaml paths are relative to the file; never inside --out
+    staged = keys.get("log_dir") is None  # the logs are kept with the checkpoints until the save
+    if staged:
+        keys["log_dir"] = str(Path(checkpoint_dir) / LOGS)
+    else:  # run.yaml paths are relative to the file; never inside --out
         keys["log_dir"] = given = (cfg.base / Path(keys["log_dir"]).expanduser()).resolve()
         target = Path(out).expanduser().resolve()
         if given == target or target in given.parents:
@@ -103,7 +106,7 @@ def train_from_config(cfg: Any, *, out: str | Path, checkpoint_dir: str | Path, 
 
     path = save_model(out, class_name=type(model).__name__, params=model.get_params(),
                       state=model._fitted_state(), extras=extras)
-    if logs is not None and model.log_dir is None:  # staged beside the checkpoints: now in the model folder
+    if logs is not None and staged:  # staged beside the checkpoints: now in the model folder
         shutil.rmtree(logs, ignore_errors=True)
     return TrainRun(model=model, path=path, validation_source=source,
                     validation_metrics=metrics.get("validation"), test_metrics=test_metrics, files=files)

@@ -64,12 +64,15 @@ def test_logging_hyperparameters_clone_and_resolve(tmp_path):
     assert make_loggers(mine, log_dir=None, checkpoint_dir=None) == [mine]  # an instance passes through
     assert make_loggers(None, log_dir=None, checkpoint_dir=None) == []  # nothing written without a folder
     assert make_loggers(False, log_dir=tmp_path, checkpoint_dir=tmp_path) == []
-    (default,) = make_loggers(None, log_dir=None, checkpoint_dir=tmp_path)
+    assert make_loggers(None, log_dir=None, checkpoint_dir=tmp_path) == []  # checkpoint_dir: checkpoints only
+    (default,) = make_loggers(None, log_dir=tmp_path / "logs", checkpoint_dir=None)
     assert isinstance(default, CSVLogger) and Path(default.log_dir) == tmp_path / "logs" / "csv"
+    (named,) = make_loggers("csv", log_dir=None, checkpoint_dir=tmp_path)  # a named one: checkpoint_dir/logs
+    assert Path(named.log_dir) == tmp_path / "logs" / "csv"
 
 
 @pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
-def test_default_logs_csv_into_checkpoint_dir_one_row_per_epoch(cohort, tmp_path, monkeypatch):
+def test_default_logs_csv_into_log_dir_one_row_per_epoch(cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = []
 
@@ -80,13 +83,14 @@ def test_default_logs_csv_into_checkpoint_dir_one_row_per_epoch(cohort, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Lightning warning on a normal fit with a logger
         model = FusionModel(**TINY, max_epochs=3, early_stopping_patience=None, checkpoint_dir="ck",
-                            callbacks=[Count()]).fit(cohort)
+                            log_dir="logs", callbacks=[Count()]).fit(cohort)
     assert seen == [0, 1, 2]  # the user's callback ran every epoch
-    _check_rows(_csv(tmp_path / "ck" / "logs"), model.history_, "auc")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # nothing else in the working directory
+    _check_rows(_csv(tmp_path / "logs"), model.history_, "auc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "logs"]  # nothing else in the cwd
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["csv"]
     # a fresh fit into the same folder replaces the earlier log instead of appending to it
-    FusionModel(**TINY, max_epochs=2, early_stopping_patience=None, checkpoint_dir="ck").fit(cohort)
-    assert len(_csv(tmp_path / "ck" / "logs")) == 2
+    FusionModel(**TINY, max_epochs=2, early_stopping_patience=None, log_dir="logs").fit(cohort)
+    assert len(_csv(tmp_path / "logs")) == 2
 
 
 @pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
