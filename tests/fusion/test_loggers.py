@@ -71,6 +71,19 @@ def test_logging_hyperparameters_clone_and_resolve(tmp_path):
     assert Path(named.log_dir) == tmp_path / "logs" / "csv"
 
 
+def test_missing_logger_packages_are_named(tmp_path, monkeypatch):
+    import lightning_fabric.loggers.tensorboard as tb
+    import pytorch_lightning.loggers.mlflow as mlf
+
+    monkeypatch.setattr(tb, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(tb, "_TENSORBOARDX_AVAILABLE", False)
+    monkeypatch.setattr(mlf, "_MLFLOW_AVAILABLE", False)
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        make_loggers("tensorboard", log_dir=tmp_path, checkpoint_dir=None)
+    with pytest.raises(ImportError, match="pip install mlflow-skinny"):
+        make_loggers(["csv", "mlflow"], log_dir=tmp_path, checkpoint_dir=None)
+
+
 @pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_default_logs_csv_into_log_dir_one_row_per_epoch(cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -120,7 +133,8 @@ def test_tensorboard_event_file_has_the_scalars(tmp_path):
 
 @pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
 def test_mlflow_run_has_the_epoch_metrics(cohort, tmp_path):
-    from mlflow.tracking import MlflowClient
+    # mlflow-skinny is in the [loggers] extra only (it pulls a web stack), not in [dev]
+    MlflowClient = pytest.importorskip("mlflow.tracking", reason="pip install clinfuse[loggers]").MlflowClient
 
     model = FusionModel(**TINY, max_epochs=2, early_stopping_patience=None, logger="mlflow",
                         log_dir=tmp_path).fit(cohort)
