@@ -180,3 +180,19 @@ def test_cli_train_logs_inside_out(tmp_path, logger):
     assert not (tmp_path / "model.checkpoints" / "logs").exists()
     assert sorted(p.name for p in data.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model", "model.checkpoints"]
+
+
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
+def test_a_verbose_logged_fit_prints_no_lightning_advice(cohort, tmp_path, capfd, caplog):
+    """With loggers and checkpoints, verbose=True still prints the progress bar only: no tips, banners,
+    deprecations or "folder not empty" warnings."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        FusionModel(**{**TINY, "verbose": True}, max_epochs=2, checkpoint_dir=tmp_path / "ck",
+                    logger=["csv", "tensorboard"]).fit(cohort)
+    out, err = capfd.readouterr()
+    printed = out + err + caplog.text
+    assert "Epoch 1/1" in printed
+    for advice in ("Tip:", "litlogger", "GPU available", "deprecated", "exists and is not empty", "Warning"):
+        assert advice not in printed, printed
