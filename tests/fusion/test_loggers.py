@@ -196,3 +196,22 @@ def test_a_verbose_logged_fit_prints_no_lightning_advice(cohort, tmp_path, capfd
     assert "Epoch 1/1" in printed
     for advice in ("Tip:", "litlogger", "GPU available", "deprecated", "exists and is not empty", "Warning"):
         assert advice not in printed, printed
+
+
+@pytest.mark.slow  # over half a second: CI runs it, the quick suite does not
+def test_a_resumed_fit_logs_every_epoch_once(cohort, tmp_path):
+    kw = {**TINY, "max_epochs": 3, "early_stopping_patience": None, "checkpoint_dir": tmp_path / "ck",
+          "log_dir": tmp_path / "logs"}
+
+    class StopAfterTwo(Callback):  # an interrupted run: two epochs checkpointed, then it ends
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                trainer.should_stop = True
+
+    FusionModel(**kw, callbacks=[StopAfterTwo()]).fit(cohort)
+    assert _csv(tmp_path / "logs")["epoch"].tolist() == [0, 1]
+    model = FusionModel(**kw).fit(cohort, resume=True)
+    frame = _csv(tmp_path / "logs")
+    assert frame["epoch"].tolist() == [0, 1, 2] and len(model.history_) == 3
+    assert frame["val_loss"].tolist() == pytest.approx([r["val_loss"] for r in model.history_])
+    assert frame["lr"].isna().tolist() == [True, True, False]  # the checkpoint keeps no learning rate
