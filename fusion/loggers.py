@@ -118,11 +118,23 @@ def _make(name: str, folder: Path, *, resume: bool) -> Any:
     if not _MLFLOW_AVAILABLE:
         raise ImportError(f"logger='mlflow' needs MLflow: pip install {_PIP[name]} (or mlflow; or "
                           "clinfuse[loggers])")
+    import logging
+
+    import mlflow  # noqa: F401  (it sets its loggers' levels when first imported)
+
     folder.mkdir(parents=True, exist_ok=True)
     # MLflow 3 refuses its plain-file store: a SQLite database, the artifacts in a folder beside it
     db = (folder / MLFLOW_DB).resolve()
-    return MLFlowLogger(experiment_name="clinfuse", tracking_uri=f"sqlite:///{db}",
-                        artifact_location=(folder / "mlartifacts").resolve().as_uri())
+    store = [logging.getLogger(n) for n in ("mlflow", "alembic")]
+    levels = [lg.level for lg in store]
+    for lg in store:  # its "Creating initial MLflow database tables..." lines are no news to the user
+        lg.setLevel(logging.WARNING)
+    try:
+        return MLFlowLogger(experiment_name="clinfuse", tracking_uri=f"sqlite:///{db}",
+                            artifact_location=(folder / "mlartifacts").resolve().as_uri())
+    finally:
+        for lg, level in zip(store, levels, strict=True):
+            lg.setLevel(level)
 
 
 def loggers_folders(loggers: Sequence[Any]) -> list[Path]:
