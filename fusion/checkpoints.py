@@ -44,7 +44,7 @@ def resolve_monitor(task: str, monitor: str | None) -> str:
     return DEFAULT_MONITOR.get(task, "val_loss") if monitor is None else monitor
 
 # Hyperparameters that change nothing a checkpoint holds.
-_FREE_PARAMS = ("verbose", "checkpoint_dir")
+_FREE_PARAMS = ("verbose", "checkpoint_dir", "logger", "log_dir", "callbacks")
 
 
 def check_params(*, task: str, monitor: Any, checkpoint_dir: Any) -> None:

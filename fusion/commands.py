@@ -319,8 +319,8 @@ def run_tune(args: Any) -> int:
     split = cfg.study_split()  # tuning sees the fold's training samples only: val and test stay unseen
     cohort = split.cohorts(cohort)[0] if split is not None else cohort
     print(cohort.summary())
-    # every trial and fold would share (and resume from) one checkpoint folder: tuning keeps none
-    model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": None})
+    # every trial and fold would share (and resume from) one checkpoint folder: tuning keeps none (no logs)
+    model = FusionModel(task=cfg.task, **{**cfg.model, "checkpoint_dir": None, "logger": False})
     result = tune(model, cohort, **keys)
     with atomic_dir(args.out, kind="tuning") as out:
         write_json(out / "best_params.json", {"best_params": result.best_params_,

@@ -71,6 +71,9 @@ def check_hyperparameters(model: Any) -> None:
     from .checkpoints import check_params
 
     check_params(task=model.task, monitor=model.monitor, checkpoint_dir=model.checkpoint_dir)
+    from .loggers import check_params as check_logging
+
+    check_logging(logger=model.logger, log_dir=model.log_dir, callbacks=model.callbacks)
     if model.encoders is not None:
         bad = [m for m in model.encoders if m not in MODALITIES]
         if bad:

@@ -27,7 +27,7 @@ from . import metrics as M
 from .fitted import FittedState
 from .hyperparameters import BATCH_SIZE, SURVIVAL_HEADS, TASKS  # noqa: F401  (re-exported: the config reads TASKS)
 from .records import ATTENTION_KINDS, AttentionRecord
-from .survival_curves import discrete_survival_at
+from .survival_curves import cox_survival_at, discrete_survival_at
 
 
 class FusionModel(BaseEstimator):
@@ -62,6 +62,10 @@ class FusionModel(BaseEstimator):
             (default): the task's own ranking metric, "c_index" for survival and "auc" for classification.
         checkpoint_dir: folder of checkpoints (last and best; :mod:`clinfuse.fusion.checkpoints`), which
             ``fit(..., resume=True)`` continues from; None writes nothing.
+        logger, log_dir: Lightning logging of each epoch's train_loss, val_loss, metric and lr
+            (:mod:`clinfuse.fusion.loggers`): None, a CSV log in ``log_dir`` when it is set, else none;
+            "csv", "tensorboard", "mlflow" (or a list) in ``log_dir``, else ``checkpoint_dir/logs``; False;
+            or Lightning Logger instances. callbacks: extra Lightning callbacks of the fit (a list).
         validation_fraction: share of the training samples held out (grouped, stratified) for early
             stopping when ``fit`` gets no ``validation`` cohort; 0 trains ``max_epochs`` without validation.
         class_weights: None, "balanced", or a mapping label -> weight for the cross-entropy.
@@ -84,7 +88,9 @@ class FusionModel(BaseEstimator):
                  lr: float = 1e-3, weight_decay: float = 1e-2, warmup_epochs: float = 1,
                  gradient_clip: float | None = 1.0, accumulate_grad_batches: int = 1,
                  early_stopping_patience: int | None = 5, monitor: str | None = None,
-                 checkpoint_dir: str | Path | None = None, validation_fraction: float = 0.2,
+                 checkpoint_dir: str | Path | None = None, logger: Any = None,
+                 log_dir: str | Path | None = None, callbacks: list | None = None,
+                 validation_fraction: float = 0.2,
                  class_weights: str | dict | None = None, top_genes: int | None = 2000,
                  preprocessor_kwargs: dict[str, Any] | None = None,
                  aggregator_kwargs: dict[str, Any] | None = None,
@@ -114,6 +120,7 @@ class FusionModel(BaseEstimator):
         self.early_stopping_patience = early_stopping_patience
         self.monitor = monitor
         self.checkpoint_dir = checkpoint_dir
+        self.logger, self.log_dir, self.callbacks = logger, log_dir, callbacks
         self.validation_fraction = validation_fraction
         self.class_weights = class_weights
         self.top_genes = top_genes
@@ -289,17 +296,9 @@ class FusionModel(BaseEstimator):
 
     def _survival_frame(self, ids: list[str], arrays: dict[str, np.ndarray],
                         times: np.ndarray) -> pd.DataFrame:
-        index = pd.Index(ids, name="sample_id")
-        if self.survival_head == "cox":
-            return pd.DataFrame(self._cox_survival(arrays["risk"], times), index=index, columns=list(times))
-        surv = discrete_survival_at(self.time_bins_, arrays["survival"], times)
-        return pd.DataFrame(surv, index=index, columns=list(times))
-
-    def _cox_survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
-        bt, bh = (np.asarray(self.baseline_hazard_[k], dtype=float) for k in ("times", "cumhaz"))
-        idx = np.searchsorted(bt, times, side="right") - 1
-        h0 = np.where(idx >= 0, bh[np.clip(idx, 0, None)], 0.0) if len(bt) else np.zeros_like(times)
-        return np.exp(-np.outer(np.exp(risk), h0))
+        surv = (cox_survival_at(self.baseline_hazard_, arrays["risk"], times) if self.survival_head == "cox"
+                else discrete_survival_at(self.time_bins_, arrays["survival"], times))
+        return pd.DataFrame(surv, index=pd.Index(ids, name="sample_id"), columns=list(times))
 
     # ----------------------------------------------------------------------------------------- metrics
     def score(self, cohort: Any) -> float:

@@ -167,6 +167,9 @@ def check_format(config: Mapping[str, Any], folder: Path) -> None:
 _FITTED_JSON = ("classes", "time_bins", "history", "best_epoch", "baseline_hazard", "follow_up", "metrics")
 
 
+_OBJECT_PARAMS = {"strategy": "auto", "logger": None, "callbacks": None}
+
+
 def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in params.items():
@@ -174,10 +177,11 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
             json.dumps(to_jsonable(v), allow_nan=False)
             out[k] = to_jsonable(v)
         except (TypeError, ValueError):
-            # e.g. a Lightning Strategy object: the saved model is for prediction, which never uses it.
-            if k != "strategy":
+            # e.g. a Lightning Strategy, Logger or Callback object: the saved model is for prediction,
+            # which never uses them; saved as their defaults
+            if k not in _OBJECT_PARAMS:
                 raise TypeError(f"hyperparameter {k}={v!r} cannot be saved as JSON") from None
-            out[k] = "auto"
+            out[k] = _OBJECT_PARAMS[k]
     return out
 
 

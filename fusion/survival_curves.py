@@ -45,3 +45,12 @@ def discrete_survival_at(edges, bin_survival: np.ndarray, times: np.ndarray) -> 
     ratio = np.divide(s_hi, s_lo, out=np.zeros_like(s_hi), where=s_lo > 0)  # 1 - h_K
     extrapolated = s_hi * ratio ** np.where(beyond, w - 1, 0.0)
     return np.where(beyond, extrapolated, inside)
+
+
+def cox_survival_at(baseline: dict, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Cox head: ``S(t) = exp(-H0(t) exp(risk))`` ``[samples x times]``, with ``baseline``'s Breslow
+    cumulative hazard H0 (``{"times", "cumhaz"}``, a step function of the training event times)."""
+    bt, bh = (np.asarray(baseline[k], dtype=float) for k in ("times", "cumhaz"))
+    idx = np.searchsorted(bt, times, side="right") - 1
+    h0 = np.where(idx >= 0, bh[np.clip(idx, 0, None)], 0.0) if len(bt) else np.zeros_like(times)
+    return np.exp(-np.outer(np.exp(risk), h0))

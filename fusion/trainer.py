@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +40,8 @@ def quiet_lightning(verbose: bool) -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
         warnings.filterwarnings("ignore", message=r".*isn't currently supported.*deterministic.*")
+        # checkpoint_dir holds run.json and logs/ beside the checkpoints: ours, nothing to warn about
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         if not verbose:
             warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning.*")
         try:
@@ -54,20 +57,26 @@ def quiet_lightning(verbose: bool) -> Iterator[None]:
 def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_grad_batches: int,
                  early_stopping_patience: int | None, has_validation: bool, strategy: Any = "auto",
                  devices: Any = 1, accelerator: str = "cpu", verbose: bool = True, monitor: str = "val_loss",
-                 checkpoint_dir: Any = None) -> pl.Trainer:
-    """A Trainer with no logger that stops early on ``monitor``; it writes checkpoints (last, and best by
-    ``monitor``) into ``checkpoint_dir`` only when that is given, else nothing to disk."""
+                 checkpoint_dir: Any = None, loggers: list[Any] | None = None,
+                 callbacks: list[Any] | None = None) -> pl.Trainer:
+    """A Trainer that stops early on ``monitor``; it writes checkpoints (last, and best by ``monitor``)
+    into ``checkpoint_dir`` only when that is given, and logs to ``loggers`` only (:mod:`.loggers`: each
+    epoch's metrics, the epoch as the step), else nothing to disk. ``callbacks``: the user's, run after
+    ours."""
     from pytorch_lightning.callbacks import EarlyStopping
 
     from . import checkpoints, ddp_launch
+    from .loggers import resumed_history_callback
 
-    callbacks: list[Any] = []
+    user_callbacks, callbacks = list(callbacks or []), []
     if has_validation and early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=checkpoints.MONITORS[monitor],
                                        patience=int(early_stopping_patience), check_finite=False,
                                        verbose=False))
     if checkpoint_dir is not None:
         callbacks += checkpoints.callbacks(checkpoint_dir, monitor=monitor, has_validation=has_validation)
+    if loggers:
+        callbacks.append(resumed_history_callback())
     deterministic: Any = True if accelerator == "cpu" else "warn"
     if isinstance(strategy, str) and strategy.startswith("ddp") and ddp_launch.in_worker():
         strategy = ddp_launch.worker_strategy(strategy)  # a rank started by clinfuse: launch nothing
@@ -78,8 +87,18 @@ def make_trainer(*, max_epochs: int, gradient_clip: float | None, accumulate_gra
     return pl.Trainer(
         max_epochs=int(max_epochs), accelerator=accelerator, devices=devices, strategy=strategy,
         gradient_clip_val=gradient_clip or None, accumulate_grad_batches=int(accumulate_grad_batches),
-        deterministic=deterministic, enable_checkpointing=checkpoint_dir is not None, logger=False,
+        deterministic=deterministic, enable_checkpointing=checkpoint_dir is not None,
+        logger=list(loggers) if loggers else False,
         enable_progress_bar=bool(verbose), enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, callbacks=callbacks, default_root_dir=checkpoint_dir,
+        log_every_n_steps=1, callbacks=callbacks + user_callbacks, default_root_dir=checkpoint_dir,
         plugins=[checkpoints.AtomicCheckpointIO()] if checkpoint_dir is not None else None,
     )
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_steps`` then cosine decay to ``floor``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -2,10 +2,10 @@
 
 What the estimator needs from Lightning is the loop, gradient clipping and accumulation, early stopping,
 checkpoints (only with ``checkpoint_dir``: see :mod:`clinfuse.fusion.checkpoints`) and scale-out
-strategies (DDP across processes). Everything else stays ours: no logger, the best weights are kept in
-memory and restored when the fit ends (in every process; DDP ranks run in :mod:`.ddp_launch`'s workers,
-rank 0 hands its state back). ``fit`` leaves the caller's random generators as it found them, and SIGINT
-/ SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
+strategies (DDP across processes), and its loggers (:mod:`clinfuse.fusion.loggers`: one record per epoch).
+The best weights are kept in memory and restored when the fit ends (in every process; DDP ranks run in
+:mod:`.ddp_launch`'s workers, rank 0 hands its state back). ``fit`` leaves the caller's random generators
+as it found them; SIGINT / SIGTERM end it with :class:`~clinfuse.fusion.interrupts.TrainingInterrupted`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,13 @@ from .finite import check_fit_finite
 from .fitted import FittedState, TrainingRun
 from .hyperparameters import class_weight_tensor, resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
+from .loggers import TASK_METRIC, log_epoch, make_loggers
 from .rng import rng_state, set_rng_state
-from .trainer import make_trainer, quiet_lightning
+from .trainer import make_trainer, quiet_lightning, warmup_cosine  # noqa: F401  (warmup_cosine: re-exported)
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
 ridge solution within the few dozen optimiser steps a small cohort's fit takes."""
-
-
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup_steps`` then cosine decay to ``floor``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / span, 1.0)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class FusionLightningModule(pl.LightningModule):
@@ -150,11 +142,13 @@ class FusionLightningModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # every process sees every validation sample (equal shards)
             parts = [self.all_gather(p).flatten(0, 1) for p in parts]
         val, metric = self.score_outputs(parts)
-        self.log("val_loss", val, prog_bar=True, sync_dist=False)
-        self.log("auc" if self.task == "classification" else "c_index", float(metric), sync_dist=False)
+        # for the monitoring callbacks; the loggers get one record per epoch from log_epoch
+        self.log("val_loss", val, prog_bar=True, sync_dist=False, logger=False)
+        self.log(TASK_METRIC[self.task], float(metric), sync_dist=False, logger=False)
         train = self._mean_train_loss()
         self.history.append({"epoch": int(self.current_epoch), "train_loss": train, "val_loss": val,
                              "val_metric": float(metric)})
+        log_epoch(self)
         self.consider(val, metric, epoch=int(self.current_epoch),  # (gathered shards interleave)
                       outputs=parts[0] if self.trainer.world_size == 1 else None)
 
@@ -187,6 +181,7 @@ class FusionLightningModule(pl.LightningModule):
             train = self._mean_train_loss()
             self.history.append({"epoch": int(self.current_epoch), "train_loss": train,
                                  "val_loss": float("nan"), "val_metric": float("nan")})
+            log_epoch(self)
 
     def on_fit_end(self) -> None:
         if self.best_state is not None:
@@ -374,7 +369,9 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
                                    has_validation=val_loader is not None, strategy=model.strategy,
                                    devices=model.devices, accelerator=model.accelerator,
                                    verbose=model.verbose, monitor=monitor,
-                                   checkpoint_dir=model.checkpoint_dir)
+                                   checkpoint_dir=model.checkpoint_dir, callbacks=model.callbacks,
+                                   loggers=make_loggers(model.logger, log_dir=model.log_dir, resume=resume,
+                                                        checkpoint_dir=model.checkpoint_dir))
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                         ckpt_path=ckpt_path)
     finally:
