@@ -10,7 +10,8 @@ projects each chunk before reading the next. What a chunk costs depends on where
   the file's pages are never mapped into the process and resident memory stays bounded by the chunk
   whatever the bag size;
 - an ``.h5`` file: an h5py slice of the chunk's rows (the file stays open while the bag is read);
-- a ``.pt`` file: loaded once (the format has no random access), then viewed as an in-memory array.
+- a ``.pt`` file: loaded once (the format has no random access), then viewed as an in-memory array;
+- any other registered file reader (a LazySlide store's zarr table): the chunk's rows through that reader.
 
 Non-finite values in files raise the ``ValueError`` of :func:`~.readers.finite_float32`, naming the row.
 """
@@ -87,6 +88,20 @@ class _ArrayRows:
         pass
 
 
+class _ReaderRows:
+    """Rows read through the file's registered reader (a LazySlide store's zarr table), chunk by chunk."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key, self.reader = path, key, FILE_READERS[path.suffix.lower()]
+        self.checked = False
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.reader.read(self.path, np.arange(start, stop), False, False, self.key)[0]
+
+    def close(self) -> None:
+        pass
+
+
 def _npy_header(path: Path) -> tuple[int, tuple[int, ...], np.dtype, bool]:
     """(data offset, shape, dtype, Fortran order) of a ``.npy`` file; the map is made, never touched."""
     arr = np.load(path, mmap_mode="r")
@@ -94,7 +109,7 @@ def _npy_header(path: Path) -> tuple[int, tuple[int, ...], np.dtype, bool]:
     return int(arr.offset), tuple(arr.shape), arr.dtype, fortran
 
 
-def _source(sample: str, s: Slide) -> _NpyRows | _H5Rows | _ArrayRows | None:
+def _source(sample: str, s: Slide) -> _NpyRows | _H5Rows | _ArrayRows | _ReaderRows | None:
     """A row source for one slide, or None where rows cannot be streamed (tiles, odd layouts)."""
     if s.tiles is not None or s.single or s.skip_cols or len(s.shape) != 1:
         return None
@@ -112,6 +127,8 @@ def _source(sample: str, s: Slide) -> _NpyRows | _H5Rows | _ArrayRows | None:
     if suffix == ".pt":
         data, _ = FILE_READERS[".pt"].read(s.path, np.arange(s.n), False, False)
         return _ArrayRows(np.asarray(data), checked=False)
+    if suffix in FILE_READERS:
+        return _ReaderRows(s.path, s.key)
     return None
 
 
