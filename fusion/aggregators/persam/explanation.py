@@ -210,3 +210,18 @@ def _normalise_or_uniform(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     """Non-negative ``raw`` normalised over the real entries (last dim); all 0 -> the real entries alike."""
     uniform = mask.to(raw.dtype).expand_as(raw)
     return normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), mask)
+
+
+def log_mean_exp(scores: torch.Tensor, mask: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """``log mean exp`` of ``scores`` over the real entries along ``dim``; 0 where there are none.
+
+    Padding is filled with -inf *after* the shift, so neither the value nor the gradient sees it.
+    """
+    mask = mask.expand_as(scores)
+    has = mask.any(dim)
+    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(dim, keepdim=True).detach()
+    peak = torch.where(has.unsqueeze(dim), peak, torch.zeros_like(peak))
+    total = torch.exp((scores - peak).masked_fill(~mask, float("-inf"))).sum(dim)
+    count = mask.sum(dim).clamp_min(1).to(scores.dtype)
+    value = torch.log(total.clamp_min(torch.finfo(scores.dtype).tiny)) + peak.squeeze(dim) - torch.log(count)
+    return torch.where(has, value, torch.zeros_like(value))

@@ -53,7 +53,7 @@ from ...base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ...records import AttentionRecord, masked_normalise
 from .encoder import GroupBalancedEncoder, GroupLayout
 from .evidence import centred, check_nonnegative
-from .explanation import PersAMState, exp_shifted, modality_in_logits, persam_records
+from .explanation import PersAMState, exp_shifted, log_mean_exp, modality_in_logits, persam_records
 from .reference import logit_terms, make_readouts, register_references, resize_references
 
 INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
@@ -273,9 +273,9 @@ class PersAM(Aggregator):
         s_phi_k = None
         if u.shape[1] > 0:
             s_psi_k = scores[:, C:]
-            s_psi = _log_mean_exp(s_psi_k, m_clin[:, :, None], dim=1)  # [B, N]
+            s_psi = log_mean_exp(s_psi_k, m_clin[:, :, None], dim=1)  # [B, N]
             s_phi_k = torch.einsum("bce,bke->bck", self.q_phi(t), self.k_phi(u)) * self.score_scale
-            s_phi = _log_mean_exp(s_phi_k, m_clin[:, None, :], dim=2)  # [B, C]
+            s_phi = log_mean_exp(s_phi_k, m_clin[:, None, :], dim=2)  # [B, C]
 
         mask3 = m_inst[:, None, :]
         a_raw = exp_shifted(s_a, mask3)
@@ -388,17 +388,3 @@ def _class_names(class_names: Sequence[Any] | None, n_outputs: int) -> list[str]
         raise ValueError(f"persam: {len(names)} class_names {names} for n_outputs={n_outputs}")
     return names
 
-
-def _log_mean_exp(scores: torch.Tensor, mask: torch.Tensor, *, dim: int) -> torch.Tensor:
-    """``log mean exp`` of ``scores`` over the real entries along ``dim``; 0 where there are none.
-
-    Padding is filled with -inf *after* the shift, so neither the value nor the gradient sees it.
-    """
-    mask = mask.expand_as(scores)
-    has = mask.any(dim)
-    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(dim, keepdim=True).detach()
-    peak = torch.where(has.unsqueeze(dim), peak, torch.zeros_like(peak))
-    total = torch.exp((scores - peak).masked_fill(~mask, float("-inf"))).sum(dim)
-    count = mask.sum(dim).clamp_min(1).to(scores.dtype)
-    value = torch.log(total.clamp_min(torch.finfo(scores.dtype).tiny)) + peak.squeeze(dim) - torch.log(count)
-    return torch.where(has, value, torch.zeros_like(value))
