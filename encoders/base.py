@@ -26,6 +26,11 @@ class ModalityEncoder(nn.Module):
     """The FusionModel-wide keywords (``n_heads, n_layers, dropout, ffn_mult``) this encoder has, under
     those names; the estimator passes each one the user sets to every component that declares it."""
 
+    owns_output: ClassVar[bool] = False
+    """True when :meth:`forward` returns ``Tokens.values`` as a fresh tensor that nothing else holds (not a
+    view of the batch, of a parameter or of a cache), so that the network may add its token-type
+    embeddings to it in place."""
+
     def forward(self, batch: ModalityBatch) -> Tokens:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -56,8 +56,11 @@ class FeatureBagEncoder(ModalityEncoder):
     """
 
     shared_keywords = frozenset({"dropout"})
+    owns_output = True  # every path writes the tokens into a tensor made for this call
+    accepts_offset = True  # forward(batch, offset=): see there
 
-    chunk_rows = 4096  # patches per chunk without autograd: 4096 x D floats read, 4096 x d temporaries
+    chunk_rows = 2048  # patches per chunk without autograd: 2048 x D floats read, projected into the output
+    norm_rows = 256  # rows per LayerNorm call within a chunk (CPU): its 256 x d temporary stays in L2
 
     ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -96,15 +99,20 @@ class FeatureBagEncoder(ModalityEncoder):
     def _positions(self, coords: torch.Tensor) -> torch.Tensor:
         return sincos_2d(coords, self.d_model, scale=self.coord_scale, max_wavelength=self.max_wavelength)
 
-    def _project_rows(self, flat: torch.Tensor, out: torch.Tensor, tables: Any, index: slice) -> None:
+    def _project_rows(self, flat: torch.Tensor, out: torch.Tensor, tables: Any, index: slice,
+                      norm_bias: torch.Tensor) -> None:
         """Project rows ``flat [k, D]`` into ``out [k, d]`` (a contiguous view) in place; ``tables``: the
-        positional tables of every row of the batch, ``index`` the rows of this chunk among them."""
+        positional tables of every row of the batch, ``index`` the rows of this chunk among them;
+        ``norm_bias``: the LayerNorm's bias (plus a folded offset)."""
         torch.addmm(self.proj.bias, flat, self.proj.weight.t(), out=out)
         if self.activation == "relu":
             out.clamp_(min=0)
         elif self.activation is not None:
             out.copy_(self.ACTIVATIONS[self.activation](out))
-        out.copy_(F.layer_norm(out, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps))
+        step = self.norm_rows if out.device.type == "cpu" else len(out)
+        for start in range(0, len(out), step):  # (layer_norm has no in-place form; its output is a copy)
+            block = out[start : start + step]
+            block.copy_(F.layer_norm(block, (self.d_model,), self.norm.weight, norm_bias, self.norm.eps))
         if tables is not None:
             n_freq = self.d_model // 4
             for axis, (table, idx) in enumerate(tables):
@@ -116,12 +124,13 @@ class FeatureBagEncoder(ModalityEncoder):
         return sincos_tables(coords.reshape(-1, 2).to(dtype), self.d_model, scale=self.coord_scale,
                              max_wavelength=self.max_wavelength)
 
-    def _project_inference(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def _project_inference(self, x: torch.Tensor, coords: torch.Tensor, norm_bias: torch.Tensor
+                           ) -> torch.Tensor:
         """Without autograd: ``[B, N, D]`` -> ``[B, N, d]`` written chunk by chunk into one output tensor.
 
-        The only allocation beyond the ``[B, N, d]`` output is one ``[chunk_rows, d]`` temporary (the
-        LayerNorm and positional term of the chunk), so peak memory is input + output + a few MB. ``x`` is
-        viewed, not copied, when contiguous (as loaders produce it).
+        The only allocations beyond the ``[B, N, d]`` output are small temporaries (the LayerNorm's
+        ``[norm_rows, d]``, the positional term of a chunk): peak memory is input + output + a few MB.
+        ``x`` is viewed, not copied, when contiguous (as loaders produce it).
         """
         B, N, D = x.shape
         flat = x.reshape(B * N, D)
@@ -129,10 +138,11 @@ class FeatureBagEncoder(ModalityEncoder):
         tables = self._tables(coords, out.dtype)
         for start in range(0, B * N, self.chunk_rows):
             rows = slice(start, start + self.chunk_rows)
-            self._project_rows(flat[rows], out[rows], tables, rows)
+            self._project_rows(flat[rows], out[rows], tables, rows, norm_bias)
         return out.view(B, N, self.d_model)
 
-    def _project_sources(self, sources: list[Any], mask: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def _project_sources(self, sources: list[Any], mask: torch.Tensor, coords: torch.Tensor,
+                         norm_bias: torch.Tensor) -> torch.Tensor:
         """Without autograd: each sample's row source (:class:`~clinfuse.datasets.images.rows.BagRows`, None
         for an absent bag) read and projected ``chunk_rows`` patches at a time into ``[B, N, d]``.
 
@@ -159,23 +169,41 @@ class FeatureBagEncoder(ModalityEncoder):
                     x = torch.from_numpy(chunk)
                 rows = slice(b * N + start, b * N + start + len(chunk))
                 # a blocking copy: the chunk may be a reused read buffer, overwritten by the next read
-                self._project_rows(x.to(device=weight.device, dtype=weight.dtype), out[rows], tables, rows)
+                self._project_rows(x.to(device=weight.device, dtype=weight.dtype), out[rows], tables, rows,
+                                   norm_bias)
         return out.view(B, N, self.d_model)
 
-    def forward(self, batch: ModalityBatch) -> Tokens:
+    def forward(self, batch: ModalityBatch, *, offset: torch.Tensor | None = None) -> Tokens:
         """``features [B, N, D]`` (or, at prediction, ``meta["feature_rows"]``: one row source per sample,
-        read in chunks) -> ``Tokens [B, N, d]``."""
+        read in chunks) -> ``Tokens [B, N, d]``.
+
+        ``offset``: float ``[d]``, a constant added to every token, padding included (the network's
+        token-type embedding). Without autograd and dropout it is folded into the LayerNorm's bias, so it
+        costs no pass over the ``[B, N, d]`` tokens (the same values up to rounding).
+        """
         check_modality(batch, "images", owner="feature_bag")
+        if offset is not None and tuple(offset.shape) != (self.d_model,):
+            raise ValueError(f"feature_bag: offset must have shape ({self.d_model},), "
+                             f"got {tuple(offset.shape)}")
         meta = image_meta(batch)
         sources = batch.meta.get("feature_rows")
         if sources is not None and "features" not in batch.tensors:
             if not self._needs_grad(None):
-                out = self._project_sources(sources, batch.mask, meta["coords"])
-                return self._finish(out, batch, meta)
+                bias, folded = self._norm_bias(offset)
+                out = self._project_sources(sources, batch.mask, meta["coords"], bias)
+                return self._finish(out, batch, meta, offset, folded)
             x = self._materialise(sources, batch.mask)  # autograd needs the whole input
         else:
             x = require_tensor(batch, "features", owner="feature_bag")
-        return self._finish(self._project(x, batch, meta), batch, meta)
+        out, folded = self._project(x, batch, meta, offset)
+        return self._finish(out, batch, meta, offset, folded)
+
+    def _norm_bias(self, offset: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """The LayerNorm bias of the chunked path, with ``offset`` folded in when dropout (which comes
+        between them) is off; and whether it was."""
+        if offset is None or (self.training and self.drop.p > 0):
+            return self.norm.bias, False
+        return self.norm.bias + offset.to(self.norm.bias.dtype), True
 
     def _needs_grad(self, x: torch.Tensor | None) -> bool:
         return torch.is_grad_enabled() and ((x is not None and x.requires_grad)
@@ -188,7 +216,8 @@ class FeatureBagEncoder(ModalityEncoder):
                 x[b, : len(source)] = torch.from_numpy(source.read()).to(mask.device)
         return x
 
-    def _project(self, x: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any]) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any],
+                 offset: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         if x.dim() != 3 or x.shape[:2] != batch.mask.shape:
             raise ValueError(f"feature_bag: images 'features' must be [B, N, D] matching the mask "
                              f"{tuple(batch.mask.shape)}, got {tuple(x.shape)}")
@@ -196,6 +225,7 @@ class FeatureBagEncoder(ModalityEncoder):
             raise ValueError(f"feature_bag: images features have dimension {x.shape[-1]}, the encoder was "
                              f"built for in_dim={self.in_dim} (schema feature_dim); refit the preprocessor "
                              "or rebuild the encoder")
+        folded = False
         if self._needs_grad(x):
             # one GEMM over all B*N rows; everything after it works on the small [B, N, d] result
             out = self.proj(x)
@@ -205,13 +235,21 @@ class FeatureBagEncoder(ModalityEncoder):
             if self.positional:
                 out = out + self._positions(meta["coords"].to(out.dtype))
         else:
-            out = self._project_inference(x, meta["coords"])
-        return out
+            bias, folded = self._norm_bias(offset)
+            out = self._project_inference(x, meta["coords"], bias)
+        return out, folded
 
-    def _finish(self, out: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any]) -> Tokens:
+    def _finish(self, out: torch.Tensor, batch: ModalityBatch, meta: dict[str, Any],
+                offset: torch.Tensor | None, folded: bool) -> Tokens:
         out = self.drop(out)
-        if not bool(batch.mask.all()):  # skip a pass over [B, N, d] when there is no padding
+        padded = not bool(batch.mask.all())
+        if padded:  # skip a pass over [B, N, d] when there is no padding
             # in place: neither layer_norm, the addition nor dropout keep their output for backward
             out = out.masked_fill_(~batch.mask[..., None], 0.0)
+        if offset is not None:
+            if not folded:
+                out = out.add_(offset.to(out.dtype))
+            elif padded:  # the real rows have it from the bias; padding rows are 0 + offset
+                out[~batch.mask] = offset.to(out.dtype)
         return Tokens(values=out, mask=batch.mask, names=batch.names, modality=batch.modality,
                       present=batch.present, meta=meta)

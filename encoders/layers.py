@@ -69,9 +69,15 @@ def masked_normalise(scores: torch.Tensor, mask: torch.Tensor, *, dim: int = -1)
     neg = torch.finfo(scores.dtype).min
     masked = scores.masked_fill(~mask, neg)
     peak = masked.amax(dim=dim, keepdim=True).detach()
-    expd = torch.exp(masked - peak) * mask
-    total = expd.sum(dim=dim, keepdim=True)
-    return expd / total.clamp_min(torch.finfo(scores.dtype).tiny)
+    # in place on the fresh masked copy (the same values as exp(masked - peak)): one [.., T] tensor, not
+    # three, which counts on long bags; autograd keeps exp's output, so under it the rest is out of place
+    expd = masked.sub_(peak).exp_()
+    tiny = torch.finfo(scores.dtype).tiny
+    if torch.is_grad_enabled() and expd.requires_grad:
+        expd = expd * mask
+        return expd / expd.sum(dim=dim, keepdim=True).clamp_min(tiny)
+    expd = expd.mul_(mask)
+    return expd.div_(expd.sum(dim=dim, keepdim=True).clamp_min(tiny))
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,10 @@ class FusionNetwork(nn.Module):
 
     def encode(self, batch: Batch) -> dict[str, Tokens]:
         """modality -> Tokens ``[B, T_m, d]`` (encoders only, no token types, no dropout)."""
+        return self._encode(batch, {})
+
+    def _encode(self, batch: Batch, offsets: Mapping[str, torch.Tensor]) -> dict[str, Tokens]:
+        """:meth:`encode`, the encoders of ``offsets``' modalities given that vector as their ``offset``."""
         if not isinstance(batch, Batch):
             raise TypeError(f"FusionNetwork expects a Batch, got {type(batch).__name__}")
         missing = [m for m in self.modalities if m not in batch.modalities]
@@ -96,12 +100,28 @@ class FusionNetwork(nn.Module):
                              f"({list(self.modalities)})")
         out = {}
         for m in self.modalities:
-            tokens = self.encoders[m](batch.modalities[m])
+            if m in offsets:
+                tokens = self.encoders[m](batch.modalities[m], offset=offsets[m])
+            else:
+                tokens = self.encoders[m](batch.modalities[m])
             if tokens.d_model != self.d_model:
                 raise ValueError(f"encoder of {m!r} returned width {tokens.d_model}, "
                                  f"expected d_model={self.d_model}")
             out[m] = tokens
         return out
+
+    def typed_tokens(self, batch: Batch) -> dict[str, Tokens]:
+        """:meth:`encode` then the token types (no modality dropout): the tokens the aggregator reads.
+
+        On a large bag a pass over its tokens costs about as much as the aggregator, so the token-type
+        vector goes to the encoders that take it as an ``offset`` (``accepts_offset``: the feature-bag
+        encoder folds it into its LayerNorm's bias at inference) and the other terms are added in place to
+        the outputs of the encoders that own them (``owns_output``)."""
+        offsets = {m: self.token_types.type_vector(m) for m in self.modalities
+                   if getattr(self.encoders[m], "accepts_offset", False)}
+        tokens = self._encode(batch, offsets)
+        owned = [m for m in self.modalities if getattr(self.encoders[m], "owns_output", False)]
+        return self.token_types(tokens, inplace=owned, typed=list(offsets))
 
     def drop_modalities(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
         """Modality dropout: mask whole modalities per sample (training only; see the class docstring)."""
@@ -128,7 +148,7 @@ class FusionNetwork(nn.Module):
         ``records=False``: build no attention records (``fit``'s training and validation steps, which read
         only the outputs); the outputs are the same either way.
         """
-        tokens = self.drop_modalities(self.token_types(self.encode(batch)))
+        tokens = self.drop_modalities(self.typed_tokens(batch))
         with records_off(self.aggregator, records is False):
             outputs, agg = self.fuse(tokens, lambda: self.wide(batch))
         if records is False:

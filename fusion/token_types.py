@@ -8,7 +8,7 @@ information the encoders may not give: the admission ``segment`` of events and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -57,9 +57,22 @@ class TokenTypeEmbedding(nn.Module):
             nn.init.normal_(self.segment_embedding.weight, std=0.02)
         self.patch_coords, self.coord_scale = patch_coords, coord_scale
 
-    def forward(self, tokens: Mapping[str, Tokens]) -> dict[str, Tokens]:
+    def type_vector(self, modality: str) -> torch.Tensor:
+        """The learned embedding ``[d]`` of ``modality`` (what :meth:`forward` adds to each of its tokens
+        before the optional positional terms)."""
+        return self.type_embedding[self.modalities.index(modality)]
+
+    def forward(self, tokens: Mapping[str, Tokens], *, inplace: Collection[str] = (),
+                typed: Collection[str] = ()) -> dict[str, Tokens]:
         """modality -> Tokens ``[B, T, d]``, returned with the embeddings added (mask, names, meta
-        unchanged)."""
+        unchanged).
+
+        ``inplace``: modalities whose ``values`` may be overwritten (a fresh tensor that nothing else
+        holds, see ``ModalityEncoder.owns_output``): no new ``[B, T, d]`` tensor per term, which on a
+        100,000-patch bag costs as much as the network's attention. ``typed``: modalities whose tokens
+        already hold :meth:`type_vector` (their encoder added it as its ``offset``); only the optional
+        terms are added to them.
+        """
         out = {}
         for m, t in tokens.items():
             if m not in self.modalities:
@@ -68,14 +81,21 @@ class TokenTypeEmbedding(nn.Module):
             if t.d_model != self.d_model:
                 raise ValueError(f"TokenTypeEmbedding: modality {m!r} tokens have width {t.d_model}, "
                                  f"expected {self.d_model}")
-            values = t.values + self.type_embedding[self.modalities.index(m)].to(t.values.dtype)
+            own = m in inplace
+
+            def add(values: torch.Tensor, term: torch.Tensor, own: bool = own) -> torch.Tensor:
+                return values.add_(term) if own else values + term
+
+            values = t.values
+            if m not in typed:
+                values = add(values, self.type_vector(m).to(values.dtype))
             # by what the tokens carry, not by modality name: event tokens carry segments, patches coords
             if self.segment_embedding is not None and "segments" in t.meta:
                 seg = t.meta["segments"].long().clamp(0, self.segment_embedding.num_embeddings - 1)
-                values = values + self.segment_embedding(seg).to(values.dtype)
+                values = add(values, self.segment_embedding(seg).to(values.dtype))
             if self.patch_coords and "coords" in t.meta:
                 # the encoders' 2-D sin-cos encoding, coordinates in units of coord_scale (0 where unknown)
                 enc = sincos_2d(t.meta["coords"].float(), self.d_model, scale=1.0 / self.coord_scale)
-                values = values + enc.to(values.dtype)
+                values = add(values, enc.to(values.dtype))
             out[m] = replace(t, values=values)
         return out

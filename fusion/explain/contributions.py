@@ -117,7 +117,7 @@ def modality_contributions(model: Any, cohort: Any, *, base: str = "network", ba
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(device)
-            tokens = net.token_types(net.encode(batch))
+            tokens = net.typed_tokens(batch)
             done += batch_contributions(model, net, batch, tokens, chunk_size=chunk_size)
     outputs = {sample: v[-1] for sample, _, _, _, v in done}
     if base == "mean":

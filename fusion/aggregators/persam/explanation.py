@@ -89,7 +89,9 @@ def persam_records(model: PersAM, st: PersAMState) -> list[AttentionRecord]:
                                names=tok.names, class_names=class_names, meta=meta)
 
     out = [
-        rec("class_wise", masked_normalise(st.s_a, mask3), st.a_raw, model.class_names),
+        # without clinical tokens (s_phi_k None) s_psi = 0 and the explanatory attention is the class-wise
+        rec("class_wise", st.explanatory if st.s_phi_k is None else masked_normalise(st.s_a, mask3), st.a_raw,
+            model.class_names),
         rec("exploratory", masked_normalise(st.s_psi[:, None, :], mask3), st.psi_raw, None),
         rec("explanatory", st.explanatory, st.a_raw * st.phi_raw[..., None] * st.psi_raw, model.class_names),
     ]
@@ -191,7 +193,8 @@ def modality_columns(model: PersAM, tokens: Mapping[str, Tokens]) -> tuple[list[
 def exp_shifted(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``exp(s - max_real s)`` along the last dim: in (0, 1], max 1, exactly 0 on padding."""
     peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(-1, keepdim=True).detach()
-    return torch.exp((scores - peak).masked_fill(~mask, float("-inf")))
+    # in place on the fresh difference: the same values as exp((s - peak).masked_fill(..)), one tensor
+    return (scores - peak).masked_fill_(~mask, float("-inf")).exp_()
 
 
 def _share_weights(shares: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,3 +210,18 @@ def _normalise_or_uniform(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     """Non-negative ``raw`` normalised over the real entries (last dim); all 0 -> the real entries alike."""
     uniform = mask.to(raw.dtype).expand_as(raw)
     return normalise_nonnegative(torch.where(raw.sum(-1, keepdim=True) > 0, raw, uniform), mask)
+
+
+def log_mean_exp(scores: torch.Tensor, mask: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """``log mean exp`` of ``scores`` over the real entries along ``dim``; 0 where there are none.
+
+    Padding is filled with -inf *after* the shift, so neither the value nor the gradient sees it.
+    """
+    mask = mask.expand_as(scores)
+    has = mask.any(dim)
+    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(dim, keepdim=True).detach()
+    peak = torch.where(has.unsqueeze(dim), peak, torch.zeros_like(peak))
+    total = torch.exp((scores - peak).masked_fill(~mask, float("-inf"))).sum(dim)
+    count = mask.sum(dim).clamp_min(1).to(scores.dtype)
+    value = torch.log(total.clamp_min(torch.finfo(scores.dtype).tiny)) + peak.squeeze(dim) - torch.log(count)
+    return torch.where(has, value, torch.zeros_like(value))

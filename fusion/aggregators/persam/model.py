@@ -53,7 +53,7 @@ from ...base import AGGREGATORS, Aggregator, AggregatorOutput, check_common_args
 from ...records import AttentionRecord, masked_normalise
 from .encoder import GroupBalancedEncoder, GroupLayout
 from .evidence import centred, check_nonnegative
-from .explanation import PersAMState, exp_shifted, modality_in_logits, persam_records
+from .explanation import PersAMState, exp_shifted, log_mean_exp, modality_in_logits, persam_records
 from .reference import logit_terms, make_readouts, register_references, resize_references
 
 INSTANCE_MODALITIES: tuple[str, ...] = ("images", "genomics", "events")
@@ -218,10 +218,18 @@ class PersAM(Aggregator):
         dev, dt = inst.values.device, inst.values.dtype
         lay = self.layout
 
+        # Outside the encoder the instances are only read linearly (scores, weighted mean), so their group
+        # embedding e is applied to those results, h . q + e . q and sum_l p_l h_l + (sum_l p_l) e, instead
+        # of to every one of the N tokens (a [B, N, d] tensor as large as the bag's projection).
+        fold = not self.encode_instances
+        e_inst = self.group_embed[lay.instances].to(dt)
+
         def group(modality: str | None, g: int) -> tuple[torch.Tensor, torch.Tensor]:
             if modality is None:
                 return inst.values.new_zeros(B, 0, d), torch.zeros(B, 0, dtype=torch.bool, device=dev)
             tok = tokens[modality]
+            if fold and g == lay.instances:
+                return tok.values, tok.mask
             return tok.values + self.group_embed[g], tok.mask
 
         pairs = [group(self.instance_modality, lay.instances),
@@ -249,23 +257,40 @@ class PersAM(Aggregator):
             t = t_enc if self.class_route_gate is None else t + self.class_route_gate * (t_enc - t)
         m_inst, m_clin = masks[lay.instances], masks[lay.clinical]
 
-        s_a = torch.einsum("bnd,bcd->bcn", h, self.q_class(t) @ self.k_class.weight) * self.score_scale
+        # every score read of the instances in ONE product (the bag is read once, and in training its
+        # gradient is one product too): the C class rows, then the K clinical rows of the exploratory scores
+        C = self.n_outputs
+        queries = self.q_class(t) @ self.k_class.weight  # [B, C, d]
+        if u.shape[1] > 0:
+            queries = torch.cat([queries, self.q_psi(u) @ self.k_psi.weight], dim=1)  # [B, C + K, d]
+        scores = torch.bmm(queries, h.transpose(1, 2))  # [B, C + K, N]
+        if fold:  # fresh from the product, which keeps no output for backward: shifted in place
+            scores = scores.add_((queries @ e_inst)[..., None])
+        scores = scores.mul_(self.score_scale)
+        s_a = scores[:, :C]
         s_psi = torch.zeros(B, N, device=dev, dtype=dt)
         s_phi = torch.zeros(B, self.n_outputs, device=dev, dtype=dt)
         s_phi_k = None
         if u.shape[1] > 0:
-            s_psi_k = torch.einsum("bnd,bkd->bkn", h, self.q_psi(u) @ self.k_psi.weight) * self.score_scale
-            s_psi = _log_mean_exp(s_psi_k, m_clin[:, :, None], dim=1)  # [B, N]
+            s_psi_k = scores[:, C:]
+            s_psi = log_mean_exp(s_psi_k, m_clin[:, :, None], dim=1)  # [B, N]
             s_phi_k = torch.einsum("bce,bke->bck", self.q_phi(t), self.k_phi(u)) * self.score_scale
-            s_phi = _log_mean_exp(s_phi_k, m_clin[:, None, :], dim=2)  # [B, C]
+            s_phi = log_mean_exp(s_phi_k, m_clin[:, None, :], dim=2)  # [B, C]
 
         mask3 = m_inst[:, None, :]
         a_raw = exp_shifted(s_a, mask3)
-        psi_raw = exp_shifted(s_psi[:, None, :], mask3)
         phi_raw = exp_shifted(s_phi, torch.ones_like(s_phi, dtype=torch.bool))  # [B, C]
-        explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
+        if s_phi_k is None:  # no clinical tokens: s_psi = 0, so psi is the mask and a' is a normalised
+            # (the same values as the general branch, without its passes over [B, C, N])
+            psi_raw = mask3.to(dt)
+            explanatory = a_raw / a_raw.sum(-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
+        else:
+            psi_raw = exp_shifted(s_psi[:, None, :], mask3)
+            explanatory = masked_normalise(s_a + s_psi[:, None, :], mask3)  # == normalise(a * phi * psi)
 
-        weighted = torch.einsum("bcn,bnd->bcd", explanatory, h)  # [B, C, d]
+        weighted = torch.bmm(explanatory, h)  # [B, C, d]
+        if fold:
+            weighted = weighted + explanatory.sum(-1, keepdim=True) * e_inst
         if self.center_evidence:
             weighted = centred(self, weighted, m_inst.any(dim=1))
         evidence = phi_raw[..., None] * weighted
@@ -363,17 +388,3 @@ def _class_names(class_names: Sequence[Any] | None, n_outputs: int) -> list[str]
         raise ValueError(f"persam: {len(names)} class_names {names} for n_outputs={n_outputs}")
     return names
 
-
-def _log_mean_exp(scores: torch.Tensor, mask: torch.Tensor, *, dim: int) -> torch.Tensor:
-    """``log mean exp`` of ``scores`` over the real entries along ``dim``; 0 where there are none.
-
-    Padding is filled with -inf *after* the shift, so neither the value nor the gradient sees it.
-    """
-    mask = mask.expand_as(scores)
-    has = mask.any(dim)
-    peak = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).amax(dim, keepdim=True).detach()
-    peak = torch.where(has.unsqueeze(dim), peak, torch.zeros_like(peak))
-    total = torch.exp((scores - peak).masked_fill(~mask, float("-inf"))).sum(dim)
-    count = mask.sum(dim).clamp_min(1).to(scores.dtype)
-    value = torch.log(total.clamp_min(torch.finfo(scores.dtype).tiny)) + peak.squeeze(dim) - torch.log(count)
-    return torch.where(has, value, torch.zeros_like(value))
