@@ -351,11 +351,15 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
     module.train_loader = train_loader = make_loader(train, pre, batch_size=batch_size,
                                                      shuffle=True, train=True, max_patches=model.max_patches,
                                                      seed=seed)
+    # validation runs without autograd: its bags stream (the image encoder reads and projects them in
+    # chunks), so a batch of whole bags is never padded into one [B, N, D] copy
     val_loader = (None if validation is None
-                  else make_loader(validation, pre, batch_size=batch_size))
+                  else make_loader(validation, pre, batch_size=batch_size, stream=True))
     # a resumed fit takes its weights from the checkpoint; switched off, no loader is built for it
     if ckpt_path is None and wide_start.WIDE_FIRST_ITERATIONS > 0:
-        fitted = wide_start.fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
+        # the linear term reads no bags: streamed, they are not read at all
+        wide_loader = make_loader(train, pre, batch_size=batch_size, stream=True)
+        fitted = wide_start.fit_wide_first(module, wide_loader)
         if fitted is not None and val_loader is not None:
             wide_start.consider_linear_model(module, val_loader)
     # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
