@@ -29,7 +29,7 @@ from .hyperparameters import class_weight_tensor, resolve_batch_size
 from .ipcw_metrics import follow_up as ipcw_follow_up
 from .loggers import TASK_METRIC, log_epoch, make_loggers
 from .rng import rng_state, set_rng_state
-from .trainer import make_trainer, quiet_lightning, warmup_cosine  # noqa: F401  (warmup_cosine: re-exported)
+from .trainer import fit_determinism, make_trainer, quiet_lightning, warmup_cosine  # noqa: F401
 
 WIDE_LR_SCALE = 10.0
 """The linear term's learning rate as a multiple of ``lr``: its weights start at 0 and must reach their
@@ -351,31 +351,28 @@ def _train(model: Any, cohort: Any, validation: Any | None, *, resume: bool,
     module.train_loader = train_loader = make_loader(train, pre, batch_size=batch_size,
                                                      shuffle=True, train=True, max_patches=model.max_patches,
                                                      seed=seed)
+    # validation runs without autograd: its bags stream (the image encoder reads and projects them in
+    # chunks), so a batch of whole bags is never padded into one [B, N, D] copy
     val_loader = (None if validation is None
-                  else make_loader(validation, pre, batch_size=batch_size))
+                  else make_loader(validation, pre, batch_size=batch_size, stream=True))
     # a resumed fit takes its weights from the checkpoint; switched off, no loader is built for it
     if ckpt_path is None and wide_start.WIDE_FIRST_ITERATIONS > 0:
-        fitted = wide_start.fit_wide_first(module, make_loader(train, pre, batch_size=batch_size))
+        # the linear term reads no bags: streamed, they are not read at all
+        wide_loader = make_loader(train, pre, batch_size=batch_size, stream=True)
+        fitted = wide_start.fit_wide_first(module, wide_loader)
         if fitted is not None and val_loader is not None:
             wide_start.consider_linear_model(module, val_loader)
-    # Trainer(deterministic=True) switches torch's global deterministic mode on; restore the caller's.
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        with quiet_lightning(model.verbose):
-            trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
-                                   accumulate_grad_batches=model.accumulate_grad_batches,
-                                   early_stopping_patience=model.early_stopping_patience,
-                                   has_validation=val_loader is not None, strategy=model.strategy,
-                                   devices=model.devices, accelerator=model.accelerator,
-                                   verbose=model.verbose, monitor=monitor,
-                                   checkpoint_dir=model.checkpoint_dir, callbacks=model.callbacks,
-                                   loggers=make_loggers(model.logger, log_dir=model.log_dir, resume=resume,
-                                                        checkpoint_dir=model.checkpoint_dir))
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                        ckpt_path=ckpt_path)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+    with quiet_lightning(model.verbose), fit_determinism():
+        trainer = make_trainer(max_epochs=model.max_epochs, gradient_clip=model.gradient_clip,
+                               accumulate_grad_batches=model.accumulate_grad_batches,
+                               early_stopping_patience=model.early_stopping_patience,
+                               has_validation=val_loader is not None, strategy=model.strategy,
+                               devices=model.devices, accelerator=model.accelerator,
+                               verbose=model.verbose, monitor=monitor,
+                               checkpoint_dir=model.checkpoint_dir, callbacks=model.callbacks,
+                               loggers=make_loggers(model.logger, log_dir=model.log_dir, resume=resume,
+                                                    checkpoint_dir=model.checkpoint_dir))
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
 
     check_fit_finite(module.history, module.network, validated=val_loader is not None)
     best_val = module.best_val_loss if math.isfinite(module.best_val_loss) else None

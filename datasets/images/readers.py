@@ -161,7 +161,10 @@ def read_file_rows(
     """Rows ``local`` (any order, repeats allowed) of a patch-array file, with its stored coords when
     ``coords`` (None when it has none). ``key``: the ``.h5`` dataset of the data; ``skip_cols``: leading
     columns that are not features (HistoSSL-style ``.npy`` keep ``level, x, y`` there)."""
-    uniq, inverse = np.unique(local, return_inverse=True)  # read sorted, then restore the requested order
+    local = np.asarray(local, dtype=np.int64).reshape(-1)
+    # rows already increasing (a whole bag, a sorted training draw) are read once, in place: no gather after
+    ordered = bool(local.size < 2 or (np.diff(local) > 0).all())
+    uniq, inverse = (local, None) if ordered else np.unique(local, return_inverse=True)
     try:
         data, stored = FILE_READERS[path.suffix.lower()].read(path, uniq, single, coords, key)
     except Exception as err:
@@ -169,7 +172,10 @@ def read_file_rows(
     if skip_cols:
         data = np.asarray(data)[:, skip_cols:]
     data = finite_float32(np.asarray(data), sample, path, uniq)
-    return data[inverse], None if stored is None else np.asarray(stored, dtype=np.float32)[inverse]
+    stored = None if stored is None else np.asarray(stored, dtype=np.float32)
+    if inverse is None:
+        return data, stored
+    return data[inverse], None if stored is None else stored[inverse]
 
 
 def finite_float32(data: np.ndarray, sample: str, path: Path, rows: np.ndarray) -> np.ndarray:
