@@ -54,6 +54,11 @@ class GatedAttentionPooling(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Raw scores ``[B, Q, T]`` for tokens ``x [B, T, d]``."""
+        if not torch.is_grad_enabled():  # inference: in place on the [B, T, hidden] temporaries (same values)
+            h = self.attn_v(x).tanh_()
+            if self.attn_u is not None:
+                h.mul_(self.attn_u(x).sigmoid_())
+            return rearrange(self.attn_w(self.drop(h)), "b t q -> b q t")
         h = torch.tanh(self.attn_v(x))
         if self.attn_u is not None:
             h = h * torch.sigmoid(self.attn_u(x))
@@ -68,7 +73,8 @@ class GatedAttentionPooling(nn.Module):
         """
         raw = self.scores(x)
         weights = masked_normalise(raw, mask.unsqueeze(1))
-        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        if not bool(mask.all()):  # padding rows to 0; a bag without padding is used as it is (no copy)
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         pooled = torch.einsum("bqt,btd->bqd", weights, x)
         return pooled, weights, raw
 

@@ -88,3 +88,21 @@ def test_persam_instance_group_embedding_applied_to_the_scores(mods) -> None:
     assert recs.keys() == moved_recs.keys()
     for key, r in recs.items():
         torch.testing.assert_close(r.value, moved_recs[key].value, atol=1e-5, rtol=1e-5, msg=str(key))
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_gated_attention_pooling_without_autograd_is_the_same_computation(gated):
+    """The inference shortcuts (in-place activations, no zeroing copy of a bag without padding) give the
+    very values of the autograd path, with and without padding."""
+    from clinfuse.fusion.aggregators.pooling import GatedAttentionPooling
+
+    torch.manual_seed(0)
+    pool = GatedAttentionPooling(d_model=8, hidden=6, gated=gated).eval()
+    x = torch.randn(3, 11, 8)
+    for mask in (torch.ones(3, 11, dtype=torch.bool), torch.arange(11) < torch.tensor([[11], [4], [1]])):
+        with torch.enable_grad():
+            expected = pool(x, mask)
+        with torch.no_grad():
+            got = pool(x, mask)
+        for e, g in zip(expected, got, strict=True):
+            assert torch.equal(e.detach(), g)
