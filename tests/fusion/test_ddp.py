@@ -122,13 +122,22 @@ def test_workers_train_on_an_externally_launched_ddp_strategy(monkeypatch):
 
     monkeypatch.setenv(ddp_launch.WORKER_ENV, "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    from lightning_fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning_utilities.core import rank_zero as utilities_rank_zero
+
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    ranks = [(m.rank_zero_only, getattr(m.rank_zero_only, "rank", 0))
+             for m in (fabric_rank_zero, utilities_rank_zero)]
     try:  # Trainer(deterministic=True) switches torch's global mode on (fit_model restores it; do it here)
         trainer = make_trainer(max_epochs=1, gradient_clip=None, accumulate_grad_batches=1,
                                early_stopping_patience=None, has_validation=False, strategy="ddp_spawn",
                                devices=2, accelerator="cpu", verbose=False)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        # a Trainer of rank 1 makes this whole process rank 1 for Lightning's rank-zero-only code (loggers
+        # write nothing then): a worker is that rank for good, this test process is not
+        for fn, rank in ranks:
+            fn.rank = rank
     env = trainer.strategy.cluster_environment
     assert isinstance(env, LightningEnvironment) and env.creates_processes_externally
     assert type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher"  # which launches nothing
