@@ -36,7 +36,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -161,6 +160,7 @@ def _limit_memory(gb: float) -> None:
 def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: float, warmup: int,
         repeats: int, threads: int | None, mmap_threshold: int, out: Path) -> dict:
     from clinfuse.fusion import list_aggregators
+    from common import write_json
 
     registered = set(list_aggregators())
     results: dict = {
@@ -201,11 +201,11 @@ def run(models: list[str], sizes: list[int], *, mem_limit_gb: float, timeout: fl
             record["wall_s"] = time.perf_counter() - t0
             results["runs"].append(record)
             print(f"[bench] {json.dumps(record)}", flush=True)
-            _write(results, out)
+            write_json(out, results)
             if record["status"] != "ok":
                 break  # stop this model at its first failure
         results["summary"][name] = _summary(results["runs"], name)
-        _write(results, out)
+        write_json(out, results)
     return results
 
 
@@ -226,16 +226,10 @@ def _summary(runs: list[dict], name: str) -> dict:
     return summary
 
 
-def _write(results: dict, out: Path) -> None:
-    """Atomic write: temp file in the same folder, then os.replace."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, out)
-
 
 def main(argv: list[str] | None = None) -> None:
+    from common import write_json
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["persam", "abmil", "self_attention", "dense"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[1_000, 10_000, 100_000])
@@ -261,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             for key in ("runs", "skipped"):
                 merged[key] += part[key]
             merged["summary"].update(part["summary"])
-        _write(merged, args.out)
+        write_json(args.out, merged)
         return
     if args.worker:
         _limit_memory(args.mem_limit_gb)

@@ -163,9 +163,10 @@ def worker(name: str, mode: str, n: int, warmup: int, repeats: int, threads: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    from common import add_device_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--autocast", choices=("none", "bf16"), default="none")
+    add_device_args(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--warmup", type=int, default=2)

@@ -176,13 +176,6 @@ def worker(args: argparse.Namespace) -> dict:
     return record
 
 
-def _write(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, out)
-
 
 def _summary(runs: list[dict]) -> dict:
     out = {}
@@ -212,14 +205,15 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from common import add_device_args, write_json
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--aggregators", nargs="+", default=["persam", "abmil"])
     p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000], help="resident bag sizes")
     p.add_argument("--mmap-size", type=int, default=200_000, help="rows of the memory-mapped bag (0: none)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--autocast", default="none", choices=["none", "bf16"])
+    add_device_args(p)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per case subprocess")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -281,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["runs"].append(record)
                 print(f"[bench] {json.dumps(record)}", flush=True)
                 results["summary"] = _summary(results["runs"])
-                _write(results, args.out)
+                write_json(args.out, results)
     print(json.dumps(results["summary"], indent=2))
 
 

@@ -152,9 +152,10 @@ def fit_epochs(cohort, aggregator: str, *, batch_size: int, max_patches: int | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    from common import add_device_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--autocast", choices=("none", "bf16"), default="none")
+    add_device_args(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--patients", type=int, default=200)
     p.add_argument("--patches", type=int, default=2000)
