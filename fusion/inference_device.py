@@ -9,6 +9,7 @@ arrays whatever the device, and the network is back on the CPU once a pass ends.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -46,10 +47,18 @@ def network_outputs(model: Any, batches: Iterable[Any]) -> Iterator[tuple[Any, A
     ``network_output`` lives on that device (``AttentionRecord.detach`` and the predictions bring it to the
     CPU); the network is moved back to the CPU when the pass ends or is abandoned.
     """
+    with network_on_device(model) as (net, device):
+        for batch in batches:
+            yield batch, net(batch.to(device))
+
+
+@contextlib.contextmanager
+def network_on_device(model: Any) -> Iterator[tuple[torch.nn.Module, torch.device]]:
+    """``(network, device)``: the fitted network (eval mode) on the model's device for the ``with`` block,
+    back on the CPU when it ends or is abandoned."""
     device = inference_device(model.accelerator, model.devices)
     net = model._network_for_inference().to(device)
     try:
-        for batch in batches:
-            yield batch, net(batch.to(device))
+        yield net, device
     finally:
         net.cpu()

@@ -83,24 +83,19 @@ def _batches_with_contributions(model: Any, cohort: Any, batch_size: int | None,
     """``model.iter_attention``'s ``(batch, records, None)``, each batch's contributions appended to ``done``
     from the tokens of the forward pass (no second read or encoding of the cohort)."""
     from ...datasets.loading import make_loader
-    from ..inference_device import inference_device
+    from ..inference_device import network_on_device
 
     model._check_cohort(cohort)
-    device = inference_device(model.accelerator, model.devices)  # the model's accelerator, as predict
-    net = model._network_for_inference().to(device)
-    check_wide(net)
     size = int(batch_size or model.batch_size or 16)
     loader = make_loader(cohort, model.preprocessor_, batch_size=size, shuffle=False, train=False,
                          stream=True)
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                on_device = batch.to(device)
-                out = net(on_device)
-                done += batch_contributions(model, net, on_device, out.tokens, outputs=out.outputs)
-                yield batch, [r.detach() for r in out.records], None
-    finally:
-        net.cpu()
+    with network_on_device(model) as (net, device), torch.no_grad():  # the model's accelerator, as predict
+        check_wide(net)
+        for batch in loader:
+            on_device = batch.to(device)
+            out = net(on_device)
+            done += batch_contributions(model, net, on_device, out.tokens, outputs=out.outputs)
+            yield batch, [r.detach() for r in out.records], None
 
 
 def _contribution_rows(model: Any, done: list) -> pd.DataFrame:
